@@ -1,0 +1,67 @@
+//! Block devices: one interface (read, write, flush, write zeroes, discard) over several
+//! backends. A `Bdev` is shared; each reactor opens its own `BdevChannel` on it, which
+//! submits through that reactor's io_uring and never takes a lock.
+
+pub mod file;
+pub mod null;
+pub mod ram;
+
+use std::fmt::Debug;
+use std::os::fd::RawFd;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BdevOp {
+    Read,
+    Write,
+    Flush,
+    WriteZeroes,
+    Discard,
+}
+
+/// One block I/O. `buf` points at `len` bytes that stay valid until completion.
+#[derive(Debug, Clone, Copy)]
+pub struct BdevIo {
+    pub op: BdevOp,
+    pub offset: u64,
+    pub len: u32,
+    pub buf: *mut u8,
+    /// Index of `buf` in the ring's registered buffer table, when it is registered.
+    pub buf_index: Option<u16>,
+    /// Returned with the completion.
+    pub user_data: u64,
+}
+
+/// What became of a submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued on the ring; a completion with `user_data` will follow.
+    Queued,
+    /// Finished synchronously: bytes transferred, or a negative errno.
+    Done(i32),
+}
+
+/// Where a channel puts io_uring submissions: the reactor's ring.
+pub trait SqeSink {
+    fn push(&mut self, entry: io_uring::squeue::Entry);
+}
+
+/// Registers file descriptors with the reactor's ring; returns the fixed-file index.
+pub trait FileRegistry {
+    fn register(&mut self, fd: RawFd) -> Option<u32>;
+}
+
+pub trait Bdev: Send + Sync + Debug {
+    fn name(&self) -> &str;
+    fn block_size(&self) -> u32;
+    fn num_blocks(&self) -> u64;
+    /// Open this reactor's handle to the device.
+    fn open_channel(&self, files: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>>;
+}
+
+pub trait BdevChannel {
+    fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted;
+}
+
+pub use file::FileBdev;
+pub use null::NullBdev;
+pub use ram::RamBdev;

@@ -1,0 +1,416 @@
+//! The TOML configuration: listeners, reactors, limits, devices, subsystems, namespaces
+//! and hosts. Every check names the field it rejects.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::reactor::PollMode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub reactor: ReactorSection,
+    #[serde(default)]
+    pub limits: LimitsSection,
+    #[serde(rename = "listener")]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(rename = "device", default)]
+    pub devices: Vec<DeviceSection>,
+    #[serde(rename = "subsystem", default)]
+    pub subsystems: Vec<SubsystemSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReactorSection {
+    /// One reactor per listed core.
+    #[serde(default = "default_cores")]
+    pub cores: Vec<usize>,
+    #[serde(default = "default_polling")]
+    pub polling: PollMode,
+}
+
+fn default_cores() -> Vec<usize> {
+    vec![0]
+}
+fn default_polling() -> PollMode {
+    PollMode::Adaptive
+}
+
+impl Default for ReactorSection {
+    fn default() -> Self {
+        ReactorSection { cores: default_cores(), polling: default_polling() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    pub queue_depth: u16,
+    pub max_io_queues: u16,
+    pub max_connections: usize,
+    pub max_controllers: usize,
+    pub in_capsule_data: usize,
+    pub max_transfer: usize,
+    pub max_h2c_data: u32,
+    pub buffers_128k: usize,
+    pub buffers_1m: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        LimitsSection {
+            queue_depth: 128,
+            max_io_queues: 16,
+            max_connections: 128,
+            max_controllers: 64,
+            in_capsule_data: 8192,
+            max_transfer: 1 << 20,
+            max_h2c_data: 128 * 1024,
+            buffers_128k: 256,
+            buffers_1m: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    File,
+    Ram,
+    Null,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSection {
+    pub name: String,
+    pub kind: DeviceKind,
+    /// File or block device path (kind = "file").
+    pub path: Option<PathBuf>,
+    /// Size: required for ram/null, and creates a sparse file when a file is missing.
+    pub size: Option<Size>,
+    #[serde(default = "default_block_size")]
+    pub block_size: u32,
+}
+
+fn default_block_size() -> u32 {
+    512
+}
+
+/// A byte count written as a number or a string with K/M/G/T suffix ("1G").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeRepr")]
+pub struct Size(pub u64);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Bytes(u64),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+    fn try_from(r: SizeRepr) -> Result<Size, String> {
+        match r {
+            SizeRepr::Bytes(b) => Ok(Size(b)),
+            SizeRepr::Text(t) => parse_size(&t).map(Size),
+        }
+    }
+}
+
+pub fn parse_size(t: &str) -> Result<u64, String> {
+    let t = t.trim();
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1 << 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("'{t}' is not a size (use bytes or a K/M/G/T suffix)"))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsystemSection {
+    pub nqn: String,
+    pub serial: Option<String>,
+    #[serde(default = "default_model")]
+    pub model: String,
+    /// Must be set explicitly to let any host connect.
+    #[serde(default)]
+    pub allow_any_host: bool,
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(rename = "namespace", default)]
+    pub namespaces: Vec<NamespaceSection>,
+}
+
+fn default_model() -> String {
+    "nvmf-raid".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamespaceSection {
+    pub nsid: Option<u32>,
+    pub device: String,
+    /// Overrides the UUID derived from the subsystem NQN and NSID.
+    pub uuid: Option<String>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Config::parse(&text)
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// The default target: one namespace on a 1 GiB sparse file in `data_dir`.
+    pub fn default_target(data_dir: &Path, listen: &str) -> Config {
+        Config {
+            reactor: ReactorSection::default(),
+            limits: LimitsSection::default(),
+            listeners: vec![ListenerSection { address: listen.into() }],
+            devices: vec![DeviceSection {
+                name: "disk0".into(),
+                kind: DeviceKind::File,
+                path: Some(data_dir.join("disk0.img")),
+                size: Some(Size(1 << 30)),
+                block_size: 512,
+            }],
+            subsystems: vec![SubsystemSection {
+                nqn: DEFAULT_NQN.into(),
+                serial: None,
+                model: default_model(),
+                allow_any_host: true,
+                hosts: vec![],
+                namespaces: vec![NamespaceSection { nsid: Some(1), device: "disk0".into(), uuid: None }],
+            }],
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_reactors()?;
+        self.validate_limits()?;
+        if self.listeners.is_empty() {
+            return Err(invalid("listener", "at least one [[listener]] is required"));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            l.address.parse::<SocketAddr>().map_err(|e| invalid(format!("listener[{i}].address"), format!("'{}': {e}", l.address)))?;
+        }
+        let names = self.validate_devices()?;
+        self.validate_subsystems(&names)
+    }
+
+    fn validate_reactors(&self) -> Result<(), ConfigError> {
+        let cores = &self.reactor.cores;
+        if cores.is_empty() {
+            return Err(invalid("reactor.cores", "list at least one core"));
+        }
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if let Some(c) = cores.iter().find(|c| **c >= online) {
+            return Err(invalid("reactor.cores", format!("core {c} does not exist (this machine has {online})")));
+        }
+        if cores.iter().collect::<HashSet<_>>().len() != cores.len() {
+            return Err(invalid("reactor.cores", "a core is listed twice"));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        let check = |ok: bool, field: &str, msg: &str| if ok { Ok(()) } else { Err(invalid(format!("limits.{field}"), msg)) };
+        check((2..=1024).contains(&l.queue_depth), "queue_depth", "must be 2..=1024")?;
+        check((1..=1024).contains(&l.max_io_queues), "max_io_queues", "must be 1..=1024")?;
+        check((1..=4096).contains(&l.max_connections), "max_connections", "must be 1..=4096")?;
+        check((1..=0xFFEF).contains(&l.max_controllers), "max_controllers", "must be 1..=65519")?;
+        check(
+            l.in_capsule_data >= 4096 && l.in_capsule_data <= 65536 && l.in_capsule_data % 4096 == 0,
+            "in_capsule_data",
+            "must be a multiple of 4096 from 4096 to 65536",
+        )?;
+        check(
+            l.max_transfer.is_power_of_two() && (128 * 1024..=1 << 20).contains(&l.max_transfer),
+            "max_transfer",
+            "must be a power of two from 128 KiB to 1 MiB",
+        )?;
+        check(
+            l.max_h2c_data >= 4096 && l.max_h2c_data % 4 == 0 && l.max_h2c_data as usize <= l.max_transfer,
+            "max_h2c_data",
+            "must be a multiple of 4, at least 4096 and at most max_transfer",
+        )?;
+        check(l.buffers_128k >= 1, "buffers_128k", "must be at least 1")?;
+        check(l.buffers_1m >= 1, "buffers_1m", "must be at least 1")
+    }
+
+    fn validate_devices(&self) -> Result<HashSet<&str>, ConfigError> {
+        let mut names = HashSet::new();
+        for (i, d) in self.devices.iter().enumerate() {
+            let f = |field: &str| format!("device[{i}].{field}");
+            if d.name.is_empty() || !names.insert(d.name.as_str()) {
+                return Err(invalid(f("name"), format!("'{}' is empty or used twice", d.name)));
+            }
+            if !d.block_size.is_power_of_two() || !(512..=4096).contains(&d.block_size) {
+                return Err(invalid(f("block_size"), "must be 512, 1024, 2048 or 4096"));
+            }
+            match d.kind {
+                DeviceKind::File if d.path.is_none() => return Err(invalid(f("path"), "a file device needs a path")),
+                DeviceKind::Ram | DeviceKind::Null if d.size.is_none() => {
+                    return Err(invalid(f("size"), "ram and null devices need a size"))
+                }
+                _ => {}
+            }
+            if let Some(Size(s)) = d.size {
+                if s < d.block_size as u64 || s % d.block_size as u64 != 0 {
+                    return Err(invalid(f("size"), "must be a non-zero multiple of block_size"));
+                }
+            }
+        }
+        Ok(names)
+    }
+
+    fn validate_subsystems(&self, devices: &HashSet<&str>) -> Result<(), ConfigError> {
+        let mut nqns = HashSet::new();
+        for (i, s) in self.subsystems.iter().enumerate() {
+            let f = |field: &str| format!("subsystem[{i}].{field}");
+            if !valid_nqn(&s.nqn) || s.nqn == crate::nvmf::spec::DISCOVERY_NQN || !nqns.insert(&s.nqn) {
+                return Err(invalid(f("nqn"), format!("'{}' is not a valid NQN (nqn.yyyy-mm.reverse-domain:name, at most 223 bytes), is the discovery NQN, or is used twice", s.nqn)));
+            }
+            if s.serial.as_ref().is_some_and(|sn| sn.len() > 20 || !sn.is_ascii()) {
+                return Err(invalid(f("serial"), "at most 20 ASCII characters"));
+            }
+            if s.model.len() > 40 || !s.model.is_ascii() {
+                return Err(invalid(f("model"), "at most 40 ASCII characters"));
+            }
+            if !s.allow_any_host && s.hosts.is_empty() {
+                return Err(invalid(f("hosts"), "no host may connect: list host NQNs or set allow_any_host = true"));
+            }
+            if let Some(h) = s.hosts.iter().find(|h| !valid_nqn(h)) {
+                return Err(invalid(f("hosts"), format!("'{h}' is not a valid NQN")));
+            }
+            self.validate_namespaces(i, s, devices)?;
+        }
+        Ok(())
+    }
+
+    fn validate_namespaces(&self, i: usize, s: &SubsystemSection, devices: &HashSet<&str>) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        for (j, ns) in s.namespaces.iter().enumerate() {
+            let f = |field: &str| format!("subsystem[{i}].namespace[{j}].{field}");
+            let nsid = ns.nsid.unwrap_or(j as u32 + 1);
+            if nsid == 0 || nsid == u32::MAX || !ids.insert(nsid) {
+                return Err(invalid(f("nsid"), format!("{nsid} is reserved or used twice")));
+            }
+            if !devices.contains(ns.device.as_str()) {
+                return Err(invalid(f("device"), format!("no [[device]] named '{}'", ns.device)));
+            }
+            if let Some(u) = &ns.uuid {
+                uuid::Uuid::parse_str(u).map_err(|e| invalid(f("uuid"), e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub const DEFAULT_NQN: &str = "nqn.2026-11.io.nvmf-raid:default";
+
+pub fn valid_nqn(n: &str) -> bool {
+    n.len() <= 223 && n.starts_with("nqn.") && n.contains(':') && n.is_ascii() && !n.contains(char::is_whitespace)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[reactor]
+cores = [0]
+polling = "adaptive"
+
+[[listener]]
+address = "127.0.0.1:4420"
+
+[[device]]
+name = "r0"
+kind = "ram"
+size = "64M"
+
+[[subsystem]]
+nqn = "nqn.2026-11.io.nvmf-raid:t"
+hosts = ["nqn.2014-08.org.nvmexpress:uuid:1"]
+[[subsystem.namespace]]
+device = "r0"
+"#;
+
+    fn err_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_a_good_config() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.devices[0].size, Some(Size(64 << 20)));
+        assert_eq!(c.reactor.polling, PollMode::Adaptive);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        assert!(err_of(&GOOD.replace("127.0.0.1:4420", "nowhere")).starts_with("listener[0].address"));
+        assert!(err_of(&GOOD.replace("device = \"r0\"", "device = \"r9\"")).starts_with("subsystem[0].namespace[0].device"));
+        assert!(err_of(&GOOD.replace("hosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]", "")).starts_with("subsystem[0].hosts"));
+        assert!(err_of(&GOOD.replace("size = \"64M\"", "size = \"lots\"")).contains("size"));
+        assert!(err_of(&GOOD.replace("cores = [0]", "cores = [999]")).starts_with("reactor.cores"));
+        assert!(err_of(&GOOD.replace("polling = \"adaptive\"", "polling = \"sometimes\"")).contains("polling"));
+        assert!(err_of(&format!("{GOOD}\n[limits]\nqueue_depth = 1\n")).starts_with("limits.queue_depth"));
+        assert!(err_of(&GOOD.replace("nqn = \"nqn.2026-11.io.nvmf-raid:t\"", "nqn = \"bad\"")).starts_with("subsystem[0].nqn"));
+        assert!(err_of(&GOOD.replace("kind = \"ram\"", "kind = \"ram\"\ncolour = \"red\"")).contains("colour"));
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("1Q").is_err());
+    }
+
+    #[test]
+    fn default_target_is_valid() {
+        Config::default_target(Path::new("/tmp/x"), "127.0.0.1:4420").validate().unwrap();
+    }
+}

@@ -1,0 +1,558 @@
+//! The NVMe/TCP host side (initiator): queues over non-blocking sockets, a controller
+//! helper that performs the admin bring-up the Linux host does, and the `perf` load
+//! generator. Used by integration tests and `nvmf-raid perf`.
+
+pub mod perf;
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use crate::nvmf::command::{self, Cqe, Sqe};
+use crate::nvmf::pdu::{self, DataHeader, DecodeParams, Decoded, IcReq, Pdu};
+use crate::nvmf::spec::{admin, fabrics, io as io_op, property, DISCOVERY_NQN};
+
+/// Data a command moves. Raw pointers: the caller keeps the memory alive and untouched
+/// until the command completes (the safe wrappers below do).
+#[derive(Debug, Clone, Copy)]
+pub enum Data {
+    None,
+    ToController(*const u8, usize),
+    FromController(*mut u8, usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueOptions {
+    pub hdgst: bool,
+    pub ddgst: bool,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub kato_ms: u32,
+    /// Entries in the queue (the Connect sqsize is this minus one).
+    pub depth: u16,
+    pub timeout: Duration,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        QueueOptions {
+            hdgst: false,
+            ddgst: false,
+            hostnqn: "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001".into(),
+            hostid: [0x11; 16],
+            kato_ms: 30_000,
+            depth: 128,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Pending {
+    data: Data,
+    received: usize,
+    submitted: Instant,
+}
+
+pub fn err(msg: impl Into<String>) -> io::Error {
+    io::Error::new(ErrorKind::InvalidData, msg.into())
+}
+
+/// One NVMe/TCP queue: a TCP connection that has completed ICReq/ICResp.
+pub struct Queue {
+    sock: TcpStream,
+    hdgst: bool,
+    ddgst: bool,
+    pub maxh2cdata: u32,
+    /// Largest write sent in-capsule (IOCCSZ * 16 - 64 of the controller).
+    pub in_capsule_max: usize,
+    pub qid: u16,
+    tx: Vec<u8>,
+    tx_off: usize,
+    rx: Vec<u8>,
+    rx_head: usize,
+    rx_tail: usize,
+    pending: Vec<Option<Pending>>,
+    free_cids: Vec<u16>,
+    timeout: Duration,
+    /// A C2HTermReq the controller sent: (fes, fei).
+    pub terminated: Option<(u16, u32)>,
+}
+
+impl Queue {
+    /// TCP connect and exchange ICReq/ICResp.
+    pub fn open(addr: SocketAddr, opts: &QueueOptions) -> io::Result<Queue> {
+        let sock = TcpStream::connect_timeout(&addr, opts.timeout)?;
+        sock.set_nodelay(true)?;
+        sock.set_nonblocking(true)?;
+        let depth = opts.depth.max(1) as usize;
+        let mut q = Queue {
+            sock,
+            hdgst: false,
+            ddgst: false,
+            maxh2cdata: 0,
+            in_capsule_max: 0,
+            qid: 0,
+            tx: Vec::with_capacity(256 * 1024),
+            tx_off: 0,
+            rx: vec![0; 2 << 20],
+            rx_head: 0,
+            rx_tail: 0,
+            pending: vec![None; depth],
+            free_cids: (0..depth as u16).rev().collect(),
+            timeout: opts.timeout,
+            terminated: None,
+        };
+        let mut b = [0u8; pdu::IC_LEN];
+        pdu::encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, hdgst: opts.hdgst, ddgst: opts.ddgst, maxr2t: 0 });
+        q.tx.extend_from_slice(&b);
+        let deadline = Instant::now() + opts.timeout;
+        loop {
+            q.flush_tx()?;
+            let n = q.fill_rx()?;
+            let p = DecodeParams { hdgst: false, ddgst: false, max_data: 0, from_host: false };
+            match pdu::decode(&q.rx[q.rx_head..q.rx_tail], &p).map_err(|e| err(format!("bad ICResp: {e}")))? {
+                Decoded::Frame(f) => {
+                    let Pdu::IcResp(r) = f.pdu else { return Err(err(format!("expected ICResp, got {:?}", f.pdu))) };
+                    if r.hdgst != opts.hdgst || r.ddgst != opts.ddgst || r.cpda != 0 || r.maxh2cdata < 4096 || r.maxh2cdata % 4 != 0 {
+                        return Err(err(format!("unacceptable ICResp {r:?}")));
+                    }
+                    q.rx_head += f.len;
+                    q.hdgst = r.hdgst;
+                    q.ddgst = r.ddgst;
+                    q.maxh2cdata = r.maxh2cdata;
+                    return Ok(q);
+                }
+                Decoded::Incomplete(_) if n == 0 => q.wait(deadline, true)?,
+                Decoded::Incomplete(_) => {}
+            }
+        }
+    }
+
+    /// Fabrics Connect on this queue; returns the controller id.
+    pub fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str, opts: &QueueOptions) -> io::Result<u16> {
+        let mut data = [0u8; fabrics::CONNECT_DATA_LEN];
+        data[..16].copy_from_slice(&opts.hostid);
+        data[16..18].copy_from_slice(&cntlid.to_le_bytes());
+        data[256..256 + subnqn.len().min(255)].copy_from_slice(&subnqn.as_bytes()[..subnqn.len().min(255)]);
+        data[512..512 + opts.hostnqn.len().min(255)].copy_from_slice(&opts.hostnqn.as_bytes()[..opts.hostnqn.len().min(255)]);
+        let sqsize = self.pending.len() as u16 - 1;
+        let kato = if qid == 0 { opts.kato_ms } else { 0 };
+        let sqe = command::connect_sqe(0, qid, sqsize, kato);
+        // The Connect data always travels in-capsule.
+        let saved = self.in_capsule_max;
+        self.in_capsule_max = fabrics::CONNECT_DATA_LEN;
+        let r = self.execute(sqe, Data::ToController(data.as_ptr(), data.len()));
+        self.in_capsule_max = saved;
+        let cqe = r?;
+        if !cqe.is_success() {
+            return Err(status_error("connect", &cqe));
+        }
+        self.qid = qid;
+        Ok(cqe.dw0 as u16)
+    }
+
+    /// The CID the next `submit` will use.
+    pub fn peek_cid(&self) -> Option<u16> {
+        self.free_cids.last().copied()
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.pending.len() - self.free_cids.len()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queue a command; its CID is chosen here. Sends happen in `poll`.
+    pub fn submit(&mut self, mut sqe: Sqe, data: Data) -> io::Result<u16> {
+        let cid = self.free_cids.pop().ok_or_else(|| err("queue full"))?;
+        sqe.cid = cid;
+        let in_capsule = match data {
+            Data::ToController(_, len) => {
+                sqe.sgl_len = len as u32;
+                len <= self.in_capsule_max
+            }
+            Data::FromController(_, len) => {
+                sqe.sgl_len = len as u32;
+                false
+            }
+            Data::None => false,
+        };
+        if sqe.sgl_len > 0 {
+            sqe.sgl_type = if in_capsule { command::SGL_IN_CAPSULE } else { command::SGL_TRANSPORT };
+        }
+        let capsule_data: &[u8] = match data {
+            // SAFETY: the caller guarantees the buffer for the command's lifetime.
+            Data::ToController(p, len) if in_capsule => unsafe { std::slice::from_raw_parts(p, len) },
+            _ => &[],
+        };
+        let mut hdr = [0u8; 80];
+        let n = pdu::encode_capsule_cmd(&mut hdr, &sqe.encode(), capsule_data.len(), self.hdgst, self.ddgst);
+        self.tx.extend_from_slice(&hdr[..n]);
+        self.push_data(capsule_data);
+        self.pending[cid as usize] = Some(Pending { data, received: 0, submitted: Instant::now() });
+        Ok(cid)
+    }
+
+    fn push_data(&mut self, d: &[u8]) {
+        if d.is_empty() {
+            return;
+        }
+        self.tx.extend_from_slice(d);
+        if self.ddgst {
+            self.tx.extend_from_slice(&pdu::crc32c(d).to_le_bytes());
+        }
+    }
+
+    /// Queue raw bytes (for tests that send malformed PDUs).
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tx.extend_from_slice(bytes);
+        self.flush_tx()
+    }
+
+    fn flush_tx(&mut self) -> io::Result<()> {
+        while self.tx_off < self.tx.len() {
+            match self.sock.write(&self.tx[self.tx_off..]) {
+                Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
+                Ok(n) => self.tx_off += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.tx_off == self.tx.len() {
+            self.tx.clear();
+            self.tx_off = 0;
+        }
+        Ok(())
+    }
+
+    /// Read what the socket has; Ok(0) when nothing is available.
+    fn fill_rx(&mut self) -> io::Result<usize> {
+        if self.rx_head == self.rx_tail {
+            self.rx_head = 0;
+            self.rx_tail = 0;
+        } else if self.rx.len() - self.rx_tail < 256 * 1024 {
+            self.rx.copy_within(self.rx_head..self.rx_tail, 0);
+            self.rx_tail -= self.rx_head;
+            self.rx_head = 0;
+        }
+        match self.sock.read(&mut self.rx[self.rx_tail..]) {
+            Ok(0) => Err(io::Error::new(ErrorKind::ConnectionAborted, "controller closed the connection")),
+            Ok(n) => {
+                self.rx_tail += n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn wait(&self, deadline: Instant, read: bool) -> io::Result<()> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(ErrorKind::TimedOut, "timed out waiting for the controller"));
+        }
+        let mut events = if read { libc::POLLIN } else { 0 };
+        if self.tx_off < self.tx.len() {
+            events |= libc::POLLOUT;
+        }
+        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events, revents: 0 };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32 + 1) };
+        Ok(())
+    }
+
+    /// Send what is queued, receive and process what arrived; `done(cid, cqe, latency)` runs
+    /// for each completion. Returns the number of completions. Never blocks.
+    pub fn poll(&mut self, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
+        self.flush_tx()?;
+        let mut completions = 0;
+        loop {
+            let got = self.fill_rx()?;
+            completions += self.process_rx(done)?;
+            self.flush_tx()?;
+            if got == 0 {
+                return Ok(completions);
+            }
+        }
+    }
+
+    fn process_rx(&mut self, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
+        let p = DecodeParams { hdgst: self.hdgst, ddgst: self.ddgst, max_data: 16 << 20, from_host: false };
+        let rx = std::mem::take(&mut self.rx);
+        let mut n = 0;
+        let result = loop {
+            let f = match pdu::decode(&rx[self.rx_head..self.rx_tail], &p) {
+                Ok(Decoded::Incomplete(_)) => break Ok(n),
+                Ok(Decoded::Frame(f)) => f,
+                Err(e) => break Err(err(format!("controller sent a malformed PDU: {e}"))),
+            };
+            self.rx_head += f.len;
+            if !f.ddgst_ok {
+                break Err(err("data digest mismatch"));
+            }
+            match self.on_pdu(f.pdu, done) {
+                Ok(c) => n += c,
+                Err(e) => break Err(e),
+            }
+        };
+        self.rx = rx;
+        result
+    }
+
+    fn on_pdu(&mut self, p: Pdu, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
+        match p {
+            Pdu::CapsuleResp { cqe } => {
+                let cqe = Cqe::parse(cqe);
+                let pend = self.pending.get_mut(cqe.cid as usize).and_then(|p| p.take()).ok_or_else(|| err(format!("response for unknown cid {}", cqe.cid)))?;
+                if let Data::FromController(_, len) = pend.data {
+                    if cqe.is_success() && pend.received != len {
+                        return Err(err(format!("read completed with {} of {len} bytes", pend.received)));
+                    }
+                }
+                self.free_cids.push(cqe.cid);
+                done(cqe.cid, cqe, pend.submitted.elapsed());
+                Ok(1)
+            }
+            Pdu::C2HData { cccid, datao, data, .. } => {
+                let pend = self.pending.get_mut(cccid as usize).and_then(|p| p.as_mut()).ok_or_else(|| err("C2HData for unknown cid"))?;
+                let Data::FromController(buf, len) = pend.data else { return Err(err("C2HData for a command without read data")) };
+                if datao as usize != pend.received || datao as usize + data.len() > len {
+                    return Err(err("C2HData out of order or out of range"));
+                }
+                // SAFETY: bounds checked; the caller keeps `buf` alive until completion.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.add(datao as usize), data.len()) };
+                pend.received += data.len();
+                Ok(0)
+            }
+            Pdu::R2T(r) => {
+                self.on_r2t(r)?;
+                Ok(0)
+            }
+            Pdu::TermReq { fes, fei, .. } => {
+                self.terminated = Some((fes, fei));
+                Err(io::Error::new(ErrorKind::ConnectionAborted, format!("controller terminated the connection: fes {fes:#x} fei {fei}")))
+            }
+            other => Err(err(format!("unexpected PDU {other:?}"))),
+        }
+    }
+
+    fn on_r2t(&mut self, r: pdu::R2t) -> io::Result<()> {
+        let pend = self.pending.get(r.cccid as usize).and_then(|p| *p).ok_or_else(|| err("R2T for unknown cid"))?;
+        let Data::ToController(buf, len) = pend.data else { return Err(err("R2T for a command without write data")) };
+        let (start, end) = (r.r2to as usize, r.r2to as usize + r.r2tl as usize);
+        if r.r2tl == 0 || end > len {
+            return Err(err("R2T out of range"));
+        }
+        let mut off = start;
+        while off < end {
+            let chunk = (end - off).min(self.maxh2cdata as usize);
+            let h = DataHeader { cccid: r.cccid, ttag: r.ttag, datao: off as u32, datal: chunk as u32, last: off + chunk == end, success: false };
+            let mut hdr = [0u8; 28];
+            let n = pdu::encode_data_header(&mut hdr, false, &h, self.hdgst, self.ddgst);
+            self.tx.extend_from_slice(&hdr[..n]);
+            // SAFETY: off + chunk <= len, and the caller keeps `buf` alive.
+            let d = unsafe { std::slice::from_raw_parts(buf.add(off), chunk) };
+            self.push_data(d);
+            off += chunk;
+        }
+        Ok(())
+    }
+
+    /// Submit one command and wait for it.
+    pub fn execute(&mut self, sqe: Sqe, data: Data) -> io::Result<Cqe> {
+        let cid = self.submit(sqe, data)?;
+        let deadline = Instant::now() + self.timeout;
+        let mut result = None;
+        while result.is_none() {
+            let n = self.poll(&mut |c, cqe, _| {
+                if c == cid {
+                    result = Some(cqe);
+                }
+            })?;
+            if n == 0 && result.is_none() {
+                self.wait(deadline, true)?;
+            }
+        }
+        Ok(result.unwrap())
+    }
+
+    /// Wait until the controller ends the connection; returns its TermReq (fes, fei) if
+    /// it sent one.
+    pub fn wait_for_termination(&mut self, limit: Duration) -> io::Result<Option<(u16, u32)>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.poll(&mut |_, _, _| {}) {
+                Err(e) if e.kind() == ErrorKind::ConnectionAborted || e.kind() == ErrorKind::ConnectionReset => {
+                    return Ok(self.terminated)
+                }
+                Err(e) => return Err(e),
+                Ok(_) => self.wait(deadline, true)?,
+            }
+        }
+    }
+
+    pub fn read(&mut self, nsid: u32, slba: u64, block_shift: u32, buf: &mut [u8]) -> io::Result<Cqe> {
+        let nlb = (buf.len() >> block_shift) as u32;
+        let sqe = command::rw_sqe(io_op::READ, 0, nsid, slba, nlb, buf.len() as u32, false);
+        self.execute(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))
+    }
+
+    pub fn write(&mut self, nsid: u32, slba: u64, block_shift: u32, buf: &[u8]) -> io::Result<Cqe> {
+        let nlb = (buf.len() >> block_shift) as u32;
+        let sqe = command::rw_sqe(io_op::WRITE, 0, nsid, slba, nlb, buf.len() as u32, false);
+        self.execute(sqe, Data::ToController(buf.as_ptr(), buf.len()))
+    }
+
+    pub fn raw_fd(&self) -> i32 {
+        self.sock.as_raw_fd()
+    }
+
+    /// Drop the TCP connection without any goodbye (as a crashed host would).
+    pub fn abort(self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub fn status_error(what: &str, cqe: &Cqe) -> io::Error {
+    io::Error::other(format!("{what} failed with status {:#x}", cqe.status))
+}
+
+/// A controller as seen from the host: the admin queue after bring-up.
+pub struct HostController {
+    pub addr: SocketAddr,
+    pub subnqn: String,
+    pub opts: QueueOptions,
+    pub admin: Queue,
+    pub cntlid: u16,
+    pub identify: Vec<u8>,
+    pub io_queues_granted: u16,
+}
+
+impl HostController {
+    /// Connect the admin queue and bring the controller up as the Linux host does.
+    pub fn connect(addr: SocketAddr, subnqn: &str, opts: &QueueOptions) -> io::Result<HostController> {
+        let mut aopts = opts.clone();
+        aopts.depth = 32;
+        let mut admin = Queue::open(addr, &aopts)?;
+        let cntlid = admin.connect(0, 0xFFFF, subnqn, &aopts)?;
+        let cap = property_get(&mut admin, property::CAP, true)?;
+        if (cap & 0xFFFF) + 1 < opts.depth as u64 && subnqn != DISCOVERY_NQN {
+            return Err(err(format!("controller MQES {} below requested depth {}", cap & 0xFFFF, opts.depth)));
+        }
+        property_set(&mut admin, property::CC, 1 | (6 << 16) | (4 << 20))?;
+        let deadline = Instant::now() + opts.timeout;
+        while property_get(&mut admin, property::CSTS, false)? & 1 == 0 {
+            if Instant::now() > deadline {
+                return Err(err("controller never became ready"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let mut c = HostController { addr, subnqn: subnqn.into(), opts: opts.clone(), admin, cntlid, identify: vec![], io_queues_granted: 0 };
+        c.identify = c.identify_raw(1, 0)?;
+        let ioccsz = u32::from_le_bytes(c.identify[1792..1796].try_into().unwrap()) as usize;
+        c.admin.in_capsule_max = (ioccsz * 16).saturating_sub(64);
+        Ok(c)
+    }
+
+    pub fn admin_command(&mut self, sqe: Sqe, data: Data) -> io::Result<Cqe> {
+        self.admin.execute(sqe, data)
+    }
+
+    pub fn identify_raw(&mut self, cns: u8, nsid: u32) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; 4096];
+        let mut sqe = Sqe { opcode: admin::IDENTIFY, nsid, ..Default::default() };
+        sqe.cdw[0] = cns as u32;
+        let cqe = self.admin.execute(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))?;
+        if !cqe.is_success() {
+            return Err(status_error("identify", &cqe));
+        }
+        Ok(buf)
+    }
+
+    pub fn get_log_page(&mut self, lid: u8, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let numd = (len / 4 - 1) as u32;
+        let mut sqe = Sqe { opcode: admin::GET_LOG_PAGE, nsid: u32::MAX, ..Default::default() };
+        sqe.cdw[0] = lid as u32 | (numd & 0xFFFF) << 16;
+        sqe.cdw[1] = numd >> 16;
+        let cqe = self.admin.execute(sqe, Data::FromController(buf.as_mut_ptr(), len))?;
+        if !cqe.is_success() {
+            return Err(status_error("get log page", &cqe));
+        }
+        Ok(buf)
+    }
+
+    /// Set Features Number of Queues; returns how many I/O queues were granted.
+    pub fn set_queue_count(&mut self, n: u16) -> io::Result<u16> {
+        let mut sqe = Sqe { opcode: admin::SET_FEATURES, ..Default::default() };
+        sqe.cdw[0] = crate::nvmf::spec::feature::NUMBER_OF_QUEUES as u32;
+        sqe.cdw[1] = (n as u32 - 1) | (n as u32 - 1) << 16;
+        let cqe = self.admin.execute(sqe, Data::None)?;
+        if !cqe.is_success() {
+            return Err(status_error("set features (queues)", &cqe));
+        }
+        self.io_queues_granted = (cqe.dw0 & 0xFFFF) as u16 + 1;
+        Ok(self.io_queues_granted)
+    }
+
+    pub fn keep_alive(&mut self) -> io::Result<()> {
+        let cqe = self.admin.execute(Sqe { opcode: admin::KEEP_ALIVE, ..Default::default() }, Data::None)?;
+        if cqe.is_success() {
+            Ok(())
+        } else {
+            Err(status_error("keep alive", &cqe))
+        }
+    }
+
+    /// Open I/O queue `qid` of this controller.
+    pub fn io_queue(&self, qid: u16) -> io::Result<Queue> {
+        let mut q = Queue::open(self.addr, &self.opts)?;
+        q.in_capsule_max = self.admin.in_capsule_max;
+        q.connect(qid, self.cntlid, &self.subnqn, &self.opts)?;
+        Ok(q)
+    }
+
+    /// (block size shift, block count) of namespace `nsid`.
+    pub fn namespace_geometry(&mut self, nsid: u32) -> io::Result<(u32, u64)> {
+        let id = self.identify_raw(0, nsid)?;
+        let nsze = u64::from_le_bytes(id[0..8].try_into().unwrap());
+        let flbas = (id[26] & 0xF) as usize;
+        let lbads = id[128 + flbas * 4 + 2] as u32;
+        if nsze == 0 || lbads < 9 {
+            return Err(err(format!("namespace {nsid} is not active")));
+        }
+        Ok((lbads, nsze))
+    }
+
+    /// Clean shutdown: CC.SHN, as `nvme disconnect` does.
+    pub fn shutdown(mut self) -> io::Result<()> {
+        property_set(&mut self.admin, property::CC, 1 | (1 << 14) | (6 << 16) | (4 << 20))?;
+        Ok(())
+    }
+}
+
+fn property_get(q: &mut Queue, offset: u32, eight: bool) -> io::Result<u64> {
+    let mut sqe = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_GET, ..Default::default() };
+    sqe.cdw[0] = eight as u32;
+    sqe.cdw[1] = offset;
+    let cqe = q.execute(sqe, Data::None)?;
+    if !cqe.is_success() {
+        return Err(status_error("property get", &cqe));
+    }
+    Ok(cqe.dw0 as u64 | (cqe.dw1 as u64) << 32)
+}
+
+fn property_set(q: &mut Queue, offset: u32, value: u32) -> io::Result<()> {
+    let mut sqe = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_SET, ..Default::default() };
+    sqe.cdw[1] = offset;
+    sqe.cdw[2] = value;
+    let cqe = q.execute(sqe, Data::None)?;
+    if !cqe.is_success() {
+        return Err(status_error("property set", &cqe));
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! nvmf-raid: a software RAID target for NVMe over TCP, built on pinned per-core reactors
+//! that drive sockets and member devices through io_uring.
+
+pub mod bdev;
+pub mod config;
+pub mod host;
+pub mod nvmf;
+pub mod reactor;
+pub mod server;
+pub mod util;

@@ -1,0 +1,888 @@
+//! One NVMe/TCP connection (one queue pair) on its reactor: the receive parser, the
+//! per-command request slots and the transmit queue.
+//!
+//! A request slot moves Free -> (AwaitingBuffer) -> (AwaitingData) -> Executing ->
+//! Transmitting -> Free; an Asynchronous Event Request parks in AsyncEvent. Slots, their
+//! in-capsule buffers and the transmit queue are allocated once when the connection is
+//! accepted, so steady-state I/O allocates nothing.
+
+use std::collections::VecDeque;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+use tracing::{debug, info, warn};
+
+use super::admin::{self, AdminCtx, AdminResult};
+use super::command::{self, ConnectCmd, Cqe, DataDir, Sqe};
+use super::pdu::{self, DataHeader, DecodeParams, Decoded, Fes, IcResp, Pdu, PduError, R2t};
+use super::spec::{self, connect_data, fabrics, io, status};
+use super::subsystem::{ConnectError, Controller, Namespace, Target};
+use super::TransportLimits;
+use crate::bdev::{BdevChannel, BdevIo, BdevOp, SqeSink, Submitted};
+use crate::reactor::bufpool::{BufferPool, PoolBuf};
+use crate::reactor::token::{Kind, Token};
+use crate::util::aligned::AlignedRegion;
+
+/// Status: the transport corrupted data in flight (data digest error); the host retries.
+const TRANSIENT_TRANSPORT_ERROR: u16 = 0x22;
+/// Most iovecs in one sendmsg.
+const MAX_IOV: usize = 64;
+/// A connection that has not sent ICReq by then is dropped.
+const IC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection needs from its reactor while it runs.
+pub struct Env<'a> {
+    pub sq: &'a mut dyn SqeSink,
+    pub pool: &'a mut BufferPool,
+    pub channels: &'a mut [Box<dyn BdevChannel>],
+    pub target: &'a Target,
+    pub limits: &'a TransportLimits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    AwaitingIcReq,
+    Ready,
+    /// A TermReq is queued; nothing more is received.
+    Terminating,
+    /// The socket is shut down; waiting for in-flight operations to return.
+    Closing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    AwaitingBuffer,
+    AwaitingData,
+    Executing,
+    Transmitting,
+    AsyncEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DataBuf {
+    None,
+    Inline,
+    Pool(PoolBuf),
+}
+
+const HDR_CAP: usize = pdu::DATA_HLEN + pdu::DIGEST_LEN;
+
+struct Slot {
+    state: SlotState,
+    sqe: Sqe,
+    xfer_len: u32,
+    received: u32,
+    buf: DataBuf,
+    /// Bytes of data returned to the host with the response.
+    data_out: u32,
+    status: u16,
+    pending_ops: u16,
+    transport_error: bool,
+    r2t_hdr: [u8; HDR_CAP],
+    r2t_len: u8,
+    data_hdr: [u8; HDR_CAP],
+    data_hdr_len: u8,
+    ddgst: [u8; 4],
+    resp_hdr: [u8; HDR_CAP],
+    resp_len: u8,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            state: SlotState::Free,
+            sqe: Sqe::default(),
+            xfer_len: 0,
+            received: 0,
+            buf: DataBuf::None,
+            data_out: 0,
+            status: 0,
+            pending_ops: 0,
+            transport_error: false,
+            r2t_hdr: [0; HDR_CAP],
+            r2t_len: 0,
+            data_hdr: [0; HDR_CAP],
+            data_hdr_len: 0,
+            ddgst: [0; 4],
+            resp_hdr: [0; HDR_CAP],
+            resp_len: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxWhat {
+    /// ICResp or TermReq from the connection's control buffer.
+    Control,
+    R2t(u16),
+    Response(u16),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct TxItem {
+    what: TxWhat,
+    sent: usize,
+}
+
+struct Binding {
+    ctrl: Arc<Controller>,
+    qid: u16,
+    depth: u16,
+}
+
+pub struct Conn {
+    sock: TcpStream,
+    pub index: u16,
+    pub generation: u16,
+    port_id: u16,
+    phase: Phase,
+    hdgst: bool,
+    ddgst: bool,
+    rx: Box<[u8]>,
+    rx_head: usize,
+    rx_tail: usize,
+    recv_armed: bool,
+    tx: VecDeque<TxItem>,
+    send_armed: bool,
+    send_bytes: usize,
+    iov: Box<[libc::iovec; MAX_IOV]>,
+    msg: Box<libc::msghdr>,
+    ctl: [u8; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
+    ctl_len: usize,
+    queue: Option<Binding>,
+    sqhd: u16,
+    slots: Box<[Slot]>,
+    free_slots: Vec<u16>,
+    buffer_waiters: VecDeque<u16>,
+    inline: AlignedRegion,
+    inline_size: usize,
+    ops_in_flight: u32,
+    aers: usize,
+    created: Instant,
+}
+
+impl Conn {
+    pub fn new(sock: TcpStream, index: u16, generation: u16, port_id: u16, lim: &TransportLimits) -> std::io::Result<Conn> {
+        let depth = lim.queue_depth as usize;
+        let rx_len = pdu::MAX_HEADER_LEN + lim.inline_data.max(lim.max_h2c_data as usize) + pdu::DIGEST_LEN + 64 * 1024;
+        let _ = sock.set_nodelay(true);
+        // SAFETY: msghdr is plain data; zero is a valid empty header.
+        let msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        Ok(Conn {
+            sock,
+            index,
+            generation,
+            port_id,
+            phase: Phase::AwaitingIcReq,
+            hdgst: false,
+            ddgst: false,
+            rx: vec![0u8; rx_len].into_boxed_slice(),
+            rx_head: 0,
+            rx_tail: 0,
+            recv_armed: false,
+            tx: VecDeque::with_capacity(2 * depth + 4),
+            send_armed: false,
+            send_bytes: 0,
+            iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV]),
+            msg: Box::new(msg),
+            ctl: [0; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
+            ctl_len: 0,
+            queue: None,
+            sqhd: 0,
+            slots: (0..depth).map(|_| Slot::new()).collect(),
+            free_slots: (0..depth as u16).rev().collect(),
+            buffer_waiters: VecDeque::with_capacity(depth),
+            inline: AlignedRegion::new(depth * lim.inline_data)?,
+            inline_size: lim.inline_data,
+            ops_in_flight: 0,
+            aers: 0,
+            created: Instant::now(),
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// True once closed and every submitted operation has come back.
+    pub fn is_finished(&self) -> bool {
+        self.phase == Phase::Closing && self.ops_in_flight == 0
+    }
+
+    fn token(&self, kind: Kind, aux: u32) -> u64 {
+        Token::new(kind, self.index, self.generation, aux).encode()
+    }
+
+    fn fd(&self) -> types::Fd {
+        types::Fd(self.sock.as_raw_fd())
+    }
+
+    // ----------------------------------------------------------------- life cycle
+
+    /// Start receiving; called once after the connection is placed on its reactor.
+    pub fn start(&mut self, env: &mut Env) {
+        self.arm_recv(env);
+    }
+
+    pub fn close(&mut self, why: &str) {
+        if self.phase == Phase::Closing {
+            return;
+        }
+        debug!(conn = self.index, why, "closing connection");
+        self.phase = Phase::Closing;
+        // Wakes the outstanding recv/send so their completions come back.
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Give back everything the connection holds. Only once `is_finished()`.
+    pub fn release(&mut self, env: &mut Env) {
+        assert!(self.is_finished());
+        for i in 0..self.slots.len() {
+            if self.slots[i].state != SlotState::Free {
+                self.free_slot(i as u16, env);
+            }
+        }
+        if let Some(b) = self.queue.take() {
+            if b.qid == 0 {
+                info!(cntlid = b.ctrl.cntlid, host = %b.ctrl.hostnqn, "controller association ended");
+                env.target.remove_controller(b.ctrl.cntlid);
+            } else {
+                b.ctrl.release_queue(b.qid);
+            }
+        }
+    }
+
+    /// Periodic check: keep-alive expiry, a dead association, a silent new connection.
+    pub fn tick(&mut self) {
+        if self.phase == Phase::AwaitingIcReq && self.created.elapsed() > IC_TIMEOUT {
+            self.close("no ICReq");
+        }
+        let Some(b) = &self.queue else { return };
+        if b.ctrl.is_dead() {
+            self.close("association ended");
+        } else if b.qid == 0 && b.ctrl.keepalive_expired() {
+            warn!(cntlid = b.ctrl.cntlid, host = %b.ctrl.hostnqn, "keep-alive timeout: ending association");
+            b.ctrl.kill();
+            self.close("keep-alive timeout");
+        }
+    }
+
+    /// End-of-turn work: start a send if output is queued, retry buffer waiters.
+    pub fn flush(&mut self, env: &mut Env) {
+        while let Some(&s) = self.buffer_waiters.front() {
+            if self.phase == Phase::Closing || !self.try_acquire_buffer(s, env) {
+                break;
+            }
+            self.buffer_waiters.pop_front();
+            self.data_buffer_ready(s, env);
+        }
+        if !self.send_armed && !self.tx.is_empty() && self.phase != Phase::Closing {
+            self.arm_send(env);
+        }
+    }
+
+    // ----------------------------------------------------------------- receive
+
+    fn arm_recv(&mut self, env: &mut Env) {
+        if self.recv_armed || matches!(self.phase, Phase::Closing | Phase::Terminating) {
+            return;
+        }
+        let space = self.rx.len() - self.rx_tail;
+        debug_assert!(space > 0);
+        // SAFETY: the receive target stays inside `rx`, which lives as long as the conn.
+        let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_tail) };
+        let e = opcode::Recv::new(self.fd(), ptr, space as u32).build().user_data(self.token(Kind::Recv, 0));
+        env.sq.push(e);
+        self.recv_armed = true;
+        self.ops_in_flight += 1;
+    }
+
+    pub fn on_recv(&mut self, res: i32, env: &mut Env) {
+        self.recv_armed = false;
+        self.ops_in_flight -= 1;
+        if res <= 0 {
+            self.close(if res == 0 { "peer closed" } else { "recv error" });
+            return;
+        }
+        if self.phase == Phase::Closing || self.phase == Phase::Terminating {
+            return;
+        }
+        self.rx_tail += res as usize;
+        self.parse_rx(env);
+        self.arm_recv(env);
+    }
+
+    fn decode_params(&self, env: &Env) -> DecodeParams {
+        let max_data = env.limits.inline_data.max(env.limits.max_h2c_data as usize) as u32;
+        DecodeParams { hdgst: self.hdgst, ddgst: self.ddgst, max_data, from_host: true }
+    }
+
+    fn parse_rx(&mut self, env: &mut Env) {
+        let rx = std::mem::take(&mut self.rx);
+        let mut need = 0;
+        while self.phase == Phase::AwaitingIcReq || self.phase == Phase::Ready {
+            let p = self.decode_params(env);
+            match pdu::decode(&rx[self.rx_head..self.rx_tail], &p) {
+                Ok(Decoded::Incomplete(n)) => {
+                    need = n;
+                    break;
+                }
+                Ok(Decoded::Frame(f)) => {
+                    let len = f.len;
+                    if let Err(e) = self.on_pdu(f, env) {
+                        self.terminate(e, &rx[self.rx_head..self.rx_tail]);
+                    }
+                    self.rx_head += len;
+                }
+                Err(e) => self.terminate(e, &rx[self.rx_head..self.rx_tail]),
+            }
+        }
+        self.rx = rx;
+        self.compact_rx(need);
+    }
+
+    /// Keep room for the PDU being assembled; moves bytes only when the tail runs short.
+    fn compact_rx(&mut self, need: usize) {
+        if self.rx_head == self.rx_tail {
+            self.rx_head = 0;
+            self.rx_tail = 0;
+        } else if self.rx.len() - self.rx_head < need.max(pdu::MAX_HEADER_LEN) || self.rx.len() - self.rx_tail < 16 * 1024 {
+            self.rx.copy_within(self.rx_head..self.rx_tail, 0);
+            self.rx_tail -= self.rx_head;
+            self.rx_head = 0;
+        }
+    }
+
+    fn on_pdu(&mut self, f: pdu::Frame, env: &mut Env) -> Result<(), PduError> {
+        match (self.phase, f.pdu) {
+            (Phase::AwaitingIcReq, Pdu::IcReq(r)) => self.on_ic_req(&r, env),
+            (Phase::AwaitingIcReq, _) | (Phase::Ready, Pdu::IcReq(_)) => Err(PduError { fes: Fes::PduSequenceError, fei: 0 }),
+            (_, Pdu::CapsuleCmd { sqe, data }) => self.on_command(sqe, data, f.ddgst_ok, env),
+            (_, Pdu::H2CData { cccid, ttag, datao, last: _, data }) => self.on_h2c_data(cccid, ttag, datao, data, f.ddgst_ok, env),
+            (_, Pdu::TermReq { fes, .. }) => {
+                info!(conn = self.index, fes, "host terminated the connection");
+                self.close("H2CTermReq");
+                Ok(())
+            }
+            // The decoder accepts only host-to-controller PDU types.
+            _ => Err(PduError { fes: Fes::InvalidHeaderField, fei: 0 }),
+        }
+    }
+
+    fn on_ic_req(&mut self, r: &pdu::IcReq, env: &mut Env) -> Result<(), PduError> {
+        if r.pfv != 0 {
+            return Err(PduError { fes: Fes::UnsupportedParameter, fei: 8 });
+        }
+        if r.hpda != 0 {
+            return Err(PduError { fes: Fes::UnsupportedParameter, fei: 10 });
+        }
+        self.hdgst = r.hdgst;
+        self.ddgst = r.ddgst;
+        let resp = IcResp { pfv: 0, cpda: 0, hdgst: r.hdgst, ddgst: r.ddgst, maxh2cdata: env.limits.max_h2c_data };
+        self.ctl_len = pdu::encode_ic_resp(&mut self.ctl, &resp);
+        self.tx.push_back(TxItem { what: TxWhat::Control, sent: 0 });
+        self.phase = Phase::Ready;
+        Ok(())
+    }
+
+    /// A framing error: queue a C2HTermReq and stop receiving; the connection closes once
+    /// it is sent. Other connections are unaffected.
+    fn terminate(&mut self, e: PduError, offending: &[u8]) {
+        warn!(conn = self.index, error = %e, "malformed PDU: terminating connection");
+        let hdr_len = offending.len().min(pdu::TERM_MAX_DATA);
+        self.ctl_len = pdu::encode_term_req(&mut self.ctl, false, e.fes, e.fei, &offending[..hdr_len]);
+        // Responses already queued still go out first; nothing new is accepted.
+        self.tx.push_back(TxItem { what: TxWhat::Control, sent: 0 });
+        self.phase = Phase::Terminating;
+    }
+
+    // ----------------------------------------------------------------- commands
+
+    fn depth(&self) -> usize {
+        self.queue.as_ref().map_or(self.slots.len(), |b| b.depth as usize)
+    }
+
+    fn on_command(&mut self, sqe_bytes: &[u8; 64], data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
+        let sqe = Sqe::parse(sqe_bytes);
+        let in_use = self.slots.len() - self.free_slots.len();
+        if in_use >= self.depth() {
+            // More commands outstanding than the queue holds.
+            return Err(PduError { fes: Fes::PduSequenceError, fei: 0 });
+        }
+        let s = self.free_slots.pop().expect("slot accounting");
+        self.advance_sqhd();
+        let slot = &mut self.slots[s as usize];
+        debug_assert_eq!(slot.state, SlotState::Free);
+        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, ..Slot::new() };
+        let dir = command::data_direction(&sqe);
+        if let Some(sc) = self.check_data_descriptor(&sqe, dir, data.len(), ddgst_ok, env) {
+            self.complete(s, sc | status::DNR, 0, env);
+            return Ok(());
+        }
+        if !data.is_empty() {
+            self.slots[s as usize].buf = DataBuf::Inline;
+            self.slots[s as usize].received = data.len() as u32;
+            self.data_mut(s, env)[..data.len()].copy_from_slice(data);
+            self.execute(s, env);
+        } else if dir == DataDir::None || sqe.sgl_len == 0 {
+            self.execute(s, env);
+        } else if self.try_acquire_buffer(s, env) {
+            self.data_buffer_ready(s, env);
+        } else {
+            self.slots[s as usize].state = SlotState::AwaitingBuffer;
+            self.buffer_waiters.push_back(s);
+        }
+        Ok(())
+    }
+
+    /// Validate the data descriptor against the PDU; Some(status) rejects the command.
+    fn check_data_descriptor(&self, sqe: &Sqe, dir: DataDir, in_capsule: usize, ddgst_ok: bool, env: &Env) -> Option<u16> {
+        let len = sqe.sgl_len as usize;
+        if !ddgst_ok {
+            return Some(TRANSIENT_TRANSPORT_ERROR);
+        }
+        if in_capsule > 0 {
+            let ok = dir == DataDir::HostToController && sqe.sgl_type == command::SGL_IN_CAPSULE && in_capsule == len && len <= self.inline_size;
+            return (!ok).then_some(status::SGL_DATA_LENGTH_INVALID);
+        }
+        if dir == DataDir::None || len == 0 {
+            return None;
+        }
+        if sqe.sgl_type != command::SGL_TRANSPORT {
+            return Some(status::SGL_DESCRIPTOR_TYPE_INVALID);
+        }
+        (len > env.limits.max_transfer).then_some(status::SGL_DATA_LENGTH_INVALID)
+    }
+
+    fn advance_sqhd(&mut self) {
+        let size = self.depth() as u16;
+        self.sqhd = (self.sqhd + 1) % size.max(1);
+    }
+
+    fn try_acquire_buffer(&mut self, s: u16, env: &mut Env) -> bool {
+        let len = self.slots[s as usize].xfer_len as usize;
+        let buf = if len <= self.inline_size {
+            DataBuf::Inline
+        } else {
+            match env.pool.get(len) {
+                Some(b) => DataBuf::Pool(b),
+                None => return false,
+            }
+        };
+        self.slots[s as usize].buf = buf;
+        true
+    }
+
+    /// The data buffer is in place: fetch write data with an R2T, or execute.
+    fn data_buffer_ready(&mut self, s: u16, env: &mut Env) {
+        let slot = &mut self.slots[s as usize];
+        if command::data_direction(&slot.sqe) == DataDir::HostToController {
+            let r = R2t { cccid: slot.sqe.cid, ttag: s, r2to: 0, r2tl: slot.xfer_len };
+            slot.r2t_len = pdu::encode_r2t(&mut slot.r2t_hdr, &r, self.hdgst) as u8;
+            slot.state = SlotState::AwaitingData;
+            self.tx.push_back(TxItem { what: TxWhat::R2t(s), sent: 0 });
+        } else {
+            slot.state = SlotState::Executing;
+            self.execute(s, env);
+        }
+    }
+
+    fn on_h2c_data(&mut self, cccid: u16, ttag: u16, datao: u32, data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
+        let Some(slot) = self.slots.get(ttag as usize) else {
+            return Err(PduError { fes: Fes::InvalidHeaderField, fei: 10 });
+        };
+        if slot.state != SlotState::AwaitingData || slot.sqe.cid != cccid {
+            return Err(PduError { fes: Fes::InvalidHeaderField, fei: if slot.sqe.cid != cccid { 8 } else { 10 } });
+        }
+        if datao != slot.received {
+            return Err(PduError { fes: Fes::DataOutOfRange, fei: 12 });
+        }
+        if datao as usize + data.len() > slot.xfer_len as usize {
+            return Err(PduError { fes: Fes::DataOutOfRange, fei: 16 });
+        }
+        self.data_mut(ttag, env)[datao as usize..datao as usize + data.len()].copy_from_slice(data);
+        let slot = &mut self.slots[ttag as usize];
+        slot.received += data.len() as u32;
+        slot.transport_error |= !ddgst_ok;
+        if slot.received == slot.xfer_len {
+            if slot.transport_error {
+                self.complete(ttag, TRANSIENT_TRANSPORT_ERROR, 0, env);
+            } else {
+                self.slots[ttag as usize].state = SlotState::Executing;
+                self.execute(ttag, env);
+            }
+        }
+        Ok(())
+    }
+
+    fn data_ptr(&self, s: u16, env: &Env) -> *mut u8 {
+        match self.slots[s as usize].buf {
+            // SAFETY: slot s owns bytes [s * inline_size, (s + 1) * inline_size).
+            DataBuf::Inline => unsafe { self.inline.as_ptr().add(s as usize * self.inline_size) },
+            DataBuf::Pool(b) => env.pool.ptr(b),
+            DataBuf::None => std::ptr::null_mut(),
+        }
+    }
+
+    fn data_mut<'b>(&self, s: u16, env: &'b Env) -> &'b mut [u8] {
+        let len = self.slots[s as usize].xfer_len as usize;
+        let p = self.data_ptr(s, env);
+        if p.is_null() {
+            return &mut [];
+        }
+        // SAFETY: the buffer belongs to slot s alone and holds at least xfer_len bytes.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    fn execute(&mut self, s: u16, env: &mut Env) {
+        let sqe = self.slots[s as usize].sqe;
+        let is_connect = sqe.is_fabrics() && sqe.fctype == fabrics::CONNECT;
+        let admin_queue = self.queue.as_ref().map(|b| b.qid == 0);
+        match admin_queue {
+            None if is_connect => self.on_connect(s, env),
+            None => self.complete(s, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0, env),
+            Some(_) if is_connect => self.complete(s, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0, env),
+            Some(true) => self.execute_admin(s, env),
+            Some(false) if sqe.is_fabrics() => self.complete(s, status::INVALID_OPCODE | status::DNR, 0, env),
+            Some(false) => self.execute_io(s, env),
+        }
+    }
+
+    fn execute_admin(&mut self, s: u16, env: &mut Env) {
+        let ctrl = self.queue.as_ref().unwrap().ctrl.clone();
+        let sqe = self.slots[s as usize].sqe;
+        let cx = AdminCtx { target: env.target, ctrl: &ctrl, limits: env.limits, outstanding_aers: self.aers };
+        let data = self.data_mut(s, env);
+        match admin::execute(&cx, &sqe, data) {
+            AdminResult::Done { status, result, data_len } => {
+                self.slots[s as usize].data_out = data_len as u32;
+                self.complete(s, status, result, env);
+            }
+            AdminResult::Deferred => {
+                self.slots[s as usize].state = SlotState::AsyncEvent;
+                self.aers += 1;
+            }
+        }
+    }
+
+    fn on_connect(&mut self, s: u16, env: &mut Env) {
+        let sqe = self.slots[s as usize].sqe;
+        let c = ConnectCmd::from_sqe(&sqe);
+        let data = self.data_mut(s, env);
+        if data.len() != fabrics::CONNECT_DATA_LEN {
+            return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
+        }
+        let nqn = |off: usize| -> String {
+            let f = &data[off..off + connect_data::NQN_LEN];
+            let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
+            String::from_utf8_lossy(&f[..end]).into_owned()
+        };
+        let (subnqn, hostnqn) = (nqn(connect_data::SUBNQN), nqn(connect_data::HOSTNQN));
+        let hostid: [u8; 16] = data[..16].try_into().unwrap();
+        let cntlid = u16::from_le_bytes([data[connect_data::CNTLID], data[connect_data::CNTLID + 1]]);
+        match self.bind_queue(&c, &subnqn, &hostnqn, hostid, cntlid, env) {
+            Ok(ctrl_id) => self.complete(s, status::SUCCESS, ctrl_id as u64, env),
+            Err((sc, result)) => {
+                info!(subnqn, hostnqn, qid = c.qid, status = format_args!("{sc:#x}"), "connect refused");
+                self.complete(s, sc | status::DNR, result as u64, env)
+            }
+        }
+    }
+
+    /// Attach this connection to a controller; Err carries (status, result dw0).
+    fn bind_queue(&mut self, c: &ConnectCmd, subnqn: &str, hostnqn: &str, hostid: [u8; 16], cntlid: u16, env: &Env) -> Result<u16, (u16, u32)> {
+        let invalid = |off: usize| (status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_data_field(off as u16));
+        if c.recfmt != 0 {
+            return Err((status::CONNECT_INCOMPATIBLE_FORMAT, 0));
+        }
+        let max_depth = if c.qid == 0 { env.limits.admin_queue_depth } else { env.limits.queue_depth };
+        if c.sqsize == 0 || c.sqsize >= max_depth {
+            return Err((status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_cmd_field(44)));
+        }
+        let map_err = |e: ConnectError| match e {
+            ConnectError::UnknownSubsystem => invalid(connect_data::SUBNQN),
+            ConnectError::HostNotAllowed => (status::CONNECT_INVALID_HOST, spec::connect_invalid_data_field(connect_data::HOSTNQN as u16)),
+            ConnectError::UnknownController => invalid(connect_data::CNTLID),
+            ConnectError::QueueInUse | ConnectError::TooManyControllers => (status::CONNECT_CONTROLLER_BUSY, 0),
+        };
+        let ctrl = if c.qid == 0 {
+            if cntlid != 0xFFFF {
+                return Err(invalid(connect_data::CNTLID));
+            }
+            let ctrl = env.target.create_controller(subnqn, hostnqn, hostid, self.port_id, c.kato_ms).map_err(map_err)?;
+            info!(cntlid = ctrl.cntlid, subnqn, hostnqn, kato_ms = c.kato_ms, "controller created");
+            ctrl
+        } else {
+            env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
+        };
+        let id = ctrl.cntlid;
+        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1 });
+        Ok(id)
+    }
+
+    /// The bound subsystem's namespace `nsid`.
+    fn namespace<'n>(&self, nsid: u32) -> Option<&'n Namespace> {
+        let ns = self.queue.as_ref()?.ctrl.subsys.namespace(nsid)?;
+        // SAFETY: the binding's Arc<Controller> keeps the subsystem and its namespaces
+        // alive; the binding is dropped only by `release`, never while a command runs.
+        Some(unsafe { &*(ns as *const Namespace) })
+    }
+
+    fn execute_io(&mut self, s: u16, env: &mut Env) {
+        let sqe = self.slots[s as usize].sqe;
+        let Some(ns) = self.namespace(sqe.nsid) else {
+            return self.complete(s, status::INVALID_NAMESPACE | status::DNR, 0, env);
+        };
+        let lba_range_ok = |slba: u64, nlb: u64| slba.checked_add(nlb).is_some_and(|end| end <= ns.num_blocks);
+        let shift = ns.lba_shift();
+        let (op, offset, len) = match sqe.opcode {
+            io::READ | io::WRITE => {
+                let (slba, nlb) = (sqe.slba(), sqe.nlb() as u64);
+                if !lba_range_ok(slba, nlb) {
+                    return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
+                }
+                if nlb << shift != self.slots[s as usize].xfer_len as u64 {
+                    return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
+                }
+                let op = if sqe.opcode == io::READ { BdevOp::Read } else { BdevOp::Write };
+                ns.counters.record(op == BdevOp::Write, nlb << shift);
+                (op, slba << shift, nlb << shift)
+            }
+            io::FLUSH => (BdevOp::Flush, 0, 0),
+            io::WRITE_ZEROES => {
+                let (slba, nlb) = (sqe.slba(), sqe.nlb() as u64);
+                if !lba_range_ok(slba, nlb) {
+                    return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
+                }
+                (BdevOp::WriteZeroes, slba << shift, nlb << shift)
+            }
+            io::DATASET_MANAGEMENT => return self.dataset_management(s, ns, env),
+            _ => return self.complete(s, status::INVALID_OPCODE | status::DNR, 0, env),
+        };
+        self.submit_bdev(s, ns.device, op, offset, len as u32, env);
+        self.finish_if_done(s, env);
+    }
+
+    /// Deallocate each range; other DSM attributes are hints we may ignore.
+    fn dataset_management(&mut self, s: u16, ns: &Namespace, env: &mut Env) {
+        let sqe = self.slots[s as usize].sqe;
+        if sqe.cdw11() & (1 << 2) == 0 {
+            return self.complete(s, status::SUCCESS, 0, env);
+        }
+        let nr = (sqe.cdw10() & 0xFF) as usize + 1;
+        let mut ranges = [(0u64, 0u64); 256];
+        let data = self.data_mut(s, env);
+        if data.len() < nr * 16 {
+            return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
+        }
+        for (i, r) in data.chunks_exact(16).take(nr).enumerate() {
+            ranges[i] = (u64::from_le_bytes(r[8..16].try_into().unwrap()), u32::from_le_bytes(r[4..8].try_into().unwrap()) as u64);
+        }
+        if ranges[..nr].iter().any(|&(slba, nlb)| slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks)) {
+            return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
+        }
+        let shift = ns.lba_shift();
+        for &(slba, nlb) in &ranges[..nr] {
+            if nlb > 0 {
+                self.submit_bdev(s, ns.device, BdevOp::Discard, slba << shift, (nlb << shift) as u32, env);
+            }
+        }
+        self.finish_if_done(s, env);
+    }
+
+    fn submit_bdev(&mut self, s: u16, device: usize, op: BdevOp, offset: u64, len: u32, env: &mut Env) {
+        let slot = &self.slots[s as usize];
+        let buf_index = match slot.buf {
+            DataBuf::Pool(b) => env.pool.reg_index(b),
+            _ => None,
+        };
+        let buf = if matches!(op, BdevOp::Read | BdevOp::Write) { self.data_ptr(s, env) } else { std::ptr::null_mut() };
+        let bio = BdevIo { op, offset, len, buf, buf_index, user_data: self.token(Kind::Bdev, s as u32) };
+        match env.channels[device].submit(&bio, env.sq) {
+            Submitted::Queued => {
+                self.slots[s as usize].pending_ops += 1;
+                self.ops_in_flight += 1;
+            }
+            Submitted::Done(res) => self.note_bdev_result(s, res),
+        }
+    }
+
+    fn note_bdev_result(&mut self, s: u16, res: i32) {
+        let slot = &mut self.slots[s as usize];
+        let expect = match slot.sqe.opcode {
+            io::READ | io::WRITE => slot.xfer_len as i32,
+            _ => 0,
+        };
+        if res != expect && slot.status == status::SUCCESS {
+            slot.status = match slot.sqe.opcode {
+                io::READ => status::UNRECOVERED_READ_ERROR,
+                io::WRITE => status::WRITE_FAULT,
+                _ => status::INTERNAL_ERROR,
+            };
+            warn!(conn = self.index, opcode = slot.sqe.opcode, res, "block I/O failed");
+        }
+    }
+
+    pub fn on_bdev_complete(&mut self, s: u16, res: i32, env: &mut Env) {
+        self.ops_in_flight -= 1;
+        let slot = &mut self.slots[s as usize];
+        debug_assert!(slot.pending_ops > 0);
+        slot.pending_ops -= 1;
+        self.note_bdev_result(s, res);
+        self.finish_if_done(s, env);
+    }
+
+    fn finish_if_done(&mut self, s: u16, env: &mut Env) {
+        let slot = &self.slots[s as usize];
+        if slot.pending_ops > 0 || slot.state != SlotState::Executing {
+            return;
+        }
+        let status = slot.status;
+        if status == status::SUCCESS && slot.sqe.opcode == io::READ {
+            self.slots[s as usize].data_out = slot.xfer_len;
+        }
+        self.complete(s, status, 0, env);
+    }
+
+    /// Queue the response (with C2HData first for data to the host).
+    fn complete(&mut self, s: u16, sc: u16, result: u64, env: &mut Env) {
+        if self.phase == Phase::Closing {
+            return self.free_slot(s, env);
+        }
+        let qid = self.queue.as_ref().map_or(0, |b| b.qid);
+        let (hdgst, ddgst) = (self.hdgst, self.ddgst);
+        let sqhd = self.sqhd;
+        let data_out = if sc & 0x7FF == 0 { self.slots[s as usize].data_out } else { 0 };
+        if data_out > 0 {
+            let d = &self.data_mut(s, env)[..data_out as usize];
+            let digest = if ddgst { pdu::crc32c(d) } else { 0 };
+            let slot = &mut self.slots[s as usize];
+            let h = DataHeader { cccid: slot.sqe.cid, ttag: 0, datao: 0, datal: data_out, last: true, success: false };
+            slot.data_hdr_len = pdu::encode_data_header(&mut slot.data_hdr, true, &h, hdgst, ddgst) as u8;
+            slot.ddgst = digest.to_le_bytes();
+        }
+        let slot = &mut self.slots[s as usize];
+        slot.data_out = data_out;
+        let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
+        slot.resp_len = pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8;
+        slot.state = SlotState::Transmitting;
+        self.tx.push_back(TxItem { what: TxWhat::Response(s), sent: 0 });
+    }
+
+    fn free_slot(&mut self, s: u16, env: &mut Env) {
+        let slot = &mut self.slots[s as usize];
+        if slot.state == SlotState::AsyncEvent {
+            self.aers -= 1;
+        }
+        if let DataBuf::Pool(b) = slot.buf {
+            env.pool.put(b);
+        }
+        slot.buf = DataBuf::None;
+        slot.state = SlotState::Free;
+        self.free_slots.push(s);
+    }
+
+    // ----------------------------------------------------------------- transmit
+
+    /// The byte segments of one queued item, in wire order.
+    fn segments(&self, what: TxWhat, env: &Env) -> ([(*const u8, usize); 4], usize) {
+        let mut seg = [(std::ptr::null(), 0usize); 4];
+        let n = match what {
+            TxWhat::Control => {
+                seg[0] = (self.ctl.as_ptr(), self.ctl_len);
+                1
+            }
+            TxWhat::R2t(s) => {
+                let slot = &self.slots[s as usize];
+                seg[0] = (slot.r2t_hdr.as_ptr(), slot.r2t_len as usize);
+                1
+            }
+            TxWhat::Response(s) => {
+                let slot = &self.slots[s as usize];
+                let mut n = 0;
+                if slot.data_out > 0 {
+                    seg[0] = (slot.data_hdr.as_ptr(), slot.data_hdr_len as usize);
+                    seg[1] = (self.data_ptr(s, env) as *const u8, slot.data_out as usize);
+                    n = 2;
+                    if self.ddgst {
+                        seg[2] = (slot.ddgst.as_ptr(), 4);
+                        n = 3;
+                    }
+                }
+                seg[n] = (slot.resp_hdr.as_ptr(), slot.resp_len as usize);
+                n + 1
+            }
+        };
+        (seg, n)
+    }
+
+    fn arm_send(&mut self, env: &mut Env) {
+        let mut n_iov = 0;
+        let mut bytes = 0;
+        'items: for item in self.tx.iter() {
+            let (seg, n) = self.segments(item.what, env);
+            let mut skip = item.sent;
+            for &(p, len) in &seg[..n] {
+                if skip >= len {
+                    skip -= len;
+                    continue;
+                }
+                if n_iov == MAX_IOV {
+                    break 'items;
+                }
+                // SAFETY: skip < len, so the pointer stays inside the segment.
+                self.iov[n_iov] = libc::iovec { iov_base: unsafe { p.add(skip) } as *mut libc::c_void, iov_len: len - skip };
+                bytes += len - skip;
+                skip = 0;
+                n_iov += 1;
+            }
+        }
+        debug_assert!(bytes > 0);
+        self.msg.msg_iov = self.iov.as_mut_ptr();
+        self.msg.msg_iovlen = n_iov;
+        let e = opcode::SendMsg::new(self.fd(), &*self.msg as *const libc::msghdr)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build()
+            .user_data(self.token(Kind::Send, 0));
+        env.sq.push(e);
+        self.send_armed = true;
+        self.send_bytes = bytes;
+        self.ops_in_flight += 1;
+    }
+
+    pub fn on_send(&mut self, res: i32, env: &mut Env) {
+        self.send_armed = false;
+        self.ops_in_flight -= 1;
+        if res < 0 {
+            self.close("send error");
+            return;
+        }
+        let mut left = res as usize;
+        debug_assert!(left <= self.send_bytes);
+        while left > 0 {
+            let item = *self.tx.front().expect("sent bytes belong to queued items");
+            let (seg, n) = self.segments(item.what, env);
+            let total: usize = seg[..n].iter().map(|s| s.1).sum();
+            let remaining = total - item.sent;
+            if left < remaining {
+                self.tx.front_mut().unwrap().sent += left;
+                break;
+            }
+            left -= remaining;
+            self.tx.pop_front();
+            self.item_sent(item.what, env);
+        }
+    }
+
+    fn item_sent(&mut self, what: TxWhat, env: &mut Env) {
+        match what {
+            TxWhat::Control if self.phase == Phase::Terminating => self.close("terminated after TermReq"),
+            TxWhat::Control | TxWhat::R2t(_) => {}
+            TxWhat::Response(s) => self.free_slot(s, env),
+        }
+    }
+}

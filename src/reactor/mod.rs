@@ -1,0 +1,405 @@
+//! Reactors: one pinned thread per configured core, each owning an io_uring through which
+//! all of its socket and block I/O flows, a registered buffer pool, an inbox with an
+//! eventfd wake-up and a periodic tick for keep-alive. Nothing on the data path is shared.
+
+pub mod bufpool;
+pub mod token;
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use tracing::{debug, info, warn};
+
+use crate::bdev::{Bdev, BdevChannel, FileRegistry, SqeSink};
+use crate::nvmf::conn::{Conn, Env};
+use crate::nvmf::subsystem::Target;
+use crate::nvmf::TransportLimits;
+use bufpool::{BufferPool, PoolConfig};
+use token::{Kind, Token};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollMode {
+    /// Never sleep: lowest latency, one whole core.
+    Busy,
+    /// Spin for a while after the last event, then sleep in io_uring_enter.
+    Adaptive,
+}
+
+/// Idle loop turns before an adaptive reactor sleeps.
+const ADAPTIVE_SPIN_TURNS: u32 = 2000;
+const TICK: Duration = Duration::from_millis(100);
+const RING_ENTRIES: u32 = 4096;
+const CQE_BATCH: usize = 256;
+/// How long a stopping reactor waits for its connections' I/O to drain.
+const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+
+pub enum Msg {
+    /// Take over a freshly accepted connection.
+    Adopt { sock: TcpStream, port_id: u16 },
+}
+
+/// A reactor's mailbox: messages plus an eventfd that wakes it from io_uring_enter.
+#[derive(Clone)]
+pub struct Mailbox {
+    tx: Sender<Msg>,
+    eventfd: Arc<OwnedFd>,
+}
+
+impl Mailbox {
+    pub fn send(&self, m: Msg) {
+        if self.tx.send(m).is_ok() {
+            self.wake();
+        }
+    }
+
+    pub fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+    }
+}
+
+pub fn mailbox() -> std::io::Result<(Mailbox, Receiver<Msg>)> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor we own.
+    let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let (tx, rx) = crossbeam::channel::bounded(1024);
+    Ok((Mailbox { tx, eventfd }, rx))
+}
+
+/// What every reactor shares.
+pub struct Shared {
+    pub target: Arc<Target>,
+    pub mailboxes: Vec<Mailbox>,
+    pub stop: AtomicBool,
+    next_reactor: AtomicUsize,
+}
+
+impl Shared {
+    pub fn new(target: Arc<Target>, mailboxes: Vec<Mailbox>) -> Self {
+        Shared { target, mailboxes, stop: AtomicBool::new(false), next_reactor: AtomicUsize::new(0) }
+    }
+
+    pub fn request_stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        for m in &self.mailboxes {
+            m.wake();
+        }
+    }
+}
+
+pub struct ReactorConfig {
+    pub index: usize,
+    pub core: Option<usize>,
+    pub mode: PollMode,
+    pub limits: TransportLimits,
+    pub pool: PoolConfig,
+    pub max_connections: usize,
+    /// Listening sockets this reactor accepts on, with their port ids.
+    pub listeners: Vec<(TcpListener, u16)>,
+}
+
+struct RingSq<'a>(&'a mut IoUring);
+
+impl SqeSink for RingSq<'_> {
+    fn push(&mut self, entry: squeue::Entry) {
+        loop {
+            // SAFETY: every entry references memory owned by a connection, the pool or
+            // the reactor, all of which outlive the operation (see Conn::release).
+            if unsafe { self.0.submission().push(&entry) }.is_ok() {
+                return;
+            }
+            self.0.submit().expect("io_uring submit");
+        }
+    }
+}
+
+struct Files(Vec<RawFd>);
+
+impl FileRegistry for Files {
+    fn register(&mut self, fd: RawFd) -> Option<u32> {
+        self.0.push(fd);
+        Some(self.0.len() as u32 - 1)
+    }
+}
+
+struct Reactor {
+    index: usize,
+    ring: IoUring,
+    mode: PollMode,
+    pool: BufferPool,
+    channels: Vec<Box<dyn BdevChannel>>,
+    conns: Vec<Option<Box<Conn>>>,
+    generations: Vec<u16>,
+    free_ids: Vec<u16>,
+    active: Vec<u16>,
+    listeners: Vec<(TcpListener, u16)>,
+    inbox: Receiver<Msg>,
+    eventfd: Arc<OwnedFd>,
+    wake_buf: Box<[u8; 8]>,
+    tick_ts: Box<types::Timespec>,
+    shared: Arc<Shared>,
+    limits: TransportLimits,
+}
+
+/// Run a reactor on the current thread until the target stops; `ready` hears once the
+/// reactor is set up (errors are returned instead).
+pub fn run(
+    cfg: ReactorConfig,
+    shared: Arc<Shared>,
+    devices: &[Arc<dyn Bdev>],
+    inbox: Receiver<Msg>,
+    ready: Sender<Result<(), String>>,
+) -> std::io::Result<()> {
+    if let Some(core) = cfg.core {
+        if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+            warn!(reactor = cfg.index, core, "could not pin reactor to core");
+        }
+    }
+    let mut r = Reactor::new(cfg, shared, devices, inbox)?;
+    let _ = ready.send(Ok(()));
+    r.event_loop();
+    Ok(())
+}
+
+impl Reactor {
+    fn new(cfg: ReactorConfig, shared: Arc<Shared>, devices: &[Arc<dyn Bdev>], inbox: Receiver<Msg>) -> std::io::Result<Reactor> {
+        let ring = IoUring::builder().setup_clamp().build(RING_ENTRIES)?;
+        let mut pool = BufferPool::new(&cfg.pool)?;
+        // SAFETY: the pool's regions live as long as the ring (both are reactor fields).
+        match unsafe { ring.submitter().register_buffers(&pool.iovecs()) } {
+            Ok(()) => pool.set_registered(true),
+            Err(e) => warn!(reactor = cfg.index, error = %e, "buffer registration failed; using unregistered buffers"),
+        }
+        let mut files = Files(Vec::new());
+        let mut channels = Vec::with_capacity(devices.len());
+        for d in devices {
+            channels.push(d.open_channel(&mut files)?);
+        }
+        if !files.0.is_empty() {
+            ring.submitter().register_files(&files.0)?;
+        }
+        let eventfd = shared.mailboxes[cfg.index].eventfd.clone();
+        let max = cfg.max_connections.min(u16::MAX as usize);
+        Ok(Reactor {
+            index: cfg.index,
+            ring,
+            mode: cfg.mode,
+            pool,
+            channels,
+            conns: (0..max).map(|_| None).collect(),
+            generations: vec![0; max],
+            free_ids: (0..max as u16).rev().collect(),
+            active: Vec::with_capacity(max),
+            listeners: cfg.listeners,
+            inbox,
+            eventfd,
+            wake_buf: Box::new([0; 8]),
+            tick_ts: Box::new(types::Timespec::from(TICK)),
+            shared,
+            limits: cfg.limits,
+        })
+    }
+
+    fn push(&mut self, e: squeue::Entry) {
+        RingSq(&mut self.ring).push(e);
+    }
+
+    fn arm_accept(&mut self, listener: usize) {
+        let fd = self.listeners[listener].0.as_raw_fd();
+        let t = Token::new(Kind::Accept, 0, 0, listener as u32).encode();
+        self.push(opcode::AcceptMulti::new(types::Fd(fd)).build().user_data(t));
+    }
+
+    fn arm_wakeup(&mut self) {
+        let t = Token::new(Kind::Wakeup, 0, 0, 0).encode();
+        let e = opcode::Read::new(types::Fd(self.eventfd.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8).build().user_data(t);
+        self.push(e);
+    }
+
+    fn arm_tick(&mut self) {
+        let t = Token::new(Kind::Tick, 0, 0, 0).encode();
+        let ts: *const types::Timespec = &*self.tick_ts;
+        self.push(opcode::Timeout::new(ts).build().user_data(t));
+    }
+
+    fn event_loop(&mut self) {
+        for i in 0..self.listeners.len() {
+            self.arm_accept(i);
+        }
+        self.arm_wakeup();
+        self.arm_tick();
+        info!(reactor = self.index, mode = ?self.mode, "reactor running");
+        let mut idle_turns = 0u32;
+        let mut stopping: Option<Instant> = None;
+        loop {
+            let events = self.reap();
+            self.drain_inbox();
+            self.end_of_turn();
+            if self.shared.stop.load(Ordering::Acquire) {
+                let since = *stopping.get_or_insert_with(|| {
+                    self.close_all("target stopping");
+                    Instant::now()
+                });
+                if self.active.is_empty() || since.elapsed() > DRAIN_LIMIT {
+                    break;
+                }
+            }
+            idle_turns = if events == 0 { idle_turns.saturating_add(1) } else { 0 };
+            let sleep = self.mode == PollMode::Adaptive && idle_turns > ADAPTIVE_SPIN_TURNS;
+            let r = if sleep { self.ring.submit_and_wait(1) } else { self.ring.submit() };
+            if let Err(e) = r {
+                if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
+                    panic!("io_uring_enter failed: {e}");
+                }
+            }
+        }
+        info!(reactor = self.index, "reactor stopped");
+    }
+
+    fn reap(&mut self) -> usize {
+        let mut batch = [(0u64, 0i32, 0u32); CQE_BATCH];
+        let mut n = 0;
+        for cqe in self.ring.completion() {
+            batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+            n += 1;
+            if n == CQE_BATCH {
+                break;
+            }
+        }
+        for &(ud, res, flags) in &batch[..n] {
+            self.dispatch(ud, res, flags);
+        }
+        n
+    }
+
+    fn dispatch(&mut self, user_data: u64, res: i32, flags: u32) {
+        let Some(t) = Token::decode(user_data) else {
+            warn!(user_data, "completion with unknown token");
+            return;
+        };
+        match t.kind {
+            Kind::Accept => self.on_accept(t.aux as usize, res, flags),
+            Kind::Wakeup => self.arm_wakeup(),
+            Kind::Tick => {
+                for i in 0..self.active.len() {
+                    let id = self.active[i];
+                    self.with_conn(id, None, |c, _| c.tick());
+                }
+                self.arm_tick();
+            }
+            Kind::Recv => self.conn_event(t, |c, env| c.on_recv(res, env)),
+            Kind::Send => self.conn_event(t, |c, env| c.on_send(res, env)),
+            Kind::Bdev => self.conn_event(t, |c, env| c.on_bdev_complete(t.aux as u16, res, env)),
+        }
+    }
+
+    fn conn_event(&mut self, t: Token, f: impl FnOnce(&mut Conn, &mut Env)) {
+        if self.with_conn(t.conn, Some(t.generation), f).is_none() {
+            warn!(conn = t.conn, "completion for a connection that no longer exists");
+        }
+    }
+
+    /// Run `f` on a live connection with the reactor's environment.
+    fn with_conn<R>(&mut self, id: u16, generation: Option<u16>, f: impl FnOnce(&mut Conn, &mut Env) -> R) -> Option<R> {
+        let Reactor { ring, pool, channels, conns, shared, limits, .. } = self;
+        let conn = conns.get_mut(id as usize)?.as_mut()?;
+        if generation.is_some_and(|g| g != conn.generation) {
+            return None;
+        }
+        let mut sq = RingSq(ring);
+        let mut env = Env { sq: &mut sq, pool, channels, target: &shared.target, limits };
+        Some(f(conn, &mut env))
+    }
+
+    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if !cqueue::more(flags) {
+            self.arm_accept(listener);
+        }
+        if res < 0 {
+            warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+            return;
+        }
+        // SAFETY: a successful accept returns a new descriptor that we now own.
+        let sock = unsafe { TcpStream::from_raw_fd(res) };
+        let port_id = self.listeners[listener].1;
+        let n = self.shared.mailboxes.len();
+        let dest = self.shared.next_reactor.fetch_add(1, Ordering::Relaxed) % n;
+        if dest == self.index {
+            self.adopt(sock, port_id);
+        } else {
+            self.shared.mailboxes[dest].send(Msg::Adopt { sock, port_id });
+        }
+    }
+
+    fn drain_inbox(&mut self) {
+        while let Ok(m) = self.inbox.try_recv() {
+            match m {
+                Msg::Adopt { sock, port_id } => self.adopt(sock, port_id),
+            }
+        }
+    }
+
+    fn adopt(&mut self, sock: TcpStream, port_id: u16) {
+        let peer = sock.peer_addr().ok();
+        let Some(id) = self.free_ids.pop() else {
+            warn!(reactor = self.index, ?peer, "connection limit reached: refusing connection");
+            return;
+        };
+        let generation = self.generations[id as usize].wrapping_add(1);
+        self.generations[id as usize] = generation;
+        match Conn::new(sock, id, generation, port_id, &self.limits) {
+            Ok(c) => {
+                debug!(reactor = self.index, conn = id, ?peer, "connection accepted");
+                self.conns[id as usize] = Some(Box::new(c));
+                self.active.push(id);
+                self.with_conn(id, None, |c, env| c.start(env));
+            }
+            Err(e) => {
+                warn!(error = %e, "could not set up connection");
+                self.free_ids.push(id);
+            }
+        }
+    }
+
+    /// Flush every connection's output, then retire the ones that have finished.
+    fn end_of_turn(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let id = self.active[i];
+            let finished = self.with_conn(id, None, |c, env| {
+                c.flush(env);
+                if c.is_finished() {
+                    c.release(env);
+                    true
+                } else {
+                    false
+                }
+            });
+            if finished == Some(true) {
+                self.conns[id as usize] = None;
+                self.active.swap_remove(i);
+                self.free_ids.push(id);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn close_all(&mut self, why: &str) {
+        for i in 0..self.active.len() {
+            let id = self.active[i];
+            self.with_conn(id, None, |c, _| c.close(why));
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! Assemble a running target from a configuration: devices, subsystems, listeners and
+//! one reactor thread per configured core.
+
+use std::net::TcpListener;
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+
+use tracing::info;
+
+use crate::bdev::{Bdev, FileBdev, NullBdev, RamBdev};
+use crate::config::{Config, DeviceKind, DeviceSection};
+use crate::nvmf::subsystem::{stable_ids, Namespace, Port, Subsystem, SubsystemKind, Target};
+use crate::nvmf::TransportLimits;
+use crate::reactor::bufpool::PoolConfig;
+use crate::reactor::{self, ReactorConfig, Shared};
+
+pub struct Server {
+    pub shared: Arc<Shared>,
+    pub ports: Vec<Port>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
+    let size = d.size.map(|s| s.0);
+    Ok(match d.kind {
+        DeviceKind::File => {
+            let path = d.path.as_ref().expect("validated: file devices have a path");
+            let f = FileBdev::open(&d.name, path, d.block_size, size)?;
+            info!(device = d.name, path = %path.display(), direct_io = f.uses_direct_io(), blocks = f.num_blocks(), "file device opened");
+            Arc::new(f)
+        }
+        DeviceKind::Ram => Arc::new(RamBdev::new(&d.name, d.block_size, size.unwrap())?),
+        DeviceKind::Null => Arc::new(NullBdev::new(&d.name, d.block_size, size.unwrap())),
+    })
+}
+
+fn serial_for(nqn: &str) -> String {
+    let h = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, nqn.as_bytes());
+    h.simple().to_string()[..20].to_string()
+}
+
+fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<Vec<Arc<Subsystem>>> {
+    let mut out = Vec::new();
+    for s in &cfg.subsystems {
+        let mut namespaces = Vec::new();
+        for (j, n) in s.namespaces.iter().enumerate() {
+            let nsid = n.nsid.unwrap_or(j as u32 + 1);
+            let device = cfg.devices.iter().position(|d| d.name == n.device).expect("validated device name");
+            let (nguid, mut uuid, eui64) = stable_ids(&s.nqn, nsid);
+            if let Some(u) = &n.uuid {
+                uuid = *uuid::Uuid::parse_str(u).expect("validated uuid").as_bytes();
+            }
+            let dev = &devices[device];
+            if dev.num_blocks() == 0 {
+                return Err(std::io::Error::other(format!("device '{}' is smaller than one block", dev.name())));
+            }
+            namespaces.push(Namespace {
+                nsid,
+                device,
+                block_size: dev.block_size(),
+                num_blocks: dev.num_blocks(),
+                nguid,
+                uuid,
+                eui64,
+                counters: Default::default(),
+            });
+        }
+        out.push(Arc::new(Subsystem {
+            nqn: s.nqn.clone(),
+            kind: SubsystemKind::Nvm,
+            serial: s.serial.clone().unwrap_or_else(|| serial_for(&s.nqn)),
+            model: s.model.clone(),
+            allow_any_host: s.allow_any_host,
+            hosts: RwLock::new(s.hosts.clone()),
+            namespaces,
+        }));
+    }
+    Ok(out)
+}
+
+pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
+    let l = &cfg.limits;
+    let t = TransportLimits {
+        queue_depth: l.queue_depth,
+        admin_queue_depth: 32,
+        inline_data: l.in_capsule_data,
+        max_transfer: l.max_transfer,
+        max_h2c_data: l.max_h2c_data,
+    };
+    let p = PoolConfig { small_size: 128 * 1024, small_count: l.buffers_128k, large_size: l.max_transfer.max(128 * 1024), large_count: l.buffers_1m };
+    (t, p)
+}
+
+impl Server {
+    pub fn start(cfg: &Config) -> std::io::Result<Server> {
+        let devices: Vec<Arc<dyn Bdev>> = cfg.devices.iter().map(open_device).collect::<Result<_, _>>()?;
+        let subsystems = build_subsystems(cfg, &devices)?;
+        let mut listeners = Vec::new();
+        let mut ports = Vec::new();
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let sock = TcpListener::bind(&l.address).map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", l.address)))?;
+            let port = Port { id: i as u16 + 1, addr: sock.local_addr()? };
+            ports.push(port.clone());
+            listeners.push((sock, port.id));
+        }
+        let target = Arc::new(Target::new(subsystems, ports.clone(), cfg.limits.max_io_queues, cfg.limits.max_controllers));
+        let mut mailboxes = Vec::new();
+        let mut inboxes = Vec::new();
+        for _ in &cfg.reactor.cores {
+            let (m, rx) = reactor::mailbox()?;
+            mailboxes.push(m);
+            inboxes.push(rx);
+        }
+        let shared = Arc::new(Shared::new(target, mailboxes));
+        let (limits, pool) = limits_of(cfg);
+        let per_reactor_conns = cfg.limits.max_connections.div_ceil(cfg.reactor.cores.len());
+        let devices = Arc::new(devices);
+        let mut threads = Vec::new();
+        let (ready_tx, ready_rx) = crossbeam::channel::bounded(cfg.reactor.cores.len());
+        for (i, (core, inbox)) in cfg.reactor.cores.iter().zip(inboxes).enumerate() {
+            // Reactor 0 accepts; new connections are spread round-robin from there.
+            let rc = ReactorConfig {
+                index: i,
+                core: Some(*core),
+                mode: cfg.reactor.polling,
+                limits,
+                pool,
+                max_connections: per_reactor_conns,
+                listeners: if i == 0 { std::mem::take(&mut listeners) } else { Vec::new() },
+            };
+            let (shared, devices, ready) = (shared.clone(), devices.clone(), ready_tx.clone());
+            let t = std::thread::Builder::new().name(format!("reactor-{i}")).spawn(move || {
+                if let Err(e) = reactor::run(rc, shared.clone(), &devices, inbox, ready.clone()) {
+                    tracing::error!(reactor = i, error = %e, "reactor failed to start");
+                    let _ = ready.send(Err(e.to_string()));
+                    shared.request_stop();
+                }
+            })?;
+            threads.push(t);
+        }
+        for _ in 0..threads.len() {
+            if let Err(e) = ready_rx.recv().map_err(|e| e.to_string()).and_then(|r| r) {
+                shared.request_stop();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(std::io::Error::other(format!("reactor start failed: {e}")));
+            }
+        }
+        Ok(Server { shared, ports, threads })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.shared.target
+    }
+
+    /// Stop accepting, close every connection after in-flight I/O drains, join reactors.
+    pub fn stop(self) {
+        self.shared.request_stop();
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}

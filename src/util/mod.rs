@@ -1,0 +1,3 @@
+//! Small building blocks shared by the data path.
+
+pub mod aligned;
