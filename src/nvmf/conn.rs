@@ -316,6 +316,43 @@ impl Conn {
         self.arm_recv(env);
     }
 
+    /// Deliver bytes as if the armed recv had returned them (fuzzing and unit tests drive
+    /// the state machine without a kernel socket). Returns how many bytes were taken.
+    #[doc(hidden)]
+    pub fn inject_recv(&mut self, data: &[u8], env: &mut Env) -> usize {
+        if !self.recv_armed {
+            return 0;
+        }
+        let n = data.len().min(self.rx.len() - self.rx_tail);
+        self.rx[self.rx_tail..self.rx_tail + n].copy_from_slice(&data[..n]);
+        self.on_recv(n as i32, env);
+        n
+    }
+
+    /// The bytes of the outstanding send, gathered from its iovecs (for test oracles).
+    #[doc(hidden)]
+    pub fn armed_send_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        if self.send_armed {
+            for v in &self.iov[..self.msg.msg_iovlen] {
+                // SAFETY: the iovecs point at live slot/connection memory until on_send.
+                out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+            }
+        }
+        out
+    }
+
+    /// Complete the outstanding send as fully written; returns the bytes "sent".
+    #[doc(hidden)]
+    pub fn inject_send_complete(&mut self, env: &mut Env) -> usize {
+        if !self.send_armed {
+            return 0;
+        }
+        let n = self.send_bytes;
+        self.on_send(n as i32, env);
+        n
+    }
+
     fn decode_params(&self, env: &Env) -> DecodeParams {
         let max_data = env.limits.inline_data.max(env.limits.max_h2c_data as usize) as u32;
         DecodeParams { hdgst: self.hdgst, ddgst: self.ddgst, max_data, from_host: true }
