@@ -20,7 +20,9 @@ NB=$CFG/nullb/selfcheck
 mkdir "$NB"
 echo "$SIZE_MB" >"$NB/size"          # MiB
 echo 4096 >"$NB/blocksize"
-echo 1 >"$NB/memory_backed"
+# SELFCHECK_MEMORY_BACKED=0 (pass it with GUEST_ENV) gives a device that
+# drops writes: the e2e must then FAIL at its first verify (harness check).
+echo "${SELFCHECK_MEMORY_BACKED:-1}" >"$NB/memory_backed"
 echo 1 >"$NB/discard"
 echo 1 >"$NB/power"
 # Debian's 6.1 names the disk after the configfs directory; upstream 6.1

@@ -78,7 +78,13 @@ pub struct Queue {
     timeout: Duration,
     /// A C2HTermReq the controller sent: (fes, fei).
     pub terminated: Option<(u16, u32)>,
+    /// Fault injection: send the next data digest wrong.
+    pub corrupt_next_data_digest: bool,
 }
+
+// SAFETY: the raw buffer pointers in `pending` are only dereferenced by whoever owns the
+// queue; moving the queue to another thread moves that duty with it.
+unsafe impl Send for Queue {}
 
 impl Queue {
     /// TCP connect and exchange ICReq/ICResp.
@@ -103,6 +109,7 @@ impl Queue {
             free_cids: (0..depth as u16).rev().collect(),
             timeout: opts.timeout,
             terminated: None,
+            corrupt_next_data_digest: false,
         };
         let mut b = [0u8; pdu::IC_LEN];
         pdu::encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, hdgst: opts.hdgst, ddgst: opts.ddgst, maxr2t: 0 });
@@ -203,7 +210,8 @@ impl Queue {
         }
         self.tx.extend_from_slice(d);
         if self.ddgst {
-            self.tx.extend_from_slice(&pdu::crc32c(d).to_le_bytes());
+            let flip = std::mem::take(&mut self.corrupt_next_data_digest) as u32;
+            self.tx.extend_from_slice(&(pdu::crc32c(d) ^ flip).to_le_bytes());
         }
     }
 

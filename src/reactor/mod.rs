@@ -77,17 +77,31 @@ pub fn mailbox() -> std::io::Result<(Mailbox, Receiver<Msg>)> {
     Ok((Mailbox { tx, eventfd }, rx))
 }
 
+/// A reactor's resource use, published every tick for operators and leak checks.
+#[derive(Debug, Default)]
+pub struct ReactorStats {
+    pub connections: AtomicUsize,
+    pub buffers_in_use: AtomicUsize,
+}
+
 /// What every reactor shares.
 pub struct Shared {
     pub target: Arc<Target>,
     pub mailboxes: Vec<Mailbox>,
+    pub stats: Vec<ReactorStats>,
     pub stop: AtomicBool,
     next_reactor: AtomicUsize,
 }
 
 impl Shared {
     pub fn new(target: Arc<Target>, mailboxes: Vec<Mailbox>) -> Self {
-        Shared { target, mailboxes, stop: AtomicBool::new(false), next_reactor: AtomicUsize::new(0) }
+        let stats = mailboxes.iter().map(|_| ReactorStats::default()).collect();
+        Shared { target, mailboxes, stats, stop: AtomicBool::new(false), next_reactor: AtomicUsize::new(0) }
+    }
+
+    /// (connections, pool buffers in use) summed over reactors, as of their last tick.
+    pub fn resource_use(&self) -> (usize, usize) {
+        self.stats.iter().fold((0, 0), |(c, b), s| (c + s.connections.load(Ordering::Relaxed), b + s.buffers_in_use.load(Ordering::Relaxed)))
     }
 
     pub fn request_stop(&self) {
@@ -296,6 +310,9 @@ impl Reactor {
                     let id = self.active[i];
                     self.with_conn(id, None, |c, _| c.tick());
                 }
+                let st = &self.shared.stats[self.index];
+                st.connections.store(self.active.len(), Ordering::Relaxed);
+                st.buffers_in_use.store(self.pool.capacity() - self.pool.free_count(), Ordering::Relaxed);
                 self.arm_tick();
             }
             Kind::Recv => self.conn_event(t, |c, env| c.on_recv(res, env)),
