@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# End to end with the real Linux initiator: start nvmf-raid on the host (default target
+# over a sparse file), boot the Debian test guest and run tests/e2e/guest-nvme.sh in it
+# (nvme discover/connect with and without digests, nvme-cli admin commands, fio verify,
+# ext4 across a reconnect). Exits with the guest script's status.
+#
+#   scripts/e2e-guest.sh [path/to/nvmf-raid]
+#
+# Env: E2E_PORT (default 14420), plus everything scripts/guest/run.sh accepts.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BIN=${1:-$REPO/target/release/nvmf-raid}
+PORT=${E2E_PORT:-14420}
+NQN=nqn.2026-11.io.nvmf-raid:default
+OUT="$REPO/target/e2e"
+mkdir -p "$OUT"
+DATA=$(mktemp -d "$OUT/data.XXXXXX")
+
+[[ -x $BIN ]] || { echo "e2e-guest: no binary at $BIN (cargo build --release first)" >&2; exit 2; }
+
+"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --cores 0 >"$OUT/target.log" 2>&1 &
+TARGET_PID=$!
+cleanup() {
+    kill "$TARGET_PID" 2>/dev/null || true
+    wait "$TARGET_PID" 2>/dev/null || true
+    rm -rf "$DATA"
+}
+trap cleanup EXIT
+
+for _ in $(seq 50); do
+    grep -q "nvme connect" "$OUT/target.log" && break
+    kill -0 "$TARGET_PID" 2>/dev/null || { cat "$OUT/target.log"; echo "e2e-guest: target exited" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "nvme connect" "$OUT/target.log" || { cat "$OUT/target.log"; echo "e2e-guest: target did not start" >&2; exit 1; }
+
+set +e
+SUBNQN=$NQN TARGET_ADDR=10.0.2.2 TARGET_PORT=$PORT GUEST_LOG="$OUT/guest.log" \
+    "$REPO/scripts/guest/run.sh" "$REPO/tests/e2e/guest-nvme.sh"
+status=$?
+set -e
+
+# The target must have survived the run and must stop cleanly on SIGTERM.
+if ! kill -0 "$TARGET_PID" 2>/dev/null; then
+    echo "e2e-guest: the target died during the run" >&2
+    status=1
+else
+    kill -TERM "$TARGET_PID"
+    if ! wait "$TARGET_PID"; then
+        echo "e2e-guest: the target did not exit cleanly on SIGTERM" >&2
+        status=1
+    fi
+fi
+grep -E "ERROR|panicked" "$OUT/target.log" && { echo "e2e-guest: the target logged errors" >&2; status=1; }
+echo "e2e-guest: guest log $OUT/guest.log, target log $OUT/target.log"
+exit $status

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Run every test: unit, property and loopback integration tests, a bounded fuzz run, and
+# the end-to-end run with the Linux kernel initiator in a QEMU guest. Installs what it
+# needs (Debian packages for the guest, cargo-fuzz) on a fresh machine.
+#
+# Env:
+#   NVMF_RAID_SKIP_GUEST=1   skip the guest end-to-end run (printed as SKIPPED)
+#   NVMF_RAID_SKIP_FUZZ=1    skip the fuzz run (printed as SKIPPED)
+#   FUZZ_SECONDS             seconds per fuzz target (default 60)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+passed=0 failed=0 skipped=0
+declare -a results
+step() {
+    local name=$1; shift
+    echo "=== $name: $*"
+    local t0=$SECONDS
+    if "$@"; then
+        passed=$((passed + 1)); results+=("PASS    $name ($((SECONDS - t0)) s)")
+    else
+        failed=$((failed + 1)); results+=("FAIL    $name ($((SECONDS - t0)) s)")
+    fi
+}
+skip() {
+    skipped=$((skipped + 1)); results+=("SKIPPED $1: $2")
+    echo "=== SKIPPED $1: $2"
+}
+
+export CARGO_TERM_COLOR=never
+step build cargo build --release --all-targets
+step "unit, property and loopback tests" cargo test --release --no-fail-fast
+if [[ ${NVMF_RAID_SKIP_FUZZ:-0} == 1 ]]; then
+    skip fuzz "NVMF_RAID_SKIP_FUZZ=1"
+else
+    step fuzz scripts/fuzz.sh "${FUZZ_SECONDS:-60}"
+fi
+if [[ ${NVMF_RAID_SKIP_GUEST:-0} == 1 ]]; then
+    skip "guest end-to-end" "NVMF_RAID_SKIP_GUEST=1"
+else
+    step "guest end-to-end (Linux nvme-tcp initiator)" scripts/e2e-guest.sh target/release/nvmf-raid
+fi
+
+echo
+printf '%s\n' "${results[@]}"
+echo "summary: $passed passed, $failed failed, $skipped skipped"
+[[ $failed -eq 0 ]]
