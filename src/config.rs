@@ -261,7 +261,7 @@ impl Config {
         check((1..=4096).contains(&l.max_connections), "max_connections", "must be 1..=4096")?;
         check((1..=0xFFEF).contains(&l.max_controllers), "max_controllers", "must be 1..=65519")?;
         check(
-            l.in_capsule_data >= 4096 && l.in_capsule_data <= 65536 && l.in_capsule_data % 4096 == 0,
+            l.in_capsule_data >= 4096 && l.in_capsule_data <= 65536 && l.in_capsule_data.is_multiple_of(4096),
             "in_capsule_data",
             "must be a multiple of 4096 from 4096 to 65536",
         )?;
@@ -271,7 +271,7 @@ impl Config {
             "must be a power of two from 128 KiB to 1 MiB",
         )?;
         check(
-            l.max_h2c_data >= 4096 && l.max_h2c_data % 4 == 0 && l.max_h2c_data as usize <= l.max_transfer,
+            l.max_h2c_data >= 4096 && l.max_h2c_data.is_multiple_of(4) && l.max_h2c_data as usize <= l.max_transfer,
             "max_h2c_data",
             "must be a multiple of 4, at least 4096 and at most max_transfer",
         )?;

@@ -133,7 +133,7 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
         return Err(io::Error::other(format!("controller granted only {granted} I/O queues")));
     }
     let (shift, blocks) = ctrl.namespace_geometry(o.nsid)?;
-    if o.block_size % (1 << shift) != 0 || o.block_size > 1 << 20 {
+    if !o.block_size.is_multiple_of(1 << shift) || o.block_size > 1 << 20 {
         return Err(io::Error::other(format!("block size must be a multiple of {} up to 1 MiB", 1 << shift)));
     }
     let mut queues = Vec::new();

@@ -149,7 +149,7 @@ fn get_log_page(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
     let lid = (sqe.cdw10() & 0xFF) as u8;
     let numd = ((sqe.cdw11() & 0xFFFF) << 16 | (sqe.cdw10() >> 16)) as usize + 1;
     let offset = sqe.cdw12() as u64 | (sqe.cdw13() as u64) << 32;
-    if numd * 4 != data.len() || offset % 4 != 0 {
+    if numd * 4 != data.len() || !offset.is_multiple_of(4) {
         return AdminResult::err(status::INVALID_FIELD);
     }
     let subsys = &cx.ctrl.subsys;

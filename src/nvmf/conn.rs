@@ -565,7 +565,8 @@ impl Conn {
         }
     }
 
-    fn data_mut<'b>(&self, s: u16, env: &'b Env) -> &'b mut [u8] {
+    /// Slot s's data buffer; the slot owns it until the slot is freed.
+    fn data_mut(&mut self, s: u16, env: &Env) -> &mut [u8] {
         let len = self.slots[s as usize].xfer_len as usize;
         let p = self.data_ptr(s, env);
         if p.is_null() {

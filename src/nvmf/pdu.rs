@@ -222,7 +222,7 @@ fn frame_layout(
     }
     if ty == H2C_TERM_REQ || ty == C2H_TERM_REQ {
         // TermReqs never carry digests; their data is the offending header.
-        if plen < TERM_HLEN || plen > TERM_HLEN + TERM_MAX_DATA {
+        if !(TERM_HLEN..=TERM_HLEN + TERM_MAX_DATA).contains(&plen) {
             return Err(PduError::new(Fes::InvalidHeaderField, 4));
         }
         return Ok(Layout { hdgst: false, ddgst: false, data_off: TERM_HLEN, data_len: plen - TERM_HLEN });

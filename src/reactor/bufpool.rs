@@ -40,7 +40,7 @@ pub struct BufferPool {
 impl BufferPool {
     pub fn new(cfg: &PoolConfig) -> std::io::Result<Self> {
         let class = |size: usize, count: usize, first: usize| -> std::io::Result<Class> {
-            assert!(size % 4096 == 0 && count > 0);
+            assert!(size.is_multiple_of(4096) && count > 0);
             Ok(Class {
                 region: AlignedRegion::new(size * count)?,
                 size,
