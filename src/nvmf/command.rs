@@ -45,7 +45,7 @@ impl Sqe {
             sgl_len: le32(b, 32),
             sgl_type: b[39],
             cdw,
-            fctype: b[4],
+            fctype: if b[0] == admin::FABRICS { b[4] } else { 0 },
         }
     }
 
