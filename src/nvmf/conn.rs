@@ -160,8 +160,12 @@ pub struct Conn {
     buffer_waiters: VecDeque<u16>,
     inline: AlignedRegion,
     inline_size: usize,
+    /// The in-capsule region's entry in the ring's registered buffer table.
+    inline_reg_index: Option<u16>,
     ops_in_flight: u32,
     aers: usize,
+    /// A command arrived since the last tick (traffic-based keep-alive).
+    active_since_tick: bool,
     created: Instant,
 }
 
@@ -198,10 +202,21 @@ impl Conn {
             buffer_waiters: VecDeque::with_capacity(depth),
             inline: AlignedRegion::new(depth * lim.inline_data)?,
             inline_size: lim.inline_data,
+            inline_reg_index: None,
             ops_in_flight: 0,
             aers: 0,
+            active_since_tick: false,
             created: Instant::now(),
         })
+    }
+
+    /// The in-capsule buffer region, for registration with the ring.
+    pub fn inline_iovec(&self) -> libc::iovec {
+        libc::iovec { iov_base: self.inline.as_ptr() as *mut libc::c_void, iov_len: self.inline.len() }
+    }
+
+    pub fn set_inline_reg_index(&mut self, index: u16) {
+        self.inline_reg_index = Some(index);
     }
 
     pub fn phase(&self) -> Phase {
@@ -262,6 +277,11 @@ impl Conn {
             self.close("no ICReq");
         }
         let Some(b) = &self.queue else { return };
+        // Any command on any queue counts as a keep-alive (CTRATT.TBKAS); noted once per
+        // tick so the I/O path never touches the shared controller.
+        if std::mem::take(&mut self.active_since_tick) {
+            b.ctrl.touch_keepalive();
+        }
         if b.ctrl.is_dead() {
             self.close("association ended");
         } else if b.qid == 0 && b.ctrl.keepalive_expired() {
@@ -445,6 +465,7 @@ impl Conn {
 
     fn on_command(&mut self, sqe_bytes: &[u8; 64], data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
         let sqe = Sqe::parse(sqe_bytes);
+        self.active_since_tick = true;
         let in_use = self.slots.len() - self.free_slots.len();
         if in_use >= self.depth() {
             // More commands outstanding than the queue holds.
@@ -736,7 +757,8 @@ impl Conn {
         let slot = &self.slots[s as usize];
         let buf_index = match slot.buf {
             DataBuf::Pool(b) => env.pool.reg_index(b),
-            _ => None,
+            DataBuf::Inline => self.inline_reg_index,
+            DataBuf::None => None,
         };
         let buf = if matches!(op, BdevOp::Read | BdevOp::Write) { self.data_ptr(s, env) } else { std::ptr::null_mut() };
         let bio = BdevIo { op, offset, len, buf, buf_index, user_data: self.token(Kind::Bdev, s as u32) };

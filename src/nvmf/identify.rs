@@ -55,7 +55,7 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put16(out, 78, ctrl.cntlid);
     put32(out, 80, VERSION_1_3);
     put32(out, 92, if nvm { 1 << 8 } else { 0 }); // oaes: namespace attribute notices
-    put32(out, 96, 1); // ctratt: 128-bit host identifier
+    put32(out, 96, 1 | (1 << 6)); // ctratt: 128-bit host identifier, traffic-based keep-alive
     out[111] = if nvm { 1 } else { 2 }; // cntrltype
     out[258] = 3; // acl
     out[259] = 3; // aerl: four outstanding AERs

@@ -105,6 +105,10 @@ impl BufferPool {
         self.registered = yes;
     }
 
+    pub fn is_registered(&self) -> bool {
+        self.registered
+    }
+
     /// Registered buffer index, when the pool is registered with the ring.
     pub fn reg_index(&self, b: PoolBuf) -> Option<u16> {
         self.registered.then(|| self.classes[b.class as usize].first_reg_index + b.index as u16)

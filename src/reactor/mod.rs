@@ -190,8 +190,15 @@ impl Reactor {
     fn new(cfg: ReactorConfig, shared: Arc<Shared>, devices: &[Arc<dyn Bdev>], inbox: Receiver<Msg>) -> std::io::Result<Reactor> {
         let ring = IoUring::builder().setup_clamp().build(RING_ENTRIES)?;
         let mut pool = BufferPool::new(&cfg.pool)?;
-        // SAFETY: the pool's regions live as long as the ring (both are reactor fields).
-        match unsafe { ring.submitter().register_buffers(&pool.iovecs()) } {
+        let max = cfg.max_connections.min(u16::MAX as usize - pool.capacity());
+        // Table layout: the pool's buffers, then one entry per connection slot for that
+        // connection's in-capsule buffers (filled in when a connection is adopted).
+        let table = (pool.capacity() + max) as u32;
+        let registered = ring.submitter().register_buffers_sparse(table).and_then(|()| {
+            // SAFETY: the pool's regions live as long as the ring (both are reactor fields).
+            unsafe { ring.submitter().register_buffers_update(0, &pool.iovecs(), None) }
+        });
+        match registered {
             Ok(()) => pool.set_registered(true),
             Err(e) => warn!(reactor = cfg.index, error = %e, "buffer registration failed; using unregistered buffers"),
         }
@@ -204,7 +211,6 @@ impl Reactor {
             ring.submitter().register_files(&files.0)?;
         }
         let eventfd = shared.mailboxes[cfg.index].eventfd.clone();
-        let max = cfg.max_connections.min(u16::MAX as usize);
         Ok(Reactor {
             index: cfg.index,
             ring,
@@ -376,8 +382,9 @@ impl Reactor {
         let generation = self.generations[id as usize].wrapping_add(1);
         self.generations[id as usize] = generation;
         match Conn::new(sock, id, generation, port_id, &self.limits) {
-            Ok(c) => {
+            Ok(mut c) => {
                 debug!(reactor = self.index, conn = id, ?peer, "connection accepted");
+                self.register_inline(&mut c);
                 self.conns[id as usize] = Some(Box::new(c));
                 self.active.push(id);
                 self.with_conn(id, None, |c, env| c.start(env));
@@ -404,12 +411,40 @@ impl Reactor {
                 }
             });
             if finished == Some(true) {
+                self.unregister_inline(id);
                 self.conns[id as usize] = None;
                 self.active.swap_remove(i);
                 self.free_ids.push(id);
             } else {
                 i += 1;
             }
+        }
+    }
+
+    fn inline_table_index(&self, id: u16) -> u32 {
+        (self.pool.capacity() + id as usize) as u32
+    }
+
+    /// Register a connection's in-capsule buffers so small I/O uses fixed-buffer ops too.
+    fn register_inline(&mut self, c: &mut Conn) {
+        if !self.pool.is_registered() {
+            return;
+        }
+        let index = self.inline_table_index(c.index);
+        let iov = c.inline_iovec();
+        // SAFETY: the connection (and its inline region) outlives the registration: the
+        // entry is cleared in unregister_inline before the connection is dropped.
+        match unsafe { self.ring.submitter().register_buffers_update(index, &[iov], None) } {
+            Ok(()) => c.set_inline_reg_index(index as u16),
+            Err(e) => debug!(error = %e, "in-capsule buffer registration failed"),
+        }
+    }
+
+    fn unregister_inline(&mut self, id: u16) {
+        if self.pool.is_registered() {
+            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+            // SAFETY: clearing a table entry references no memory.
+            let _ = unsafe { self.ring.submitter().register_buffers_update(self.inline_table_index(id), &[empty], None) };
         }
     }
 
