@@ -440,3 +440,23 @@ fn commands_before_connect_are_sequence_errors() {
     let cqe = q.execute(Sqe { opcode: admin::IDENTIFY, ..Default::default() }, Data::None).unwrap();
     assert_eq!(cqe.status_code(), status::COMMAND_SEQUENCE_ERROR);
 }
+
+#[test]
+fn icreq_and_garbage_in_one_segment_get_icresp_then_termreq() {
+    use std::io::{Read, Write};
+    let f = Fixture::start("0");
+    let mut s = std::net::TcpStream::connect(f.addr).unwrap();
+    let mut bytes = vec![0u8; 128];
+    pdu::encode_ic_req(&mut bytes, &pdu::IcReq { pfv: 0, hpda: 0, hdgst: false, ddgst: false, maxr2t: 0 });
+    bytes.extend_from_slice(&[0xFFu8; 24]);
+    s.write_all(&bytes).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    let p = pdu::DecodeParams { hdgst: false, ddgst: false, max_data: 0, from_host: false };
+    let pdu::Decoded::Frame(first) = pdu::decode(&got, &p).unwrap() else { panic!("no ICResp") };
+    assert!(matches!(first.pdu, pdu::Pdu::IcResp(_)));
+    let pdu::Decoded::Frame(second) = pdu::decode(&got[first.len..], &p).unwrap() else { panic!("no TermReq") };
+    assert!(matches!(second.pdu, pdu::Pdu::TermReq { from_host: false, fes: 1, .. }), "{:?}", second.pdu);
+    assert_eq!(first.len + second.len, got.len(), "nothing after the C2HTermReq");
+}

@@ -32,6 +32,8 @@ const TRANSIENT_TRANSPORT_ERROR: u16 = 0x22;
 const MAX_IOV: usize = 64;
 /// A connection that has not sent ICReq by then is dropped.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a terminating connection may take to accept its C2HTermReq.
+const TERM_LINGER: Duration = Duration::from_secs(5);
 
 /// What a connection needs from its reactor while it runs.
 pub struct Env<'a> {
@@ -116,8 +118,8 @@ impl Slot {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TxWhat {
-    /// ICResp or TermReq from the connection's control buffer.
-    Control,
+    IcResp,
+    TermReq,
     R2t(u16),
     Response(u16),
 }
@@ -151,8 +153,9 @@ pub struct Conn {
     send_bytes: usize,
     iov: Box<[libc::iovec; MAX_IOV]>,
     msg: Box<libc::msghdr>,
-    ctl: [u8; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
-    ctl_len: usize,
+    ic_resp: [u8; pdu::IC_LEN],
+    term_req: [u8; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
+    term_len: usize,
     queue: Option<Binding>,
     sqhd: u16,
     slots: Box<[Slot]>,
@@ -167,6 +170,7 @@ pub struct Conn {
     /// A command arrived since the last tick (traffic-based keep-alive).
     active_since_tick: bool,
     created: Instant,
+    terminated_at: Option<Instant>,
 }
 
 impl Conn {
@@ -193,8 +197,9 @@ impl Conn {
             send_bytes: 0,
             iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV]),
             msg: Box::new(msg),
-            ctl: [0; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
-            ctl_len: 0,
+            ic_resp: [0; pdu::IC_LEN],
+            term_req: [0; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
+            term_len: 0,
             queue: None,
             sqhd: 0,
             slots: (0..depth).map(|_| Slot::new()).collect(),
@@ -207,6 +212,7 @@ impl Conn {
             aers: 0,
             active_since_tick: false,
             created: Instant::now(),
+            terminated_at: None,
         })
     }
 
@@ -275,6 +281,9 @@ impl Conn {
     pub fn tick(&mut self) {
         if self.phase == Phase::AwaitingIcReq && self.created.elapsed() > IC_TIMEOUT {
             self.close("no ICReq");
+        }
+        if self.phase == Phase::Terminating && self.terminated_at.is_some_and(|t| t.elapsed() > TERM_LINGER) {
+            self.close("C2HTermReq not accepted in time");
         }
         let Some(b) = &self.queue else { return };
         // Any command on any queue counts as a keep-alive (CTRATT.TBKAS); noted once per
@@ -440,8 +449,8 @@ impl Conn {
         self.hdgst = r.hdgst;
         self.ddgst = r.ddgst;
         let resp = IcResp { pfv: 0, cpda: 0, hdgst: r.hdgst, ddgst: r.ddgst, maxh2cdata: env.limits.max_h2c_data };
-        self.ctl_len = pdu::encode_ic_resp(&mut self.ctl, &resp);
-        self.tx.push_back(TxItem { what: TxWhat::Control, sent: 0 });
+        pdu::encode_ic_resp(&mut self.ic_resp, &resp);
+        self.tx.push_back(TxItem { what: TxWhat::IcResp, sent: 0 });
         self.phase = Phase::Ready;
         Ok(())
     }
@@ -451,10 +460,11 @@ impl Conn {
     fn terminate(&mut self, e: PduError, offending: &[u8]) {
         warn!(conn = self.index, error = %e, "malformed PDU: terminating connection");
         let hdr_len = offending.len().min(pdu::TERM_MAX_DATA);
-        self.ctl_len = pdu::encode_term_req(&mut self.ctl, false, e.fes, e.fei, &offending[..hdr_len]);
+        self.term_len = pdu::encode_term_req(&mut self.term_req, false, e.fes, e.fei, &offending[..hdr_len]);
         // Responses already queued still go out first; nothing new is accepted.
-        self.tx.push_back(TxItem { what: TxWhat::Control, sent: 0 });
+        self.tx.push_back(TxItem { what: TxWhat::TermReq, sent: 0 });
         self.phase = Phase::Terminating;
+        self.terminated_at = Some(Instant::now());
     }
 
     // ----------------------------------------------------------------- commands
@@ -852,8 +862,12 @@ impl Conn {
     fn segments(&self, what: TxWhat, env: &Env) -> ([(*const u8, usize); 4], usize) {
         let mut seg = [(std::ptr::null(), 0usize); 4];
         let n = match what {
-            TxWhat::Control => {
-                seg[0] = (self.ctl.as_ptr(), self.ctl_len);
+            TxWhat::IcResp => {
+                seg[0] = (self.ic_resp.as_ptr(), pdu::IC_LEN);
+                1
+            }
+            TxWhat::TermReq => {
+                seg[0] = (self.term_req.as_ptr(), self.term_len);
                 1
             }
             TxWhat::R2t(s) => {
@@ -940,8 +954,8 @@ impl Conn {
 
     fn item_sent(&mut self, what: TxWhat, env: &mut Env) {
         match what {
-            TxWhat::Control if self.phase == Phase::Terminating => self.close("terminated after TermReq"),
-            TxWhat::Control | TxWhat::R2t(_) => {}
+            TxWhat::TermReq => self.close("terminated after C2HTermReq"),
+            TxWhat::IcResp | TxWhat::R2t(_) => {}
             TxWhat::Response(s) => self.free_slot(s, env),
         }
     }
