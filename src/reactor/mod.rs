@@ -277,7 +277,13 @@ impl Reactor {
             }
             idle_turns = if events == 0 { idle_turns.saturating_add(1) } else { 0 };
             let sleep = self.mode == PollMode::Adaptive && idle_turns > ADAPTIVE_SPIN_TURNS;
-            let r = if sleep { self.ring.submit_and_wait(1) } else { self.ring.submit() };
+            let r = if sleep {
+                self.ring.submit_and_wait(1)
+            } else if self.must_enter_kernel() {
+                self.ring.submit()
+            } else {
+                Ok(0)
+            };
             if let Err(e) = r {
                 if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
                     panic!("io_uring_enter failed: {e}");
@@ -285,6 +291,14 @@ impl Reactor {
             }
         }
         info!(reactor = self.index, "reactor stopped");
+    }
+
+    /// While polling, enter the kernel only to submit or to flush an overflowed CQ:
+    /// completions are read from the shared ring without a system call.
+    fn must_enter_kernel(&mut self) -> bool {
+        let mut sq = self.ring.submission();
+        sq.sync();
+        !sq.is_empty() || sq.cq_overflow() || sq.taskrun()
     }
 
     fn reap(&mut self) -> usize {
