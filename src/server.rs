@@ -9,7 +9,7 @@ use tracing::info;
 
 use crate::bdev::{Bdev, FileBdev, NullBdev, RamBdev};
 use crate::config::{Config, DeviceKind, DeviceSection};
-use crate::nvmf::subsystem::{stable_ids, Namespace, Port, Subsystem, SubsystemKind, Target};
+use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
 use crate::nvmf::TransportLimits;
 use crate::reactor::bufpool::PoolConfig;
 use crate::reactor::{self, ReactorConfig, Shared};
@@ -46,24 +46,15 @@ fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<
         for (j, n) in s.namespaces.iter().enumerate() {
             let nsid = n.nsid.unwrap_or(j as u32 + 1);
             let device = cfg.devices.iter().position(|d| d.name == n.device).expect("validated device name");
-            let (nguid, mut uuid, eui64) = stable_ids(&s.nqn, nsid);
-            if let Some(u) = &n.uuid {
-                uuid = *uuid::Uuid::parse_str(u).expect("validated uuid").as_bytes();
-            }
             let dev = &devices[device];
             if dev.num_blocks() == 0 {
                 return Err(std::io::Error::other(format!("device '{}' is smaller than one block", dev.name())));
             }
-            namespaces.push(Namespace {
-                nsid,
-                device,
-                block_size: dev.block_size(),
-                num_blocks: dev.num_blocks(),
-                nguid,
-                uuid,
-                eui64,
-                counters: Default::default(),
-            });
+            let mut ns = Namespace::new(&s.nqn, nsid, device, dev.block_size(), dev.num_blocks());
+            if let Some(u) = &n.uuid {
+                ns.uuid = *uuid::Uuid::parse_str(u).expect("validated uuid").as_bytes();
+            }
+            namespaces.push(ns);
         }
         out.push(Arc::new(Subsystem {
             nqn: s.nqn.clone(),

@@ -8,14 +8,12 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, types};
 
-use super::{Bdev, BdevChannel, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 
 #[derive(Debug)]
 pub struct FileBdev {
-    name: String,
+    info: BdevInfo,
     path: PathBuf,
-    block_size: u32,
-    num_blocks: u64,
     is_block_device: bool,
     direct: bool,
 }
@@ -38,10 +36,8 @@ impl FileBdev {
         let bytes = if is_block_device { block_device_size(&file)? } else { meta.len() };
         let direct = open_rw(path, true).is_ok();
         Ok(FileBdev {
-            name: name.into(),
+            info: BdevInfo { name: name.into(), block_size, num_blocks: bytes / block_size as u64 },
             path: path.into(),
-            block_size,
-            num_blocks: bytes / block_size as u64,
             is_block_device,
             direct,
         })
@@ -69,14 +65,8 @@ fn block_device_size(f: &File) -> std::io::Result<u64> {
 }
 
 impl Bdev for FileBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self, files: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;

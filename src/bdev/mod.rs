@@ -50,10 +50,25 @@ pub trait FileRegistry {
     fn register(&mut self, fd: RawFd) -> Option<u32>;
 }
 
+/// What every device reports about itself.
+#[derive(Debug, Clone)]
+pub struct BdevInfo {
+    pub name: String,
+    pub block_size: u32,
+    pub num_blocks: u64,
+}
+
 pub trait Bdev: Send + Sync + Debug {
-    fn name(&self) -> &str;
-    fn block_size(&self) -> u32;
-    fn num_blocks(&self) -> u64;
+    fn info(&self) -> &BdevInfo;
+    fn name(&self) -> &str {
+        &self.info().name
+    }
+    fn block_size(&self) -> u32 {
+        self.info().block_size
+    }
+    fn num_blocks(&self) -> u64 {
+        self.info().num_blocks
+    }
     /// Open this reactor's handle to the device.
     fn open_channel(&self, files: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>>;
 }

@@ -1,30 +1,22 @@
 //! The null device: every I/O succeeds at once and moves no data. For benchmarks of the
 //! fabric and the target's own overhead.
 
-use super::{Bdev, BdevChannel, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 
 #[derive(Debug)]
 pub struct NullBdev {
-    name: String,
-    block_size: u32,
-    num_blocks: u64,
+    info: BdevInfo,
 }
 
 impl NullBdev {
     pub fn new(name: &str, block_size: u32, size_bytes: u64) -> Self {
-        NullBdev { name: name.into(), block_size, num_blocks: size_bytes / block_size as u64 }
+        NullBdev { info: BdevInfo { name: name.into(), block_size, num_blocks: size_bytes / block_size as u64 } }
     }
 }
 
 impl Bdev for NullBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.num_blocks
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self, _: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(NullChannel))

@@ -2,32 +2,26 @@
 
 use std::sync::Arc;
 
-use super::{Bdev, BdevChannel, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 use crate::util::aligned::AlignedRegion;
 
 #[derive(Debug)]
 pub struct RamBdev {
-    name: String,
-    block_size: u32,
+    info: BdevInfo,
     mem: Arc<AlignedRegion>,
 }
 
 impl RamBdev {
     pub fn new(name: &str, block_size: u32, size_bytes: u64) -> std::io::Result<Self> {
         let mem = AlignedRegion::new(size_bytes as usize)?;
-        Ok(RamBdev { name: name.into(), block_size, mem: Arc::new(mem) })
+        let info = BdevInfo { name: name.into(), block_size, num_blocks: mem.len() as u64 / block_size as u64 };
+        Ok(RamBdev { info, mem: Arc::new(mem) })
     }
 }
 
 impl Bdev for RamBdev {
-    fn name(&self) -> &str {
-        &self.name
-    }
-    fn block_size(&self) -> u32 {
-        self.block_size
-    }
-    fn num_blocks(&self) -> u64 {
-        self.mem.len() as u64 / self.block_size as u64
+    fn info(&self) -> &BdevInfo {
+        &self.info
     }
     fn open_channel(&self, _: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(RamChannel { mem: self.mem.clone() }))

@@ -229,12 +229,11 @@ fn get_features(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nvmf::subsystem::{stable_ids, Namespace, Port, Subsystem};
+    use crate::nvmf::subsystem::{Namespace, Port, Subsystem};
     use std::sync::{Arc, RwLock};
 
     fn target() -> Target {
-        let (nguid, uuid, eui64) = stable_ids("nqn.test:a", 1);
-        let ns = Namespace { nsid: 1, device: 0, block_size: 512, num_blocks: 2048, nguid, uuid, eui64, counters: Default::default() };
+        let ns = Namespace::new("nqn.test:a", 1, 0, 512, 2048);
         let s = Subsystem {
             nqn: "nqn.test:a".into(),
             kind: SubsystemKind::Nvm,

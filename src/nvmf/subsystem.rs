@@ -49,6 +49,12 @@ impl NsCounters {
 }
 
 impl Namespace {
+    /// A namespace with identifiers derived from (subsystem NQN, NSID).
+    pub fn new(subnqn: &str, nsid: u32, device: usize, block_size: u32, num_blocks: u64) -> Namespace {
+        let (nguid, uuid, eui64) = stable_ids(subnqn, nsid);
+        Namespace { nsid, device, block_size, num_blocks, nguid, uuid, eui64, counters: Default::default() }
+    }
+
     pub fn lba_shift(&self) -> u32 {
         self.block_size.trailing_zeros()
     }
