@@ -24,12 +24,16 @@ struct Fixture {
 
 impl Fixture {
     fn start(cores: &str) -> Fixture {
+        Fixture::start_with(cores, "adaptive")
+    }
+
+    fn start_with(cores: &str, polling: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let cfg = format!(
             r#"
 [reactor]
 cores = [{cores}]
-polling = "adaptive"
+polling = "{polling}"
 [limits]
 max_io_queues = 16
 [[listener]]
@@ -459,4 +463,11 @@ fn icreq_and_garbage_in_one_segment_get_icresp_then_termreq() {
     let pdu::Decoded::Frame(second) = pdu::decode(&got[first.len..], &p).unwrap() else { panic!("no TermReq") };
     assert!(matches!(second.pdu, pdu::Pdu::TermReq { from_host: false, fes: 1, .. }), "{:?}", second.pdu);
     assert_eq!(first.len + second.len, got.len(), "nothing after the C2HTermReq");
+}
+
+#[test]
+fn busy_polling_serves_io_and_stops() {
+    let f = Fixture::start_with("1", "busy");
+    write_read_verify(&f, NQN_FILE, &opts());
+    drop(f);
 }
