@@ -8,3 +8,4 @@ pub mod nvmf;
 pub mod reactor;
 pub mod server;
 pub mod util;
+pub mod volume;

@@ -1,0 +1,3 @@
+//! RAID volumes: layout (pure), and the engine that serves volumes from member devices.
+
+pub mod layout;
