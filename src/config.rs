@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::reactor::PollMode;
+use crate::volume::layout::{Layout, Level};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -34,6 +35,8 @@ pub struct Config {
     pub listeners: Vec<ListenerSection>,
     #[serde(rename = "device", default)]
     pub devices: Vec<DeviceSection>,
+    #[serde(rename = "volume", default)]
+    pub volumes: Vec<VolumeSection>,
     #[serde(rename = "subsystem", default)]
     pub subsystems: Vec<SubsystemSection>,
 }
@@ -160,6 +163,25 @@ pub fn parse_size(t: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{t}' is not a size (use bytes or a K/M/G/T suffix)"))
 }
 
+/// A RAID volume built from devices; namespaces may use it like a device.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSection {
+    pub name: String,
+    pub level: Level,
+    /// Device names, in layout order.
+    pub members: Vec<String>,
+    #[serde(default = "default_strip")]
+    pub strip_size: Size,
+    /// Members per group for raid10 (copies), raid50 and raid60 (set width).
+    #[serde(default)]
+    pub group_size: usize,
+}
+
+fn default_strip() -> Size {
+    Size(64 * 1024)
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubsystemSection {
@@ -207,6 +229,7 @@ impl Config {
             reactor: ReactorSection::default(),
             limits: LimitsSection::default(),
             listeners: vec![ListenerSection { address: listen.into() }],
+            volumes: vec![],
             devices: vec![DeviceSection {
                 name: "disk0".into(),
                 kind: DeviceKind::File,
@@ -234,7 +257,8 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             l.address.parse::<SocketAddr>().map_err(|e| invalid(format!("listener[{i}].address"), format!("'{}': {e}", l.address)))?;
         }
-        let names = self.validate_devices()?;
+        let mut names = self.validate_devices()?;
+        self.validate_volumes(&mut names)?;
         self.validate_subsystems(&names)
     }
 
@@ -305,6 +329,40 @@ impl Config {
         Ok(names)
     }
 
+    fn validate_volumes<'a>(&'a self, names: &mut HashSet<&'a str>) -> Result<(), ConfigError> {
+        let mut used = HashSet::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let f = |field: &str| format!("volume[{i}].{field}");
+            if v.name.is_empty() || names.contains(v.name.as_str()) {
+                return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", v.name)));
+            }
+            if v.level.parity_count() > 0 {
+                return Err(invalid(f("level"), format!("{:?} is not supported yet (supported: concat, raid0, raid1, raid10)", v.level)));
+            }
+            for m in &v.members {
+                let is_device = self.devices.iter().any(|d| &d.name == m);
+                if !is_device || !used.insert(m.as_str()) {
+                    return Err(invalid(f("members"), format!("'{m}' is not a [[device]] or is a member twice")));
+                }
+            }
+            let strip = v.strip_size.0;
+            if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
+                return Err(invalid(f("strip_size"), "must be a power of two from 4K to 1M"));
+            }
+            let sizes = vec![u64::MAX / 1024; v.members.len()];
+            Layout::new(v.level, &sizes, v.group_size, strip / 512).map_err(|e| invalid(f("members"), e.to_string()))?;
+            names.insert(v.name.as_str());
+        }
+        for (i, s) in self.subsystems.iter().enumerate() {
+            for (j, ns) in s.namespaces.iter().enumerate() {
+                if used.contains(ns.device.as_str()) {
+                    return Err(invalid(format!("subsystem[{i}].namespace[{j}].device"), format!("'{}' is a volume member", ns.device)));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn validate_subsystems(&self, devices: &HashSet<&str>) -> Result<(), ConfigError> {
         let mut nqns = HashSet::new();
         for (i, s) in self.subsystems.iter().enumerate() {
@@ -338,7 +396,7 @@ impl Config {
                 return Err(invalid(f("nsid"), format!("{nsid} is reserved or used twice")));
             }
             if !devices.contains(ns.device.as_str()) {
-                return Err(invalid(f("device"), format!("no [[device]] named '{}'", ns.device)));
+                return Err(invalid(f("device"), format!("no [[device]] or [[volume]] named '{}'", ns.device)));
             }
             if let Some(u) = &ns.uuid {
                 uuid::Uuid::parse_str(u).map_err(|e| invalid(f("uuid"), e.to_string()))?;
@@ -400,6 +458,19 @@ device = "r0"
         assert!(err_of(&format!("{GOOD}\n[limits]\nqueue_depth = 1\n")).starts_with("limits.queue_depth"));
         assert!(err_of(&GOOD.replace("nqn = \"nqn.2026-11.io.nvmf-raid:t\"", "nqn = \"bad\"")).starts_with("subsystem[0].nqn"));
         assert!(err_of(&GOOD.replace("kind = \"ram\"", "kind = \"ram\"\ncolour = \"red\"")).contains("colour"));
+    }
+
+    #[test]
+    fn volumes_are_checked() {
+        let vol = |body: &str| format!("{GOOD}\n[[device]]\nname = \"a\"\nkind = \"ram\"\nsize = \"8M\"\n[[device]]\nname = \"b\"\nkind = \"ram\"\nsize = \"8M\"\n[[volume]]\nname = \"v\"\n{body}\n");
+        Config::parse(&vol("level = \"raid1\"\nmembers = [\"a\", \"b\"]")).unwrap();
+        assert!(err_of(&vol("level = \"raid1\"\nmembers = [\"a\", \"a\"]")).starts_with("volume[0].members"));
+        assert!(err_of(&vol("level = \"raid10\"\nmembers = [\"a\", \"b\"]\ngroup_size = 2")).starts_with("volume[0].members"));
+        assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"b\"]\nstrip_size = \"3K\"")).starts_with("volume[0].strip_size"));
+        assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"zz\"]")).starts_with("volume[0].members"));
+        assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));
+        let used_twice = vol("level = \"raid0\"\nmembers = [\"a\", \"r0\"]");
+        assert!(err_of(&used_twice).starts_with("subsystem[0].namespace[0].device"));
     }
 
     #[test]

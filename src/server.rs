@@ -13,6 +13,7 @@ use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
 use crate::nvmf::TransportLimits;
 use crate::reactor::bufpool::PoolConfig;
 use crate::reactor::{self, ReactorConfig, Shared};
+use crate::volume::raid::RaidBdev;
 
 pub struct Server {
     pub shared: Arc<Shared>,
@@ -34,6 +35,16 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
     })
 }
 
+/// Position of a device or volume in the device table: devices first, then volumes.
+fn device_index(cfg: &Config, name: &str) -> usize {
+    cfg.devices
+        .iter()
+        .map(|d| &d.name)
+        .chain(cfg.volumes.iter().map(|v| &v.name))
+        .position(|n| n == name)
+        .expect("validated device name")
+}
+
 fn serial_for(nqn: &str) -> String {
     let h = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, nqn.as_bytes());
     h.simple().to_string()[..20].to_string()
@@ -45,7 +56,7 @@ fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<
         let mut namespaces = Vec::new();
         for (j, n) in s.namespaces.iter().enumerate() {
             let nsid = n.nsid.unwrap_or(j as u32 + 1);
-            let device = cfg.devices.iter().position(|d| d.name == n.device).expect("validated device name");
+            let device = device_index(cfg, &n.device);
             let dev = &devices[device];
             if dev.num_blocks() == 0 {
                 return Err(std::io::Error::other(format!("device '{}' is smaller than one block", dev.name())));
@@ -84,7 +95,14 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
 
 impl Server {
     pub fn start(cfg: &Config) -> std::io::Result<Server> {
-        let devices: Vec<Arc<dyn Bdev>> = cfg.devices.iter().map(open_device).collect::<Result<_, _>>()?;
+        let mut devices: Vec<Arc<dyn Bdev>> = cfg.devices.iter().map(open_device).collect::<Result<_, _>>()?;
+        for v in &cfg.volumes {
+            let members = v.members.iter().map(|m| devices[device_index(cfg, m)].clone()).collect();
+            let vol = RaidBdev::new(&v.name, v.level, members, v.group_size, v.strip_size.0)
+                .map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?;
+            info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
+            devices.push(Arc::new(vol));
+        }
         let subsystems = build_subsystems(cfg, &devices)?;
         let mut listeners = Vec::new();
         let mut ports = Vec::new();

@@ -68,7 +68,7 @@ impl Bdev for FileBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
-    fn open_channel(&self, files: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, files: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;
         let fixed = files.register(file.as_raw_fd());
         Ok(Box::new(FileChannel { file, fixed, is_block_device: self.is_block_device }))

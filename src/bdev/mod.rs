@@ -69,12 +69,24 @@ pub trait Bdev: Send + Sync + Debug {
     fn num_blocks(&self) -> u64 {
         self.info().num_blocks
     }
-    /// Open this reactor's handle to the device.
-    fn open_channel(&self, files: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>>;
+    /// Open this reactor's handle to the device. `index` is the channel's position in the
+    /// reactor's channel table, which a composite device uses to route its members'
+    /// completions back to itself (see `BdevChannel::child_complete`).
+    fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>>;
 }
+
+/// Completions a composite channel hands back to the reactor: (parent user_data, result).
+pub type Completions = Vec<(u64, i32)>;
 
 pub trait BdevChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted;
+
+    /// A completion for one of this channel's own child I/Os (submitted with a
+    /// `Kind::Child` token). Parent I/Os that finish are pushed to `done`.
+    fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+        let _ = (tag, res, sq, done);
+        unreachable!("this device submits no child I/O");
+    }
 }
 
 pub use file::FileBdev;

@@ -18,7 +18,7 @@ impl Bdev for NullBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, _: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(NullChannel))
     }
 }

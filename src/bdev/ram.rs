@@ -23,7 +23,7 @@ impl Bdev for RamBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, _: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(RamChannel { mem: self.mem.clone() }))
     }
 }

@@ -15,7 +15,7 @@ use crossbeam::channel::{Receiver, Sender};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use tracing::{debug, info, warn};
 
-use crate::bdev::{Bdev, BdevChannel, FileRegistry, SqeSink};
+use crate::bdev::{Bdev, BdevChannel, Completions, FileRegistry, SqeSink};
 use crate::nvmf::conn::{Conn, Env};
 use crate::nvmf::subsystem::Target;
 use crate::nvmf::TransportLimits;
@@ -164,6 +164,8 @@ struct Reactor {
     tick_ts: Box<types::Timespec>,
     shared: Arc<Shared>,
     limits: TransportLimits,
+    /// Parent completions returned by composite devices, dispatched as a stack.
+    child_done: Completions,
 }
 
 /// Run a reactor on the current thread until the target stops; `ready` hears once the
@@ -204,8 +206,8 @@ impl Reactor {
         }
         let mut files = Files(Vec::new());
         let mut channels = Vec::with_capacity(devices.len());
-        for d in devices {
-            channels.push(d.open_channel(&mut files)?);
+        for (i, d) in devices.iter().enumerate() {
+            channels.push(d.open_channel(&mut files, i as u16)?);
         }
         if !files.0.is_empty() {
             ring.submitter().register_files(&files.0)?;
@@ -228,6 +230,7 @@ impl Reactor {
             tick_ts: Box::new(types::Timespec::from(TICK)),
             shared,
             limits: cfg.limits,
+            child_done: Vec::with_capacity(4096),
         })
     }
 
@@ -338,6 +341,19 @@ impl Reactor {
             Kind::Recv => self.conn_event(t, |c, env| c.on_recv(res, env)),
             Kind::Send => self.conn_event(t, |c, env| c.on_send(res, env)),
             Kind::Bdev => self.conn_event(t, |c, env| c.on_bdev_complete(t.aux as u16, res, env)),
+            Kind::Child => self.on_child(t.conn as usize, t.aux, res),
+        }
+    }
+
+    /// A composite device's member I/O finished; dispatch the parents it completes. The
+    /// shared stack handles nested composites without allocating.
+    fn on_child(&mut self, device: usize, tag: u32, res: i32) {
+        let base = self.child_done.len();
+        let Reactor { ring, channels, child_done, .. } = self;
+        channels[device].child_complete(tag, res, &mut RingSq(ring), child_done);
+        while self.child_done.len() > base {
+            let (user_data, r) = self.child_done.pop().unwrap();
+            self.dispatch(user_data, r, 0);
         }
     }
 

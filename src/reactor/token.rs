@@ -11,6 +11,8 @@ pub enum Kind {
     Bdev = 4,
     Wakeup = 5,
     Tick = 6,
+    /// A member I/O of a composite device: conn = device index, aux = child tag.
+    Child = 7,
 }
 
 impl Kind {
@@ -22,6 +24,7 @@ impl Kind {
             4 => Kind::Bdev,
             5 => Kind::Wakeup,
             6 => Kind::Tick,
+            7 => Kind::Child,
             _ => return None,
         })
     }
@@ -64,7 +67,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for kind in [Kind::Accept, Kind::Recv, Kind::Send, Kind::Bdev, Kind::Wakeup, Kind::Tick] {
+        for kind in [Kind::Accept, Kind::Recv, Kind::Send, Kind::Bdev, Kind::Wakeup, Kind::Tick, Kind::Child] {
             let t = Token::new(kind, 65535, 65535, (1 << 28) - 1);
             assert_eq!(Token::decode(t.encode()), Some(t));
         }

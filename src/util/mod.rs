@@ -1,3 +1,4 @@
 //! Small building blocks shared by the data path.
 
 pub mod aligned;
+pub mod slab;

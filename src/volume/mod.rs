@@ -1,3 +1,4 @@
 //! RAID volumes: layout (pure), and the engine that serves volumes from member devices.
 
 pub mod layout;
+pub mod raid;
