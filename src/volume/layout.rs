@@ -3,8 +3,9 @@
 //!
 //! Terms: a *strip* is `strip_blocks` consecutive blocks on one member; a *stripe* is the
 //! row of strips at the same member offset across one group. Striped levels hand volume
-//! strips to groups round-robin (RAID 0 treats every member as a group of one, RAID 10 a
-//! mirror set, RAID 50/60 a RAID-5/6 set). Parity rotates left-symmetrically as in md:
+//! space to groups round-robin (RAID 0 treats every member as a group of one, RAID 10 a
+//! mirror set, RAID 50/60 a RAID-5/6 set): a strip at a time, or for RAID 50/60 a whole
+//! data stripe at a time. Parity rotates left-symmetrically as in md:
 //! for stripe s of an n-member group, P sits on member n-1-(s mod n), Q (RAID 6) on the
 //! next member, and data strip i on member (P + 1 + i) mod n, or (P + 2 + i) with Q.
 
@@ -66,6 +67,8 @@ pub enum LayoutError {
     BadGrouping { members: usize, group: usize },
     #[error("{level:?} needs groups of at least {min} members, got {got}")]
     GroupTooSmall { level: Level, min: usize, got: usize },
+    #[error("parity groups hold at most {max} members, got {got}")]
+    GroupTooLarge { max: usize, got: usize },
     #[error("strip size must be a power of two number of blocks, got {0}")]
     BadStrip(u64),
     #[error("members are smaller than one strip")]
@@ -117,6 +120,9 @@ impl Layout {
         };
         if level.is_grouped() && (group == 0 || members % group != 0 || members / group < 2) {
             return Err(LayoutError::BadGrouping { members, group });
+        }
+        if level.parity_count() > 0 && group - level.parity_count() > super::plan::MAX_DATA {
+            return Err(LayoutError::GroupTooLarge { max: super::plan::MAX_DATA + level.parity_count(), got: group });
         }
         if level.is_grouped() && group < level.min_group() {
             return Err(LayoutError::GroupTooSmall { level, min: level.min_group(), got: group });
@@ -179,11 +185,17 @@ impl Layout {
         panic!("lba beyond concat capacity");
     }
 
-    /// The strip holding volume block `lba`, for striped levels with groups.
+    /// (group, strip index within the group, offset in the strip) of volume block `lba`.
+    /// Groups take turns by units: one strip for RAID 0/10, one whole data stripe (k
+    /// strips) for RAID 50/60, so a parity stripe is contiguous in the volume and large
+    /// sequential writes fill whole stripes.
     fn strip_of(&self, lba: u64) -> (usize, u64, u64) {
         let strip = lba / self.strip_blocks;
         let groups = self.groups() as u64;
-        ((strip % groups) as usize, strip / groups, lba % self.strip_blocks)
+        let unit = if self.level.parity_count() > 0 { self.data_per_stripe() as u64 } else { 1 };
+        let group = (strip / unit) % groups;
+        let group_strip = strip / (unit * groups) * unit + strip % unit;
+        (group as usize, group_strip, lba % self.strip_blocks)
     }
 
     /// Where a parity level keeps data block `lba`.

@@ -1,4 +1,5 @@
 //! RAID volumes: layout (pure), and the engine that serves volumes from member devices.
 
 pub mod layout;
+pub mod plan;
 pub mod raid;
