@@ -336,9 +336,6 @@ impl Config {
             if v.name.is_empty() || names.contains(v.name.as_str()) {
                 return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", v.name)));
             }
-            if v.level.parity_count() > 0 {
-                return Err(invalid(f("level"), format!("{:?} is not supported yet (supported: concat, raid0, raid1, raid10)", v.level)));
-            }
             for m in &v.members {
                 let is_device = self.devices.iter().any(|d| &d.name == m);
                 if !is_device || !used.insert(m.as_str()) {

@@ -5,6 +5,7 @@ pub mod bdev;
 pub mod config;
 pub mod host;
 pub mod nvmf;
+pub mod parity;
 pub mod reactor;
 pub mod server;
 pub mod util;

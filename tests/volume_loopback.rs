@@ -82,3 +82,28 @@ fn raid10_matches_model() {
 fn concat_matches_model() {
     model_test("concat", 3, 0);
 }
+
+#[test]
+fn raid4_matches_model() {
+    model_test("raid4", 4, 0);
+}
+
+#[test]
+fn raid5_matches_model() {
+    model_test("raid5", 4, 0);
+}
+
+#[test]
+fn raid6_matches_model() {
+    model_test("raid6", 5, 0);
+}
+
+#[test]
+fn raid50_matches_model() {
+    model_test("raid50", 6, 3);
+}
+
+#[test]
+fn raid60_matches_model() {
+    model_test("raid60", 8, 4);
+}

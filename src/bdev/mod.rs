@@ -87,6 +87,13 @@ pub trait BdevChannel {
         let _ = (tag, res, sq, done);
         unreachable!("this device submits no child I/O");
     }
+
+    /// Called once per reactor loop turn: retry work waiting for a resource and hand back
+    /// what finished. Returns true while work is waiting (the reactor then keeps polling).
+    fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
+        let _ = (sq, done);
+        false
+    }
 }
 
 pub use file::FileBdev;

@@ -266,7 +266,7 @@ impl Reactor {
         let mut idle_turns = 0u32;
         let mut stopping: Option<Instant> = None;
         loop {
-            let events = self.reap();
+            let events = self.reap() + self.poll_channels();
             self.drain_inbox();
             self.end_of_turn();
             if self.shared.stop.load(Ordering::Acquire) {
@@ -343,6 +343,21 @@ impl Reactor {
             Kind::Bdev => self.conn_event(t, |c, env| c.on_bdev_complete(t.aux as u16, res, env)),
             Kind::Child => self.on_child(t.conn as usize, t.aux, res),
         }
+    }
+
+    /// Let composite devices retry waiting work; returns how many are still waiting.
+    fn poll_channels(&mut self) -> usize {
+        let mut waiting = 0;
+        for d in 0..self.channels.len() {
+            let base = self.child_done.len();
+            let Reactor { ring, channels, child_done, .. } = self;
+            waiting += channels[d].poll(&mut RingSq(ring), child_done) as usize;
+            while self.child_done.len() > base {
+                let (user_data, r) = self.child_done.pop().unwrap();
+                self.dispatch(user_data, r, 0);
+            }
+        }
+        waiting
     }
 
     /// A composite device's member I/O finished; dispatch the parents it completes. The

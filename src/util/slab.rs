@@ -27,6 +27,10 @@ impl<T> Slab<T> {
         v
     }
 
+    pub fn get(&self, k: u32) -> &T {
+        self.entries[k as usize].as_ref().expect("slab key not live")
+    }
+
     pub fn get_mut(&mut self, k: u32) -> &mut T {
         self.entries[k as usize].as_mut().expect("slab key not live")
     }

@@ -75,39 +75,46 @@ pub fn choose(w: &StripeWrite, parity: usize) -> Strategy {
     }
 }
 
-/// Split the write of `nblocks` at volume block `lba` into stripe writes, in order.
-pub fn split(layout: &Layout, lba: u64, nblocks: u64, mut f: impl FnMut(StripeWrite)) {
+/// The part of a write `[lba, end)` that falls in the stripe holding `lba`, and the
+/// volume block where the next stripe's part starts. `io_start` is the write's first
+/// block (host blocks are counted from it). Stripes are contiguous in the volume, so
+/// walking with this visits each stripe once, in order.
+pub fn next_stripe(layout: &Layout, io_start: u64, lba: u64, end: u64) -> (StripeWrite, u64) {
     let k = layout.data_per_stripe();
     assert!(k <= MAX_DATA, "layout validated at most {MAX_DATA} data strips");
-    let end = lba + nblocks;
-    let mut cur: Option<StripeWrite> = None;
+    let first = layout.strip_pos(lba);
+    let mut w = StripeWrite {
+        group: first.group,
+        stripe: first.stripe,
+        k,
+        written: [Rows::default(); MAX_DATA],
+        host_block: [0; MAX_DATA],
+        rows: Rows { start: first.offset, end: first.offset },
+    };
     let mut at = lba;
     while at < end {
-        let n = layout.run_in_strip(at).min(end - at);
         let pos = layout.strip_pos(at);
-        let same = cur.as_ref().is_some_and(|c| c.group == pos.group && c.stripe == pos.stripe);
-        if !same {
-            if let Some(c) = cur.take() {
-                f(c);
-            }
-            cur = Some(StripeWrite {
-                group: pos.group,
-                stripe: pos.stripe,
-                k,
-                written: [Rows::default(); MAX_DATA],
-                host_block: [0; MAX_DATA],
-                rows: Rows { start: pos.offset, end: pos.offset + n },
-            });
+        if pos.group != w.group || pos.stripe != w.stripe {
+            break;
         }
-        let c = cur.as_mut().unwrap();
-        c.written[pos.data_index] = Rows { start: pos.offset, end: pos.offset + n };
-        c.host_block[pos.data_index] = at - lba;
-        c.rows.start = c.rows.start.min(pos.offset);
-        c.rows.end = c.rows.end.max(pos.offset + n);
+        let n = layout.run_in_strip(at).min(end - at);
+        w.written[pos.data_index] = Rows { start: pos.offset, end: pos.offset + n };
+        w.host_block[pos.data_index] = at - io_start;
+        w.rows.start = w.rows.start.min(pos.offset);
+        w.rows.end = w.rows.end.max(pos.offset + n);
         at += n;
     }
-    if let Some(c) = cur {
-        f(c);
+    (w, at)
+}
+
+/// Split the write of `nblocks` at volume block `lba` into stripe writes, in order.
+pub fn split(layout: &Layout, lba: u64, nblocks: u64, mut f: impl FnMut(StripeWrite)) {
+    let end = lba + nblocks;
+    let mut at = lba;
+    while at < end {
+        let (w, next) = next_stripe(layout, lba, at, end);
+        f(w);
+        at = next;
     }
 }
 

@@ -1,0 +1,231 @@
+//! Arithmetic in GF(2^8) with the RAID-6 polynomial x^8 + x^4 + x^3 + x^2 + 1 (0x11d) and
+//! generator {02}, the field Linux md's raid6 and ISA-L use.
+//!
+//! Every table here is computed at compile time (`const fn`), so nothing is built at run time
+//! and the kernels never allocate.
+
+/// The field polynomial, x^8 + x^4 + x^3 + x^2 + 1.
+pub const POLY: u16 = 0x11d;
+
+/// The low byte of [`POLY`]: what multiplying by {02} XORs in when the top bit falls off.
+pub const POLY_LOW: u8 = 0x1d;
+
+/// The multiplicative order of the generator {02}: g^i for i in 0..255 are all distinct.
+pub const ORDER: usize = 255;
+
+/// Bitwise ("Russian peasant") multiplication: slow, obviously correct, usable in `const`.
+pub const fn mul_slow(a: u8, b: u8) -> u8 {
+    let mut a = a as u16;
+    let mut b = b;
+    let mut r: u16 = 0;
+    while b != 0 {
+        if b & 1 != 0 {
+            r ^= a;
+        }
+        a <<= 1;
+        if a & 0x100 != 0 {
+            a ^= POLY;
+        }
+        b >>= 1;
+    }
+    r as u8
+}
+
+const fn build_exp() -> [u8; 2 * ORDER] {
+    let mut t = [0u8; 2 * ORDER];
+    let mut x: u8 = 1;
+    let mut i = 0;
+    while i < 2 * ORDER {
+        t[i] = x;
+        x = mul_slow(x, 2);
+        i += 1;
+    }
+    t
+}
+
+const fn build_log() -> [u8; 256] {
+    let mut t = [0u8; 256];
+    let mut x: u8 = 1;
+    let mut i = 0;
+    while i < ORDER {
+        t[x as usize] = i as u8;
+        x = mul_slow(x, 2);
+        i += 1;
+    }
+    t
+}
+
+/// `EXP[i]` = g^i for i in 0..510 (doubled so a sum of two logs needs no reduction).
+pub static EXP: [u8; 2 * ORDER] = build_exp();
+/// `LOG[a]` = i with g^i = a, for a != 0 (`LOG[0]` is meaningless and set to 0).
+pub static LOG: [u8; 256] = build_log();
+
+/// a * b in GF(2^8).
+#[inline]
+pub fn mul(a: u8, b: u8) -> u8 {
+    if a == 0 || b == 0 {
+        0
+    } else {
+        EXP[LOG[a as usize] as usize + LOG[b as usize] as usize]
+    }
+}
+
+/// The multiplicative inverse of `a`. Panics if `a` is 0.
+#[inline]
+pub fn inv(a: u8) -> u8 {
+    assert!(a != 0, "GF(2^8): 0 has no inverse");
+    EXP[(ORDER - LOG[a as usize] as usize) % ORDER]
+}
+
+/// g^i = {02}^i, for any i (taken modulo the generator's order, 255).
+#[inline]
+pub fn exp2(i: usize) -> u8 {
+    EXP[i % ORDER]
+}
+
+/// Nibble tables for multiplying by one constant c: c * v = `lo[v & 15] ^ hi[v >> 4]`.
+///
+/// This is the layout PSHUFB wants (16-entry byte lookups), the technique of ISA-L's
+/// gf_vect_mul and md's raid6 AVX2 recovery. 32-byte aligned so a kernel can load it whole.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C, align(32))]
+pub struct MulTable {
+    /// c * n for n in 0..16.
+    pub lo: [u8; 16],
+    /// c * (n << 4) for n in 0..16.
+    pub hi: [u8; 16],
+}
+
+impl MulTable {
+    /// Tables for multiplying by `c`.
+    pub const fn new(c: u8) -> MulTable {
+        let mut lo = [0u8; 16];
+        let mut hi = [0u8; 16];
+        let mut n = 0;
+        while n < 16 {
+            lo[n] = mul_slow(c, n as u8);
+            hi[n] = mul_slow(c, (n as u8) << 4);
+            n += 1;
+        }
+        MulTable { lo, hi }
+    }
+
+    /// c * v, one byte at a time (the scalar kernels' multiply).
+    #[inline(always)]
+    pub fn mul(&self, v: u8) -> u8 {
+        self.lo[(v & 15) as usize] ^ self.hi[(v >> 4) as usize]
+    }
+}
+
+const fn build_pow_tables() -> [MulTable; ORDER] {
+    let mut t = [MulTable { lo: [0; 16], hi: [0; 16] }; ORDER];
+    let mut i = 0;
+    let mut g: u8 = 1;
+    while i < ORDER {
+        t[i] = MulTable::new(g);
+        g = mul_slow(g, 2);
+        i += 1;
+    }
+    t
+}
+
+/// `POW_TABLES[i]` multiplies by g^i (8 KiB, built at compile time). Used for the Q
+/// coefficient of data block i (RMW updates) and for g^-i = g^(255-i) (recovery from Q).
+pub static POW_TABLES: [MulTable; ORDER] = build_pow_tables();
+
+/// Tables multiplying by g^i, for any i (modulo 255).
+#[inline]
+pub fn pow_table(i: usize) -> &'static MulTable {
+    &POW_TABLES[i % ORDER]
+}
+
+/// Tables multiplying by g^-i, for any i (modulo 255).
+#[inline]
+pub fn inv_pow_table(i: usize) -> &'static MulTable {
+    &POW_TABLES[(ORDER - i % ORDER) % ORDER]
+}
+
+/// The two coefficients that rebuild data blocks x and y (x != y) from
+/// Pxy = P ^ P' = Dx ^ Dy and Qxy = Q ^ Q' = g^x Dx ^ g^y Dy, where P' and Q' are the parities
+/// of the surviving data blocks alone:
+///
+/// Dx = a * Pxy ^ b * Qxy with b = (g^x ^ g^y)^-1 and a = g^y * b; then Dy = Pxy ^ Dx.
+pub fn two_data_coefficients(x: usize, y: usize) -> (u8, u8) {
+    let gx = exp2(x);
+    let gy = exp2(y);
+    assert!(gx != gy, "two_data_coefficients: x and y must differ modulo 255");
+    let b = inv(gx ^ gy);
+    let a = mul(gy, b);
+    (a, b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mul_matches_bitwise_for_every_pair() {
+        for a in 0..=255u8 {
+            for b in 0..=255u8 {
+                assert_eq!(mul(a, b), mul_slow(a, b), "{a} * {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn generator_has_order_255_and_logs_invert_exps() {
+        let mut seen = [false; 256];
+        for i in 0..ORDER {
+            let g = exp2(i);
+            assert!(!seen[g as usize], "g^{i} repeats");
+            seen[g as usize] = true;
+            assert_eq!(LOG[g as usize] as usize, i);
+        }
+        assert!(!seen[0]);
+        assert_eq!(exp2(255), 1);
+        // Spot values of the 0x11d field: 2^8 = 0x1d, 2^25 = 3 per md's tables, 2^-1 = 0x8e.
+        assert_eq!(exp2(8), 0x1d);
+        assert_eq!(exp2(25), 0x03);
+        assert_eq!(inv(2), 0x8e);
+    }
+
+    #[test]
+    fn inverses() {
+        for a in 1..=255u8 {
+            assert_eq!(mul(a, inv(a)), 1, "inv({a})");
+        }
+    }
+
+    #[test]
+    fn nibble_tables_multiply() {
+        for c in 0..=255u8 {
+            let t = MulTable::new(c);
+            for v in 0..=255u8 {
+                assert_eq!(t.mul(v), mul_slow(c, v));
+            }
+        }
+        for i in 0..600 {
+            assert_eq!(*pow_table(i), MulTable::new(exp2(i)));
+            assert_eq!(mul(pow_table(i).mul(0x5a), inv_pow_table(i).mul(1)), mul(0x5a, 1));
+        }
+    }
+
+    #[test]
+    fn two_data_coefficients_solve_the_system() {
+        for x in 0..40 {
+            for y in 0..40 {
+                if x == y {
+                    continue;
+                }
+                let (a, b) = two_data_coefficients(x, y);
+                for (dx, dy) in [(1u8, 0u8), (0, 1), (0x37, 0xc4), (0xff, 0xff)] {
+                    let pxy = dx ^ dy;
+                    let qxy = mul(exp2(x), dx) ^ mul(exp2(y), dy);
+                    let rx = mul(a, pxy) ^ mul(b, qxy);
+                    assert_eq!(rx, dx);
+                    assert_eq!(pxy ^ rx, dy);
+                }
+            }
+        }
+    }
+}
