@@ -119,6 +119,9 @@ pub struct DeviceSection {
     pub size: Option<Size>,
     #[serde(default = "default_block_size")]
     pub block_size: u32,
+    /// Wrap the device in a fault injector that operators and tests can switch at run time.
+    #[serde(default)]
+    pub fault_injection: bool,
 }
 
 fn default_block_size() -> u32 {
@@ -236,6 +239,7 @@ impl Config {
                 path: Some(data_dir.join("disk0.img")),
                 size: Some(Size(1 << 30)),
                 block_size: 512,
+                fault_injection: false,
             }],
             subsystems: vec![SubsystemSection {
                 nqn: DEFAULT_NQN.into(),

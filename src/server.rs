@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 
 use tracing::info;
 
+use crate::bdev::fault::{FaultBdev, FaultControl};
 use crate::bdev::{Bdev, FileBdev, NullBdev, RamBdev};
 use crate::config::{Config, DeviceKind, DeviceSection};
 use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
@@ -19,11 +20,13 @@ pub struct Server {
     pub shared: Arc<Shared>,
     pub ports: Vec<Port>,
     threads: Vec<JoinHandle<()>>,
+    volumes: Vec<Arc<RaidBdev>>,
+    faults: Vec<(String, Arc<FaultControl>)>,
 }
 
 fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
     let size = d.size.map(|s| s.0);
-    Ok(match d.kind {
+    let dev: Arc<dyn Bdev> = match d.kind {
         DeviceKind::File => {
             let path = d.path.as_ref().expect("validated: file devices have a path");
             let f = FileBdev::open(&d.name, path, d.block_size, size)?;
@@ -32,7 +35,8 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
         }
         DeviceKind::Ram => Arc::new(RamBdev::new(&d.name, d.block_size, size.unwrap())?),
         DeviceKind::Null => Arc::new(NullBdev::new(&d.name, d.block_size, size.unwrap())),
-    })
+    };
+    Ok(dev)
 }
 
 /// Position of a device or volume in the device table: devices first, then volumes.
@@ -95,13 +99,28 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
 
 impl Server {
     pub fn start(cfg: &Config) -> std::io::Result<Server> {
-        let mut devices: Vec<Arc<dyn Bdev>> = cfg.devices.iter().map(open_device).collect::<Result<_, _>>()?;
+        let mut devices: Vec<Arc<dyn Bdev>> = Vec::new();
+        let mut faults = Vec::new();
+        for d in &cfg.devices {
+            let dev = open_device(d)?;
+            if d.fault_injection {
+                let f = FaultBdev::new(dev);
+                faults.push((d.name.clone(), f.control().clone()));
+                devices.push(Arc::new(f));
+            } else {
+                devices.push(dev);
+            }
+        }
+        let mut volumes = Vec::new();
         for v in &cfg.volumes {
             let members = v.members.iter().map(|m| devices[device_index(cfg, m)].clone()).collect();
-            let vol = RaidBdev::new(&v.name, v.level, members, v.group_size, v.strip_size.0)
-                .map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?;
+            let vol = Arc::new(
+                RaidBdev::new(&v.name, v.level, members, v.group_size, v.strip_size.0)
+                    .map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?,
+            );
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
-            devices.push(Arc::new(vol));
+            volumes.push(vol.clone());
+            devices.push(vol);
         }
         let subsystems = build_subsystems(cfg, &devices)?;
         let mut listeners = Vec::new();
@@ -156,7 +175,17 @@ impl Server {
                 return Err(std::io::Error::other(format!("reactor start failed: {e}")));
             }
         }
-        Ok(Server { shared, ports, threads })
+        Ok(Server { shared, ports, threads, volumes, faults })
+    }
+
+    /// The volume named `name`.
+    pub fn volume(&self, name: &str) -> Option<&Arc<RaidBdev>> {
+        self.volumes.iter().find(|v| v.name() == name)
+    }
+
+    /// The fault switches of a device configured with `fault_injection = true`.
+    pub fn fault(&self, device: &str) -> Option<&Arc<FaultControl>> {
+        self.faults.iter().find(|(n, _)| n == device).map(|(_, c)| c)
     }
 
     pub fn target(&self) -> &Target {

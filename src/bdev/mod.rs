@@ -2,6 +2,7 @@
 //! backends. A `Bdev` is shared; each reactor opens its own `BdevChannel` on it, which
 //! submits through that reactor's io_uring and never takes a lock.
 
+pub mod fault;
 pub mod file;
 pub mod null;
 pub mod ram;

@@ -342,6 +342,7 @@ impl Reactor {
             Kind::Send => self.conn_event(t, |c, env| c.on_send(res, env)),
             Kind::Bdev => self.conn_event(t, |c, env| c.on_bdev_complete(t.aux as u16, res, env)),
             Kind::Child => self.on_child(t.conn as usize, t.aux, res),
+            Kind::Ignore => {}
         }
     }
 

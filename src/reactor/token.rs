@@ -13,6 +13,8 @@ pub enum Kind {
     Tick = 6,
     /// A member I/O of a composite device: conn = device index, aux = child tag.
     Child = 7,
+    /// A completion nobody waits for (e.g. a delay linked before an I/O).
+    Ignore = 8,
 }
 
 impl Kind {
@@ -25,6 +27,7 @@ impl Kind {
             5 => Kind::Wakeup,
             6 => Kind::Tick,
             7 => Kind::Child,
+            8 => Kind::Ignore,
             _ => return None,
         })
     }
@@ -67,7 +70,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for kind in [Kind::Accept, Kind::Recv, Kind::Send, Kind::Bdev, Kind::Wakeup, Kind::Tick, Kind::Child] {
+        for kind in [Kind::Accept, Kind::Recv, Kind::Send, Kind::Bdev, Kind::Wakeup, Kind::Tick, Kind::Child, Kind::Ignore] {
             let t = Token::new(kind, 65535, 65535, (1 << 28) - 1);
             assert_eq!(Token::decode(t.encode()), Some(t));
         }

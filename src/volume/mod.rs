@@ -3,3 +3,4 @@
 pub mod layout;
 pub mod plan;
 pub mod raid;
+mod stripe;

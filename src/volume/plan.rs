@@ -55,6 +55,9 @@ pub enum Strategy {
     ReadModifyWrite,
     /// Read the rows not being written; compute parity from the whole stripe.
     ReconstructWrite,
+    /// A member of the group has failed: read every survivor over the rows, rebuild the
+    /// missing data, then (for writes) recompute parity from complete data.
+    Degraded,
 }
 
 /// Blocks each strategy reads for this stripe write, with `parity` parity strips.

@@ -14,12 +14,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::layout::{Layout, LayoutError, Level, Location};
-use super::plan::{self, Rows, Strategy, StripeWrite, MAX_DATA};
+use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
-use crate::parity::{self, Update};
 use crate::reactor::token::{Kind, Token};
 use crate::util::aligned::AlignedRegion;
 use crate::util::slab::Slab;
@@ -29,7 +28,7 @@ pub const RESERVED_BYTES: u64 = 1 << 20;
 /// Host I/Os one channel (one reactor) may have in flight on a volume.
 const MAX_PARENTS: usize = 4096;
 /// Stripe writes one host write keeps in flight.
-const STRIPE_WINDOW: u32 = 4;
+pub(super) const STRIPE_WINDOW: u32 = 4;
 /// Member I/Os one channel may have in flight.
 const MAX_CHILDREN: usize = 1 << 19;
 /// Stripe locks shared by the reactors (hashed; unrelated stripes rarely collide).
@@ -51,18 +50,70 @@ pub enum VolumeError {
 
 /// One lock per hashed stripe, shared by every reactor's channel of a volume.
 #[derive(Debug)]
-struct StripeLocks(Box<[AtomicBool]>);
+pub(super) struct StripeLocks(Box<[AtomicBool]>);
 
 impl StripeLocks {
     fn new() -> Self {
         StripeLocks((0..LOCK_BUCKETS).map(|_| AtomicBool::new(false)).collect())
     }
-    fn try_lock(&self, key: usize) -> bool {
+    pub(super) fn try_lock(&self, key: usize) -> bool {
         self.0[key].compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
     }
-    fn unlock(&self, key: usize) {
+    pub(super) fn unlock(&self, key: usize) {
         let was = self.0[key].swap(false, Ordering::Release);
         debug_assert!(was, "unlocking a free stripe lock");
+    }
+    pub(super) fn buckets(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Which members have failed, shared by every reactor's channel of a volume. A member
+/// is failed when it returns an I/O error or the operator fails it; it is then never
+/// read or written again, and its strips are rebuilt from the survivors.
+#[derive(Debug)]
+pub struct MemberHealth {
+    volume: String,
+    names: Vec<String>,
+    failed: Box<[AtomicBool]>,
+    group_size: usize,
+    tolerance: usize,
+}
+
+impl MemberHealth {
+    fn new(volume: &str, members: &[Arc<dyn Bdev>], layout: &Layout) -> Self {
+        MemberHealth {
+            volume: volume.into(),
+            names: members.iter().map(|m| m.name().to_string()).collect(),
+            failed: members.iter().map(|_| AtomicBool::new(false)).collect(),
+            group_size: layout.group_size,
+            tolerance: layout.level.tolerance(layout.group_size),
+        }
+    }
+
+    pub fn is_failed(&self, member: usize) -> bool {
+        self.failed[member].load(Ordering::Relaxed)
+    }
+
+    /// Mark a member failed (once; later calls do nothing).
+    pub fn fail(&self, member: usize, why: &str) {
+        if !self.failed[member].swap(true, Ordering::AcqRel) {
+            warn!(volume = self.volume, member = self.names[member], why, online = self.online(), "member failed");
+        }
+    }
+
+    pub fn failed_in_group(&self, group: usize) -> usize {
+        let g = group * self.group_size;
+        (g..g + self.group_size).filter(|&m| self.is_failed(m)).count()
+    }
+
+    /// The volume can serve every block: no group has lost more than it tolerates.
+    pub fn online(&self) -> bool {
+        (0..self.failed.len() / self.group_size).all(|g| self.failed_in_group(g) <= self.tolerance)
+    }
+
+    pub fn failed_members(&self) -> Vec<String> {
+        (0..self.failed.len()).filter(|&m| self.is_failed(m)).map(|m| self.names[m].clone()).collect()
     }
 }
 
@@ -74,6 +125,7 @@ pub struct RaidBdev {
     /// Blocks reserved at the start of each member.
     data_offset: u64,
     locks: Arc<StripeLocks>,
+    health: Arc<MemberHealth>,
 }
 
 impl RaidBdev {
@@ -95,11 +147,21 @@ impl RaidBdev {
             info!(volume = name, used_blocks = layout.member_blocks, "members differ in size: each contributes only as much as the smallest");
         }
         let info = BdevInfo { name: name.into(), block_size, num_blocks: layout.capacity() };
-        Ok(RaidBdev { info, layout: Arc::new(layout), members, data_offset, locks: Arc::new(StripeLocks::new()) })
+        let health = Arc::new(MemberHealth::new(name, &members, &layout));
+        Ok(RaidBdev { info, layout: Arc::new(layout), members, data_offset, locks: Arc::new(StripeLocks::new()), health })
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    pub fn health(&self) -> &Arc<MemberHealth> {
+        &self.health
+    }
+
+    /// Index of the member device named `name`.
+    pub fn member_index(&self, name: &str) -> Option<usize> {
+        self.members.iter().position(|m| m.name() == name)
     }
 }
 
@@ -121,6 +183,7 @@ impl Bdev for RaidBdev {
             block_shift: self.info.block_size.trailing_zeros(),
             data_offset: self.data_offset,
             locks: self.locks.clone(),
+            health: self.health.clone(),
             parents: Slab::with_capacity(MAX_PARENTS),
             stripes: Slab::with_capacity(if parity { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             children: Slab::with_capacity(MAX_CHILDREN),
@@ -137,10 +200,10 @@ impl Bdev for RaidBdev {
 }
 
 /// Fixed-size scratch chunks (one strip each) for old data, row images and parity.
-struct Scratch {
+pub(super) struct Scratch {
     region: AlignedRegion,
     chunk: usize,
-    free: Vec<u16>,
+    pub(super) free: Vec<u16>,
 }
 
 impl Scratch {
@@ -153,72 +216,99 @@ impl Scratch {
         Ok(Scratch { region: AlignedRegion::new(count * chunk)?, chunk, free: (0..count as u16).rev().collect() })
     }
 
-    fn ptr(&self, id: u16) -> *mut u8 {
+    pub(super) fn ptr(&self, id: u16) -> *mut u8 {
         // SAFETY: id < count, so the chunk lies inside the region.
         unsafe { self.region.as_ptr().add(id as usize * self.chunk) }
     }
 }
 
 #[derive(Debug, Clone, Copy)]
-enum Owner {
+pub(super) enum Owner {
     Parent(u32),
     Stripe(u32),
 }
 
 /// A host I/O in progress.
 #[derive(Debug, Clone, Copy)]
-struct Parent {
-    user_data: u64,
-    op: BdevOp,
-    buf: *mut u8,
-    buf_index: Option<u16>,
-    /// Bytes on success (what the submitter expects), or the first negative errno.
-    result: i32,
-    /// Member I/Os (mirrors, striping) or live stripe writes (parity) outstanding.
-    pending: u32,
+pub(super) struct Parent {
+    pub(super) user_data: u64,
+    pub(super) op: BdevOp,
+    pub(super) buf: *mut u8,
+    pub(super) buf_index: Option<u16>,
+    /// What success reports (bytes for reads and writes, else 0).
+    pub(super) ok: i32,
+    /// `ok`, or the first negative errno.
+    pub(super) result: i32,
+    /// Member I/Os (mirrors, striping) or live stripe ops (parity) outstanding.
+    pub(super) pending: u32,
     /// Parity writes: first block of the I/O, next block to plan, end.
-    io_start: u64,
-    cursor: u64,
-    end: u64,
+    pub(super) io_start: u64,
+    pub(super) cursor: u64,
+    pub(super) end: u64,
+    /// A member read failed: run the I/O again once its member I/Os are back.
+    pub(super) retry: bool,
+}
+
+impl Parent {
+    /// The host I/O again, for a retry.
+    fn as_io(&self, block_shift: u32) -> BdevIo {
+        BdevIo {
+            op: self.op,
+            offset: self.io_start << block_shift,
+            len: ((self.end - self.io_start) << block_shift) as u32,
+            buf: self.buf,
+            buf_index: self.buf_index,
+            user_data: self.user_data,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StripeState {
+pub(super) enum StripeState {
     Waiting,
     Reading,
     Writing,
 }
 
-/// Slot of P and Q in `StripeOp::chunks`, after the data strips.
-const P_CHUNK: usize = MAX_DATA;
-const Q_CHUNK: usize = MAX_DATA + 1;
-const NO_CHUNK: u16 = u16::MAX;
-
-#[derive(Debug, Clone, Copy)]
-struct StripeOp {
-    parent: u32,
-    w: StripeWrite,
-    strategy: Strategy,
-    state: StripeState,
-    pending: u32,
-    failed: bool,
-    /// Scratch chunk per data index (old data or row image), then P and Q.
-    chunks: [u16; MAX_DATA + 2],
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum StripeKind {
+    Write,
+    /// Rebuild rows of a strip on a failed member for a host read.
+    Read,
 }
 
-struct RaidChannel {
+/// Slot of P and Q in `StripeOp::chunks`, after the data strips.
+pub(super) const P_CHUNK: usize = MAX_DATA;
+pub(super) const Q_CHUNK: usize = MAX_DATA + 1;
+pub(super) const NO_CHUNK: u16 = u16::MAX;
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct StripeOp {
+    pub(super) parent: u32,
+    pub(super) kind: StripeKind,
+    pub(super) w: StripeWrite,
+    pub(super) strategy: Strategy,
+    pub(super) state: StripeState,
+    pub(super) pending: u32,
+    pub(super) failed: bool,
+    /// Scratch chunk per data index (old data or row image), then P and Q.
+    pub(super) chunks: [u16; MAX_DATA + 2],
+}
+
+pub(super) struct RaidChannel {
     index: u16,
-    layout: Arc<Layout>,
+    pub(super) layout: Arc<Layout>,
     members: Vec<Box<dyn BdevChannel>>,
     block_shift: u32,
     data_offset: u64,
-    locks: Arc<StripeLocks>,
-    parents: Slab<Parent>,
-    stripes: Slab<StripeOp>,
-    /// Child tag -> (owner, bytes the child must transfer).
-    children: Slab<(Owner, i32)>,
-    /// Stripe writes waiting for their lock or scratch, oldest first.
-    waiting: VecDeque<u32>,
+    pub(super) locks: Arc<StripeLocks>,
+    pub(super) health: Arc<MemberHealth>,
+    pub(super) parents: Slab<Parent>,
+    pub(super) stripes: Slab<StripeOp>,
+    /// Child tag -> (owner, bytes the child must transfer, member).
+    children: Slab<(Owner, i32, u16)>,
+    /// Stripe ops waiting for their lock or scratch, oldest first.
+    pub(super) waiting: VecDeque<u32>,
     /// Member completions not yet processed (synchronous ones land here too).
     sync_done: VecDeque<(u32, i32)>,
     /// Finished host I/Os to hand to the reactor.
@@ -226,25 +316,26 @@ struct RaidChannel {
     /// The host I/O `submit` is working on, whose result it returns directly.
     submitting: Option<u32>,
     submit_result: Option<i32>,
-    scratch: Scratch,
-    zeroes: AlignedRegion,
+    pub(super) scratch: Scratch,
+    pub(super) zeroes: AlignedRegion,
     /// Round-robin choice among mirror copies for reads.
     next_copy: usize,
 }
 
 impl RaidChannel {
-    fn parity(&self) -> usize {
+    pub(super) fn parity(&self) -> usize {
         self.layout.level.parity_count()
     }
 
-    fn bytes(&self, blocks: u64) -> usize {
+    pub(super) fn bytes(&self, blocks: u64) -> usize {
         (blocks << self.block_shift) as usize
     }
 
     /// Submit one member I/O; its completion comes back through `sync_done` or the ring.
-    fn child(&mut self, owner: Owner, member: usize, mut io: BdevIo, sq: &mut dyn SqeSink) {
+    pub(super) fn child(&mut self, owner: Owner, member: usize, mut io: BdevIo, sq: &mut dyn SqeSink) {
+        debug_assert!(!self.health.is_failed(member), "I/O to a failed member");
         let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
-        let tag = self.children.insert((owner, expect)).expect("member I/O table sized for the worst case");
+        let tag = self.children.insert((owner, expect, member as u16)).expect("member I/O table sized for the worst case");
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
@@ -255,7 +346,7 @@ impl RaidChannel {
         }
     }
 
-    fn member_io(&self, op: BdevOp, loc: Location, blocks: u64, buf: *mut u8, buf_index: Option<u16>) -> BdevIo {
+    pub(super) fn member_io(&self, op: BdevOp, loc: Location, blocks: u64, buf: *mut u8, buf_index: Option<u16>) -> BdevIo {
         BdevIo {
             op,
             offset: (self.data_offset + loc.member_lba) << self.block_shift,
@@ -266,11 +357,22 @@ impl RaidChannel {
         }
     }
 
-    fn finish_parent_if_done(&mut self, p: u32) {
-        let parent = *self.parents.get_mut(p);
+    pub(super) fn finish_parent_if_done(&mut self, p: u32, sq: &mut dyn SqeSink) {
+        let parent = *self.parents.get(p);
         if parent.pending > 0 || parent.cursor < parent.end {
             return;
         }
+        if parent.retry && self.health.online() {
+            // A member failed under a read: read again, around it.
+            let pr = self.parents.get_mut(p);
+            pr.retry = false;
+            pr.result = pr.ok;
+            let io = parent.as_io(self.block_shift);
+            self.fan_out(p, &io, sq);
+            return self.finish_parent_if_done(p, sq);
+        }
+        let parent = *self.parents.get(p);
+        let parent = Parent { result: if parent.retry { -libc::EIO } else { parent.result }, ..parent };
         self.parents.remove(p);
         if self.submitting == Some(p) {
             self.submit_result = Some(parent.result);
@@ -279,7 +381,7 @@ impl RaidChannel {
         }
     }
 
-    fn fail_parent(&mut self, p: u32, res: i32) {
+    pub(super) fn fail_parent(&mut self, p: u32, res: i32) {
         let parent = self.parents.get_mut(p);
         if parent.result >= 0 {
             parent.result = if res < 0 { res } else { -libc::EIO };
@@ -287,14 +389,24 @@ impl RaidChannel {
     }
 
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
-        let (owner, expect) = self.children.remove(tag);
+        let (owner, expect, member) = self.children.remove(tag);
+        if res != expect {
+            self.health.fail(member as usize, if res < 0 { "I/O error" } else { "short transfer" });
+        }
         match owner {
             Owner::Parent(p) => {
+                let parent = self.parents.get_mut(p);
+                parent.pending -= 1;
                 if res != expect {
-                    self.fail_parent(p, res);
+                    // Redundant levels retry reads around the failed member; writes and
+                    // flushes already reached the surviving copies.
+                    if parent.op == BdevOp::Read {
+                        parent.retry = true;
+                    } else if !self.health.online() {
+                        self.fail_parent(p, res);
+                    }
                 }
-                self.parents.get_mut(p).pending -= 1;
-                self.finish_parent_if_done(p);
+                self.finish_parent_if_done(p, sq);
             }
             Owner::Stripe(s) => {
                 let op = self.stripes.get_mut(s);
@@ -329,283 +441,49 @@ impl RaidChannel {
         }
     }
 
-    fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
+    /// Alive copies of `lba` (one location for non-mirrored levels), in preference order
+    /// starting from `first`.
+    fn alive_copy(&self, lba: u64, first: usize) -> Option<Location> {
+        let copies = self.layout.copies(lba).count();
+        (0..copies).map(|c| self.layout.copies(lba).nth((first + c) % copies).unwrap()).find(|l| !self.health.is_failed(l.member))
+    }
+
+    pub(super) fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
         let sub = |io: &BdevIo, off: usize| if io.buf.is_null() { io.buf } else { io.buf.wrapping_add(off) };
         match io.op {
             BdevOp::Flush => {
                 for m in 0..self.members.len() {
-                    self.child(Owner::Parent(p), m, BdevIo { user_data: 0, ..*io }, sq);
+                    if !self.health.is_failed(m) {
+                        self.child(Owner::Parent(p), m, BdevIo { user_data: 0, ..*io }, sq);
+                    }
                 }
             }
             BdevOp::Read => self.for_each_run(io, |ch, lba, n, off| {
-                let copies = ch.layout.copies(lba).count();
                 ch.next_copy = ch.next_copy.wrapping_add(1);
-                let loc = ch.layout.copies(lba).nth(ch.next_copy % copies).unwrap();
-                let mio = ch.member_io(BdevOp::Read, loc, n, sub(io, off), io.buf_index);
-                ch.child(Owner::Parent(p), loc.member, mio, sq);
+                match ch.alive_copy(lba, ch.next_copy) {
+                    Some(loc) => {
+                        let mio = ch.member_io(BdevOp::Read, loc, n, sub(io, off), io.buf_index);
+                        ch.child(Owner::Parent(p), loc.member, mio, sq);
+                    }
+                    // A data strip on a failed member of a parity level: rebuild it.
+                    None if ch.parity() > 0 => {
+                        let start = io.offset >> ch.block_shift;
+                        let (w, _) = plan::next_stripe(&ch.layout, start, lba, lba + n);
+                        ch.start_stripe_op(p, w, StripeKind::Read, sq);
+                    }
+                    None => ch.fail_parent(p, -libc::ENXIO),
+                }
             }),
             BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard => self.for_each_run(io, |ch, lba, n, off| {
                 let copies = ch.layout.copies(lba).count();
                 for c in 0..copies {
                     let loc = ch.layout.copies(lba).nth(c).unwrap();
-                    let mio = ch.member_io(io.op, loc, n, sub(io, off), io.buf_index);
-                    ch.child(Owner::Parent(p), loc.member, mio, sq);
+                    if !ch.health.is_failed(loc.member) {
+                        let mio = ch.member_io(io.op, loc, n, sub(io, off), io.buf_index);
+                        ch.child(Owner::Parent(p), loc.member, mio, sq);
+                    }
                 }
             }),
-        }
-    }
-
-    // ------------------------------------------------------------ parity writes
-
-    /// Start more stripe writes of host write `p`, up to its window.
-    fn pump(&mut self, p: u32, sq: &mut dyn SqeSink) {
-        loop {
-            let parent = *self.parents.get_mut(p);
-            if parent.cursor >= parent.end || parent.pending >= STRIPE_WINDOW {
-                return;
-            }
-            let (w, next) = plan::next_stripe(&self.layout, parent.io_start, parent.cursor, parent.end);
-            let op = StripeOp {
-                parent: p,
-                strategy: plan::choose(&w, self.parity()),
-                w,
-                state: StripeState::Waiting,
-                pending: 0,
-                failed: false,
-                chunks: [NO_CHUNK; MAX_DATA + 2],
-            };
-            let s = self.stripes.insert(op).expect("stripe table sized for every parent's window");
-            let parent = self.parents.get_mut(p);
-            parent.cursor = next;
-            parent.pending += 1;
-            if !self.try_start(s, sq) {
-                self.waiting.push_back(s);
-            }
-        }
-    }
-
-    fn lock_key(&self, w: &StripeWrite) -> usize {
-        (w.stripe as usize).wrapping_mul(self.layout.groups()).wrapping_add(w.group) % LOCK_BUCKETS
-    }
-
-    /// Data strips that need a scratch chunk under the op's strategy.
-    fn needs_chunk(op: &StripeOp, i: usize) -> bool {
-        let written = op.w.written[i];
-        match op.strategy {
-            Strategy::ReadModifyWrite => !written.is_empty(),
-            Strategy::ReconstructWrite => written != op.w.rows,
-        }
-    }
-
-    /// Take the stripe lock and scratch, then issue the reads. False: try again later.
-    fn try_start(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
-        let mut op = *self.stripes.get_mut(s);
-        let key = self.lock_key(&op.w);
-        let data_chunks = (0..op.w.k).filter(|&i| Self::needs_chunk(&op, i)).count();
-        if self.scratch.free.len() < data_chunks + self.parity() || !self.locks.try_lock(key) {
-            return false;
-        }
-        for i in 0..op.w.k {
-            if Self::needs_chunk(&op, i) {
-                op.chunks[i] = self.scratch.free.pop().unwrap();
-            }
-        }
-        op.chunks[P_CHUNK] = self.scratch.free.pop().unwrap();
-        if self.parity() == 2 {
-            op.chunks[Q_CHUNK] = self.scratch.free.pop().unwrap();
-        }
-        op.state = StripeState::Reading;
-        *self.stripes.get_mut(s) = op;
-        self.issue_reads(s, sq);
-        if self.stripes.get_mut(s).pending == 0 {
-            self.advance(s, sq);
-        }
-        true
-    }
-
-    fn member_for(&self, w: &StripeWrite, slot: usize) -> usize {
-        self.layout.member_of(w.group, slot)
-    }
-
-    fn stripe_io(&mut self, s: u32, op: BdevOp, slot: usize, rows: Rows, buf: *mut u8, buf_index: Option<u16>, sq: &mut dyn SqeSink) {
-        let w = self.stripes.get_mut(s).w;
-        let loc = Location { member: self.member_for(&w, slot), member_lba: w.stripe * self.layout.strip_blocks + rows.start };
-        let io = self.member_io(op, loc, rows.len(), buf, buf_index);
-        self.child(Owner::Stripe(s), loc.member, io, sq);
-    }
-
-    /// Pointer to the chunk's bytes for `row` when the chunk starts at row `base`.
-    fn chunk_at(&self, id: u16, base: u64, row: u64) -> *mut u8 {
-        self.scratch.ptr(id).wrapping_add(self.bytes(row - base))
-    }
-
-    fn issue_reads(&mut self, s: u32, sq: &mut dyn SqeSink) {
-        let op = *self.stripes.get_mut(s);
-        let (w, rows) = (op.w, op.w.rows);
-        for i in 0..w.k {
-            if op.chunks[i] == NO_CHUNK {
-                continue;
-            }
-            let slot = self.layout.data_slot(w.stripe, i);
-            let written = w.written[i];
-            match op.strategy {
-                Strategy::ReadModifyWrite => {
-                    let dst = self.chunk_at(op.chunks[i], written.start, written.start);
-                    self.stripe_io(s, BdevOp::Read, slot, written, dst, None, sq);
-                }
-                Strategy::ReconstructWrite => {
-                    // The rows of `rows` this strip does not write: before and after.
-                    let (before, after) = if written.is_empty() {
-                        (rows, Rows::default())
-                    } else {
-                        (Rows { start: rows.start, end: written.start }, Rows { start: written.end, end: rows.end })
-                    };
-                    for part in [before, after] {
-                        if !part.is_empty() {
-                            let dst = self.chunk_at(op.chunks[i], rows.start, part.start);
-                            self.stripe_io(s, BdevOp::Read, slot, part, dst, None, sq);
-                        }
-                    }
-                }
-            }
-        }
-        if op.strategy == Strategy::ReadModifyWrite {
-            let p_slot = self.layout.p_slot(w.stripe);
-            self.stripe_io(s, BdevOp::Read, p_slot, rows, self.scratch.ptr(op.chunks[P_CHUNK]), None, sq);
-            if let Some(q_slot) = self.layout.q_slot(w.stripe) {
-                self.stripe_io(s, BdevOp::Read, q_slot, rows, self.scratch.ptr(op.chunks[Q_CHUNK]), None, sq);
-            }
-        }
-    }
-
-    /// New data for `len` rows of data strip `i` from `row`: the host's buffer, or zeroes.
-    fn new_data(&self, op: &StripeOp, i: usize, row: u64, len: u64) -> *mut u8 {
-        let parent = *self.parents.get(op.parent);
-        if parent.op == BdevOp::WriteZeroes {
-            debug_assert!(self.bytes(len) <= self.zeroes.len());
-            return self.zeroes.as_ptr();
-        }
-        let block = op.w.host_block[i] + (row - op.w.written[i].start);
-        parent.buf.wrapping_add(self.bytes(block))
-    }
-
-    /// # Safety
-    /// `p` must point at `len` bytes that nothing else writes while the slice lives.
-    unsafe fn slice<'a>(p: *const u8, len: usize) -> &'a [u8] {
-        std::slice::from_raw_parts(p, len)
-    }
-
-    fn compute_parity(&mut self, s: u32) {
-        let op = *self.stripes.get_mut(s);
-        let rows = op.w.rows;
-        let plen = self.bytes(rows.len());
-        // SAFETY: the P and Q chunks belong to this stripe op alone until it finishes.
-        let p = unsafe { std::slice::from_raw_parts_mut(self.scratch.ptr(op.chunks[P_CHUNK]), plen) };
-        let mut q = (self.parity() == 2).then(|| unsafe { std::slice::from_raw_parts_mut(self.scratch.ptr(op.chunks[Q_CHUNK]), plen) });
-        match op.strategy {
-            Strategy::ReadModifyWrite => {
-                for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
-                    let wr = op.w.written[i];
-                    let len = self.bytes(wr.len());
-                    // SAFETY: old data sits in this op's chunk; new data in the host buffer,
-                    // which stays untouched until the host I/O completes.
-                    let old = unsafe { Self::slice(self.scratch.ptr(op.chunks[i]), len) };
-                    let new = unsafe { Self::slice(self.new_data(&op, i, wr.start, wr.len()), len) };
-                    let at = self.bytes(wr.start - rows.start);
-                    let u = [Update { index: i, old, new }];
-                    match q.as_deref_mut() {
-                        Some(q) => parity::pq_update(&u, &mut p[at..at + len], &mut q[at..at + len]),
-                        None => parity::p_update(&u, &mut p[at..at + len]),
-                    }
-                }
-            }
-            Strategy::ReconstructWrite => self.reconstruct_parity(&op, p, q),
-        }
-    }
-
-    /// Parity of the whole stripe over its rows, segment by segment: inside a segment each
-    /// strip's bytes come from one contiguous source (new data or its row image).
-    fn reconstruct_parity(&self, op: &StripeOp, p: &mut [u8], mut q: Option<&mut [u8]>) {
-        let rows = op.w.rows;
-        let mut cuts = [0u64; 2 * MAX_DATA + 2];
-        let mut n = 0;
-        for r in [rows].iter().chain(op.w.written[..op.w.k].iter()).filter(|r| !r.is_empty()) {
-            cuts[n] = r.start;
-            cuts[n + 1] = r.end;
-            n += 2;
-        }
-        let cuts = &mut cuts[..n];
-        cuts.sort_unstable();
-        let mut srcs: [&[u8]; MAX_DATA] = [&[]; MAX_DATA];
-        for seg in cuts.windows(2).filter(|c| c[0] < c[1]) {
-            let (a, b) = (seg[0], seg[1]);
-            let len = self.bytes(b - a);
-            for (i, src) in srcs.iter_mut().enumerate().take(op.w.k) {
-                let wr = op.w.written[i];
-                let ptr = if wr.start <= a && b <= wr.end { self.new_data(op, i, a, b - a) } else { self.chunk_at(op.chunks[i], rows.start, a) };
-                // SAFETY: as in compute_parity: op-owned chunks or the untouched host buffer.
-                *src = unsafe { Self::slice(ptr, len) };
-            }
-            let at = self.bytes(a - rows.start);
-            match q.as_deref_mut() {
-                Some(q) => parity::pq_gen(&srcs[..op.w.k], &mut p[at..at + len], &mut q[at..at + len]),
-                None => parity::xor_gen(&srcs[..op.w.k], &mut p[at..at + len]),
-            }
-        }
-    }
-
-    fn issue_writes(&mut self, s: u32, sq: &mut dyn SqeSink) {
-        let op = *self.stripes.get_mut(s);
-        let parent = *self.parents.get(op.parent);
-        let host_index = if parent.op == BdevOp::WriteZeroes { None } else { parent.buf_index };
-        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
-            let wr = op.w.written[i];
-            let slot = self.layout.data_slot(op.w.stripe, i);
-            let src = self.new_data(&op, i, wr.start, wr.len());
-            self.stripe_io(s, BdevOp::Write, slot, wr, src, host_index, sq);
-        }
-        let p_slot = self.layout.p_slot(op.w.stripe);
-        self.stripe_io(s, BdevOp::Write, p_slot, op.w.rows, self.scratch.ptr(op.chunks[P_CHUNK]), None, sq);
-        if let Some(q_slot) = self.layout.q_slot(op.w.stripe) {
-            self.stripe_io(s, BdevOp::Write, q_slot, op.w.rows, self.scratch.ptr(op.chunks[Q_CHUNK]), None, sq);
-        }
-    }
-
-    /// All of a stripe op's member I/Os for its current state have returned.
-    fn advance(&mut self, s: u32, sq: &mut dyn SqeSink) {
-        let op = *self.stripes.get_mut(s);
-        match op.state {
-            StripeState::Reading if !op.failed => {
-                self.compute_parity(s);
-                self.stripes.get_mut(s).state = StripeState::Writing;
-                self.issue_writes(s, sq);
-            }
-            StripeState::Reading | StripeState::Writing => self.finish_stripe(s, sq),
-            StripeState::Waiting => unreachable!("a waiting stripe op has no member I/O"),
-        }
-    }
-
-    fn finish_stripe(&mut self, s: u32, sq: &mut dyn SqeSink) {
-        let op = self.stripes.remove(s);
-        self.locks.unlock(self.lock_key(&op.w));
-        for c in op.chunks.iter().filter(|c| **c != NO_CHUNK) {
-            self.scratch.free.push(*c);
-        }
-        if op.failed {
-            self.fail_parent(op.parent, -libc::EIO);
-        }
-        self.parents.get_mut(op.parent).pending -= 1;
-        self.pump(op.parent, sq);
-        self.finish_parent_if_done(op.parent);
-        self.retry_waiting(sq);
-    }
-
-    fn retry_waiting(&mut self, sq: &mut dyn SqeSink) {
-        for _ in 0..self.waiting.len() {
-            let s = self.waiting.pop_front().unwrap();
-            if !self.try_start(s, sq) {
-                self.waiting.push_back(s);
-            }
         }
     }
 }
@@ -616,16 +494,21 @@ impl BdevChannel for RaidChannel {
         let start = io.offset >> self.block_shift;
         let end = start + (io.len as u64 >> self.block_shift);
         let parity_write = self.parity() > 0 && matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes);
+        if !self.health.online() {
+            return Submitted::Done(-libc::ENXIO);
+        }
         let parent = Parent {
             user_data: io.user_data,
             op: io.op,
             buf: io.buf,
             buf_index: io.buf_index,
+            ok,
             result: ok,
             pending: 0,
             io_start: start,
             cursor: if parity_write { start } else { end },
             end,
+            retry: false,
         };
         let Some(p) = self.parents.insert(parent) else {
             return Submitted::Done(-libc::EBUSY);
@@ -639,7 +522,7 @@ impl BdevChannel for RaidChannel {
             // acknowledged without touching the members.
             self.fan_out(p, io, sq);
         }
-        self.finish_parent_if_done(p);
+        self.finish_parent_if_done(p, sq);
         self.drain(sq);
         self.submitting = None;
         match self.submit_result.take() {
@@ -668,6 +551,7 @@ impl BdevChannel for RaidChannel {
 mod tests {
     use super::*;
     use crate::bdev::RamBdev;
+    use crate::parity;
 
     struct NoFiles;
     impl FileRegistry for NoFiles {

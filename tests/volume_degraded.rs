@@ -1,0 +1,136 @@
+//! Member failures under load: a model of the volume is checked on every read while members
+//! fail (injected I/O errors) up to the level's tolerance; one more failure takes the
+//! volume offline, after which every I/O fails and none returns wrong data.
+
+use nvmf_raid::config::Config;
+use nvmf_raid::host::{HostController, Queue, QueueOptions};
+use nvmf_raid::server::Server;
+
+const NQN: &str = "nqn.2026-11.io.nvmf-raid:degraded";
+
+fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Server {
+    let mut c = String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    for m in 0..members {
+        c += &format!(
+            "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"6M\"\nfault_injection = true\n",
+            dir.join(format!("m{m}.img")).display()
+        );
+    }
+    let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
+    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = \"16K\"\ngroup_size = {group}\n", names.join(", "));
+    c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
+    Server::start(&Config::parse(&c).unwrap()).unwrap()
+}
+
+struct Model {
+    q: Queue,
+    data: Vec<u8>,
+    blocks: u64,
+    x: u64,
+}
+
+impl Model {
+    fn next(&mut self) -> u64 {
+        self.x ^= self.x << 13;
+        self.x ^= self.x >> 7;
+        self.x ^= self.x << 17;
+        self.x
+    }
+
+    /// Random writes and verified reads.
+    fn exercise(&mut self, rounds: usize, what: &str) {
+        for round in 0..rounds {
+            let nlb = 1 + self.next() % 160;
+            let slba = self.next() % (self.blocks - nlb);
+            let (off, len) = (slba as usize * 512, nlb as usize * 512);
+            if self.next() % 2 == 0 {
+                let d: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
+                let cqe = self.q.write(1, slba, 9, &d).unwrap();
+                assert!(cqe.is_success(), "{what}: write round {round} failed: {cqe:?}");
+                self.data[off..off + len].copy_from_slice(&d);
+            } else {
+                let mut back = vec![0u8; len];
+                let cqe = self.q.read(1, slba, 9, &mut back).unwrap();
+                assert!(cqe.is_success(), "{what}: read round {round} failed: {cqe:?}");
+                assert!(back == self.data[off..off + len], "{what}: read of {nlb} blocks at {slba} is wrong (round {round})");
+            }
+        }
+    }
+
+    fn verify_all(&mut self, what: &str) {
+        for start in (0..self.data.len()).step_by(1 << 20) {
+            let len = (1 << 20).min(self.data.len() - start);
+            let mut back = vec![0u8; len];
+            assert!(self.q.read(1, (start / 512) as u64, 9, &mut back).unwrap().is_success(), "{what}");
+            assert!(back == self.data[start..start + len], "{what}: full read-back differs at byte {start}");
+        }
+    }
+}
+
+fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path(), level, members, group);
+    let mut c = HostController::connect(server.ports[0].addr, NQN, &QueueOptions::default()).unwrap();
+    c.set_queue_count(1).unwrap();
+    let (_, blocks) = c.namespace_geometry(1).unwrap();
+    let q = c.io_queue(1).unwrap();
+    let mut m = Model { q, data: vec![0u8; blocks as usize * 512], blocks, x: 0xDEADBEEF };
+    m.exercise(120, "healthy");
+    let vol = server.volume("vol").unwrap().clone();
+    let (last, within) = fail_order.split_last().unwrap();
+    for (n, &member) in within.iter().enumerate() {
+        server.fault(&format!("m{member}")).unwrap().fail_device(true);
+        m.exercise(150, &format!("{level} with {} failed", n + 1));
+        assert!(vol.health().is_failed(member), "member m{member} was not marked failed");
+        assert!(vol.health().online());
+        m.verify_all(&format!("{level} degraded"));
+    }
+    // One failure beyond the tolerance: the volume stops serving, and says so.
+    server.fault(&format!("m{last}")).unwrap().fail_device(true);
+    let mut saw_error = false;
+    for _ in 0..40 {
+        let lba = m.next() % (blocks - 64);
+        let mut back = vec![0u8; 64 * 512];
+        let cqe = m.q.read(1, lba, 9, &mut back).unwrap();
+        if cqe.is_success() {
+            assert!(!saw_error, "served I/O after going offline");
+            assert!(back == m.data[lba as usize * 512..(lba as usize + 64) * 512], "{level}: wrong data while failing");
+        } else {
+            saw_error = true;
+        }
+    }
+    assert!(saw_error, "{level}: the volume kept serving beyond its tolerance");
+    assert!(!vol.health().online());
+    drop(m);
+    server.stop();
+}
+
+#[test]
+fn raid1_survives_two_of_three_failures() {
+    run("raid1", 3, 0, &[0, 2, 1]);
+}
+
+#[test]
+fn raid10_survives_one_failure_per_mirror() {
+    run("raid10", 4, 2, &[1, 2, 0]);
+}
+
+#[test]
+fn raid5_survives_one_failure() {
+    run("raid5", 4, 0, &[2, 0]);
+}
+
+#[test]
+fn raid6_survives_two_failures() {
+    run("raid6", 6, 0, &[1, 4, 2]);
+}
+
+#[test]
+fn raid4_survives_losing_the_parity_member() {
+    run("raid4", 4, 0, &[3, 1]);
+}
+
+#[test]
+fn raid60_survives_two_failures_per_group() {
+    run("raid60", 8, 4, &[0, 1, 5, 6, 2]);
+}
