@@ -303,7 +303,7 @@ impl Conn {
     /// End-of-turn work: start a send if output is queued, retry buffer waiters.
     pub fn flush(&mut self, env: &mut Env) {
         while let Some(&s) = self.buffer_waiters.front() {
-            if self.phase == Phase::Closing || !self.try_acquire_buffer(s, env) {
+            if self.phase != Phase::Ready || !self.try_acquire_buffer(s, env) {
                 break;
             }
             self.buffer_waiters.pop_front();
@@ -789,6 +789,8 @@ impl Conn {
         };
         if res != expect && slot.status == status::SUCCESS {
             slot.status = match slot.sqe.opcode {
+                // A volume that lost more members than it tolerates serves nothing.
+                _ if res == -libc::ENXIO => status::NAMESPACE_NOT_READY | status::DNR,
                 io::READ => status::UNRECOVERED_READ_ERROR,
                 io::WRITE => status::WRITE_FAULT,
                 _ => status::INTERNAL_ERROR,
@@ -820,7 +822,8 @@ impl Conn {
 
     /// Queue the response (with C2HData first for data to the host).
     fn complete(&mut self, s: u16, sc: u16, result: u64, env: &mut Env) {
-        if self.phase == Phase::Closing {
+        // Nothing may follow a C2HTermReq on the wire.
+        if matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return self.free_slot(s, env);
         }
         let qid = self.queue.as_ref().map_or(0, |b| b.qid);
