@@ -198,5 +198,9 @@ impl Server {
         for t in self.threads {
             let _ = t.join();
         }
+        // Reactors have drained: mark every volume clean.
+        for v in &self.volumes {
+            v.close();
+        }
     }
 }

@@ -104,6 +104,14 @@ impl Bdev for FaultBdev {
     fn info(&self) -> &BdevInfo {
         self.inner.info()
     }
+    fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let io = BdevIo { op, offset, len: buf.len() as u32, buf: buf.as_mut_ptr(), buf_index: None, user_data: 0 };
+        if self.control.should_fail(&io, self.inner.block_size().trailing_zeros()) {
+            self.control.injected.fetch_add(1, Ordering::Relaxed);
+            return Err(std::io::Error::from_raw_os_error(libc::EIO));
+        }
+        self.inner.sync_io(op, offset, buf)
+    }
     fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(FaultChannel {
             inner: self.inner.open_channel(files, index)?,

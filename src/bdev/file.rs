@@ -68,6 +68,19 @@ impl Bdev for FileBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
+
+    fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let f = open_rw(&self.path, self.direct)?;
+        match op {
+            BdevOp::Read => f.read_exact_at(buf, offset),
+            BdevOp::Write => {
+                f.write_all_at(buf, offset)?;
+                f.sync_data()
+            }
+            _ => Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "metadata I/O reads and writes only")),
+        }
+    }
     fn open_channel(&self, files: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;
         let fixed = files.register(file.as_raw_fd());

@@ -70,6 +70,14 @@ pub trait Bdev: Send + Sync + Debug {
     fn num_blocks(&self) -> u64 {
         self.info().num_blocks
     }
+    /// Blocking read or write of `buf` at byte `offset`, outside any reactor: superblocks
+    /// and other metadata at assembly and on state changes. `buf` must be 4 KiB aligned
+    /// and a multiple of 4 KiB. Writes are durable when this returns.
+    fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let _ = (op, offset, buf);
+        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("{} has no metadata I/O", self.name())))
+    }
+
     /// Open this reactor's handle to the device. `index` is the channel's position in the
     /// reactor's channel table, which a composite device uses to route its members'
     /// completions back to itself (see `BdevChannel::child_complete`).

@@ -18,6 +18,14 @@ impl Bdev for NullBdev {
     fn info(&self) -> &BdevInfo {
         &self.info
     }
+
+    /// Reads see zeroes (no superblock), writes vanish: a null member is always new.
+    fn sync_io(&self, op: BdevOp, _offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        if op == BdevOp::Read {
+            buf.fill(0);
+        }
+        Ok(())
+    }
     fn open_channel(&self, _: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(NullChannel))
     }

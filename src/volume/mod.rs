@@ -4,3 +4,6 @@ pub mod layout;
 pub mod plan;
 pub mod raid;
 mod stripe;
+pub mod superblock;
+pub mod assemble;
+pub mod metadata;

@@ -12,11 +12,15 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam::channel::Sender;
 
 use tracing::{info, warn};
 
+use super::assemble::{assemble, AssemblyError, Candidate, Wanted};
 use super::layout::{Layout, LayoutError, Level, Location};
+use super::metadata::{now_unix, read_superblock, Epochs, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
@@ -46,6 +50,12 @@ pub enum VolumeError {
     TooSmall(String),
     #[error("strip size {0} bytes is not a power of two between the block size and 1 MiB")]
     Strip(u64),
+    #[error("device '{device}': superblock: {message}")]
+    Superblock { device: String, message: String },
+    #[error("{0}")]
+    Assembly(#[from] AssemblyError),
+    #[error("too many members failed or missing to serve the volume: {0:?}")]
+    Offline(Vec<String>),
 }
 
 /// One lock per hashed stripe, shared by every reactor's channel of a volume.
@@ -78,6 +88,8 @@ pub struct MemberHealth {
     failed: Box<[AtomicBool]>,
     group_size: usize,
     tolerance: usize,
+    epochs: Epochs,
+    notify: OnceLock<Sender<MetaMsg>>,
 }
 
 impl MemberHealth {
@@ -88,7 +100,32 @@ impl MemberHealth {
             failed: members.iter().map(|_| AtomicBool::new(false)).collect(),
             group_size: layout.group_size,
             tolerance: layout.level.tolerance(layout.group_size),
+            epochs: Epochs::default(),
+            notify: OnceLock::new(),
         }
+    }
+
+    fn set_notifier(&self, tx: Sender<MetaMsg>) {
+        let _ = self.notify.set(tx);
+    }
+
+    /// A slot assembly found failed, absent or stale.
+    fn mark_failed_at_assembly(&self, member: usize) {
+        self.failed[member].store(true, Ordering::Release);
+    }
+
+    /// Failure epoch: changes on every failure.
+    pub fn epoch(&self) -> u64 {
+        self.epochs.changed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_recorded(&self, epoch: u64) {
+        self.epochs.recorded.store(epoch, Ordering::Release);
+    }
+
+    /// Every failure so far is recorded in the superblocks.
+    pub fn recorded(&self) -> bool {
+        self.epochs.up_to_date()
     }
 
     pub fn is_failed(&self, member: usize) -> bool {
@@ -98,7 +135,11 @@ impl MemberHealth {
     /// Mark a member failed (once; later calls do nothing).
     pub fn fail(&self, member: usize, why: &str) {
         if !self.failed[member].swap(true, Ordering::AcqRel) {
+            self.epochs.changed.fetch_add(1, Ordering::AcqRel);
             warn!(volume = self.volume, member = self.names[member], why, online = self.online(), "member failed");
+            if let Some(tx) = self.notify.get() {
+                let _ = tx.send(MetaMsg::Update);
+            }
         }
     }
 
@@ -117,7 +158,6 @@ impl MemberHealth {
     }
 }
 
-#[derive(Debug)]
 pub struct RaidBdev {
     info: BdevInfo,
     layout: Arc<Layout>,
@@ -126,29 +166,112 @@ pub struct RaidBdev {
     data_offset: u64,
     locks: Arc<StripeLocks>,
     health: Arc<MemberHealth>,
+    meta_tx: Sender<MetaMsg>,
+    meta_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl RaidBdev {
-    pub fn new(name: &str, level: Level, members: Vec<Arc<dyn Bdev>>, group_size: usize, strip_bytes: u64) -> Result<Self, VolumeError> {
-        let block_size = members.first().map_or(512, |m| m.block_size());
-        if let Some(m) = members.iter().find(|m| m.block_size() != block_size) {
+    /// Assemble the volume from `devices` (in any order: each superblock names its slot),
+    /// or create it when none carries a superblock. Writes the next generation of
+    /// superblocks before returning.
+    pub fn new(name: &str, level: Level, devices: Vec<Arc<dyn Bdev>>, group_size: usize, strip_bytes: u64) -> Result<Self, VolumeError> {
+        let block_size = devices.first().map_or(512, |m| m.block_size());
+        if let Some(m) = devices.iter().find(|m| m.block_size() != block_size) {
             return Err(VolumeError::BlockSize { member: m.name().into(), got: m.block_size(), want: block_size });
         }
         if !strip_bytes.is_power_of_two() || strip_bytes < block_size as u64 || strip_bytes > 1 << 20 {
             return Err(VolumeError::Strip(strip_bytes));
         }
         let data_offset = RESERVED_BYTES / block_size as u64;
-        let mut sizes = Vec::with_capacity(members.len());
-        for m in &members {
-            sizes.push(m.num_blocks().checked_sub(data_offset).filter(|s| *s > 0).ok_or_else(|| VolumeError::TooSmall(m.name().into()))?);
+        let strip_blocks = strip_bytes / block_size as u64;
+        let grouped = matches!(level, Level::Raid10 | Level::Raid50 | Level::Raid60);
+        let wanted = Wanted {
+            name: name.into(),
+            level,
+            group_size: if grouped { group_size as u16 } else { devices.len() as u16 },
+            strip_blocks: strip_blocks as u32,
+            block_size,
+            members: devices.len(),
+        };
+        let mut candidates = Vec::with_capacity(devices.len());
+        for d in &devices {
+            let sb = read_superblock(d.as_ref())
+                .map_err(|e| VolumeError::Superblock { device: d.name().into(), message: e.to_string() })?
+                .map_err(|e| VolumeError::Superblock { device: d.name().into(), message: e.to_string() })?;
+            candidates.push(Candidate { name: d.name().into(), sb });
         }
-        let layout = Layout::new(level, &sizes, group_size, strip_bytes / block_size as u64)?;
-        if level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks) {
+        let seed = format!("{name}/{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let new_uuid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).as_bytes();
+        let asm = assemble(&wanted, &candidates, new_uuid)?;
+        for note in &asm.notes {
+            warn!(volume = name, "{note}");
+        }
+        // Members in slot order; an absent device is a stand-in that is failed from the start.
+        let members: Vec<Arc<dyn Bdev>> = asm
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, d)| match d {
+                Some(i) => devices[*i].clone(),
+                None => Arc::new(crate::bdev::NullBdev::new(&format!("{name}-missing-slot{slot}"), block_size, 0)) as Arc<dyn Bdev>,
+            })
+            .collect();
+        let sizes: Vec<u64> = members
+            .iter()
+            .zip(&asm.slots)
+            .map(|(m, present)| if present.is_some() { m.num_blocks().saturating_sub(data_offset) } else { u64::MAX / 4 })
+            .collect();
+        if let Some((m, _)) = members.iter().zip(&sizes).find(|(_, s)| **s == 0) {
+            return Err(VolumeError::TooSmall(m.name().into()));
+        }
+        let layout = Layout::new(level, &sizes, group_size, strip_blocks)?;
+        if level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks && *s != u64::MAX / 4) {
             info!(volume = name, used_blocks = layout.member_blocks, "members differ in size: each contributes only as much as the smallest");
         }
         let info = BdevInfo { name: name.into(), block_size, num_blocks: layout.capacity() };
+        let layout = Arc::new(layout);
         let health = Arc::new(MemberHealth::new(name, &members, &layout));
-        Ok(RaidBdev { info, layout: Arc::new(layout), members, data_offset, locks: Arc::new(StripeLocks::new()), health })
+        for (slot, failed) in asm.failed.iter().enumerate() {
+            if *failed {
+                health.mark_failed_at_assembly(slot);
+            }
+        }
+        if asm.created {
+            info!(volume = name, level = ?level, "new volume: superblocks written");
+        } else if asm.unclean {
+            warn!(volume = name, "the volume was not shut down cleanly");
+        }
+        let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), device_ids: asm.device_ids.clone(), data_offset, created: now_unix() };
+        let meta = Arc::new(Metadata::new(identity, layout.clone(), block_size, members.clone(), health.clone(), asm.generation));
+        meta.write_all(false);
+        if !health.online() {
+            return Err(VolumeError::Offline(health.failed_members()));
+        }
+        let (tx, rx) = crossbeam::channel::unbounded();
+        health.set_notifier(tx.clone());
+        let m = meta.clone();
+        let thread = std::thread::Builder::new().name(format!("meta-{name}")).spawn(move || m.run(rx)).map_err(|e| VolumeError::Superblock { device: name.into(), message: e.to_string() })?;
+        Ok(RaidBdev {
+            info,
+            layout,
+            members,
+            data_offset,
+            locks: Arc::new(StripeLocks::new()),
+            health,
+            meta_tx: tx,
+            meta_thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Orderly shutdown: write clean superblocks and stop the metadata thread.
+    pub fn close(&self) {
+        let (reply_tx, reply_rx) = crossbeam::channel::bounded(1);
+        if self.meta_tx.send(MetaMsg::Close(reply_tx)).is_ok() {
+            let _ = reply_rx.recv_timeout(std::time::Duration::from_secs(30));
+        }
+        if let Some(t) = self.meta_thread.lock().unwrap().take() {
+            let _ = t.join();
+        }
     }
 
     pub fn layout(&self) -> &Layout {
@@ -162,6 +285,12 @@ impl RaidBdev {
     /// Index of the member device named `name`.
     pub fn member_index(&self, name: &str) -> Option<usize> {
         self.members.iter().position(|m| m.name() == name)
+    }
+}
+
+impl std::fmt::Debug for RaidBdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaidBdev").field("name", &self.info.name).field("level", &self.layout.level).finish()
     }
 }
 
@@ -190,6 +319,7 @@ impl Bdev for RaidBdev {
             waiting: VecDeque::with_capacity(if parity { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             sync_done: VecDeque::with_capacity(1024),
             completed: Vec::with_capacity(MAX_PARENTS),
+            held: Vec::with_capacity(MAX_PARENTS),
             submitting: None,
             submit_result: None,
             scratch: Scratch::new(if parity { strip_bytes } else { 0 }, self.layout.group_size)?,
@@ -313,6 +443,8 @@ pub(super) struct RaidChannel {
     sync_done: VecDeque<(u32, i32)>,
     /// Finished host I/Os to hand to the reactor.
     completed: Completions,
+    /// Finished writes waiting for a member failure to reach the superblocks.
+    held: Completions,
     /// The host I/O `submit` is working on, whose result it returns directly.
     submitting: Option<u32>,
     submit_result: Option<i32>,
@@ -371,13 +503,16 @@ impl RaidChannel {
             self.fan_out(p, &io, sq);
             return self.finish_parent_if_done(p, sq);
         }
-        let parent = *self.parents.get(p);
-        let parent = Parent { result: if parent.retry { -libc::EIO } else { parent.result }, ..parent };
-        self.parents.remove(p);
-        if self.submitting == Some(p) {
-            self.submit_result = Some(parent.result);
+        let parent = self.parents.remove(p);
+        let result = if parent.retry { -libc::EIO } else { parent.result };
+        if parent.op != BdevOp::Read && !self.health.recorded() {
+            // Written around a member whose failure is not yet in the superblocks: the
+            // acknowledgement waits until it is (see `poll`).
+            self.held.push((parent.user_data, result));
+        } else if self.submitting == Some(p) {
+            self.submit_result = Some(result);
         } else {
-            self.completed.push((parent.user_data, parent.result));
+            self.completed.push((parent.user_data, result));
         }
     }
 
@@ -542,8 +677,11 @@ impl BdevChannel for RaidChannel {
             self.retry_waiting(sq);
             self.drain(sq);
         }
+        if !self.held.is_empty() && self.health.recorded() {
+            done.append(&mut self.held);
+        }
         done.append(&mut self.completed);
-        !self.waiting.is_empty()
+        !self.waiting.is_empty() || !self.held.is_empty()
     }
 }
 
