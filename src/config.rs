@@ -39,6 +39,15 @@ pub struct Config {
     pub volumes: Vec<VolumeSection>,
     #[serde(rename = "subsystem", default)]
     pub subsystems: Vec<SubsystemSection>,
+    #[serde(default)]
+    pub management: ManagementSection,
+}
+
+/// The JSON-RPC management socket; off unless a path is given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManagementSection {
+    pub socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,6 +242,7 @@ impl Config {
             limits: LimitsSection::default(),
             listeners: vec![ListenerSection { address: listen.into() }],
             volumes: vec![],
+            management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
             devices: vec![DeviceSection {
                 name: "disk0".into(),
                 kind: DeviceKind::File,

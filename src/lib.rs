@@ -4,6 +4,7 @@
 pub mod bdev;
 pub mod config;
 pub mod host;
+pub mod mgmt;
 pub mod nvmf;
 pub mod parity;
 pub mod reactor;

@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
+
+mod cli;
 use nvmf_raid::config::{Config, DEFAULT_NQN};
 use nvmf_raid::host::perf::{self, Pattern, PerfOptions};
 use nvmf_raid::host::QueueOptions;
@@ -17,6 +20,9 @@ struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "nvmf_raid=debug".
     #[arg(long, global = true, default_value = "info", env = "NVMF_RAID_LOG")]
     log: String,
+    /// Management socket of the target (client commands; `serve` without --config).
+    #[arg(long, global = true, env = "NVMF_RAID_SOCKET", default_value = nvmf_raid::mgmt::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -42,6 +48,42 @@ enum Cmd {
     },
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
+    /// RAID volumes of a running target.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Fault injection on a device configured with fault_injection = true.
+    Fault {
+        device: String,
+        /// fail, heal, fail_reads, fail_writes, fail_range, fail_after, delay
+        action: String,
+        #[arg(long)]
+        start: Option<u64>,
+        #[arg(long)]
+        end: Option<u64>,
+        #[arg(long)]
+        ios: Option<u64>,
+        #[arg(long)]
+        us: Option<u64>,
+    },
+    /// Subsystems, namespaces and allowed hosts of a running target.
+    Subsystems {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Connected controllers (hosts) of a running target.
+    Controllers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Allow (add) or disallow (remove) a host NQN on a subsystem, at run time.
+    Host {
+        #[arg(value_parser = ["add", "remove"])]
+        action: String,
+        subsystem: String,
+        host: String,
+    },
+    /// Send any JSON-RPC method with JSON parameters and print the JSON result.
+    Rpc { method: String, params: Option<String> },
     /// Generate load against a target, in the style of spdk_nvme_perf.
     Perf {
         #[arg(long, default_value = "127.0.0.1:4420")]
@@ -81,6 +123,23 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// State of every volume (or one) and its members.
+    Status {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fail a member now (refused if it would take the volume offline, unless --force).
+    FailMember {
+        volume: String,
+        member: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PollArg {
     Busy,
@@ -91,8 +150,26 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).init();
     let code = match cli.cmd {
-        Cmd::Serve { config, data_dir, listen, polling, cores } => serve(config, data_dir, listen, polling, cores),
+        Cmd::Serve { config, data_dir, listen, polling, cores } => serve(config, data_dir, listen, polling, cores, &cli.socket),
         Cmd::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string()),
+        Cmd::Volume(v) => cli::volume(&cli.socket, v),
+        Cmd::Fault { device, action, start, end, ios, us } => {
+            let p = json!({"device": device, "action": action, "start": start, "end": end, "ios": ios, "us": us});
+            rpc(&cli.socket, "device_fault", p).map(|r| println!("{device}: {action} (failed I/Os so far: {})", r["injected"]))
+        }
+        Cmd::Subsystems { json } => rpc(&cli.socket, "subsystem_list", json!({})).map(|r| cli::print_subsystems(&r, json)),
+        Cmd::Controllers { json } => rpc(&cli.socket, "controller_list", json!({})).map(|r| cli::print_controllers(&r, json)),
+        Cmd::Host { action, subsystem, host } => {
+            let method = if action == "add" { "host_add" } else { "host_remove" };
+            rpc(&cli.socket, method, json!({"subsystem": subsystem, "host": host})).map(|r| println!("{}: allowed hosts {}", subsystem, r["hosts"]))
+        }
+        Cmd::Rpc { method, params } => {
+            let p = match params.as_deref().map(serde_json::from_str) {
+                None => Ok(json!({})),
+                Some(r) => r.map_err(|e| format!("params: {e}")),
+            };
+            p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
+        }
         Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core } => {
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
@@ -111,10 +188,18 @@ fn main() {
     }
 }
 
-fn serve(config: Option<PathBuf>, data_dir: PathBuf, listen: String, polling: Option<PollArg>, cores: Option<Vec<usize>>) -> Result<(), String> {
+fn rpc(socket: &std::path::Path, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
+    nvmf_raid::mgmt::call(socket, method, params)
+}
+
+fn serve(config: Option<PathBuf>, data_dir: PathBuf, listen: String, polling: Option<PollArg>, cores: Option<Vec<usize>>, socket: &std::path::Path) -> Result<(), String> {
     let mut cfg = match &config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
-        None => Config::default_target(&data_dir, &listen),
+        None => {
+            let mut c = Config::default_target(&data_dir, &listen);
+            c.management.socket = Some(socket.to_path_buf());
+            c
+        }
     };
     if let Some(p) = polling {
         cfg.reactor.polling = match p {

@@ -10,6 +10,7 @@ use tracing::info;
 use crate::bdev::fault::{FaultBdev, FaultControl};
 use crate::bdev::{Bdev, FileBdev, NullBdev, RamBdev};
 use crate::config::{Config, DeviceKind, DeviceSection};
+use crate::mgmt::{self, Managed};
 use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
 use crate::nvmf::TransportLimits;
 use crate::reactor::bufpool::PoolConfig;
@@ -174,6 +175,17 @@ impl Server {
                 }
                 return Err(std::io::Error::other(format!("reactor start failed: {e}")));
             }
+        }
+        if let Some(path) = &cfg.management.socket {
+            let managed = Managed { target: shared.target.clone(), volumes: volumes.clone(), faults: faults.clone() };
+            if let Err(e) = mgmt::serve(path, Arc::new(managed)) {
+                shared.request_stop();
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(std::io::Error::new(e.kind(), format!("management socket {}: {e}", path.display())));
+            }
+            info!(socket = %path.display(), "management socket ready");
         }
         Ok(Server { shared, ports, threads, volumes, faults })
     }

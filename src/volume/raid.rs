@@ -282,6 +282,17 @@ impl RaidBdev {
         &self.health
     }
 
+    /// Member device names in slot order.
+    pub fn member_names(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.name().to_string()).collect()
+    }
+
+    /// Whether the member in `slot` can fail without taking the volume offline.
+    pub fn can_lose(&self, slot: usize) -> bool {
+        let group = slot / self.layout.group_size;
+        self.health.failed_in_group(group) < self.layout.level.tolerance(self.layout.group_size)
+    }
+
     /// Index of the member device named `name`.
     pub fn member_index(&self, name: &str) -> Option<usize> {
         self.members.iter().position(|m| m.name() == name)
