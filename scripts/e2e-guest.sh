@@ -19,7 +19,7 @@ DATA=$(mktemp -d "$OUT/data.XXXXXX")
 
 [[ -x $BIN ]] || { echo "e2e-guest: no binary at $BIN (cargo build --release first)" >&2; exit 2; }
 
-"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --cores 0 >"$OUT/target.log" 2>&1 &
+"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --cores 0 --socket "$OUT/mgmt.sock" >"$OUT/target.log" 2>&1 &
 TARGET_PID=$!
 cleanup() {
     kill "$TARGET_PID" 2>/dev/null || true
