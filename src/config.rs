@@ -236,28 +236,34 @@ impl Config {
     }
 
     /// The default target: one namespace on a 1 GiB sparse file in `data_dir`.
+    /// The default target: a RAID-5 volume over four 1 GiB sparse files in `data_dir`,
+    /// one namespace, open to any host.
     pub fn default_target(data_dir: &Path, listen: &str) -> Config {
+        let names: Vec<String> = (0..DEFAULT_MEMBERS).map(|i| format!("disk{i}")).collect();
         Config {
             reactor: ReactorSection::default(),
             limits: LimitsSection::default(),
             listeners: vec![ListenerSection { address: listen.into() }],
-            volumes: vec![],
+            volumes: vec![VolumeSection { name: "vol0".into(), level: Level::Raid5, members: names.clone(), strip_size: default_strip(), group_size: 0 }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
-            devices: vec![DeviceSection {
-                name: "disk0".into(),
-                kind: DeviceKind::File,
-                path: Some(data_dir.join("disk0.img")),
-                size: Some(Size(1 << 30)),
-                block_size: 512,
-                fault_injection: false,
-            }],
+            devices: names
+                .iter()
+                .map(|n| DeviceSection {
+                    name: n.clone(),
+                    kind: DeviceKind::File,
+                    path: Some(data_dir.join(format!("{n}.img"))),
+                    size: Some(Size(1 << 30)),
+                    block_size: 512,
+                    fault_injection: false,
+                })
+                .collect(),
             subsystems: vec![SubsystemSection {
                 nqn: DEFAULT_NQN.into(),
                 serial: None,
                 model: default_model(),
                 allow_any_host: true,
                 hosts: vec![],
-                namespaces: vec![NamespaceSection { nsid: Some(1), device: "disk0".into(), uuid: None }],
+                namespaces: vec![NamespaceSection { nsid: Some(1), device: "vol0".into(), uuid: None }],
             }],
         }
     }
@@ -418,6 +424,8 @@ impl Config {
 }
 
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.nvmf-raid:default";
+/// Members of the default RAID-5 volume.
+const DEFAULT_MEMBERS: usize = 4;
 
 pub fn valid_nqn(n: &str) -> bool {
     n.len() <= 223 && n.starts_with("nqn.") && n.contains(':') && n.is_ascii() && !n.contains(char::is_whitespace)
