@@ -1,20 +1,11 @@
 //! Submission and completion queue entries as they travel inside capsules.
 
 use super::spec::{admin, fabrics, io};
+use crate::util::le::{u16_at as le16, u32_at as le32, u64_at as le64};
 
 /// SGL descriptor types the NVMe/TCP host uses.
 pub const SGL_IN_CAPSULE: u8 = 0x01; // data block descriptor, offset subtype
 pub const SGL_TRANSPORT: u8 = 0x5A; // transport data block, transport-specific subtype
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn le64(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
-}
 
 /// A parsed 64-byte submission queue entry.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

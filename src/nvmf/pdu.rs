@@ -4,6 +4,8 @@
 //! violation as a `PduError` carrying the fatal error status (FES) and the offset of the
 //! offending field, which is what a C2HTermReq/H2CTermReq must carry.
 
+use crate::util::le::{u16_at as le16, u32_at as le32};
+
 pub const COMMON_HEADER_LEN: usize = 8;
 pub const IC_LEN: usize = 128;
 pub const CAPSULE_CMD_HLEN: usize = 72;
@@ -137,13 +139,6 @@ pub enum Decoded<'a> {
 
 pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
-}
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 fn expected_hlen(ty: u8) -> Option<usize> {

@@ -1,4 +1,5 @@
 //! Small building blocks shared by the data path.
 
 pub mod aligned;
+pub mod le;
 pub mod slab;

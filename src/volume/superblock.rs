@@ -14,6 +14,7 @@
 //! ```
 
 use super::layout::Level;
+use crate::util::le::{u16_at, u32_at, u64_at};
 
 pub const SB_BYTES: usize = 4096;
 pub const MAGIC: [u8; 8] = *b"NVMFRAID";
@@ -85,16 +86,6 @@ const LEVELS: [Level; 9] = [
 
 fn level_code(l: Level) -> u8 {
     LEVELS.iter().position(|x| *x == l).unwrap() as u8
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
-}
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
 impl Superblock {
