@@ -28,6 +28,14 @@ skip() {
 }
 
 export CARGO_TERM_COLOR=never
+# ISA-L: tests/parity.rs and bench/parity.rs link it to check and race the parity kernels.
+if [[ ! -f /usr/include/isa-l/raid.h ]]; then
+    echo "=== installing libisal-dev (ISA-L)"
+    if ! { apt-get update -qq && apt-get install -y -qq libisal-dev; }; then
+        echo "FAIL: could not install libisal-dev; the parity tests need it" >&2
+        exit 1
+    fi
+fi
 step build cargo build --release --all-targets
 step "unit, property and loopback tests" cargo test --release --no-fail-fast
 if [[ ${NVMF_RAID_SKIP_FUZZ:-0} == 1 ]]; then

@@ -1,16 +1,26 @@
 //! AVX2 kernels (x86-64, 256-bit registers).
 //!
-//! * XOR: eight 32-byte accumulators (256 bytes per pass over the blocks), so each source
-//!   pointer is fetched once per 256 bytes and the loads run back to back.
-//! * Q: Horner's rule from the highest data index down, Q = (..((D_{k-1} * 2) ^ D_{k-2}) * 2 ..) ^ D_0,
-//!   with multiply-by-{02} as "add the byte to itself, XOR 0x1d where the top bit was set"
-//!   (VPADDB + VPBLENDVB/VPXOR), md's raid6 AVX2 gen_syndrome technique. Four accumulators
-//!   each for P and Q (128 bytes per pass).
+//! * XOR: eight 32-byte accumulators (256 bytes per pass over the blocks), so each block's
+//!   pointer is fetched once per 256 bytes and the loads (folded into VPXOR) run back to back;
+//!   four (128 bytes) with non-temporal stores.
+//! * Q: Horner's rule from the highest data index down,
+//!   Q = (..((D_{k-1} * 2) ^ D_{k-2}) * 2 ..) ^ D_0, with multiply-by-{02} as "add each byte
+//!   to itself, XOR 0x1d into the bytes whose top bit was set" (VPADDB, VPBLENDVB, VPXOR):
+//!   md's raid6 AVX2 gen_syndrome technique. Four accumulators each for P and Q (128 bytes
+//!   per pass), which keeps four independent dependency chains in flight.
 //! * Multiplication by any other constant: two 16-entry PSHUFB lookups on the low and high
-//!   nibbles (ISA-L's gf_vect_mul technique), tables from [`super::gf::MulTable`].
+//!   nibbles (the technique of ISA-L's gf_vect_mul), tables from [`gf::MUL_TABLES`].
 //! * Recovery is fused into one pass: the surviving blocks' P' and Q' are accumulated in
 //!   registers, combined with the stored P and Q and solved for the lost blocks before
 //!   anything is written, so every input is read once and every output written once.
+//! * Stripes of [`BIG_STRIPE`] bytes or more (k * len) stream differently, depending on the
+//!   blocks' layout (see [`Stream`]): when at least [`L1_WAYS`] blocks start at the same
+//!   offset within a 4 KiB page, their lines compete for the same L1 sets and the hardware
+//!   prefetchers fall behind, so the Horner kernels prefetch each block [`PREFETCH_AHEAD`]
+//!   bytes ahead; otherwise the outputs are written with non-temporal stores (no read for
+//!   ownership, no cache space taken from the inputs), as ISA-L does. Smaller stripes use
+//!   plain loads and stores: their data and outputs fit in the caches. The thresholds come
+//!   from measurements on Zen 3 (docs/parity.md).
 //!
 //! Loads and stores are unaligned (VMOVDQU), which costs nothing on aligned addresses, so
 //! any alignment is correct; 64-byte aligned blocks avoid cache-line-split accesses.
@@ -21,6 +31,9 @@
 //! length of the first output), `len` is a multiple of 64, indices are in range and
 //! distinct, and blocks at missing indices are never read.
 
+// The kernels index several register arrays by the same vector number `u`.
+#![allow(clippy::needless_range_loop)]
+
 use core::arch::x86_64::*;
 
 use super::gf::{self, MulTable};
@@ -29,7 +42,18 @@ use super::Update;
 /// Bytes per 256-bit vector.
 const V: usize = 32;
 
-// ---- small helpers: inlined into the #[target_feature(enable = "avx2")] kernels ----
+/// Stripes (k * block length) at least this large stream with prefetch or non-temporal
+/// stores (see [`Stream`]); half of this machine's 32 MiB L3.
+pub const BIG_STRIPE: usize = 16 << 20;
+
+/// Associativity of the L1 data cache (Zen 3, and most x86 cores since): this many blocks at
+/// the same page offset fill a set.
+pub const L1_WAYS: usize = 8;
+
+/// How far ahead of the current offset each block is prefetched.
+pub const PREFETCH_AHEAD: usize = 512;
+
+// ---- small helpers, inlined into the #[target_feature(enable = "avx2")] kernels ----
 
 /// # Safety
 /// `p..p + 32` is readable; AVX2 is available.
@@ -47,7 +71,15 @@ unsafe fn st(p: *mut u8, v: __m256i) {
     unsafe { _mm256_storeu_si256(p as *mut __m256i, v) }
 }
 
-/// Store, non-temporally (bypassing the caches) when `NT`.
+/// # Safety
+/// AVX2 is available.
+#[inline(always)]
+unsafe fn xor(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: register-only; the caller guarantees AVX2.
+    unsafe { _mm256_xor_si256(a, b) }
+}
+
+/// Store, non-temporally (around the caches) when `NT`.
 ///
 /// # Safety
 /// `p..p + 32` is writable and, when `NT`, 32-byte aligned; AVX2 is available.
@@ -63,41 +95,90 @@ unsafe fn stn<const NT: bool>(p: *mut u8, v: __m256i) {
     }
 }
 
-/// Hint the cache lines `PF` bytes past `p` (`PF` = 0: nothing). Prefetches never fault, so
-/// the address may lie past the block's end; `wrapping_add` keeps that defined.
+/// How a kernel moves data: chosen per call by [`stream`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stream {
+    /// Plain loads and stores.
+    Cached,
+    /// Software prefetch ahead of the loads (Horner kernels), plain stores.
+    Prefetch,
+    /// Plain loads, non-temporal stores (followed by SFENCE).
+    NonTemporal,
+}
+
+/// The streaming mode for a stripe of `k` blocks of `len` bytes (`blocks`; lost ones may be
+/// empty) written to `outs`.
+fn stream(blocks: &[&[u8]], len: usize, outs: &[*mut u8]) -> Stream {
+    if blocks.len() * len < BIG_STRIPE {
+        return Stream::Cached;
+    }
+    let offset = |p: *const u8| p as usize % 4096;
+    let mut present = blocks.iter().filter(|b| !b.is_empty());
+    let first = present.clone().next().map_or(0, |b| offset(b.as_ptr()));
+    let aliased = present.by_ref().filter(|b| offset(b.as_ptr()) == first).count() >= L1_WAYS;
+    if aliased {
+        Stream::Prefetch
+    } else if outs.iter().all(|p| (*p as usize).is_multiple_of(32)) {
+        Stream::NonTemporal
+    } else {
+        Stream::Cached
+    }
+}
+
+/// Call `f::<G.., PF, NT>(args..)` with the (PF, NT) pair of a [`Stream`]:
+/// `with_stream!(mode, f [G..] (args..))`.
+macro_rules! with_stream {
+    ($mode:expr, $f:ident [$($g:tt),*] ($($a:expr),* $(,)?)) => {
+        match $mode {
+            Stream::Cached => $f::<$($g,)* false, false>($($a),*),
+            Stream::Prefetch => $f::<$($g,)* true, false>($($a),*),
+            Stream::NonTemporal => $f::<$($g,)* false, true>($($a),*),
+        }
+    };
+}
+
+/// Hint the two cache lines [`PREFETCH_AHEAD`] bytes past `p`, when `PF`.
 ///
 /// # Safety
-/// SSE is available (always, on x86-64).
+/// None beyond x86-64: a prefetch never faults, and `wrapping_add` keeps the address
+/// computation defined even past the end of the block.
 #[inline(always)]
-unsafe fn prefetch<const PF: usize, const LINES: usize>(p: *const u8) {
-    if PF > 0 {
-        for l in 0..LINES {
-            // SAFETY: a prefetch is a hint; it never faults or reads into the program.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PF + 64 * l) as *const i8) }
+unsafe fn prefetch<const PF: bool>(p: *const u8) {
+    if PF {
+        // SAFETY: prefetches are hints; they never fault or make data visible to the program.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64) as *const i8);
         }
     }
 }
 
-/// # Safety
-/// AVX2 is available.
-#[inline(always)]
-unsafe fn xor(a: __m256i, b: __m256i) -> __m256i {
-    // SAFETY: register-only; the caller guarantees AVX2.
-    unsafe { _mm256_xor_si256(a, b) }
-}
-
-/// Multiply 32 bytes by {02}: v + v drops each byte's top bit; the blend puts 0x1d in the
-/// bytes whose top bit was set (VPBLENDVB selects on the mask byte's top bit).
+/// Multiply 32 bytes by {02}: v + v drops each byte's top bit, and VPBLENDVB puts 0x1d in
+/// the bytes whose top bit was set (it selects on the top bit of each mask byte).
+///
+/// The blend is inline assembly because LLVM rewrites the blend intrinsic into VPCMPGTB +
+/// VPAND: one more instruction per block and vector in the Horner loop, which measured ~5%
+/// slower on Zen 3. A `#[target_feature]` function (asm! needs the feature for ymm
+/// registers), inlined into every kernel (the callers all enable AVX2).
 ///
 /// # Safety
 /// AVX2 is available.
-#[inline(always)]
+#[target_feature(enable = "avx2")]
+#[inline]
 unsafe fn mul2(v: __m256i, poly: __m256i) -> __m256i {
-    // SAFETY: register-only; the caller guarantees AVX2.
+    let red: __m256i;
+    // SAFETY: one register-only AVX2 instruction, no memory, stack or flags touched.
     unsafe {
-        let red = _mm256_blendv_epi8(_mm256_setzero_si256(), poly, v);
-        _mm256_xor_si256(_mm256_add_epi8(v, v), red)
+        core::arch::asm!(
+            "vpblendvb {r}, {z}, {p}, {m}",
+            r = lateout(ymm_reg) red,
+            z = in(ymm_reg) _mm256_setzero_si256(),
+            p = in(ymm_reg) poly,
+            m = in(ymm_reg) v,
+            options(pure, nomem, nostack, preserves_flags),
+        );
     }
+    _mm256_xor_si256(_mm256_add_epi8(v, v), red)
 }
 
 /// Nibble tables of one constant, broadcast to both 128-bit lanes (PSHUFB looks up within
@@ -121,7 +202,7 @@ unsafe fn tbl(t: &MulTable) -> Tbl {
     }
 }
 
-/// c * v for the constant whose tables are `t`: lo[v & 15] ^ hi[v >> 4] per byte.
+/// c * v for the constant whose tables are `t`: lo[v & 15] ^ hi[v >> 4] in every byte.
 ///
 /// # Safety
 /// AVX2 is available.
@@ -147,12 +228,13 @@ unsafe fn at(data: &[&[u8]], i: usize, off: usize) -> *const u8 {
 }
 
 /// Horner steps for data blocks `hi - 1` down to `lo` on U vectors at `off`:
-/// q = q * {02} ^ D_i, and p ^= D_i when `P`; prefetching `PF` bytes ahead.
+/// q = q * {02} ^ D_i, and p ^= D_i when `P`.
 ///
 /// # Safety
 /// AVX2; blocks lo..hi have at least off + 32 * U bytes.
 #[inline(always)]
-unsafe fn horner<const U: usize, const P: bool, const PF: usize>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn horner<const U: usize, const P: bool, const PF: bool>(
     data: &[&[u8]],
     lo: usize,
     hi: usize,
@@ -167,7 +249,7 @@ unsafe fn horner<const U: usize, const P: bool, const PF: usize>(
         while i > lo {
             i -= 1;
             let s = at(data, i, off);
-            prefetch::<PF, 2>(s);
+            prefetch::<PF>(s);
             for u in 0..U {
                 let d = ld(s.add(u * V));
                 q[u] = xor(mul2(q[u], poly), d);
@@ -176,6 +258,18 @@ unsafe fn horner<const U: usize, const P: bool, const PF: usize>(
                 }
             }
         }
+    }
+}
+
+/// q = q * {02} on all U vectors (the Horner step of a lost block, whose contribution is 0).
+///
+/// # Safety
+/// AVX2.
+#[inline(always)]
+unsafe fn skip<const U: usize>(q: &mut [__m256i; U], poly: __m256i) {
+    for v in q.iter_mut() {
+        // SAFETY: register-only; the caller guarantees AVX2.
+        *v = unsafe { mul2(*v, poly) };
     }
 }
 
@@ -199,50 +293,22 @@ macro_rules! passes {
     }};
 }
 
-/// How a call streams: prefetch distance and non-temporal stores. Chosen per call from the
-/// block length and the stripe's size; see `choose`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Mode {
-    Cached,
-    Prefetch,
-    PrefetchNt,
-}
-
-/// Experimental tunables (temporary).
-pub static PF_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-pub static NT_MIN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(usize::MAX);
-
-const PF_DIST: usize = 1024;
-
-fn choose(total: usize, outs: &[*mut u8]) -> Mode {
-    use std::sync::atomic::Ordering::Relaxed;
-    let aligned = outs.iter().all(|p| (*p as usize) % 32 == 0);
-    if total >= NT_MIN.load(Relaxed) && aligned {
-        Mode::PrefetchNt
-    } else if total >= PF_MIN.load(Relaxed) {
-        Mode::Prefetch
-    } else {
-        Mode::Cached
-    }
-}
-
 // ---- XOR ----
 
 /// # Safety
-/// AVX2; blocks have at least off + 32 * U bytes; `p + off` 32-byte aligned when `NT`.
+/// AVX2; every block and `p` have at least off + 32 * U bytes; `p + off` 32-byte aligned
+/// when `NT`.
 #[inline(always)]
-unsafe fn xor_pass<const U: usize, const PF: usize, const NT: bool>(data: &[&[u8]], p: *mut u8, off: usize) {
+unsafe fn xor_pass<const U: usize, const NT: bool>(data: &[&[u8]], p: *mut u8, off: usize) {
     // SAFETY: per the contract, every block and `p` have 32 * U bytes at `off`.
     unsafe {
         let s = at(data, 0, off);
-        prefetch::<PF, 4>(s);
         let mut acc: [__m256i; U] = [_mm256_setzero_si256(); U];
         for u in 0..U {
             acc[u] = ld(s.add(u * V));
         }
         for i in 1..data.len() {
             let s = at(data, i, off);
-            prefetch::<PF, 4>(s);
             for u in 0..U {
                 acc[u] = xor(acc[u], ld(s.add(u * V)));
             }
@@ -253,22 +319,33 @@ unsafe fn xor_pass<const U: usize, const PF: usize, const NT: bool>(data: &[&[u8
     }
 }
 
+/// # Safety
+/// See the module contract; `p` 32-byte aligned when `NT`.
 #[target_feature(enable = "avx2")]
-unsafe fn xor_gen_impl<const PF: usize, const NT: bool>(data: &[&[u8]], pp: *mut u8, len: usize) {
+unsafe fn xor_gen_impl<const NT: bool>(data: &[&[u8]], p: *mut u8, len: usize) {
+    // Cached: 256-byte passes (fewer pointer fetches). Non-temporal: 128-byte passes, which
+    // measured faster on memory-bound stripes.
     let mut off = 0;
     // SAFETY (all passes): `off + 32 * U <= len` and every block has `len` bytes.
     unsafe {
-        while off + 8 * V <= len {
-            xor_pass::<8, PF, NT>(data, pp, off);
-            off += 8 * V;
+        if NT {
+            while off + 4 * V <= len {
+                xor_pass::<4, NT>(data, p, off);
+                off += 4 * V;
+            }
+        } else {
+            while off + 8 * V <= len {
+                xor_pass::<8, NT>(data, p, off);
+                off += 8 * V;
+            }
         }
         while off < len {
-            xor_pass::<2, 0, NT>(data, pp, off);
+            xor_pass::<2, NT>(data, p, off);
             off += 2 * V;
         }
-        if NT {
-            _mm_sfence();
-        }
+    }
+    if NT {
+        _mm_sfence();
     }
 }
 
@@ -279,25 +356,24 @@ unsafe fn xor_gen_impl<const PF: usize, const NT: bool>(data: &[&[u8]], pp: *mut
 pub unsafe fn xor_gen(data: &[&[u8]], p: &mut [u8]) {
     let len = p.len();
     let pp = p.as_mut_ptr();
-    // SAFETY: forwarded contract; NT only when P is 32-byte aligned (`choose`).
+    // SAFETY: forwarded contract; NT only for a 32-byte aligned P (`stream`).
     unsafe {
-        match choose(data.len() * len, &[pp]) {
-            Mode::Cached => xor_gen_impl::<0, false>(data, pp, len),
-            Mode::Prefetch => xor_gen_impl::<PF_DIST, false>(data, pp, len),
-            Mode::PrefetchNt => xor_gen_impl::<PF_DIST, true>(data, pp, len),
+        match stream(data, len, &[pp]) {
+            Stream::NonTemporal => xor_gen_impl::<true>(data, pp, len),
+            _ => xor_gen_impl::<false>(data, pp, len),
         }
     }
 }
 
 // ---- P + Q ----
 
-/// Q = sum g^i D_i; also P = XOR D_i when `WITH_P`.
+/// Q = sum g^i D_i; also P = XOR D_i when `WP`.
 ///
 /// # Safety
-/// See the module contract; `p` is non-null with `len` bytes when `WITH_P`; P and Q 32-byte
+/// See the module contract; `p` non-null with `len` bytes when `WP`; outputs 32-byte
 /// aligned when `NT`.
 #[target_feature(enable = "avx2")]
-unsafe fn pq_gen_impl<const WITH_P: bool, const PF: usize, const NT: bool>(
+unsafe fn pq_gen_impl<const WP: bool, const PF: bool, const NT: bool>(
     data: &[&[u8]],
     p: *mut u8,
     q: *mut u8,
@@ -308,15 +384,15 @@ unsafe fn pq_gen_impl<const WITH_P: bool, const PF: usize, const NT: bool>(
     // SAFETY (all passes): `off + 32 * U <= len`, and every block, P and Q have `len` bytes.
     passes!(len, |off, U| unsafe {
         let s = at(data, k - 1, off);
-        prefetch::<PF, 2>(s);
+        prefetch::<PF>(s);
         let mut qv: [__m256i; U] = [_mm256_setzero_si256(); U];
         for u in 0..U {
             qv[u] = ld(s.add(u * V));
         }
         let mut pv = qv;
-        horner::<U, WITH_P, PF>(data, 0, k - 1, off, poly, &mut qv, &mut pv);
+        horner::<U, WP, PF>(data, 0, k - 1, off, poly, &mut qv, &mut pv);
         for u in 0..U {
-            if WITH_P {
+            if WP {
                 stn::<NT>(p.add(off + u * V), pv[u]);
             }
             stn::<NT>(q.add(off + u * V), qv[u]);
@@ -335,25 +411,14 @@ pub unsafe fn pq_gen(data: &[&[u8]], p: Option<&mut [u8]>, q: &mut [u8]) {
     let len = q.len();
     let qp = q.as_mut_ptr();
     // SAFETY: forwarded contract; P, when present, has `len` bytes (checked by the wrapper);
-    // NT only when the outputs are 32-byte aligned (`choose`).
+    // NT only for 32-byte aligned outputs (`stream`).
     unsafe {
         match p {
             Some(p) => {
                 let pp = p.as_mut_ptr();
-                match choose(data.len() * len, &[pp, qp]) {
-                    Mode::Cached => pq_gen_impl::<true, 0, false>(data, pp, qp, len),
-                    Mode::Prefetch => pq_gen_impl::<true, PF_DIST, false>(data, pp, qp, len),
-                    Mode::PrefetchNt => pq_gen_impl::<true, PF_DIST, true>(data, pp, qp, len),
-                }
+                with_stream!(stream(data, len, &[pp, qp]), pq_gen_impl[true](data, pp, qp, len))
             }
-            None => {
-                let pp = core::ptr::null_mut();
-                match choose(data.len() * len, &[qp]) {
-                    Mode::Cached => pq_gen_impl::<false, 0, false>(data, pp, qp, len),
-                    Mode::Prefetch => pq_gen_impl::<false, PF_DIST, false>(data, pp, qp, len),
-                    Mode::PrefetchNt => pq_gen_impl::<false, PF_DIST, true>(data, pp, qp, len),
-                }
-            }
+            None => with_stream!(stream(data, len, &[qp]), pq_gen_impl[false](data, core::ptr::null_mut(), qp, len)),
         }
     }
 }
@@ -367,9 +432,10 @@ pub unsafe fn pq_gen(data: &[&[u8]], p: Option<&mut [u8]>, q: &mut [u8]) {
 #[target_feature(enable = "avx2")]
 unsafe fn update_impl<const WP: bool, const WQ: bool>(updates: &[Update<'_>], p: *mut u8, q: *mut u8, len: usize) {
     // SAFETY (all passes): `off + 32 * U <= len`, and every old/new block, P and Q have
-    // `len` bytes; the update index was checked to be below 255 so the table exists.
+    // `len` bytes; update indices were checked to be below 255 (pow_table takes them mod 255
+    // anyway).
     if let [u0] = updates {
-        // One block (the common case): keep its tables in registers.
+        // One block (the common case): its tables stay in registers.
         let t = unsafe { tbl(gf::pow_table(u0.index)) };
         let (o, n) = (u0.old.as_ptr(), u0.new.as_ptr());
         passes!(len, |off, U| unsafe {
@@ -395,7 +461,9 @@ unsafe fn update_impl<const WP: bool, const WQ: bool>(updates: &[Update<'_>], p:
             let (o, n) = (up.old.as_ptr().add(off), up.new.as_ptr().add(off));
             for u in 0..U {
                 let d = xor(ld(o.add(u * V)), ld(n.add(u * V)));
-                pa[u] = xor(pa[u], d);
+                if WP {
+                    pa[u] = xor(pa[u], d);
+                }
                 if WQ {
                     qa[u] = xor(qa[u], mulc(t, d));
                 }
@@ -423,10 +491,7 @@ pub unsafe fn update(updates: &[Update<'_>], p: Option<&mut [u8]>, q: Option<&mu
     // SAFETY: forwarded contract; present outputs have `len` bytes (checked by the wrapper).
     unsafe {
         match (p, q) {
-            (Some(p), Some(q)) => {
-                let len = p.len();
-                update_impl::<true, true>(updates, p.as_mut_ptr(), q.as_mut_ptr(), len)
-            }
+            (Some(p), Some(q)) => update_impl::<true, true>(updates, p.as_mut_ptr(), q.as_mut_ptr(), q.len()),
             (Some(p), None) => update_impl::<true, false>(updates, p.as_mut_ptr(), null, p.len()),
             (None, Some(q)) => update_impl::<false, true>(updates, null, q.as_mut_ptr(), q.len()),
             (None, None) => {}
@@ -439,9 +504,10 @@ pub unsafe fn update(updates: &[Update<'_>], p: Option<&mut [u8]>, q: Option<&mu
 /// Dx = P ^ XOR of the other blocks; Q regenerated too when `WQ`.
 ///
 /// # Safety
-/// See the module contract; `q` non-null with `len` bytes when `WQ`.
+/// See the module contract; `q` non-null with `len` bytes when `WQ`; outputs 32-byte
+/// aligned when `NT`.
 #[target_feature(enable = "avx2")]
-unsafe fn recover_from_p_impl<const WQ: bool>(
+unsafe fn recover_from_p_impl<const WQ: bool, const PF: bool, const NT: bool>(
     data: &[&[u8]],
     x: usize,
     p: *const u8,
@@ -461,14 +527,12 @@ unsafe fn recover_from_p_impl<const WQ: bool>(
         }
         if WQ {
             let mut qv: [__m256i; U] = [_mm256_setzero_si256(); U];
-            horner::<U, true, 0>(data, x + 1, k, off, poly, &mut qv, &mut pv);
+            horner::<U, true, PF>(data, x + 1, k, off, poly, &mut qv, &mut pv);
+            skip(&mut qv, poly);
+            horner::<U, true, PF>(data, 0, x, off, poly, &mut qv, &mut pv);
             for u in 0..U {
-                qv[u] = mul2(qv[u], poly);
-            }
-            horner::<U, true, 0>(data, 0, x, off, poly, &mut qv, &mut pv);
-            for u in 0..U {
-                st(dx.add(off + u * V), pv[u]);
-                st(q.add(off + u * V), xor(qv[u], mulc(gx, pv[u])));
+                stn::<NT>(dx.add(off + u * V), pv[u]);
+                stn::<NT>(q.add(off + u * V), xor(qv[u], mulc(gx, pv[u])));
             }
         } else {
             for i in (0..k).filter(|&i| i != x) {
@@ -478,21 +542,35 @@ unsafe fn recover_from_p_impl<const WQ: bool>(
                 }
             }
             for u in 0..U {
-                st(dx.add(off + u * V), pv[u]);
+                stn::<NT>(dx.add(off + u * V), pv[u]);
             }
         }
     });
+    if NT {
+        _mm_sfence();
+    }
 }
 
 /// # Safety
 /// See the module contract.
 pub unsafe fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], q: Option<&mut [u8]>) {
     let len = dx.len();
-    // SAFETY: forwarded contract; Q, when present, has `len` bytes (checked by the wrapper).
+    let (pp, xp) = (p.as_ptr(), dx.as_mut_ptr());
+    // SAFETY: forwarded contract; Q, when present, has `len` bytes (checked by the wrapper);
+    // NT only for 32-byte aligned outputs (`stream`).
     unsafe {
         match q {
-            Some(q) => recover_from_p_impl::<true>(data, x, p.as_ptr(), dx.as_mut_ptr(), q.as_mut_ptr(), len),
-            None => recover_from_p_impl::<false>(data, x, p.as_ptr(), dx.as_mut_ptr(), core::ptr::null_mut(), len),
+            Some(q) => {
+                let qp = q.as_mut_ptr();
+                with_stream!(stream(data, len, &[xp, qp]), recover_from_p_impl[true](data, x, pp, xp, qp, len))
+            }
+            // No Horner loop, so nothing to prefetch for: a plain XOR.
+            None => match stream(data, len, &[xp]) {
+                Stream::NonTemporal => {
+                    recover_from_p_impl::<false, false, true>(data, x, pp, xp, core::ptr::null_mut(), len)
+                }
+                _ => recover_from_p_impl::<false, false, false>(data, x, pp, xp, core::ptr::null_mut(), len),
+            },
         }
     }
 }
@@ -500,9 +578,10 @@ pub unsafe fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], 
 /// Dx = g^-x (Q ^ Q'), Q' the Q of the other blocks; P regenerated too when `WP`.
 ///
 /// # Safety
-/// See the module contract; `p` non-null with `len` bytes when `WP`.
+/// See the module contract; `p` non-null with `len` bytes when `WP`; outputs 32-byte
+/// aligned when `NT`.
 #[target_feature(enable = "avx2")]
-unsafe fn recover_from_q_impl<const WP: bool>(
+unsafe fn recover_from_q_impl<const WP: bool, const PF: bool, const NT: bool>(
     data: &[&[u8]],
     x: usize,
     q: *const u8,
@@ -518,30 +597,39 @@ unsafe fn recover_from_q_impl<const WP: bool>(
     passes!(len, |off, U| unsafe {
         let mut qv: [__m256i; U] = [_mm256_setzero_si256(); U];
         let mut pv: [__m256i; U] = [_mm256_setzero_si256(); U];
-        horner::<U, WP, 0>(data, x + 1, k, off, poly, &mut qv, &mut pv);
-        for u in 0..U {
-            qv[u] = mul2(qv[u], poly);
-        }
-        horner::<U, WP, 0>(data, 0, x, off, poly, &mut qv, &mut pv);
+        horner::<U, WP, PF>(data, x + 1, k, off, poly, &mut qv, &mut pv);
+        skip(&mut qv, poly);
+        horner::<U, WP, PF>(data, 0, x, off, poly, &mut qv, &mut pv);
         for u in 0..U {
             let d = mulc(ginv, xor(qv[u], ld(q.add(off + u * V))));
-            st(dx.add(off + u * V), d);
+            stn::<NT>(dx.add(off + u * V), d);
             if WP {
-                st(p.add(off + u * V), xor(pv[u], d));
+                stn::<NT>(p.add(off + u * V), xor(pv[u], d));
             }
         }
     });
+    if NT {
+        _mm_sfence();
+    }
 }
 
 /// # Safety
 /// See the module contract.
 pub unsafe fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], p: Option<&mut [u8]>) {
     let len = dx.len();
-    // SAFETY: forwarded contract; P, when present, has `len` bytes (checked by the wrapper).
+    let (qp, xp) = (q.as_ptr(), dx.as_mut_ptr());
+    // SAFETY: forwarded contract; P, when present, has `len` bytes (checked by the wrapper);
+    // NT only for 32-byte aligned outputs (`stream`).
     unsafe {
         match p {
-            Some(p) => recover_from_q_impl::<true>(data, x, q.as_ptr(), dx.as_mut_ptr(), p.as_mut_ptr(), len),
-            None => recover_from_q_impl::<false>(data, x, q.as_ptr(), dx.as_mut_ptr(), core::ptr::null_mut(), len),
+            Some(p) => {
+                let pp = p.as_mut_ptr();
+                with_stream!(stream(data, len, &[xp, pp]), recover_from_q_impl[true](data, x, qp, xp, pp, len))
+            }
+            None => with_stream!(
+                stream(data, len, &[xp]),
+                recover_from_q_impl[false](data, x, qp, xp, core::ptr::null_mut(), len)
+            ),
         }
     }
 }
@@ -552,7 +640,7 @@ pub unsafe fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], 
 /// See the module contract; `x < y < data.len()`; Dx and Dy 32-byte aligned when `NT`.
 #[target_feature(enable = "avx2")]
 #[allow(clippy::too_many_arguments)]
-unsafe fn recover_two_impl<const PF: usize, const NT: bool>(
+unsafe fn recover_two_impl<const PF: bool, const NT: bool>(
     data: &[&[u8]],
     x: usize,
     y: usize,
@@ -565,24 +653,19 @@ unsafe fn recover_two_impl<const PF: usize, const NT: bool>(
     let k = data.len();
     let poly = _mm256_set1_epi8(gf::POLY_LOW as i8);
     let (a, b) = gf::two_data_coefficients(x, y);
-    let (ta, tb) = (MulTable::new(a), MulTable::new(b));
-    let (ta, tb) = unsafe { (tbl(&ta), tbl(&tb)) };
+    let (ta, tb) = unsafe { (tbl(gf::mul_table(a)), tbl(gf::mul_table(b))) };
     // SAFETY (all passes): `off + 32 * U <= len`; every block but x and y, P, Q, Dx and Dy
     // have `len` bytes; blocks x and y are never read.
     passes!(len, |off, U| unsafe {
         let mut qv: [__m256i; U] = [_mm256_setzero_si256(); U];
         let mut pv: [__m256i; U] = [_mm256_setzero_si256(); U];
         horner::<U, true, PF>(data, y + 1, k, off, poly, &mut qv, &mut pv);
-        for u in 0..U {
-            qv[u] = mul2(qv[u], poly);
-        }
+        skip(&mut qv, poly);
         horner::<U, true, PF>(data, x + 1, y, off, poly, &mut qv, &mut pv);
-        for u in 0..U {
-            qv[u] = mul2(qv[u], poly);
-        }
+        skip(&mut qv, poly);
         horner::<U, true, PF>(data, 0, x, off, poly, &mut qv, &mut pv);
-        prefetch::<PF, 2>(pp.add(off));
-        prefetch::<PF, 2>(qp.add(off));
+        prefetch::<PF>(pp.add(off));
+        prefetch::<PF>(qp.add(off));
         for u in 0..U {
             let pd = xor(pv[u], ld(pp.add(off + u * V)));
             let qd = xor(qv[u], ld(qp.add(off + u * V)));
@@ -601,12 +684,6 @@ unsafe fn recover_two_impl<const PF: usize, const NT: bool>(
 pub unsafe fn recover_two(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8]) {
     let len = dx.len();
     let (pp, qp, xp, yp) = (p.as_ptr(), q.as_ptr(), dx.as_mut_ptr(), dy.as_mut_ptr());
-    // SAFETY: forwarded contract; NT only when the outputs are 32-byte aligned (`choose`).
-    unsafe {
-        match choose(data.len() * len, &[xp, yp]) {
-            Mode::Cached => recover_two_impl::<0, false>(data, x, y, pp, qp, xp, yp, len),
-            Mode::Prefetch => recover_two_impl::<PF_DIST, false>(data, x, y, pp, qp, xp, yp, len),
-            Mode::PrefetchNt => recover_two_impl::<PF_DIST, true>(data, x, y, pp, qp, xp, yp, len),
-        }
-    }
+    // SAFETY: forwarded contract; NT only for 32-byte aligned outputs (`stream`).
+    unsafe { with_stream!(stream(data, len, &[xp, yp]), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len)) }
 }

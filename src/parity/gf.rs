@@ -117,32 +117,36 @@ impl MulTable {
     }
 }
 
-const fn build_pow_tables() -> [MulTable; ORDER] {
-    let mut t = [MulTable { lo: [0; 16], hi: [0; 16] }; ORDER];
-    let mut i = 0;
-    let mut g: u8 = 1;
-    while i < ORDER {
-        t[i] = MulTable::new(g);
-        g = mul_slow(g, 2);
-        i += 1;
+const fn build_mul_tables() -> [MulTable; 256] {
+    let mut t = [MulTable { lo: [0; 16], hi: [0; 16] }; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = MulTable::new(c as u8);
+        c += 1;
     }
     t
 }
 
-/// `POW_TABLES[i]` multiplies by g^i (8 KiB, built at compile time). Used for the Q
-/// coefficient of data block i (RMW updates) and for g^-i = g^(255-i) (recovery from Q).
-pub static POW_TABLES: [MulTable; ORDER] = build_pow_tables();
+/// `MUL_TABLES[c]` multiplies by c (8 KiB, built at compile time), so no kernel computes
+/// tables at run time.
+pub static MUL_TABLES: [MulTable; 256] = build_mul_tables();
 
-/// Tables multiplying by g^i, for any i (modulo 255).
+/// Tables multiplying by `c`.
 #[inline]
-pub fn pow_table(i: usize) -> &'static MulTable {
-    &POW_TABLES[i % ORDER]
+pub fn mul_table(c: u8) -> &'static MulTable {
+    &MUL_TABLES[c as usize]
 }
 
-/// Tables multiplying by g^-i, for any i (modulo 255).
+/// Tables multiplying by g^i, for any i (modulo 255): the Q coefficient of data block i.
+#[inline]
+pub fn pow_table(i: usize) -> &'static MulTable {
+    mul_table(exp2(i))
+}
+
+/// Tables multiplying by g^-i, for any i (modulo 255): used to recover a block from Q.
 #[inline]
 pub fn inv_pow_table(i: usize) -> &'static MulTable {
-    &POW_TABLES[(ORDER - i % ORDER) % ORDER]
+    mul_table(exp2(ORDER - i % ORDER))
 }
 
 /// The two coefficients that rebuild data blocks x and y (x != y) from
@@ -203,6 +207,9 @@ mod tests {
             for v in 0..=255u8 {
                 assert_eq!(t.mul(v), mul_slow(c, v));
             }
+        }
+        for c in 0..=255u8 {
+            assert_eq!(*mul_table(c), MulTable::new(c));
         }
         for i in 0..600 {
             assert_eq!(*pow_table(i), MulTable::new(exp2(i)));

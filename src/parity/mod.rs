@@ -267,7 +267,7 @@ impl Kernels {
 
 #[track_caller]
 fn check_len(len: usize) -> usize {
-    assert!(len % LEN_MULTIPLE == 0, "parity: block length {len} is not a multiple of {LEN_MULTIPLE}");
+    assert!(len.is_multiple_of(LEN_MULTIPLE), "parity: block length {len} is not a multiple of {LEN_MULTIPLE}");
     len
 }
 
@@ -284,10 +284,7 @@ fn check_index(f: &str, i: usize, k: usize) {
 #[track_caller]
 fn check_blocks(f: &str, data: &[&[u8]], len: usize, missing: &[usize]) {
     let k = data.len();
-    assert!(
-        (1..=MAX_DATA_BLOCKS).contains(&k),
-        "{f}: {k} data blocks (1 to {MAX_DATA_BLOCKS} supported)"
-    );
+    assert!((1..=MAX_DATA_BLOCKS).contains(&k), "{f}: {k} data blocks (1 to {MAX_DATA_BLOCKS} supported)");
     for (i, d) in data.iter().enumerate() {
         if !missing.contains(&i) {
             assert!(d.len() == len, "{f}: data block {i} has {} bytes, expected {len}", d.len());
@@ -306,15 +303,6 @@ fn check_updates(f: &str, updates: &[Update<'_>], len: usize) {
             u.old.len(),
             u.new.len()
         );
-    }
-}
-
-#[doc(hidden)]
-pub fn __tune(pf_min: usize, nt_min: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        avx2::PF_MIN.store(pf_min, std::sync::atomic::Ordering::Relaxed);
-        avx2::NT_MIN.store(nt_min, std::sync::atomic::Ordering::Relaxed);
     }
 }
 

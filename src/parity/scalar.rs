@@ -195,7 +195,7 @@ pub fn recover_two(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &
     let len = dx.len();
     let k = data.len();
     let (a, b) = gf::two_data_coefficients(x, y);
-    let (ta, tb) = (MulTable::new(a), MulTable::new(b));
+    let (ta, tb) = (gf::mul_table(a), gf::mul_table(b));
     for off in (0..len).step_by(CHUNK) {
         let mut qa = [0u64; WORDS];
         let mut pa = [0u64; WORDS];
@@ -206,8 +206,8 @@ pub fn recover_two(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &
         horner(data, 0, x, off, &mut qa, &mut pa, true);
         xor_into(&mut pa, &load(p, off));
         xor_into(&mut qa, &load(q, off));
-        let mut rx = mul_const(&ta, &pa);
-        xor_into(&mut rx, &mul_const(&tb, &qa));
+        let mut rx = mul_const(ta, &pa);
+        xor_into(&mut rx, &mul_const(tb, &qa));
         store(dx, off, &rx);
         xor_into(&mut pa, &rx);
         store(dy, off, &pa);
