@@ -43,6 +43,10 @@ pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
                     human_bytes(size),
                     human_bytes(v["strip_bytes"].as_u64().unwrap_or(0))
                 );
+                if v["resync"]["active"].as_bool() == Some(true) {
+                    let (done, total) = (v["resync"]["stripes_done"].as_u64().unwrap_or(0), v["resync"]["stripes"].as_u64().unwrap_or(1));
+                    println!("  resync: {done}/{total} stripes ({:.1}%)", 100.0 * done as f64 / total.max(1) as f64);
+                }
                 for m in v["members"].as_array().into_iter().flatten() {
                     println!("  slot {:<3} {:<20} {}", m["slot"], m["device"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?"));
                 }

@@ -79,10 +79,12 @@ impl Managed {
                     .enumerate()
                     .map(|(slot, m)| json!({"slot": slot, "device": m, "state": if h.is_failed(slot) { "failed" } else { "active" }}))
                     .collect();
+                let (synced, stripes) = v.resync().progress();
                 json!({
                     "name": v.name(),
                     "level": format!("{:?}", v.layout().level).to_lowercase(),
                     "state": state,
+                    "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
                     "block_size": v.block_size(),
                     "blocks": v.num_blocks(),
                     "strip_bytes": v.layout().strip_blocks * v.block_size() as u64,

@@ -40,6 +40,24 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
     Ok(dev)
 }
 
+/// Bind a listener, waiting a while if the address is still held: a target that was
+/// killed releases its listening socket only once the kernel has torn down its io_uring.
+fn bind_listener(address: &str) -> std::io::Result<TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let mut warned = false;
+    loop {
+        match TcpListener::bind(address) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+                if !std::mem::replace(&mut warned, true) {
+                    tracing::warn!(address, "address in use: waiting for it to be released");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            r => return r.map_err(|e| std::io::Error::new(e.kind(), format!("listen on {address}: {e}"))),
+        }
+    }
+}
+
 /// Position of a device or volume in the device table: devices first, then volumes.
 fn device_index(cfg: &Config, name: &str) -> usize {
     cfg.devices
@@ -127,7 +145,7 @@ impl Server {
         let mut listeners = Vec::new();
         let mut ports = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
-            let sock = TcpListener::bind(&l.address).map_err(|e| std::io::Error::new(e.kind(), format!("listen on {}: {e}", l.address)))?;
+            let sock = bind_listener(&l.address)?;
             let port = Port { id: i as u16 + 1, addr: sock.local_addr()? };
             ports.push(port.clone());
             listeners.push((sock, port.id));

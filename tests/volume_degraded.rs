@@ -43,7 +43,7 @@ impl Model {
             let nlb = 1 + self.next() % 160;
             let slba = self.next() % (self.blocks - nlb);
             let (off, len) = (slba as usize * 512, nlb as usize * 512);
-            if self.next() % 2 == 0 {
+            if self.next().is_multiple_of(2) {
                 let d: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
                 let cqe = self.q.write(1, slba, 9, &d).unwrap();
                 assert!(cqe.is_success(), "{what}: write round {round} failed: {cqe:?}");

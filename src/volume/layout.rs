@@ -118,7 +118,7 @@ impl Layout {
             Level::Raid0 | Level::Concat => 1,
             _ => members,
         };
-        if level.is_grouped() && (group == 0 || members % group != 0 || members / group < 2) {
+        if level.is_grouped() && (group == 0 || !members.is_multiple_of(group) || members / group < 2) {
             return Err(LayoutError::BadGrouping { members, group });
         }
         if level.parity_count() > 0 && group - level.parity_count() > super::plan::MAX_DATA {

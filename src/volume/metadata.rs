@@ -30,8 +30,9 @@ pub struct VolumeIdentity {
 pub enum MetaMsg {
     /// Record the current member states.
     Update,
-    /// Write clean superblocks and stop; the sender waits on the reply.
-    Close(Sender<()>),
+    /// Write the final superblocks (clean when nothing is left to resynchronise) and stop;
+    /// the sender waits on the reply.
+    Close { reply: Sender<()>, clean: bool },
 }
 
 pub struct Metadata {
@@ -126,8 +127,8 @@ impl Metadata {
                     self.write_all(false);
                     info!(volume = self.identity.name, failed = ?self.health.failed_members(), "member states recorded in the superblocks");
                 }
-                MetaMsg::Close(reply) => {
-                    self.write_all(true);
+                MetaMsg::Close { reply, clean } => {
+                    self.write_all(clean);
                     let _ = reply.send(());
                     return;
                 }

@@ -11,7 +11,7 @@
 //! state machines advance iteratively and never recurse.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crossbeam::channel::Sender;
@@ -56,6 +56,30 @@ pub enum VolumeError {
     Assembly(#[from] AssemblyError),
     #[error("too many members failed or missing to serve the volume: {0:?}")]
     Offline(Vec<String>),
+}
+
+/// Background parity resync after an unclean shutdown: every stripe's P (and Q) is
+/// recomputed from its data, under the stripe lock, one stripe op at a time per volume.
+#[derive(Debug, Default)]
+pub struct Resync {
+    /// Next stripe index to start (group-major); `total` when all are started.
+    pub(super) next: AtomicU64,
+    /// Stripes finished.
+    pub(super) done: AtomicU64,
+    pub(super) total: AtomicU64,
+    /// Only one reactor's channel drives the resync: the first to claim this.
+    pub(super) driver: AtomicBool,
+}
+
+impl Resync {
+    /// (stripes done, total); total 0 when no resync was needed.
+    pub fn progress(&self) -> (u64, u64) {
+        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+    }
+    pub fn active(&self) -> bool {
+        let (done, total) = self.progress();
+        done < total
+    }
 }
 
 /// One lock per hashed stripe, shared by every reactor's channel of a volume.
@@ -168,6 +192,7 @@ pub struct RaidBdev {
     health: Arc<MemberHealth>,
     meta_tx: Sender<MetaMsg>,
     meta_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    resync: Arc<Resync>,
 }
 
 impl RaidBdev {
@@ -238,8 +263,12 @@ impl RaidBdev {
         }
         if asm.created {
             info!(volume = name, level = ?level, "new volume: superblocks written");
-        } else if asm.unclean {
-            warn!(volume = name, "the volume was not shut down cleanly");
+        }
+        let resync = Arc::new(Resync::default());
+        if asm.unclean && layout.level.parity_count() > 0 {
+            let total = layout.stripes_per_group() * layout.groups() as u64;
+            resync.total.store(total, Ordering::Relaxed);
+            warn!(volume = name, stripes = total, "the volume was not shut down cleanly: resynchronising parity in the background");
         }
         let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), device_ids: asm.device_ids.clone(), data_offset, created: now_unix() };
         let meta = Arc::new(Metadata::new(identity, layout.clone(), block_size, members.clone(), health.clone(), asm.generation));
@@ -260,13 +289,15 @@ impl RaidBdev {
             health,
             meta_tx: tx,
             meta_thread: Mutex::new(Some(thread)),
+            resync,
         })
     }
 
-    /// Orderly shutdown: write clean superblocks and stop the metadata thread.
+    /// Orderly shutdown: write the superblocks (clean unless a resync is unfinished) and
+    /// stop the metadata thread.
     pub fn close(&self) {
         let (reply_tx, reply_rx) = crossbeam::channel::bounded(1);
-        if self.meta_tx.send(MetaMsg::Close(reply_tx)).is_ok() {
+        if self.meta_tx.send(MetaMsg::Close { reply: reply_tx, clean: !self.resync.active() }).is_ok() {
             let _ = reply_rx.recv_timeout(std::time::Duration::from_secs(30));
         }
         if let Some(t) = self.meta_thread.lock().unwrap().take() {
@@ -280,6 +311,10 @@ impl RaidBdev {
 
     pub fn health(&self) -> &Arc<MemberHealth> {
         &self.health
+    }
+
+    pub fn resync(&self) -> &Arc<Resync> {
+        &self.resync
     }
 
     /// Member device names in slot order.
@@ -324,6 +359,9 @@ impl Bdev for RaidBdev {
             data_offset: self.data_offset,
             locks: self.locks.clone(),
             health: self.health.clone(),
+            resync: self.resync.clone(),
+            resync_inflight: false,
+            resync_driver: false,
             parents: Slab::with_capacity(MAX_PARENTS),
             stripes: Slab::with_capacity(if parity { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             children: Slab::with_capacity(MAX_CHILDREN),
@@ -416,7 +454,12 @@ pub(super) enum StripeKind {
     Write,
     /// Rebuild rows of a strip on a failed member for a host read.
     Read,
+    /// Recompute a stripe's parity from its data (after an unclean shutdown).
+    Resync,
 }
+
+/// user_data of work the volume does for itself (resync), never reported to a host.
+pub(super) const INTERNAL: u64 = u64::MAX;
 
 /// Slot of P and Q in `StripeOp::chunks`, after the data strips.
 pub(super) const P_CHUNK: usize = MAX_DATA;
@@ -444,6 +487,10 @@ pub(super) struct RaidChannel {
     data_offset: u64,
     pub(super) locks: Arc<StripeLocks>,
     pub(super) health: Arc<MemberHealth>,
+    pub(super) resync: Arc<Resync>,
+    /// This channel drives the resync and has a stripe of it in flight.
+    pub(super) resync_inflight: bool,
+    pub(super) resync_driver: bool,
     pub(super) parents: Slab<Parent>,
     pub(super) stripes: Slab<StripeOp>,
     /// Child tag -> (owner, bytes the child must transfer, member).
@@ -516,6 +563,9 @@ impl RaidChannel {
         }
         let parent = self.parents.remove(p);
         let result = if parent.retry { -libc::EIO } else { parent.result };
+        if parent.user_data == INTERNAL {
+            return self.resync_stripe_done();
+        }
         if parent.op != BdevOp::Read && !self.health.recorded() {
             // Written around a member whose failure is not yet in the superblocks: the
             // acknowledgement waits until it is (see `poll`).
@@ -684,6 +734,7 @@ impl BdevChannel for RaidChannel {
     }
 
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
+        self.drive_resync(sq);
         if !self.waiting.is_empty() {
             self.retry_waiting(sq);
             self.drain(sq);
@@ -692,7 +743,7 @@ impl BdevChannel for RaidChannel {
             done.append(&mut self.held);
         }
         done.append(&mut self.completed);
-        !self.waiting.is_empty() || !self.held.is_empty()
+        !self.waiting.is_empty() || !self.held.is_empty() || (self.resync_driver && self.resync.active())
     }
 }
 
@@ -764,8 +815,8 @@ mod tests {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 let nlb = 1 + (x >> 33) % 100;
                 let lba = (x >> 13) % (v.num_blocks() - nlb);
-                let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i as u64 ^ x) as u8).collect();
-                let op = if x % 7 == 0 { BdevOp::WriteZeroes } else { BdevOp::Write };
+                let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i ^ x) as u8).collect();
+                let op = if x.is_multiple_of(7) { BdevOp::WriteZeroes } else { BdevOp::Write };
                 let res = rw(&mut *ch, op, lba * 512, &mut data);
                 assert!(matches!(res, Submitted::Done(r) if r >= 0), "{level:?} {res:?}");
             }

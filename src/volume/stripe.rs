@@ -7,7 +7,9 @@
 //! only marks the member failed, since the op's parity already describes the new data.
 
 use super::plan::{self, Rows, Strategy, StripeWrite, MAX_DATA};
-use super::raid::{Owner, RaidChannel, StripeKind, StripeOp, StripeState, NO_CHUNK, P_CHUNK, Q_CHUNK, STRIPE_WINDOW};
+use std::sync::atomic::Ordering;
+
+use super::raid::{Owner, Parent, RaidChannel, StripeKind, StripeOp, StripeState, INTERNAL, NO_CHUNK, P_CHUNK, Q_CHUNK, STRIPE_WINDOW};
 use crate::bdev::{BdevOp, SqeSink};
 use crate::parity::{self, Update};
 use crate::volume::layout::Location;
@@ -95,6 +97,8 @@ impl RaidChannel {
         let mut op = *self.stripes.get(s);
         op.strategy = match op.kind {
             StripeKind::Write if !self.group_degraded(&op.w) => plan::choose(&op.w, self.parity()),
+            // Parity from all of the data: read every strip, write P and Q.
+            StripeKind::Resync if !self.group_degraded(&op.w) => Strategy::ReconstructWrite,
             _ => Strategy::Degraded,
         };
         let data_chunks = (0..op.w.k).filter(|&i| Self::needs_chunk(&op, i)).count();
@@ -119,6 +123,7 @@ impl RaidChannel {
         true
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn stripe_io(&mut self, s: u32, op: BdevOp, member: usize, rows: Rows, buf: *mut u8, buf_index: Option<u16>, sq: &mut dyn SqeSink) {
         let w = self.stripes.get(s).w;
         let loc = Location { member, member_lba: w.stripe * self.layout.strip_blocks + rows.start };
@@ -192,7 +197,7 @@ impl RaidChannel {
             Strategy::ReconstructWrite => self.reconstruct_parity(&op),
             Strategy::Degraded => {
                 self.rebuild_missing_data(&op);
-                if op.kind == StripeKind::Write {
+                if op.kind != StripeKind::Read {
                     self.overlay_new_data(&op);
                     self.parity_from_chunks(&op);
                 }
@@ -345,7 +350,7 @@ impl RaidChannel {
         let op = *self.stripes.get(s);
         match (op.state, op.kind) {
             (StripeState::Reading, _) if op.failed => self.replan(s, sq),
-            (StripeState::Reading, StripeKind::Write) => {
+            (StripeState::Reading, StripeKind::Write | StripeKind::Resync) => {
                 self.compute(s);
                 self.stripes.get_mut(s).state = StripeState::Writing;
                 self.issue_writes(s, sq);
@@ -401,6 +406,56 @@ impl RaidChannel {
         self.pump(op.parent, sq);
         self.finish_parent_if_done(op.parent, sq);
         self.retry_waiting(sq);
+    }
+
+    /// Keep one resync stripe in flight if this channel drives the resync.
+    pub(super) fn drive_resync(&mut self, sq: &mut dyn SqeSink) {
+        if self.resync_inflight || !self.resync.active() {
+            return;
+        }
+        if !self.resync_driver {
+            self.resync_driver = self.resync.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+        }
+        let index = self.resync.next.load(Ordering::Relaxed);
+        if !self.resync_driver || index >= self.resync.total.load(Ordering::Relaxed) {
+            return;
+        }
+        self.resync.next.store(index + 1, Ordering::Relaxed);
+        let per_group = self.layout.stripes_per_group();
+        let k = self.layout.data_per_stripe();
+        let w = StripeWrite {
+            group: (index / per_group) as usize,
+            stripe: index % per_group,
+            k,
+            written: [Rows::default(); MAX_DATA],
+            host_block: [0; MAX_DATA],
+            rows: Rows { start: 0, end: self.layout.strip_blocks },
+        };
+        let parent = Parent {
+            user_data: INTERNAL,
+            op: BdevOp::Write,
+            buf: std::ptr::null_mut(),
+            buf_index: None,
+            ok: 0,
+            result: 0,
+            pending: 0,
+            io_start: 0,
+            cursor: 0,
+            end: 0,
+            retry: false,
+        };
+        let Some(p) = self.parents.insert(parent) else { return };
+        self.resync_inflight = true;
+        self.start_stripe_op(p, w, StripeKind::Resync, sq);
+        self.finish_parent_if_done(p, sq);
+    }
+
+    pub(super) fn resync_stripe_done(&mut self) {
+        self.resync_inflight = false;
+        let done = self.resync.done.fetch_add(1, Ordering::AcqRel) + 1;
+        if done == self.resync.total.load(Ordering::Relaxed) {
+            tracing::info!(stripes = done, "parity resynchronised");
+        }
     }
 
     pub(super) fn retry_waiting(&mut self, sq: &mut dyn SqeSink) {
