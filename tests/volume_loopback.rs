@@ -41,7 +41,7 @@ fn model_test(level: &str, members: usize, group: usize) {
         let nlb = 1 + rng.next() % 256;
         let slba = rng.next() % (blocks - nlb);
         let (off, len) = ((slba << shift) as usize, (nlb << shift) as usize);
-        if rng.next() % 3 != 0 {
+        if !rng.next().is_multiple_of(3) {
             let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             assert!(q.write(1, slba, shift, &data).unwrap().is_success(), "{level} write round {round}");
             model[off..off + len].copy_from_slice(&data);
