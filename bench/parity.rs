@@ -32,35 +32,8 @@ use std::time::{Duration, Instant};
 
 use nvmf_raid::parity::{self, gf, Update};
 
-mod isal {
-    use std::ffi::{c_int, c_void};
-
-    // Linked only into this benchmark (and tests/parity.rs), never into the library.
-    #[link(name = "isal")]
-    extern "C" {
-        pub fn xor_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int;
-        pub fn pq_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int;
-        pub fn gf_invert_matrix(inp: *mut u8, out: *mut u8, n: c_int) -> c_int;
-        pub fn ec_init_tables(k: c_int, rows: c_int, a: *mut u8, gftbls: *mut u8);
-        pub fn ec_encode_data(
-            len: c_int,
-            k: c_int,
-            rows: c_int,
-            gftbls: *mut u8,
-            data: *mut *mut u8,
-            coding: *mut *mut u8,
-        );
-        pub fn ec_encode_data_update(
-            len: c_int,
-            k: c_int,
-            rows: c_int,
-            vec_i: c_int,
-            g_tbls: *mut u8,
-            data: *mut u8,
-            coding: *mut *mut u8,
-        );
-    }
-}
+#[path = "../tests/isal/mod.rs"]
+mod isal;
 
 /// A zeroed byte buffer starting `skew` bytes past a page boundary.
 struct Buf {
@@ -320,28 +293,11 @@ fn main() {
                 let mut oy = Buf::skewed(bs, skew(y));
                 let (p, q) = (st.p.as_ref(), st.q.as_ref());
 
-                // ISA-L: encode matrix rows: identity (data), [1 .. 1] (P), [g^0 .. g^(k-1)] (Q).
-                let enc_row = |r: usize| -> Vec<u8> {
-                    (0..k)
-                        .map(|j| match r {
-                            r if r < k => (r == j) as u8,
-                            r if r == k => 1,
-                            _ => gf::exp2(j),
-                        })
-                        .collect()
-                };
-                let survivors: Vec<usize> = (0..k).filter(|&i| i != x && i != y).chain([k, k + 1]).collect();
-                let mut b: Vec<u8> = survivors.iter().flat_map(|&r| enc_row(r)).collect();
-                let mut binv = vec![0u8; k * k];
-                // SAFETY: k x k matrices.
-                let rc = unsafe { isal::gf_invert_matrix(b.as_mut_ptr(), binv.as_mut_ptr(), k as c_int) };
-                assert_eq!(rc, 0, "decode matrix not invertible");
-                let mut dec: Vec<u8> =
-                    binv[x * k..(x + 1) * k].iter().chain(&binv[y * k..(y + 1) * k]).copied().collect();
+                let mut dec = isal::raid6_decode_rows(k, x, y);
                 let mut tbls = vec![0u8; 32 * k * 2];
                 // SAFETY: 2 rows of k coefficients; tables of 32 * k * 2 bytes.
                 unsafe { isal::ec_init_tables(k as c_int, 2, dec.as_mut_ptr(), tbls.as_mut_ptr()) };
-                let mut srcs: Vec<*mut u8> = survivors
+                let mut srcs: Vec<*mut u8> = isal::raid6_survivors(k, x, y)
                     .iter()
                     .map(|&r| match r {
                         r if r < k => st.data[r].ptr,

@@ -10,30 +10,7 @@ use std::ffi::{c_int, c_void};
 use nvmf_raid::parity::{self, gf, Isa, Kernels, Update};
 use proptest::prelude::*;
 
-mod isal {
-    use std::ffi::{c_int, c_void};
-
-    // Signatures from /usr/include/isa-l/raid.h and erasure_code.h.
-    #[link(name = "isal")]
-    extern "C" {
-        /// vects = sources + 1; array = sources then P; 32-byte aligned buffers.
-        pub fn xor_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int;
-        /// vects = sources + 2; array = sources then P then Q; len % 32 == 0; 32-byte aligned.
-        pub fn pq_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int;
-        pub fn gf_mul(a: u8, b: u8) -> u8;
-        pub fn gf_inv(a: u8) -> u8;
-        pub fn gf_invert_matrix(inp: *mut u8, out: *mut u8, n: c_int) -> c_int;
-        pub fn ec_init_tables(k: c_int, rows: c_int, a: *mut u8, gftbls: *mut u8);
-        pub fn ec_encode_data(
-            len: c_int,
-            k: c_int,
-            rows: c_int,
-            gftbls: *mut u8,
-            data: *mut *mut u8,
-            coding: *mut *mut u8,
-        );
-    }
-}
+mod isal;
 
 // ---------- helpers ----------
 
@@ -487,23 +464,9 @@ fn recovery_agrees_with_isal_decoder() {
             if x == y {
                 continue;
             }
-            let row = |r: usize| -> Vec<u8> {
-                (0..k)
-                    .map(|j| match r {
-                        r if r < k => (r == j) as u8,
-                        r if r == k => 1,
-                        _ => gf::exp2(j),
-                    })
-                    .collect()
-            };
-            let survivors: Vec<usize> = (0..k).filter(|&i| i != x && i != y).chain([k, k + 1]).collect();
-            let mut m: Vec<u8> = survivors.iter().flat_map(|&r| row(r)).collect();
-            let mut inv = vec![0u8; k * k];
-            // SAFETY: k x k matrices.
-            assert_eq!(unsafe { isal::gf_invert_matrix(m.as_mut_ptr(), inv.as_mut_ptr(), k as c_int) }, 0);
-            let mut dec: Vec<u8> = inv[x * k..(x + 1) * k].iter().chain(&inv[y * k..(y + 1) * k]).copied().collect();
+            let mut dec = isal::raid6_decode_rows(k, x, y);
             let mut tbls = vec![0u8; 32 * k * 2];
-            let mut srcs: Vec<*mut u8> = survivors
+            let mut srcs: Vec<*mut u8> = isal::raid6_survivors(k, x, y)
                 .iter()
                 .map(|&r| match r {
                     r if r < k => data[r].as_ptr() as *mut u8,
