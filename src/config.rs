@@ -188,6 +188,16 @@ pub struct VolumeSection {
     /// Members per group for raid10 (copies), raid50 and raid60 (set width).
     #[serde(default)]
     pub group_size: usize,
+    /// Hot spares: devices a rebuild starts onto as soon as a member fails.
+    #[serde(default)]
+    pub spares: Vec<String>,
+    /// Rebuild rate limit in bytes per second ("200M"); 0 = unlimited.
+    #[serde(default = "default_rebuild_rate")]
+    pub rebuild_rate: Size,
+}
+
+fn default_rebuild_rate() -> Size {
+    Size(200 << 20)
 }
 
 fn default_strip() -> Size {
@@ -235,7 +245,6 @@ impl Config {
         Ok(c)
     }
 
-    /// The default target: one namespace on a 1 GiB sparse file in `data_dir`.
     /// The default target: a RAID-5 volume over four 1 GiB sparse files in `data_dir`,
     /// one namespace, open to any host.
     pub fn default_target(data_dir: &Path, listen: &str) -> Config {
@@ -244,7 +253,15 @@ impl Config {
             reactor: ReactorSection::default(),
             limits: LimitsSection::default(),
             listeners: vec![ListenerSection { address: listen.into() }],
-            volumes: vec![VolumeSection { name: "vol0".into(), level: Level::Raid5, members: names.clone(), strip_size: default_strip(), group_size: 0 }],
+            volumes: vec![VolumeSection {
+                name: "vol0".into(),
+                level: Level::Raid5,
+                members: names[..DEFAULT_MEMBERS - 1].to_vec(),
+                strip_size: default_strip(),
+                group_size: 0,
+                spares: names[DEFAULT_MEMBERS - 1..].to_vec(),
+                rebuild_rate: default_rebuild_rate(),
+            }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
             devices: names
                 .iter()
@@ -356,11 +373,16 @@ impl Config {
             if v.name.is_empty() || names.contains(v.name.as_str()) {
                 return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", v.name)));
             }
-            for m in &v.members {
-                let is_device = self.devices.iter().any(|d| &d.name == m);
-                if !is_device || !used.insert(m.as_str()) {
-                    return Err(invalid(f("members"), format!("'{m}' is not a [[device]] or is a member twice")));
+            for (field, list) in [("members", &v.members), ("spares", &v.spares)] {
+                for m in list {
+                    let is_device = self.devices.iter().any(|d| &d.name == m);
+                    if !is_device || !used.insert(m.as_str()) {
+                        return Err(invalid(f(field), format!("'{m}' is not a [[device]] or already belongs to a volume")));
+                    }
                 }
+            }
+            if !v.spares.is_empty() && v.level.tolerance(2) == 0 {
+                return Err(invalid(f("spares"), format!("a {:?} volume has no redundancy to rebuild onto a spare", v.level)));
             }
             let strip = v.strip_size.0;
             if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
@@ -424,8 +446,8 @@ impl Config {
 }
 
 pub const DEFAULT_NQN: &str = "nqn.2026-11.io.nvmf-raid:default";
-/// Members of the default RAID-5 volume.
-const DEFAULT_MEMBERS: usize = 4;
+/// Devices of the default target: four RAID-5 members and one hot spare.
+const DEFAULT_MEMBERS: usize = 5;
 
 pub fn valid_nqn(n: &str) -> bool {
     n.len() <= 223 && n.starts_with("nqn.") && n.contains(':') && n.is_ascii() && !n.contains(char::is_whitespace)

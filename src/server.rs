@@ -15,7 +15,7 @@ use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
 use crate::nvmf::TransportLimits;
 use crate::reactor::bufpool::PoolConfig;
 use crate::reactor::{self, ReactorConfig, Shared};
-use crate::volume::raid::RaidBdev;
+use crate::volume::raid::{RaidBdev, VolumeSpec};
 
 pub struct Server {
     pub shared: Arc<Shared>,
@@ -132,11 +132,17 @@ impl Server {
         }
         let mut volumes = Vec::new();
         for v in &cfg.volumes {
-            let members = v.members.iter().map(|m| devices[device_index(cfg, m)].clone()).collect();
-            let vol = Arc::new(
-                RaidBdev::new(&v.name, v.level, members, v.group_size, v.strip_size.0)
-                    .map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?,
-            );
+            let pick = |names: &[String]| names.iter().map(|m| devices[device_index(cfg, m)].clone()).collect();
+            let spec = VolumeSpec {
+                name: v.name.clone(),
+                level: v.level,
+                members: pick(&v.members),
+                spares: pick(&v.spares),
+                group_size: v.group_size,
+                strip_bytes: v.strip_size.0,
+                rebuild_rate: v.rebuild_rate.0,
+            };
+            let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
             volumes.push(vol.clone());
             devices.push(vol);

@@ -3,13 +3,17 @@
 //! and which devices are refused. Pure: the caller reads the superblocks.
 
 use super::layout::Level;
-use super::superblock::{SlotState, Superblock, SPARE_SLOT};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::superblock::{SlotState, Superblock, NO_REBUILD, SPARE_SLOT};
 
 /// A device offered to the volume, with what its superblock area holds.
 #[derive(Debug, Clone)]
 pub struct Candidate {
     pub name: String,
     pub sb: Option<Superblock>,
+    /// Listed as a hot spare in the configuration (else as a member).
+    pub spare: bool,
 }
 
 /// The geometry the configuration asks for.
@@ -23,17 +27,26 @@ pub struct Wanted {
     pub members: usize,
 }
 
+/// What fills one slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotFill {
+    /// Index into the candidates; None when the device is absent.
+    pub device: Option<usize>,
+    pub state: SlotState,
+    /// The device identity recorded for the slot.
+    pub id: [u8; 16],
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assembly {
     pub volume_uuid: [u8; 16],
-    /// No member had a superblock: the volume is created now.
+    /// No device had a superblock: the volume is created now.
     pub created: bool,
-    /// Per slot: index into the member candidates, None when the device is absent.
-    pub slots: Vec<Option<usize>>,
-    /// Per slot: failed (absent, failed before, or stale).
-    pub failed: Vec<bool>,
-    /// Per slot: the device identity recorded for it.
-    pub device_ids: Vec<[u8; 16]>,
+    pub slots: Vec<SlotFill>,
+    /// Hot spares: (candidate index, device identity).
+    pub spares: Vec<(usize, [u8; 16])>,
+    /// Rows already rebuilt on rebuilding slots (0 when a rebuild starts over).
+    pub rebuild_from: u64,
     /// Highest generation seen; the next superblock write uses generation + 1.
     pub generation: u64,
     /// The last shutdown was not clean.
@@ -46,9 +59,9 @@ pub struct Assembly {
 pub enum AssemblyError {
     #[error("device '{device}' belongs to another volume ('{other}')")]
     Foreign { device: String, other: String },
-    #[error("device '{0}' has no superblock but the other members do: add it as a spare to rebuild onto it")]
+    #[error("device '{0}' has no superblock but the other members do: list it under spares to rebuild onto it")]
     Blank(String),
-    #[error("device '{0}' is a hot spare of this volume, not a member")]
+    #[error("device '{0}' is a hot spare of this volume, not a member: list it under spares")]
     SpareListedAsMember(String),
     #[error("devices '{0}' and '{1}' both claim slot {2}")]
     SlotTwice(String, String, u16),
@@ -63,66 +76,116 @@ pub fn device_id(volume_uuid: &[u8; 16], slot: usize) -> [u8; 16] {
     *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name).as_bytes()
 }
 
-pub fn assemble(w: &Wanted, members: &[Candidate], new_uuid: [u8; 16]) -> Result<Assembly, AssemblyError> {
+/// A fresh identity for a device joining as a spare.
+pub fn spare_id(volume_uuid: &[u8; 16], device_name: &str) -> [u8; 16] {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut name = volume_uuid.to_vec();
+    name.extend_from_slice(device_name.as_bytes());
+    name.extend_from_slice(&nanos.to_le_bytes());
+    *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name).as_bytes()
+}
+
+pub fn assemble(w: &Wanted, cands: &[Candidate], new_uuid: [u8; 16]) -> Result<Assembly, AssemblyError> {
     // The newest superblock of this volume (by name) is authoritative.
-    let ours = members.iter().filter_map(|c| c.sb.as_ref()).filter(|sb| sb.volume_name == w.name).max_by_key(|sb| sb.generation);
-    if let (None, Some(c)) = (ours, members.iter().find(|c| c.sb.is_some())) {
+    let ours = cands.iter().filter_map(|c| c.sb.as_ref()).filter(|sb| sb.volume_name == w.name).max_by_key(|sb| sb.generation);
+    if let (None, Some(c)) = (ours, cands.iter().find(|c| c.sb.is_some())) {
         let other = c.sb.as_ref().unwrap().volume_name.clone();
         return Err(AssemblyError::Foreign { device: c.name.clone(), other });
     }
     let Some(auth) = ours else {
-        return Ok(Assembly {
-            volume_uuid: new_uuid,
-            created: true,
-            slots: (0..members.len()).map(Some).collect(),
-            failed: vec![false; members.len()],
-            device_ids: (0..members.len()).map(|i| device_id(&new_uuid, i)).collect(),
-            generation: 0,
-            unclean: false,
-            notes: vec![],
-        });
+        return Ok(create(w, cands, new_uuid));
     };
     check_geometry(w, auth)?;
-    let mut slots: Vec<Option<usize>> = vec![None; auth.slots.len()];
-    let mut failed: Vec<bool> = auth.slots.iter().map(|s| s.state != SlotState::Active).collect();
-    let mut notes = Vec::new();
-    for (ci, c) in members.iter().enumerate() {
-        let sb = c.sb.as_ref().ok_or_else(|| AssemblyError::Blank(c.name.clone()))?;
-        if sb.volume_uuid != auth.volume_uuid {
-            return Err(AssemblyError::Foreign { device: c.name.clone(), other: sb.volume_name.clone() });
-        }
-        if sb.this_slot == SPARE_SLOT {
-            return Err(AssemblyError::SpareListedAsMember(c.name.clone()));
-        }
-        let slot = sb.this_slot as usize;
-        if let Some(prev) = slots[slot] {
-            return Err(AssemblyError::SlotTwice(members[prev].name.clone(), c.name.clone(), sb.this_slot));
-        }
-        slots[slot] = Some(ci);
-        if sb.this_device != auth.slots[slot].device {
-            failed[slot] = true;
-            notes.push(format!("device '{}' is not the device recorded in slot {slot}: treated as failed", c.name));
-        } else if sb.generation < auth.generation && !failed[slot] {
-            failed[slot] = true;
-            notes.push(format!("device '{}' is stale (generation {} < {}): treated as failed", c.name, sb.generation, auth.generation));
-        }
-    }
-    for (slot, dev) in slots.iter().enumerate() {
-        if dev.is_none() && !failed[slot] {
-            failed[slot] = true;
-            notes.push(format!("slot {slot} has no device: treated as failed"));
-        }
-    }
-    Ok(Assembly {
+    let mut a = Assembly {
         volume_uuid: auth.volume_uuid,
         created: false,
-        slots,
-        failed,
-        device_ids: auth.slots.iter().map(|s| s.device).collect(),
+        slots: auth.slots.iter().map(|s| SlotFill { device: None, state: s.state, id: s.device }).collect(),
+        spares: Vec::new(),
+        rebuild_from: if auth.rebuild_checkpoint == NO_REBUILD { 0 } else { auth.rebuild_checkpoint },
         generation: auth.generation,
         unclean: !auth.clean,
-        notes,
-    })
+        notes: Vec::new(),
+    };
+    for ci in 0..cands.len() {
+        place(&mut a, auth, cands, ci)?;
+    }
+    for (slot, fill) in a.slots.iter_mut().enumerate() {
+        if fill.device.is_none() && matches!(fill.state, SlotState::Active | SlotState::Rebuilding) {
+            fill.state = SlotState::Missing;
+            a.notes.push(format!("slot {slot} has no device: treated as failed"));
+        }
+    }
+    Ok(a)
+}
+
+/// A new volume: members fill slots in configuration order, spares get identities.
+fn create(w: &Wanted, cands: &[Candidate], uuid: [u8; 16]) -> Assembly {
+    let members: Vec<usize> = (0..cands.len()).filter(|&i| !cands[i].spare).collect();
+    debug_assert_eq!(members.len(), w.members);
+    Assembly {
+        volume_uuid: uuid,
+        created: true,
+        slots: members.iter().enumerate().map(|(slot, &ci)| SlotFill { device: Some(ci), state: SlotState::Active, id: device_id(&uuid, slot) }).collect(),
+        spares: (0..cands.len()).filter(|&i| cands[i].spare).map(|i| (i, spare_id(&uuid, &cands[i].name))).collect(),
+        rebuild_from: 0,
+        generation: 0,
+        unclean: false,
+        notes: vec![],
+    }
+}
+
+/// Put candidate `ci` where its superblock says, or among the spares.
+fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) -> Result<(), AssemblyError> {
+    let c = &cands[ci];
+    let Some(sb) = c.sb.as_ref() else {
+        if c.spare {
+            a.spares.push((ci, spare_id(&a.volume_uuid, &c.name)));
+            return Ok(());
+        }
+        return Err(AssemblyError::Blank(c.name.clone()));
+    };
+    if sb.volume_uuid != auth.volume_uuid {
+        return Err(AssemblyError::Foreign { device: c.name.clone(), other: sb.volume_name.clone() });
+    }
+    if sb.this_slot == SPARE_SLOT {
+        if !c.spare {
+            return Err(AssemblyError::SpareListedAsMember(c.name.clone()));
+        }
+        a.spares.push((ci, sb.this_device));
+        return Ok(());
+    }
+    let slot = sb.this_slot as usize;
+    if sb.this_device != auth.slots[slot].device {
+        // A former member whose slot has since been rebuilt onto another device.
+        if c.spare {
+            a.notes.push(format!("device '{}' was replaced in slot {slot}: reused as a spare", c.name));
+            a.spares.push((ci, spare_id(&a.volume_uuid, &c.name)));
+        } else {
+            a.notes.push(format!("device '{}' was replaced in slot {slot} and is no longer a member: ignored", c.name));
+        }
+        return Ok(());
+    }
+    let fill = &mut a.slots[slot];
+    if let Some(prev) = fill.device {
+        return Err(AssemblyError::SlotTwice(cands[prev].name.clone(), c.name.clone(), sb.this_slot));
+    }
+    fill.device = Some(ci);
+    match fill.state {
+        SlotState::Missing => {
+            // Absent at an earlier start and back now: its data is old, rebuild it.
+            fill.state = SlotState::Rebuilding;
+            a.rebuild_from = 0;
+            a.notes.push(format!("device '{}' is back in slot {slot} after being absent: rebuilding it", c.name));
+        }
+        SlotState::Rebuilding if sb.generation < auth.generation => a.rebuild_from = 0,
+        SlotState::Active if sb.generation < auth.generation => {
+            // Only a superblock update interrupted by a crash leaves an active member
+            // behind: it missed no data write.
+            a.notes.push(format!("device '{}' has generation {} < {}: superblock update was interrupted, member kept", c.name, sb.generation, auth.generation));
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn check_geometry(w: &Wanted, sb: &Superblock) -> Result<(), AssemblyError> {
@@ -148,7 +211,7 @@ fn check_geometry(w: &Wanted, sb: &Superblock) -> Result<(), AssemblyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::superblock::{Slot, NO_REBUILD};
+    use crate::volume::superblock::Slot;
 
     fn wanted() -> Wanted {
         Wanted { name: "v".into(), level: Level::Raid5, group_size: 4, strip_blocks: 128, block_size: 512, members: 4 }
@@ -176,38 +239,91 @@ mod tests {
     }
 
     fn cands(sbs: Vec<Option<Superblock>>) -> Vec<Candidate> {
-        sbs.into_iter().enumerate().map(|(i, sb)| Candidate { name: format!("d{i}"), sb }).collect()
+        sbs.into_iter().enumerate().map(|(i, sb)| Candidate { name: format!("d{i}"), sb, spare: false }).collect()
     }
+
+    fn devices(a: &Assembly) -> Vec<Option<usize>> {
+        a.slots.iter().map(|s| s.device).collect()
+    }
+
+    fn states(a: &Assembly) -> Vec<SlotState> {
+        a.slots.iter().map(|s| s.state).collect()
+    }
+
+    use SlotState::{Active, Failed, Missing, Rebuilding};
 
     #[test]
     fn blank_devices_create_a_volume_in_config_order() {
-        let a = assemble(&wanted(), &cands(vec![None, None, None, None]), [1; 16]).unwrap();
+        let mut c = cands(vec![None, None, None, None, None]);
+        c[4].spare = true;
+        let a = assemble(&wanted(), &c, [1; 16]).unwrap();
         assert!(a.created);
-        assert_eq!(a.slots, vec![Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(devices(&a), vec![Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(a.spares.len(), 1);
+        assert_eq!(a.spares[0].0, 4);
     }
 
     #[test]
     fn superblock_order_wins_over_config_order() {
         let c = cands(vec![Some(sb(2, 5, &[])), Some(sb(0, 5, &[])), Some(sb(3, 5, &[])), Some(sb(1, 5, &[]))]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
-        assert_eq!(a.slots, vec![Some(1), Some(3), Some(0), Some(2)]);
-        assert_eq!(a.failed, vec![false; 4]);
+        assert_eq!(devices(&a), vec![Some(1), Some(3), Some(0), Some(2)]);
+        assert_eq!(states(&a), vec![Active; 4]);
         assert_eq!(a.generation, 5);
     }
 
     #[test]
-    fn stale_member_is_failed() {
+    fn member_behind_by_an_interrupted_update_is_kept() {
         let c = cands(vec![Some(sb(0, 7, &[])), Some(sb(1, 7, &[])), Some(sb(2, 6, &[])), Some(sb(3, 7, &[]))]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
-        assert_eq!(a.failed, vec![false, false, true, false]);
-        assert!(a.notes[0].contains("stale"));
+        assert_eq!(states(&a), vec![Active; 4]);
+        assert!(a.notes[0].contains("interrupted"));
     }
 
     #[test]
     fn recorded_failure_and_missing_device_stay_failed() {
         let c = cands(vec![Some(sb(0, 8, &[1])), Some(sb(1, 7, &[])), Some(sb(2, 8, &[1]))]);
         let a = assemble(&Wanted { members: 4, ..wanted() }, &c, [1; 16]).unwrap();
-        assert_eq!(a.failed, vec![false, true, false, true]);
+        assert_eq!(states(&a), vec![Active, Failed, Active, Missing]);
+    }
+
+    #[test]
+    fn a_device_back_after_being_absent_is_rebuilt() {
+        let newer = |slot| {
+            let mut s = sb(slot, 9, &[]);
+            s.slots[3].state = Missing;
+            Some(s)
+        };
+        let c = cands(vec![newer(0), newer(1), newer(2), Some(sb(3, 8, &[]))]);
+        let a = assemble(&wanted(), &c, [1; 16]).unwrap();
+        assert_eq!(states(&a), vec![Active, Active, Active, Rebuilding]);
+        assert_eq!(a.rebuild_from, 0);
+    }
+
+    #[test]
+    fn rebuild_resumes_from_the_checkpoint_and_spares_are_recognised() {
+        let spare_dev = [5; 16];
+        let with = |slot: u16| {
+            let mut s = sb(slot, 9, &[]);
+            s.slots[2] = Slot { state: Rebuilding, device: spare_dev };
+            s.rebuild_checkpoint = 77;
+            s
+        };
+        let mut rebuilding = with(2);
+        rebuilding.this_device = spare_dev;
+        let mut spare = with(0);
+        spare.this_slot = SPARE_SLOT;
+        spare.this_device = [6; 16];
+        // The replaced device still lists itself in slot 2: ignored.
+        let mut c = cands(vec![Some(with(0)), Some(with(1)), Some(sb(2, 8, &[])), Some(with(3)), Some(rebuilding), Some(spare)]);
+        c[4].spare = true;
+        c[5].spare = true;
+        let a = assemble(&wanted(), &c, [1; 16]).unwrap();
+        assert_eq!(devices(&a), vec![Some(0), Some(1), Some(4), Some(3)]);
+        assert_eq!(states(&a), vec![Active, Active, Rebuilding, Active]);
+        assert_eq!(a.rebuild_from, 77);
+        assert_eq!(a.spares, vec![(5, [6; 16])]);
+        assert!(a.notes.iter().any(|n| n.contains("'d2' was replaced")), "{:?}", a.notes);
     }
 
     #[test]

@@ -6,29 +6,31 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crossbeam::channel::{Receiver, Sender};
+use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{error, info};
 
 use super::layout::Layout;
-use super::raid::MemberHealth;
-use super::superblock::{Slot, SlotState, Superblock, NO_REBUILD, SB_BYTES};
+use super::members::{Device, Members, SlotState};
+use super::superblock::{Slot, Superblock, NO_REBUILD, SB_BYTES, SPARE_SLOT};
 use crate::bdev::{Bdev, BdevOp};
 use crate::util::aligned::AlignedRegion;
+
+/// How often a running rebuild's checkpoint is written to the superblocks.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What every superblock of the volume shares.
 #[derive(Debug)]
 pub struct VolumeIdentity {
     pub uuid: [u8; 16],
     pub name: String,
-    pub device_ids: Vec<[u8; 16]>,
     pub data_offset: u64,
     pub created: u64,
 }
 
 pub enum MetaMsg {
-    /// Record the current member states.
+    /// Record the current member states (and put spares into failed slots).
     Update,
     /// Write the final superblocks (clean when nothing is left to resynchronise) and stop;
     /// the sender waits on the reply.
@@ -39,9 +41,10 @@ pub struct Metadata {
     identity: VolumeIdentity,
     layout: Arc<Layout>,
     block_size: u32,
-    members: Vec<Arc<dyn Bdev>>,
-    health: Arc<MemberHealth>,
+    members: Arc<Members>,
     generation: Mutex<u64>,
+    /// Rebuild frontier last written to the superblocks.
+    checkpointed: AtomicU64,
 }
 
 pub fn now_unix() -> u64 {
@@ -57,18 +60,34 @@ pub fn read_superblock(dev: &dyn Bdev) -> std::io::Result<Result<Option<Superblo
     Ok(Superblock::decode(b))
 }
 
+/// Write a 4 KiB-aligned metadata block to a device, durably.
+pub fn write_block(dev: &dyn Bdev, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+    let buf = AlignedRegion::new(bytes.len())?;
+    // SAFETY: the fresh region is ours alone.
+    let b = unsafe { buf.slice_mut(0, bytes.len()) };
+    b.copy_from_slice(bytes);
+    dev.sync_io(BdevOp::Write, offset, b)
+}
+
 impl Metadata {
-    pub fn new(identity: VolumeIdentity, layout: Arc<Layout>, block_size: u32, members: Vec<Arc<dyn Bdev>>, health: Arc<MemberHealth>, generation: u64) -> Self {
-        Metadata { identity, layout, block_size, members, health, generation: Mutex::new(generation) }
+    pub fn new(identity: VolumeIdentity, layout: Arc<Layout>, block_size: u32, members: Arc<Members>, generation: u64) -> Self {
+        Metadata { identity, layout, block_size, members, generation: Mutex::new(generation), checkpointed: AtomicU64::new(NO_REBUILD) }
     }
 
-    fn superblock(&self, slot: usize, generation: u64, clean: bool) -> Superblock {
-        let slots = (0..self.members.len())
-            .map(|m| Slot {
-                state: if self.health.is_failed(m) { SlotState::Failed } else { SlotState::Active },
-                device: self.identity.device_ids[m],
+    fn slot_table(&self) -> Vec<Slot> {
+        (0..self.members.slots())
+            .map(|s| {
+                let dev = self.members.slot_device(s);
+                let state = match self.members.state(s) {
+                    SlotState::Failed if !dev.present => SlotState::Missing,
+                    st => st,
+                };
+                Slot { state, device: dev.id }
             })
-            .collect();
+            .collect()
+    }
+
+    fn superblock(&self, this_slot: u16, this_device: [u8; 16], slots: &[Slot], generation: u64, clean: bool, checkpoint: u64) -> Superblock {
         Superblock {
             volume_uuid: self.identity.uuid,
             volume_name: self.identity.name.clone(),
@@ -80,60 +99,90 @@ impl Metadata {
             data_offset: self.identity.data_offset,
             generation,
             clean,
-            rebuild_checkpoint: NO_REBUILD,
+            rebuild_checkpoint: checkpoint,
             created: self.identity.created,
-            this_slot: slot as u16,
-            this_device: self.identity.device_ids[slot],
-            slots,
+            this_slot,
+            this_device,
+            slots: slots.to_vec(),
         }
     }
 
-    /// Write a new generation of superblocks to every surviving member. A member that
-    /// cannot take it is failed, and the survivors are written again.
+    /// Every device that takes superblocks: members not failed, then spares.
+    fn targets(&self) -> Vec<(Option<usize>, Device)> {
+        let members = (0..self.members.slots()).filter(|&s| !self.members.is_failed(s)).map(|s| (Some(s), self.members.slot_device(s)));
+        members.chain(self.members.spares().into_iter().map(|d| (None, d))).collect()
+    }
+
+    /// Write a new generation of superblocks to every surviving member and spare. A member
+    /// that cannot take it is failed, and the survivors are written again.
     pub fn write_all(&self, clean: bool) {
         let mut generation = self.generation.lock().unwrap();
         loop {
             *generation += 1;
-            let epoch = self.health.epoch();
+            let epoch = self.members.epoch();
+            let checkpoint = if self.members.rebuilding() { self.members.rebuild.frontier() } else { NO_REBUILD };
+            let slots = self.slot_table();
             let mut all_written = true;
-            for m in (0..self.members.len()).filter(|&m| !self.health.is_failed(m)) {
-                let bytes = self.superblock(m, *generation, clean).encode();
-                let written = AlignedRegion::new(SB_BYTES).and_then(|buf| {
-                    // SAFETY: the fresh region is ours alone.
-                    let b = unsafe { buf.slice_mut(0, SB_BYTES) };
-                    b.copy_from_slice(&bytes[..]);
-                    self.members[m].sync_io(BdevOp::Write, 0, b)
-                });
-                if let Err(e) = written {
-                    error!(volume = self.identity.name, member = self.members[m].name(), error = %e, "superblock write failed");
-                    self.health.fail(m, "superblock write failed");
-                    all_written = false;
+            for (slot, dev) in self.targets() {
+                let sb = self.superblock(slot.map_or(SPARE_SLOT, |s| s as u16), dev.id, &slots, *generation, clean, checkpoint);
+                if let Err(e) = write_block(dev.bdev.as_ref(), 0, &sb.encode()[..]) {
+                    error!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "superblock write failed");
+                    if let Some(s) = slot {
+                        self.members.fail(s, "superblock write failed");
+                        all_written = false;
+                    }
                 }
             }
-            if all_written && epoch == self.health.epoch() {
-                self.health.set_recorded(epoch);
+            if all_written && epoch == self.members.epoch() {
+                self.members.set_recorded(epoch);
+                self.checkpointed.store(checkpoint, Ordering::Relaxed);
                 return;
             }
         }
     }
 
-    /// Serve update requests until the volume closes.
+    fn update(&self) {
+        self.members.take_spares(self.layout.level.tolerance(self.layout.group_size) > 0);
+        self.write_all(false);
+        info!(volume = self.identity.name, failed = ?self.members.failed_members(), rebuilding = self.members.rebuilding(), "member states recorded in the superblocks");
+    }
+
+    /// Serve update requests until the volume closes; checkpoint a running rebuild.
     pub fn run(self: Arc<Self>, rx: Receiver<MetaMsg>) {
-        while let Ok(msg) = rx.recv() {
+        loop {
+            let msg = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.members.rebuilding() && self.members.rebuild.frontier() != self.checkpointed.load(Ordering::Relaxed) {
+                        self.write_all(false);
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            };
             match msg {
                 MetaMsg::Update => {
-                    // Coalesce a burst of failures into one write.
-                    while let Ok(MetaMsg::Update) = rx.try_recv() {}
-                    self.write_all(false);
-                    info!(volume = self.identity.name, failed = ?self.health.failed_members(), "member states recorded in the superblocks");
+                    // Coalesce a burst of updates into one write; a close behind them still runs.
+                    let mut close = None;
+                    while let Ok(m) = rx.try_recv() {
+                        if let MetaMsg::Close { .. } = m {
+                            close = Some(m);
+                            break;
+                        }
+                    }
+                    self.update();
+                    if let Some(MetaMsg::Close { reply, clean }) = close {
+                        return self.close(reply, clean);
+                    }
                 }
-                MetaMsg::Close { reply, clean } => {
-                    self.write_all(clean);
-                    let _ = reply.send(());
-                    return;
-                }
+                MetaMsg::Close { reply, clean } => return self.close(reply, clean),
             }
         }
+    }
+
+    fn close(&self, reply: Sender<()>, clean: bool) {
+        self.write_all(clean);
+        let _ = reply.send(());
     }
 }
 

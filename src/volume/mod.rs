@@ -4,6 +4,8 @@ pub mod layout;
 pub mod plan;
 pub mod raid;
 mod stripe;
+mod rebuild;
+pub mod members;
 pub mod superblock;
 pub mod assemble;
 pub mod metadata;

@@ -12,16 +12,18 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use crossbeam::channel::Sender;
 
 use tracing::{info, warn};
 
-use super::assemble::{assemble, AssemblyError, Candidate, Wanted};
+use super::assemble::{assemble, Assembly, AssemblyError, Candidate, Wanted};
+use super::members::{Device, Members, MembersInit};
 use super::layout::{Layout, LayoutError, Level, Location};
-use super::metadata::{now_unix, read_superblock, Epochs, MetaMsg, Metadata, VolumeIdentity};
+use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
+use super::rebuild::RebuildDriver;
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
 use crate::util::aligned::AlignedRegion;
@@ -56,6 +58,10 @@ pub enum VolumeError {
     Assembly(#[from] AssemblyError),
     #[error("too many members failed or missing to serve the volume: {0:?}")]
     Offline(Vec<String>),
+    #[error("spare '{0}' is smaller than the volume's members")]
+    SpareTooSmall(String),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// Background parity resync after an unclean shutdown: every stripe's P (and Q) is
@@ -100,108 +106,68 @@ impl StripeLocks {
     pub(super) fn buckets(&self) -> usize {
         self.0.len()
     }
-}
-
-/// Which members have failed, shared by every reactor's channel of a volume. A member
-/// is failed when it returns an I/O error or the operator fails it; it is then never
-/// read or written again, and its strips are rebuilt from the survivors.
-#[derive(Debug)]
-pub struct MemberHealth {
-    volume: String,
-    names: Vec<String>,
-    failed: Box<[AtomicBool]>,
-    group_size: usize,
-    tolerance: usize,
-    epochs: Epochs,
-    notify: OnceLock<Sender<MetaMsg>>,
-}
-
-impl MemberHealth {
-    fn new(volume: &str, members: &[Arc<dyn Bdev>], layout: &Layout) -> Self {
-        MemberHealth {
-            volume: volume.into(),
-            names: members.iter().map(|m| m.name().to_string()).collect(),
-            failed: members.iter().map(|_| AtomicBool::new(false)).collect(),
-            group_size: layout.group_size,
-            tolerance: layout.level.tolerance(layout.group_size),
-            epochs: Epochs::default(),
-            notify: OnceLock::new(),
-        }
-    }
-
-    fn set_notifier(&self, tx: Sender<MetaMsg>) {
-        let _ = self.notify.set(tx);
-    }
-
-    /// A slot assembly found failed, absent or stale.
-    fn mark_failed_at_assembly(&self, member: usize) {
-        self.failed[member].store(true, Ordering::Release);
-    }
-
-    /// Failure epoch: changes on every failure.
-    pub fn epoch(&self) -> u64 {
-        self.epochs.changed.load(Ordering::Acquire)
-    }
-
-    pub(super) fn set_recorded(&self, epoch: u64) {
-        self.epochs.recorded.store(epoch, Ordering::Release);
-    }
-
-    /// Every failure so far is recorded in the superblocks.
-    pub fn recorded(&self) -> bool {
-        self.epochs.up_to_date()
-    }
-
-    pub fn is_failed(&self, member: usize) -> bool {
-        self.failed[member].load(Ordering::Relaxed)
-    }
-
-    /// Mark a member failed (once; later calls do nothing).
-    pub fn fail(&self, member: usize, why: &str) {
-        if !self.failed[member].swap(true, Ordering::AcqRel) {
-            self.epochs.changed.fetch_add(1, Ordering::AcqRel);
-            warn!(volume = self.volume, member = self.names[member], why, online = self.online(), "member failed");
-            if let Some(tx) = self.notify.get() {
-                let _ = tx.send(MetaMsg::Update);
+    /// Lock keys `first .. first + count` (mod the bucket count), all or none.
+    fn try_lock_range(&self, first: u64, count: u32) -> bool {
+        debug_assert!((count as usize) < self.buckets(), "a range never wraps onto itself");
+        let key = |i: u32| ((first + i as u64) % self.buckets() as u64) as usize;
+        for i in 0..count {
+            if !self.try_lock(key(i)) {
+                (0..i).for_each(|j| self.unlock(key(j)));
+                return false;
             }
         }
+        true
     }
+    fn unlock_range(&self, first: u64, count: u32) {
+        (0..count).for_each(|i| self.unlock(((first + i as u64) % self.buckets() as u64) as usize));
+    }
+}
 
-    pub fn failed_in_group(&self, group: usize) -> usize {
-        let g = group * self.group_size;
-        (g..g + self.group_size).filter(|&m| self.is_failed(m)).count()
-    }
-
-    /// The volume can serve every block: no group has lost more than it tolerates.
-    pub fn online(&self) -> bool {
-        (0..self.failed.len() / self.group_size).all(|g| self.failed_in_group(g) <= self.tolerance)
-    }
-
-    pub fn failed_members(&self) -> Vec<String> {
-        (0..self.failed.len()).filter(|&m| self.is_failed(m)).map(|m| self.names[m].clone()).collect()
-    }
+/// How a volume is built: what the configuration says of it.
+pub struct VolumeSpec {
+    pub name: String,
+    pub level: Level,
+    pub members: Vec<Arc<dyn Bdev>>,
+    pub spares: Vec<Arc<dyn Bdev>>,
+    /// Members per group (RAID 10/50/60).
+    pub group_size: usize,
+    pub strip_bytes: u64,
+    /// Rebuild rate limit in bytes per second; 0 = unlimited.
+    pub rebuild_rate: u64,
 }
 
 pub struct RaidBdev {
     info: BdevInfo,
     layout: Arc<Layout>,
-    members: Vec<Arc<dyn Bdev>>,
     /// Blocks reserved at the start of each member.
     data_offset: u64,
     locks: Arc<StripeLocks>,
-    health: Arc<MemberHealth>,
+    health: Arc<Members>,
     meta_tx: Sender<MetaMsg>,
     meta_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     resync: Arc<Resync>,
+    volume_uuid: [u8; 16],
+}
+
+fn superblock_error(device: &str, e: impl std::fmt::Display) -> VolumeError {
+    VolumeError::Superblock { device: device.into(), message: e.to_string() }
+}
+
+/// A stand-in for a device that is absent: failed from the start, never used.
+fn stand_in(volume: &str, slot: usize, block_size: u32) -> Arc<dyn Bdev> {
+    Arc::new(crate::bdev::NullBdev::new(&format!("{volume}-missing-slot{slot}"), block_size, 0))
 }
 
 impl RaidBdev {
-    /// Assemble the volume from `devices` (in any order: each superblock names its slot),
-    /// or create it when none carries a superblock. Writes the next generation of
+    /// Assemble the volume from its devices (in any order: each superblock names its
+    /// slot), or create it when none carries a superblock. Writes the next generation of
     /// superblocks before returning.
-    pub fn new(name: &str, level: Level, devices: Vec<Arc<dyn Bdev>>, group_size: usize, strip_bytes: u64) -> Result<Self, VolumeError> {
-        let block_size = devices.first().map_or(512, |m| m.block_size());
-        if let Some(m) = devices.iter().find(|m| m.block_size() != block_size) {
+    pub fn new(spec: VolumeSpec) -> Result<Self, VolumeError> {
+        let VolumeSpec { name, level, members: member_devs, spares: spare_devs, group_size, strip_bytes, rebuild_rate } = spec;
+        let name = name.as_str();
+        let all: Vec<Arc<dyn Bdev>> = member_devs.iter().chain(&spare_devs).cloned().collect();
+        let block_size = all.first().map_or(512, |m| m.block_size());
+        if let Some(m) = all.iter().find(|m| m.block_size() != block_size) {
             return Err(VolumeError::BlockSize { member: m.name().into(), got: m.block_size(), want: block_size });
         }
         if !strip_bytes.is_power_of_two() || strip_bytes < block_size as u64 || strip_bytes > 1 << 20 {
@@ -213,17 +179,15 @@ impl RaidBdev {
         let wanted = Wanted {
             name: name.into(),
             level,
-            group_size: if grouped { group_size as u16 } else { devices.len() as u16 },
+            group_size: if grouped { group_size as u16 } else { member_devs.len() as u16 },
             strip_blocks: strip_blocks as u32,
             block_size,
-            members: devices.len(),
+            members: member_devs.len(),
         };
-        let mut candidates = Vec::with_capacity(devices.len());
-        for d in &devices {
-            let sb = read_superblock(d.as_ref())
-                .map_err(|e| VolumeError::Superblock { device: d.name().into(), message: e.to_string() })?
-                .map_err(|e| VolumeError::Superblock { device: d.name().into(), message: e.to_string() })?;
-            candidates.push(Candidate { name: d.name().into(), sb });
+        let mut candidates = Vec::with_capacity(all.len());
+        for (i, d) in all.iter().enumerate() {
+            let sb = read_superblock(d.as_ref()).map_err(|e| superblock_error(d.name(), e))?.map_err(|e| superblock_error(d.name(), e))?;
+            candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len() });
         }
         let seed = format!("{name}/{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         let new_uuid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).as_bytes();
@@ -231,66 +195,97 @@ impl RaidBdev {
         for note in &asm.notes {
             warn!(volume = name, "{note}");
         }
-        // Members in slot order; an absent device is a stand-in that is failed from the start.
-        let members: Vec<Arc<dyn Bdev>> = asm
-            .slots
-            .iter()
-            .enumerate()
-            .map(|(slot, d)| match d {
-                Some(i) => devices[*i].clone(),
-                None => Arc::new(crate::bdev::NullBdev::new(&format!("{name}-missing-slot{slot}"), block_size, 0)) as Arc<dyn Bdev>,
-            })
-            .collect();
-        let sizes: Vec<u64> = members
-            .iter()
-            .zip(&asm.slots)
-            .map(|(m, present)| if present.is_some() { m.num_blocks().saturating_sub(data_offset) } else { u64::MAX / 4 })
-            .collect();
-        if let Some((m, _)) = members.iter().zip(&sizes).find(|(_, s)| **s == 0) {
-            return Err(VolumeError::TooSmall(m.name().into()));
-        }
-        let layout = Layout::new(level, &sizes, group_size, strip_blocks)?;
-        if level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks && *s != u64::MAX / 4) {
-            info!(volume = name, used_blocks = layout.member_blocks, "members differ in size: each contributes only as much as the smallest");
+        let recorded_blocks = candidates.iter().filter_map(|c| c.sb.as_ref()).filter(|sb| sb.volume_uuid == asm.volume_uuid).map(|sb| sb.member_blocks).max();
+        let layout = Self::layout_for(name, level, &asm, &all, group_size, strip_blocks, data_offset, recorded_blocks)?;
+        let needed = layout.member_blocks + data_offset;
+        if let Some((ci, _)) = asm.spares.iter().find(|(ci, _)| level != Level::Concat && all[*ci].num_blocks() < needed) {
+            return Err(VolumeError::SpareTooSmall(all[*ci].name().into()));
         }
         let info = BdevInfo { name: name.into(), block_size, num_blocks: layout.capacity() };
         let layout = Arc::new(layout);
-        let health = Arc::new(MemberHealth::new(name, &members, &layout));
-        for (slot, failed) in asm.failed.iter().enumerate() {
-            if *failed {
-                health.mark_failed_at_assembly(slot);
-            }
-        }
+        let slots = asm
+            .slots
+            .iter()
+            .enumerate()
+            .map(|(slot, f)| {
+                let bdev = f.device.map_or_else(|| stand_in(name, slot, block_size), |ci| all[ci].clone());
+                (Device { bdev, id: f.id, present: f.device.is_some() }, f.state)
+            })
+            .collect();
+        let spares = asm.spares.iter().map(|(ci, id)| Device { bdev: all[*ci].clone(), id: *id, present: true }).collect();
+        let health = Arc::new(Members::new(MembersInit {
+            volume: name.into(),
+            slots,
+            spares,
+            group_size: layout.group_size,
+            tolerance: layout.level.tolerance(layout.group_size),
+            rows: layout.stripes_per_group(),
+            row_bytes: strip_bytes,
+            rebuild_rate,
+            rebuild_from: asm.rebuild_from,
+        }));
         if asm.created {
             info!(volume = name, level = ?level, "new volume: superblocks written");
         }
         let resync = Arc::new(Resync::default());
-        if asm.unclean && layout.level.parity_count() > 0 {
+        if asm.unclean && layout.level.tolerance(layout.group_size) > 0 {
             let total = layout.stripes_per_group() * layout.groups() as u64;
             resync.total.store(total, Ordering::Relaxed);
-            warn!(volume = name, stripes = total, "the volume was not shut down cleanly: resynchronising parity in the background");
+            warn!(volume = name, stripes = total, "the volume was not shut down cleanly: resynchronising in the background");
         }
-        let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), device_ids: asm.device_ids.clone(), data_offset, created: now_unix() };
-        let meta = Arc::new(Metadata::new(identity, layout.clone(), block_size, members.clone(), health.clone(), asm.generation));
+        let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), data_offset, created: now_unix() };
+        let meta = Arc::new(Metadata::new(identity, layout.clone(), block_size, health.clone(), asm.generation));
         meta.write_all(false);
         if !health.online() {
             return Err(VolumeError::Offline(health.failed_members()));
         }
         let (tx, rx) = crossbeam::channel::unbounded();
         health.set_notifier(tx.clone());
+        if (0..health.slots()).any(|s| health.is_failed(s)) && !health.spares().is_empty() {
+            let _ = tx.send(MetaMsg::Update);
+        }
         let m = meta.clone();
-        let thread = std::thread::Builder::new().name(format!("meta-{name}")).spawn(move || m.run(rx)).map_err(|e| VolumeError::Superblock { device: name.into(), message: e.to_string() })?;
+        let thread = std::thread::Builder::new().name(format!("meta-{name}")).spawn(move || m.run(rx)).map_err(|e| superblock_error(name, e))?;
         Ok(RaidBdev {
             info,
             layout,
-            members,
             data_offset,
             locks: Arc::new(StripeLocks::new()),
             health,
             meta_tx: tx,
             meta_thread: Mutex::new(Some(thread)),
             resync,
+            volume_uuid: asm.volume_uuid,
         })
+    }
+
+    /// The layout over the assembled slots. An existing volume keeps the member size its
+    /// superblocks record, whatever devices are present now.
+    #[allow(clippy::too_many_arguments)]
+    fn layout_for(name: &str, level: Level, asm: &Assembly, all: &[Arc<dyn Bdev>], group_size: usize, strip_blocks: u64, data_offset: u64, recorded: Option<u64>) -> Result<Layout, VolumeError> {
+        let usable = |ci: usize| all[ci].num_blocks().saturating_sub(data_offset);
+        let mut sizes = Vec::with_capacity(asm.slots.len());
+        for f in &asm.slots {
+            let size = match (f.device, recorded) {
+                (Some(ci), Some(r)) if level != Level::Concat => {
+                    if usable(ci) < r {
+                        return Err(VolumeError::TooSmall(all[ci].name().into()));
+                    }
+                    r
+                }
+                (Some(ci), _) => usable(ci),
+                (None, r) => r.unwrap_or(u64::MAX / 4),
+            };
+            if size == 0 {
+                return Err(VolumeError::TooSmall(f.device.map_or_else(|| name.to_string(), |ci| all[ci].name().to_string())));
+            }
+            sizes.push(size);
+        }
+        let layout = Layout::new(level, &sizes, group_size, strip_blocks)?;
+        if asm.created && level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks) {
+            info!(volume = name, used_blocks = layout.member_blocks, "members differ in size: each contributes only as much as the smallest");
+        }
+        Ok(layout)
     }
 
     /// Orderly shutdown: write the superblocks (clean unless a resync is unfinished) and
@@ -309,7 +304,7 @@ impl RaidBdev {
         &self.layout
     }
 
-    pub fn health(&self) -> &Arc<MemberHealth> {
+    pub fn health(&self) -> &Arc<Members> {
         &self.health
     }
 
@@ -319,18 +314,62 @@ impl RaidBdev {
 
     /// Member device names in slot order.
     pub fn member_names(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.name().to_string()).collect()
+        (0..self.health.slots()).map(|s| self.health.slot_device(s).bdev.name().to_string()).collect()
     }
 
     /// Whether the member in `slot` can fail without taking the volume offline.
     pub fn can_lose(&self, slot: usize) -> bool {
-        let group = slot / self.layout.group_size;
-        self.health.failed_in_group(group) < self.layout.level.tolerance(self.layout.group_size)
+        self.health.can_lose(slot)
     }
 
-    /// Index of the member device named `name`.
+    /// Slot of the member device named `name`.
     pub fn member_index(&self, name: &str) -> Option<usize> {
-        self.members.iter().position(|m| m.name() == name)
+        self.health.slot_named(name)
+    }
+
+    fn redundant(&self) -> bool {
+        self.layout.level.tolerance(self.layout.group_size) > 0
+    }
+
+    /// Add `dev` as a hot spare; a failed slot takes it at once.
+    pub fn add_spare(&self, dev: Arc<dyn Bdev>) -> Result<(), VolumeError> {
+        let refuse = |why: String| Err(VolumeError::Refused(why));
+        if !self.redundant() {
+            return refuse(format!("a {:?} volume has no redundancy to rebuild", self.layout.level));
+        }
+        if dev.block_size() != self.info.block_size {
+            return Err(VolumeError::BlockSize { member: dev.name().into(), got: dev.block_size(), want: self.info.block_size });
+        }
+        if dev.num_blocks() < self.layout.member_blocks + self.data_offset {
+            return Err(VolumeError::SpareTooSmall(dev.name().into()));
+        }
+        if self.health.uses_device(dev.name()) {
+            return refuse(format!("device '{}' already belongs to this volume", dev.name()));
+        }
+        let id = super::assemble::spare_id(&self.volume_uuid, dev.name());
+        self.health.add_spare(Device { bdev: dev, id, present: true });
+        Ok(())
+    }
+
+    /// Replace member `member` by spare `spare`: the member is failed and the spare rebuilt
+    /// in its place. Redundancy drops while the rebuild runs.
+    pub fn replace(&self, member: &str, spare: &str, force: bool) -> Result<(), VolumeError> {
+        let slot = self.member_index(member).ok_or_else(|| VolumeError::Refused(format!("volume '{}' has no member '{member}'", self.info.name)))?;
+        if !force && !self.can_lose(slot) {
+            return Err(VolumeError::Refused(format!("replacing '{member}' would take volume '{}' offline while the spare rebuilds", self.info.name)));
+        }
+        self.health.replace(slot, spare).map_err(VolumeError::Refused)
+    }
+
+    /// Detach a failed member so its device can be reused.
+    pub fn remove_member(&self, member: &str) -> Result<(), VolumeError> {
+        let slot = self.member_index(member).ok_or_else(|| VolumeError::Refused(format!("volume '{}' has no member '{member}'", self.info.name)))?;
+        self.health.remove_failed(slot, stand_in(&self.info.name, slot, self.info.block_size)).map(|_| ()).map_err(VolumeError::Refused)
+    }
+
+    /// Take the spare named `name` off the volume.
+    pub fn remove_spare(&self, name: &str) -> Result<(), VolumeError> {
+        self.health.remove_spare(name).map(|_| ()).ok_or_else(|| VolumeError::Refused(format!("'{name}' is not a spare of volume '{}'", self.info.name)))
     }
 }
 
@@ -346,15 +385,16 @@ impl Bdev for RaidBdev {
     }
 
     fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>> {
-        // Member channels are private to this volume channel: their completions come back
+        // Device channels are private to this volume channel: their completions come back
         // as Child tokens of the volume and are routed here by the reactor.
-        let members = self.members.iter().map(|m| m.open_channel(files, index)).collect::<Result<_, _>>()?;
+        let devs = (0..self.health.device_count()).map(|d| self.health.device(d).bdev.open_channel(files, index)).collect::<Result<_, _>>()?;
         let strip_bytes = (self.layout.strip_blocks as usize) << self.info.block_size.trailing_zeros();
         let parity = self.layout.level.parity_count() > 0;
+        let redundant = self.redundant();
         Ok(Box::new(RaidChannel {
             index,
             layout: self.layout.clone(),
-            members,
+            devs,
             block_shift: self.info.block_size.trailing_zeros(),
             data_offset: self.data_offset,
             locks: self.locks.clone(),
@@ -362,16 +402,18 @@ impl Bdev for RaidBdev {
             resync: self.resync.clone(),
             resync_inflight: false,
             resync_driver: false,
+            rebuild: RebuildDriver::default(),
             parents: Slab::with_capacity(MAX_PARENTS),
-            stripes: Slab::with_capacity(if parity { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
+            stripes: Slab::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             children: Slab::with_capacity(MAX_CHILDREN),
-            waiting: VecDeque::with_capacity(if parity { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
+            waiting: VecDeque::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
+            gated: VecDeque::with_capacity(if redundant { MAX_PARENTS } else { 0 }),
             sync_done: VecDeque::with_capacity(1024),
             completed: Vec::with_capacity(MAX_PARENTS),
             held: Vec::with_capacity(MAX_PARENTS),
             submitting: None,
             submit_result: None,
-            scratch: Scratch::new(if parity { strip_bytes } else { 0 }, self.layout.group_size)?,
+            scratch: Scratch::new(if redundant { strip_bytes } else { 0 }, self.layout.group_size, parity)?,
             zeroes: AlignedRegion::new(if parity { strip_bytes } else { 0 })?,
             next_copy: 0,
         }))
@@ -386,12 +428,14 @@ pub(super) struct Scratch {
 }
 
 impl Scratch {
-    fn new(chunk: usize, group_size: usize) -> std::io::Result<Scratch> {
+    fn new(chunk: usize, group_size: usize, parity: bool) -> std::io::Result<Scratch> {
         if chunk == 0 {
             return Ok(Scratch { region: AlignedRegion::new(0)?, chunk: 0, free: Vec::new() });
         }
-        // Room for several whole-stripe operations whatever the strip size.
-        let count = (SCRATCH_BYTES / chunk).clamp(4 * (group_size + 2), u16::MAX as usize);
+        // Room for several whole-stripe operations whatever the strip size; mirrors only
+        // need chunks for background copies.
+        let bytes = if parity { SCRATCH_BYTES } else { SCRATCH_BYTES / 8 };
+        let count = (bytes / chunk).clamp(4 * (group_size + 2), u16::MAX as usize);
         Ok(Scratch { region: AlignedRegion::new(count * chunk)?, chunk, free: (0..count as u16).rev().collect() })
     }
 
@@ -426,6 +470,19 @@ pub(super) struct Parent {
     pub(super) end: u64,
     /// A member read failed: run the I/O again once its member I/Os are back.
     pub(super) retry: bool,
+    pub(super) job: Job,
+    /// Mirror writes: stripe locks held, (first key, count).
+    pub(super) locks: (u64, u32),
+}
+
+/// Whose I/O a parent is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Job {
+    Host,
+    /// A stripe of the parity resync after an unclean shutdown.
+    Resync,
+    /// A row of a rebuild onto spares: the rebuild's epoch and the op's sequence number.
+    Rebuild { epoch: u64, seq: u64 },
 }
 
 impl Parent {
@@ -454,12 +511,12 @@ pub(super) enum StripeKind {
     Write,
     /// Rebuild rows of a strip on a failed member for a host read.
     Read,
-    /// Recompute a stripe's parity from its data (after an unclean shutdown).
+    /// Make a stripe consistent: parity from data, or mirror copies from the first (after
+    /// an unclean shutdown).
     Resync,
+    /// Write a row of the rebuilding members from the others.
+    Rebuild,
 }
-
-/// user_data of work the volume does for itself (resync), never reported to a host.
-pub(super) const INTERNAL: u64 = u64::MAX;
 
 /// Slot of P and Q in `StripeOp::chunks`, after the data strips.
 pub(super) const P_CHUNK: usize = MAX_DATA;
@@ -482,21 +539,25 @@ pub(super) struct StripeOp {
 pub(super) struct RaidChannel {
     index: u16,
     pub(super) layout: Arc<Layout>,
-    members: Vec<Box<dyn BdevChannel>>,
+    /// One channel per device of the volume (members, spares), by device index.
+    devs: Vec<Box<dyn BdevChannel>>,
     block_shift: u32,
     data_offset: u64,
     pub(super) locks: Arc<StripeLocks>,
-    pub(super) health: Arc<MemberHealth>,
+    pub(super) health: Arc<Members>,
     pub(super) resync: Arc<Resync>,
     /// This channel drives the resync and has a stripe of it in flight.
     pub(super) resync_inflight: bool,
     pub(super) resync_driver: bool,
+    pub(super) rebuild: RebuildDriver,
     pub(super) parents: Slab<Parent>,
     pub(super) stripes: Slab<StripeOp>,
-    /// Child tag -> (owner, bytes the child must transfer, member).
-    children: Slab<(Owner, i32, u16)>,
+    /// Child tag -> (owner, bytes the child must transfer, slot, device).
+    children: Slab<(Owner, i32, u16, u16)>,
     /// Stripe ops waiting for their lock or scratch, oldest first.
     pub(super) waiting: VecDeque<u32>,
+    /// Mirror writes waiting for their stripe locks, oldest first.
+    gated: VecDeque<u32>,
     /// Member completions not yet processed (synchronous ones land here too).
     sync_done: VecDeque<(u32, i32)>,
     /// Finished host I/Os to hand to the reactor.
@@ -512,6 +573,22 @@ pub(super) struct RaidChannel {
     next_copy: usize,
 }
 
+/// Opens device channels outside a reactor's setup: plain file descriptors.
+struct NoFixedFiles;
+impl FileRegistry for NoFixedFiles {
+    fn register(&mut self, _: std::os::fd::RawFd) -> Option<u32> {
+        None
+    }
+}
+
+/// The channel of a device that could not be opened: every I/O fails, so the member fails.
+struct Unopenable;
+impl BdevChannel for Unopenable {
+    fn submit(&mut self, _: &BdevIo, _: &mut dyn SqeSink) -> Submitted {
+        Submitted::Done(-libc::EIO)
+    }
+}
+
 impl RaidChannel {
     pub(super) fn parity(&self) -> usize {
         self.layout.level.parity_count()
@@ -521,17 +598,34 @@ impl RaidChannel {
         (blocks << self.block_shift) as usize
     }
 
-    /// Submit one member I/O; its completion comes back through `sync_done` or the ring.
-    pub(super) fn child(&mut self, owner: Owner, member: usize, mut io: BdevIo, sq: &mut dyn SqeSink) {
-        debug_assert!(!self.health.is_failed(member), "I/O to a failed member");
+    /// Open channels to devices added since this channel opened (spares).
+    fn open_new_devices(&mut self) {
+        for d in self.devs.len()..self.health.device_count() {
+            let bdev = self.health.device(d).bdev;
+            let ch = bdev.open_channel(&mut NoFixedFiles, self.index).unwrap_or_else(|e| {
+                warn!(device = bdev.name(), error = %e, "cannot open device");
+                Box::new(Unopenable)
+            });
+            self.devs.push(ch);
+        }
+    }
+
+    /// Submit one I/O to the device in `slot`; its completion comes back through
+    /// `sync_done` or the ring.
+    pub(super) fn child(&mut self, owner: Owner, slot: usize, mut io: BdevIo, sq: &mut dyn SqeSink) {
+        debug_assert!(!self.health.is_failed(slot), "I/O to a failed member");
+        let dev = self.health.device_of(slot);
+        if dev >= self.devs.len() {
+            self.open_new_devices();
+        }
         let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
-        let tag = self.children.insert((owner, expect, member as u16)).expect("member I/O table sized for the worst case");
+        let tag = self.children.insert((owner, expect, slot as u16, dev as u16)).expect("member I/O table sized for the worst case");
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
         }
         io.user_data = Token::new(Kind::Child, self.index, 0, tag).encode();
-        if let Submitted::Done(res) = self.members[member].submit(&io, sq) {
+        if let Submitted::Done(res) = self.devs[dev].submit(&io, sq) {
             self.sync_done.push_back((tag, res));
         }
     }
@@ -562,9 +656,14 @@ impl RaidChannel {
             return self.finish_parent_if_done(p, sq);
         }
         let parent = self.parents.remove(p);
+        if parent.locks.1 > 0 {
+            self.locks.unlock_range(parent.locks.0, parent.locks.1);
+        }
         let result = if parent.retry { -libc::EIO } else { parent.result };
-        if parent.user_data == INTERNAL {
-            return self.resync_stripe_done();
+        match parent.job {
+            Job::Host => {}
+            Job::Resync => return self.resync_stripe_done(),
+            Job::Rebuild { epoch, seq } => return self.rebuild_op_done(epoch, seq),
         }
         if parent.op != BdevOp::Read && !self.health.recorded() {
             // Written around a member whose failure is not yet in the superblocks: the
@@ -585,9 +684,9 @@ impl RaidChannel {
     }
 
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
-        let (owner, expect, member) = self.children.remove(tag);
+        let (owner, expect, slot, dev) = self.children.remove(tag);
         if res != expect {
-            self.health.fail(member as usize, if res < 0 { "I/O error" } else { "short transfer" });
+            self.health.fail_device(slot as usize, dev as usize, if res < 0 { "I/O error" } else { "short transfer" });
         }
         match owner {
             Owner::Parent(p) => {
@@ -637,18 +736,19 @@ impl RaidChannel {
         }
     }
 
-    /// Alive copies of `lba` (one location for non-mirrored levels), in preference order
-    /// starting from `first`.
-    fn alive_copy(&self, lba: u64, first: usize) -> Option<Location> {
+    /// A copy of `n` blocks at `lba` that holds valid data (one location for non-mirrored
+    /// levels), in preference order starting from `first`.
+    fn valid_copy(&self, lba: u64, n: u64, first: usize) -> Option<Location> {
         let copies = self.layout.copies(lba).count();
-        (0..copies).map(|c| self.layout.copies(lba).nth((first + c) % copies).unwrap()).find(|l| !self.health.is_failed(l.member))
+        let valid = |l: &Location| !self.health.is_missing(l.member, (l.member_lba + n - 1) / self.layout.strip_blocks);
+        (0..copies).map(|c| self.layout.copies(lba).nth((first + c) % copies).unwrap()).find(valid)
     }
 
     pub(super) fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
         let sub = |io: &BdevIo, off: usize| if io.buf.is_null() { io.buf } else { io.buf.wrapping_add(off) };
         match io.op {
             BdevOp::Flush => {
-                for m in 0..self.members.len() {
+                for m in 0..self.health.slots() {
                     if !self.health.is_failed(m) {
                         self.child(Owner::Parent(p), m, BdevIo { user_data: 0, ..*io }, sq);
                     }
@@ -656,7 +756,7 @@ impl RaidChannel {
             }
             BdevOp::Read => self.for_each_run(io, |ch, lba, n, off| {
                 ch.next_copy = ch.next_copy.wrapping_add(1);
-                match ch.alive_copy(lba, ch.next_copy) {
+                match ch.valid_copy(lba, n, ch.next_copy) {
                     Some(loc) => {
                         let mio = ch.member_io(BdevOp::Read, loc, n, sub(io, off), io.buf_index);
                         ch.child(Owner::Parent(p), loc.member, mio, sq);
@@ -670,6 +770,7 @@ impl RaidChannel {
                     None => ch.fail_parent(p, -libc::ENXIO),
                 }
             }),
+            // Every copy not failed, rebuilding ones included.
             BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard => self.for_each_run(io, |ch, lba, n, off| {
                 let copies = ch.layout.copies(lba).count();
                 for c in 0..copies {
@@ -682,6 +783,35 @@ impl RaidChannel {
             }),
         }
     }
+
+    /// Mirror writes hold the stripe locks of the strips they touch, so a background copy
+    /// of a strip (rebuild, resync) never interleaves with them.
+    fn mirror_locks(&self, start: u64, end: u64) -> (u64, u32) {
+        let first = start / self.layout.strip_blocks;
+        let last = (end - 1) / self.layout.strip_blocks;
+        (first, (last - first + 1) as u32)
+    }
+
+    /// Start a gated mirror write once its locks are free. False: try again later.
+    fn try_admit(&mut self, p: u32, sq: &mut dyn SqeSink) -> bool {
+        let parent = *self.parents.get(p);
+        if !self.locks.try_lock_range(parent.locks.0, parent.locks.1) {
+            return false;
+        }
+        let io = parent.as_io(self.block_shift);
+        self.fan_out(p, &io, sq);
+        self.finish_parent_if_done(p, sq);
+        true
+    }
+
+    fn retry_gated(&mut self, sq: &mut dyn SqeSink) {
+        while let Some(&p) = self.gated.front() {
+            if !self.try_admit(p, sq) {
+                return;
+            }
+            self.gated.pop_front();
+        }
+    }
 }
 
 impl BdevChannel for RaidChannel {
@@ -689,7 +819,9 @@ impl BdevChannel for RaidChannel {
         let ok = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
         let start = io.offset >> self.block_shift;
         let end = start + (io.len as u64 >> self.block_shift);
+        let writes = matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard);
         let parity_write = self.parity() > 0 && matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes);
+        let mirror_write = writes && matches!(self.layout.level, Level::Raid1 | Level::Raid10) && end > start;
         if !self.health.online() {
             return Submitted::Done(-libc::ENXIO);
         }
@@ -705,6 +837,8 @@ impl BdevChannel for RaidChannel {
             cursor: if parity_write { start } else { end },
             end,
             retry: false,
+            job: Job::Host,
+            locks: if mirror_write { self.mirror_locks(start, end) } else { (0, 0) },
         };
         let Some(p) = self.parents.insert(parent) else {
             return Submitted::Done(-libc::EBUSY);
@@ -713,12 +847,20 @@ impl BdevChannel for RaidChannel {
         self.submit_result = None;
         if parity_write {
             self.pump(p, sq);
+            self.finish_parent_if_done(p, sq);
+        } else if mirror_write {
+            // Behind earlier waiting writes, so none of them starves.
+            if !self.gated.is_empty() || !self.try_admit(p, sq) {
+                self.gated.push_back(p);
+            }
         } else if !(self.parity() > 0 && io.op == BdevOp::Discard) {
             // Deallocation is advisory; on parity levels it would break parity, so it is
             // acknowledged without touching the members.
             self.fan_out(p, io, sq);
+            self.finish_parent_if_done(p, sq);
+        } else {
+            self.finish_parent_if_done(p, sq);
         }
-        self.finish_parent_if_done(p, sq);
         self.drain(sq);
         self.submitting = None;
         match self.submit_result.take() {
@@ -735,15 +877,19 @@ impl BdevChannel for RaidChannel {
 
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         self.drive_resync(sq);
+        self.drive_rebuild(sq);
+        if !self.gated.is_empty() {
+            self.retry_gated(sq);
+        }
         if !self.waiting.is_empty() {
             self.retry_waiting(sq);
-            self.drain(sq);
         }
+        self.drain(sq);
         if !self.held.is_empty() && self.health.recorded() {
             done.append(&mut self.held);
         }
         done.append(&mut self.completed);
-        !self.waiting.is_empty() || !self.held.is_empty() || (self.resync_driver && self.resync.active())
+        !self.waiting.is_empty() || !self.gated.is_empty() || !self.held.is_empty()
     }
 }
 
@@ -768,7 +914,8 @@ mod tests {
 
     fn volume(level: Level, members: usize, group: usize) -> (RaidBdev, Vec<Arc<dyn Bdev>>) {
         let m: Vec<Arc<dyn Bdev>> = (0..members).map(|i| Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>).collect();
-        (RaidBdev::new("v", level, m.clone(), group, 16384).unwrap(), m)
+        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0 };
+        (RaidBdev::new(spec).unwrap(), m)
     }
 
     fn rw(ch: &mut dyn BdevChannel, op: BdevOp, offset: u64, buf: &mut [u8]) -> Submitted {

@@ -9,7 +9,7 @@
 use super::plan::{self, Rows, Strategy, StripeWrite, MAX_DATA};
 use std::sync::atomic::Ordering;
 
-use super::raid::{Owner, Parent, RaidChannel, StripeKind, StripeOp, StripeState, INTERNAL, NO_CHUNK, P_CHUNK, Q_CHUNK, STRIPE_WINDOW};
+use super::raid::{Job, Owner, Parent, RaidChannel, StripeKind, StripeOp, StripeState, NO_CHUNK, P_CHUNK, Q_CHUNK, STRIPE_WINDOW};
 use crate::bdev::{BdevOp, SqeSink};
 use crate::parity::{self, Update};
 use crate::volume::layout::Location;
@@ -60,7 +60,7 @@ impl RaidChannel {
         }
     }
 
-    fn lock_key(&self, w: &StripeWrite) -> usize {
+    pub(super) fn lock_key(&self, w: &StripeWrite) -> usize {
         (w.stripe as usize).wrapping_mul(self.layout.groups()).wrapping_add(w.group) % self.locks.buckets()
     }
 
@@ -78,8 +78,14 @@ impl RaidChannel {
         (self.member(w, self.layout.p_slot(w.stripe)), self.layout.q_slot(w.stripe).map(|q| self.member(w, q)))
     }
 
+    /// A member of the stripe's group holds no valid data at its row.
     fn group_degraded(&self, w: &StripeWrite) -> bool {
-        self.health.failed_in_group(w.group) > 0
+        self.health.missing_in_group(w.group, w.stripe) > 0
+    }
+
+    /// The member holds no valid data at the op's row.
+    fn missing(&self, w: &StripeWrite, member: usize) -> bool {
+        self.health.is_missing(member, w.stripe)
     }
 
     /// Data strips that need a scratch chunk under the op's strategy.
@@ -94,6 +100,9 @@ impl RaidChannel {
 
     /// Take the stripe lock and scratch, then issue the reads. False: try again later.
     pub(super) fn try_start(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
+        if self.parity() == 0 {
+            return self.try_start_copy(s, sq);
+        }
         let mut op = *self.stripes.get(s);
         op.strategy = match op.kind {
             StripeKind::Write if !self.group_degraded(&op.w) => plan::choose(&op.w, self.parity()),
@@ -124,7 +133,7 @@ impl RaidChannel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn stripe_io(&mut self, s: u32, op: BdevOp, member: usize, rows: Rows, buf: *mut u8, buf_index: Option<u16>, sq: &mut dyn SqeSink) {
+    pub(super) fn stripe_io(&mut self, s: u32, op: BdevOp, member: usize, rows: Rows, buf: *mut u8, buf_index: Option<u16>, sq: &mut dyn SqeSink) {
         let w = self.stripes.get(s).w;
         let loc = Location { member, member_lba: w.stripe * self.layout.strip_blocks + rows.start };
         let io = self.member_io(op, loc, rows.len(), buf, buf_index);
@@ -136,9 +145,11 @@ impl RaidChannel {
         self.scratch.ptr(id).wrapping_add(self.bytes(row - base))
     }
 
-    /// Read `rows` of a member into a chunk that starts at row `base`, unless it failed.
+    /// Read `rows` of a member into a chunk that starts at row `base`, unless it holds no
+    /// valid data there.
     fn read_rows(&mut self, s: u32, member: usize, rows: Rows, chunk: u16, base: u64, sq: &mut dyn SqeSink) {
-        if !rows.is_empty() && !self.health.is_failed(member) {
+        let w = self.stripes.get(s).w;
+        if !rows.is_empty() && !self.missing(&w, member) {
             let dst = self.chunk_at(chunk, base, rows.start);
             self.stripe_io(s, BdevOp::Read, member, rows, dst, None, sq);
         }
@@ -265,7 +276,7 @@ impl RaidChannel {
         let mut n = 0;
         let mut data: [&[u8]; MAX_DATA] = [&[]; MAX_DATA];
         for (i, d) in data.iter_mut().enumerate().take(op.w.k) {
-            if self.health.is_failed(self.data_member(&op.w, i)) {
+            if self.missing(&op.w, self.data_member(&op.w, i)) {
                 assert!(n < 2, "more failed members than the level tolerates reached a stripe op");
                 missing[n] = i;
                 n += 1;
@@ -277,7 +288,7 @@ impl RaidChannel {
         let out = |i: usize| unsafe { slice_mut(self.scratch.ptr(op.chunks[i]), len) };
         // SAFETY (out, p, q): chunks of missing strips are written only here; P/Q read.
         let (p, q) = self.parity_slices(op);
-        let p_ok = !self.health.is_failed(p_member);
+        let p_ok = !self.missing(&op.w, p_member);
         match n {
             0 => {}
             1 if p_ok => parity::recover_data_from_p(&data[..op.w.k], missing[0], p, out(missing[0]), None),
@@ -313,9 +324,13 @@ impl RaidChannel {
         }
     }
 
-    /// Write the new data and parity to every surviving member involved.
+    /// Write the new data and parity to every member involved that is not failed
+    /// (rebuilding ones included).
     fn issue_writes(&mut self, s: u32, sq: &mut dyn SqeSink) {
         let op = *self.stripes.get(s);
+        if op.kind == StripeKind::Rebuild {
+            return self.issue_rebuild_writes(s, sq);
+        }
         let parent = *self.parents.get(op.parent);
         let host_index = if parent.op == BdevOp::WriteZeroes { None } else { parent.buf_index };
         for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
@@ -347,10 +362,13 @@ impl RaidChannel {
 
     /// All of a stripe op's member I/Os for its current state have returned.
     pub(super) fn advance(&mut self, s: u32, sq: &mut dyn SqeSink) {
+        if self.parity() == 0 {
+            return self.advance_copy(s, sq);
+        }
         let op = *self.stripes.get(s);
         match (op.state, op.kind) {
             (StripeState::Reading, _) if op.failed => self.replan(s, sq),
-            (StripeState::Reading, StripeKind::Write | StripeKind::Resync) => {
+            (StripeState::Reading, StripeKind::Write | StripeKind::Resync | StripeKind::Rebuild) => {
                 self.compute(s);
                 self.stripes.get_mut(s).state = StripeState::Writing;
                 self.issue_writes(s, sq);
@@ -368,7 +386,7 @@ impl RaidChannel {
         }
     }
 
-    fn release(&mut self, op: &StripeOp) {
+    pub(super) fn release(&mut self, op: &StripeOp) {
         self.locks.unlock(self.lock_key(&op.w));
         for c in op.chunks.iter().filter(|c| **c != NO_CHUNK) {
             self.scratch.free.push(*c);
@@ -377,7 +395,7 @@ impl RaidChannel {
 
     /// A read failed: the member is marked failed; plan the op again, degraded, unless the
     /// volume has lost more than it tolerates.
-    fn replan(&mut self, s: u32, sq: &mut dyn SqeSink) {
+    pub(super) fn replan(&mut self, s: u32, sq: &mut dyn SqeSink) {
         let mut op = *self.stripes.get(s);
         self.release(&op);
         if !self.health.online() {
@@ -390,7 +408,7 @@ impl RaidChannel {
         self.waiting.push_front(s);
     }
 
-    fn finish_stripe(&mut self, s: u32, sq: &mut dyn SqeSink) {
+    pub(super) fn finish_stripe(&mut self, s: u32, sq: &mut dyn SqeSink) {
         let op = *self.stripes.get(s);
         self.release(&op);
         self.finish_stripe_released(s, sq);
@@ -422,17 +440,16 @@ impl RaidChannel {
         }
         self.resync.next.store(index + 1, Ordering::Relaxed);
         let per_group = self.layout.stripes_per_group();
-        let k = self.layout.data_per_stripe();
-        let w = StripeWrite {
-            group: (index / per_group) as usize,
-            stripe: index % per_group,
-            k,
-            written: [Rows::default(); MAX_DATA],
-            host_block: [0; MAX_DATA],
-            rows: Rows { start: 0, end: self.layout.strip_blocks },
-        };
+        let w = self.whole_row((index / per_group) as usize, index % per_group);
+        if self.start_internal(Job::Resync, w, StripeKind::Resync, sq) {
+            self.resync_inflight = true;
+        }
+    }
+
+    /// Start a stripe op the volume runs for itself. False when the parent table is full.
+    pub(super) fn start_internal(&mut self, job: Job, w: StripeWrite, kind: StripeKind, sq: &mut dyn SqeSink) -> bool {
         let parent = Parent {
-            user_data: INTERNAL,
+            user_data: 0,
             op: BdevOp::Write,
             buf: std::ptr::null_mut(),
             buf_index: None,
@@ -443,11 +460,25 @@ impl RaidChannel {
             cursor: 0,
             end: 0,
             retry: false,
+            job,
+            locks: (0, 0),
         };
-        let Some(p) = self.parents.insert(parent) else { return };
-        self.resync_inflight = true;
-        self.start_stripe_op(p, w, StripeKind::Resync, sq);
+        let Some(p) = self.parents.insert(parent) else { return false };
+        self.start_stripe_op(p, w, kind, sq);
         self.finish_parent_if_done(p, sq);
+        true
+    }
+
+    /// A stripe op over every row of one stripe (or mirror strip row) of a group.
+    pub(super) fn whole_row(&self, group: usize, row: u64) -> StripeWrite {
+        StripeWrite {
+            group,
+            stripe: row,
+            k: self.layout.data_per_stripe().min(MAX_DATA),
+            written: [Rows::default(); MAX_DATA],
+            host_block: [0; MAX_DATA],
+            rows: Rows { start: 0, end: self.layout.strip_blocks },
+        }
     }
 
     pub(super) fn resync_stripe_done(&mut self) {

@@ -34,6 +34,9 @@ pub enum SlotState {
     Failed = 2,
     /// Being rebuilt; blocks below the checkpoint are valid.
     Rebuilding = 3,
+    /// Failed because its device was absent when the volume assembled; the device is
+    /// rebuilt if it comes back.
+    Missing = 4,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,6 +153,7 @@ impl Superblock {
                 1 => SlotState::Active,
                 2 => SlotState::Failed,
                 3 => SlotState::Rebuilding,
+                4 => SlotState::Missing,
                 _ => return Err(SbError::Field("slot state")),
             };
             slots.push(Slot { state, device: b[at + 16..at + 32].try_into().unwrap() });

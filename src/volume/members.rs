@@ -1,0 +1,419 @@
+//! A volume's members: which device fills each slot, each slot's state, the hot spares,
+//! the failure epochs and the rebuild frontier. Shared by every reactor's channel (plain
+//! atomic loads on the I/O path), the metadata thread and the management API.
+//!
+//! Slot states: `Active` holds valid data; `Failed` is never read or written again;
+//! `Rebuilding` (a spare taking over a failed slot) is written like an active member but
+//! read only below the rebuild frontier, the rows already rebuilt.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use crossbeam::channel::Sender;
+use tracing::{info, warn};
+
+use super::metadata::{Epochs, MetaMsg};
+pub use super::superblock::SlotState;
+use crate::bdev::Bdev;
+
+/// A device the volume has used: a member, a spare, or a stand-in for an absent device.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub bdev: Arc<dyn Bdev>,
+    pub id: [u8; 16],
+    /// False for the stand-in of a device that was absent at assembly.
+    pub present: bool,
+}
+
+/// Rebuild onto spares: one frontier for every rebuilding slot of the volume.
+#[derive(Debug)]
+pub struct RebuildState {
+    /// Member rows below this are rebuilt on every rebuilding slot.
+    pub(super) frontier: AtomicU64,
+    /// Bumped whenever a rebuild (re)starts, so the driver drops work from an older one.
+    pub(super) epoch: AtomicU64,
+    /// Only one reactor's channel drives the rebuild: the first to claim this.
+    pub(super) driver: AtomicBool,
+    /// Rebuild rate limit in bytes per second of rebuilt member data; 0 = unlimited.
+    rate: AtomicU64,
+    /// Member rows (strip rows) per member.
+    pub(super) rows: u64,
+    started: Mutex<Option<(Instant, u64)>>,
+}
+
+/// What `volume status` shows of a rebuild.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RebuildProgress {
+    pub active: bool,
+    pub rows_done: u64,
+    pub rows: u64,
+    pub percent: f64,
+    pub bytes_per_sec: f64,
+    pub eta_secs: Option<f64>,
+    pub rate_limit: u64,
+}
+
+impl RebuildState {
+    fn new(rows: u64, rate: u64) -> Self {
+        RebuildState {
+            frontier: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            driver: AtomicBool::new(false),
+            rate: AtomicU64::new(rate),
+            rows,
+            started: Mutex::new(None),
+        }
+    }
+
+    pub fn frontier(&self) -> u64 {
+        self.frontier.load(Ordering::Acquire)
+    }
+
+    pub fn rate(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    pub fn set_rate(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Start (or restart) from row `from`.
+    fn restart(&self, from: u64) {
+        self.frontier.store(from, Ordering::Release);
+        *self.started.lock().unwrap() = Some((Instant::now(), from));
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Progress, given whether any slot is rebuilding and the bytes one row rebuilds.
+    fn progress(&self, active: bool, row_bytes: u64) -> RebuildProgress {
+        let done = if active { self.frontier() } else { self.rows };
+        let (mut bytes_per_sec, mut eta_secs) = (0.0, None);
+        if let (true, Some((at, from))) = (active, *self.started.lock().unwrap()) {
+            let secs = at.elapsed().as_secs_f64().max(1e-3);
+            bytes_per_sec = done.saturating_sub(from) as f64 * row_bytes as f64 / secs;
+            if bytes_per_sec > 0.0 {
+                eta_secs = Some((self.rows - done) as f64 * row_bytes as f64 / bytes_per_sec);
+            }
+        }
+        RebuildProgress {
+            active,
+            rows_done: done,
+            rows: self.rows,
+            percent: if self.rows == 0 { 100.0 } else { done as f64 * 100.0 / self.rows as f64 },
+            bytes_per_sec,
+            eta_secs,
+            rate_limit: self.rate(),
+        }
+    }
+}
+
+/// Every device the volume has used (the table only grows) and the spares among them.
+#[derive(Debug, Default)]
+struct Registry {
+    devices: Vec<Device>,
+    spares: Vec<usize>,
+}
+
+#[derive(Debug)]
+pub struct Members {
+    volume: String,
+    registry: Mutex<Registry>,
+    device_count: AtomicUsize,
+    slot_device: Box<[AtomicUsize]>,
+    slot_state: Box<[AtomicU8]>,
+    group_size: usize,
+    tolerance: usize,
+    epochs: Epochs,
+    notify: OnceLock<Sender<MetaMsg>>,
+    pub rebuild: RebuildState,
+    /// Bytes of one member strip row.
+    row_bytes: u64,
+}
+
+const ACTIVE: u8 = SlotState::Active as u8;
+const FAILED: u8 = SlotState::Failed as u8;
+const REBUILDING: u8 = SlotState::Rebuilding as u8;
+
+fn state_of(v: u8) -> SlotState {
+    match v {
+        ACTIVE => SlotState::Active,
+        REBUILDING => SlotState::Rebuilding,
+        _ => SlotState::Failed,
+    }
+}
+
+/// How a volume's members are set up at assembly.
+pub struct MembersInit {
+    pub volume: String,
+    /// One device per slot, in slot order.
+    pub slots: Vec<(Device, SlotState)>,
+    pub spares: Vec<Device>,
+    pub group_size: usize,
+    pub tolerance: usize,
+    pub rows: u64,
+    pub row_bytes: u64,
+    pub rebuild_rate: u64,
+    /// Frontier of a rebuild interrupted by a restart.
+    pub rebuild_from: u64,
+}
+
+impl Members {
+    pub fn new(init: MembersInit) -> Self {
+        let mut devices: Vec<Device> = init.slots.iter().map(|(d, _)| d.clone()).collect();
+        let spares = (devices.len()..devices.len() + init.spares.len()).collect();
+        devices.extend(init.spares);
+        let m = Members {
+            volume: init.volume,
+            device_count: AtomicUsize::new(devices.len()),
+            slot_device: (0..init.slots.len()).map(AtomicUsize::new).collect(),
+            slot_state: init.slots.iter().map(|(_, s)| AtomicU8::new(if *s == SlotState::Missing { FAILED } else { *s as u8 })).collect(),
+            registry: Mutex::new(Registry { devices, spares }),
+            group_size: init.group_size,
+            tolerance: init.tolerance,
+            epochs: Epochs::default(),
+            notify: OnceLock::new(),
+            rebuild: RebuildState::new(init.rows, init.rebuild_rate),
+            row_bytes: init.row_bytes,
+        };
+        if m.rebuilding() {
+            m.rebuild.restart(init.rebuild_from);
+        }
+        m
+    }
+
+    pub(super) fn set_notifier(&self, tx: Sender<MetaMsg>) {
+        let _ = self.notify.set(tx);
+    }
+
+    fn notify(&self, msg: MetaMsg) {
+        if let Some(tx) = self.notify.get() {
+            let _ = tx.send(msg);
+        }
+    }
+
+    pub fn slots(&self) -> usize {
+        self.slot_state.len()
+    }
+
+    pub fn state(&self, slot: usize) -> SlotState {
+        state_of(self.slot_state[slot].load(Ordering::Acquire))
+    }
+
+    /// Never read or written again.
+    pub fn is_failed(&self, slot: usize) -> bool {
+        self.slot_state[slot].load(Ordering::Relaxed) == FAILED
+    }
+
+    /// The slot holds no valid data at member strip row `row`: failed, or rebuilding and
+    /// not yet rebuilt there.
+    pub fn is_missing(&self, slot: usize, row: u64) -> bool {
+        match self.slot_state[slot].load(Ordering::Acquire) {
+            ACTIVE => false,
+            REBUILDING => row >= self.rebuild.frontier(),
+            _ => true,
+        }
+    }
+
+    /// Device index currently filling `slot`.
+    pub fn device_of(&self, slot: usize) -> usize {
+        self.slot_device[slot].load(Ordering::Acquire)
+    }
+
+    /// Devices known to the volume (the table only grows).
+    pub fn device_count(&self) -> usize {
+        self.device_count.load(Ordering::Acquire)
+    }
+
+    pub fn device(&self, index: usize) -> Device {
+        self.registry.lock().unwrap().devices[index].clone()
+    }
+
+    pub fn slot_device(&self, slot: usize) -> Device {
+        self.device(self.device_of(slot))
+    }
+
+    pub fn spares(&self) -> Vec<Device> {
+        let r = self.registry.lock().unwrap();
+        r.spares.iter().map(|&d| r.devices[d].clone()).collect()
+    }
+
+    /// Failure epoch: changes on every failure.
+    pub fn epoch(&self) -> u64 {
+        self.epochs.changed.load(Ordering::Acquire)
+    }
+
+    pub(super) fn set_recorded(&self, epoch: u64) {
+        self.epochs.recorded.store(epoch, Ordering::Release);
+    }
+
+    /// Every failure so far is recorded in the superblocks.
+    pub fn recorded(&self) -> bool {
+        self.epochs.up_to_date()
+    }
+
+    /// Fail `slot` if device `device` still fills it (a late error from a device that was
+    /// already replaced fails nothing).
+    pub fn fail_device(&self, slot: usize, device: usize, why: &str) {
+        if self.device_of(slot) == device {
+            self.fail(slot, why);
+        }
+    }
+
+    /// Mark a slot failed (once; later calls do nothing).
+    pub fn fail(&self, slot: usize, why: &str) {
+        let name = self.slot_device(slot).bdev.name().to_string();
+        self.fail_named(slot, &name, why);
+    }
+
+    fn fail_named(&self, slot: usize, name: &str, why: &str) {
+        if self.slot_state[slot].swap(FAILED, Ordering::AcqRel) != FAILED {
+            self.epochs.changed.fetch_add(1, Ordering::AcqRel);
+            warn!(volume = self.volume, member = name, why, online = self.online(), "member failed");
+            self.notify(MetaMsg::Update);
+        }
+    }
+
+    /// Slots of a group that lack valid data somewhere (failed or rebuilding).
+    pub fn degraded_in_group(&self, group: usize) -> usize {
+        let g = group * self.group_size;
+        (g..g + self.group_size).filter(|&s| self.state(s) != SlotState::Active).count()
+    }
+
+    /// Slots of a group missing at `row`.
+    pub fn missing_in_group(&self, group: usize, row: u64) -> usize {
+        let g = group * self.group_size;
+        (g..g + self.group_size).filter(|&s| self.is_missing(s, row)).count()
+    }
+
+    /// The volume can serve every block: no group lacks more than it tolerates.
+    pub fn online(&self) -> bool {
+        (0..self.slots() / self.group_size).all(|g| self.degraded_in_group(g) <= self.tolerance)
+    }
+
+    /// Whether `slot` can fail without taking the volume offline.
+    pub fn can_lose(&self, slot: usize) -> bool {
+        self.is_failed(slot) || self.degraded_in_group(slot / self.group_size) < self.tolerance
+    }
+
+    pub fn rebuilding(&self) -> bool {
+        (0..self.slots()).any(|s| self.state(s) == SlotState::Rebuilding)
+    }
+
+    pub fn failed_members(&self) -> Vec<String> {
+        (0..self.slots()).filter(|&s| self.is_failed(s)).map(|s| self.slot_device(s).bdev.name().to_string()).collect()
+    }
+
+    pub fn rebuild_progress(&self) -> RebuildProgress {
+        self.rebuild.progress(self.rebuilding(), self.row_bytes)
+    }
+
+    /// Slot filled by the device named `name`.
+    pub fn slot_named(&self, name: &str) -> Option<usize> {
+        (0..self.slots()).find(|&s| self.slot_device(s).bdev.name() == name)
+    }
+
+    /// Put a spare into every failed slot there is a spare for (the metadata thread calls
+    /// this). Returns whether a rebuild (re)started.
+    pub(super) fn take_spares(&self, redundant: bool) -> bool {
+        if !redundant || !self.online() {
+            return false;
+        }
+        let mut r = self.registry.lock().unwrap();
+        let mut started = false;
+        for slot in (0..self.slots()).filter(|&s| self.is_failed(s)) {
+            if r.spares.is_empty() {
+                break;
+            }
+            let spare = r.spares.remove(0);
+            self.install(&r, slot, spare);
+            started = true;
+        }
+        if started {
+            self.rebuild.restart(0);
+        }
+        started
+    }
+
+    /// Put device `device` into failed `slot` as a rebuilding member.
+    fn install(&self, r: &Registry, slot: usize, device: usize) {
+        let old = r.devices[self.device_of(slot)].bdev.name().to_string();
+        self.slot_device[slot].store(device, Ordering::Release);
+        self.slot_state[slot].store(REBUILDING, Ordering::Release);
+        info!(volume = self.volume, slot, replaces = old, spare = r.devices[device].bdev.name(), "spare takes over: rebuild starts");
+    }
+
+    /// Add a device as a hot spare.
+    pub fn add_spare(&self, dev: Device) {
+        let mut r = self.registry.lock().unwrap();
+        r.devices.push(dev);
+        let index = r.devices.len() - 1;
+        r.spares.push(index);
+        self.device_count.store(r.devices.len(), Ordering::Release);
+        drop(r);
+        self.notify(MetaMsg::Update);
+    }
+
+    /// Remove the spare named `name` from the spare list.
+    pub fn remove_spare(&self, name: &str) -> Option<Device> {
+        let mut r = self.registry.lock().unwrap();
+        let at = r.spares.iter().position(|&d| r.devices[d].bdev.name() == name)?;
+        let d = r.spares.remove(at);
+        let dev = r.devices[d].clone();
+        drop(r);
+        self.notify(MetaMsg::Update);
+        Some(dev)
+    }
+
+    /// Replace the member in `slot` by the spare named `spare`: the member is failed (if
+    /// it was not) and the spare rebuilds in its place.
+    pub fn replace(&self, slot: usize, spare: &str) -> Result<(), String> {
+        let mut r = self.registry.lock().unwrap();
+        let at = r.spares.iter().position(|&d| r.devices[d].bdev.name() == spare).ok_or_else(|| format!("'{spare}' is not a spare of this volume"))?;
+        let device = r.spares.remove(at);
+        let name = r.devices[self.device_of(slot)].bdev.name().to_string();
+        self.fail_named(slot, &name, "replaced by the operator");
+        self.install(&r, slot, device);
+        drop(r);
+        self.rebuild.restart(0);
+        self.notify(MetaMsg::Update);
+        Ok(())
+    }
+
+    /// Rebuild of `epoch` finished: every rebuilding slot becomes active.
+    pub(super) fn finish_rebuild(&self, epoch: u64) {
+        if self.rebuild.epoch.load(Ordering::Acquire) != epoch {
+            return;
+        }
+        for slot in 0..self.slots() {
+            if self.slot_state[slot].compare_exchange(REBUILDING, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                info!(volume = self.volume, slot, member = self.slot_device(slot).bdev.name(), "rebuild finished: member active");
+            }
+        }
+        self.notify(MetaMsg::Update);
+    }
+
+    /// Detach the failed member in `slot`: a stand-in takes its place, so the device can
+    /// be reused.
+    pub fn remove_failed(&self, slot: usize, stand_in: Arc<dyn Bdev>) -> Result<Device, String> {
+        if !self.is_failed(slot) {
+            return Err("only a failed member can be removed: fail it first".into());
+        }
+        let mut r = self.registry.lock().unwrap();
+        let old = r.devices[self.device_of(slot)].clone();
+        if !old.present {
+            return Err(format!("slot {slot} has no device"));
+        }
+        r.devices.push(Device { bdev: stand_in, id: old.id, present: false });
+        self.slot_device[slot].store(r.devices.len() - 1, Ordering::Release);
+        self.device_count.store(r.devices.len(), Ordering::Release);
+        drop(r);
+        self.notify(MetaMsg::Update);
+        Ok(old)
+    }
+
+    /// Any device, member or spare, named `name`.
+    pub fn uses_device(&self, name: &str) -> bool {
+        self.slot_named(name).is_some() || self.spares().iter().any(|d| d.bdev.name() == name)
+    }
+}
