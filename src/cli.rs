@@ -18,46 +18,122 @@ fn human_bytes(b: u64) -> String {
 }
 
 pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
+    let call = |method: &str, p: Value| nvmf_raid::mgmt::call(socket, method, p);
     match cmd {
-        VolumeCmd::Status { name, json } => {
-            let r = nvmf_raid::mgmt::call(socket, "volume_status", json!({"name": name}))?;
+        VolumeCmd::Status { name, json, watch: false, .. } => {
+            let r = call("volume_status", json!({"name": name}))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap());
                 return Ok(());
             }
-            let vols = r.as_array().cloned().unwrap_or_default();
-            if vols.is_empty() {
-                return Err(match name {
-                    Some(n) => format!("unknown volume '{n}'"),
-                    None => "the target has no volumes".into(),
-                });
-            }
-            println!("{:<16} {:<7} {:<9} {:>11} {:>9}", "VOLUME", "LEVEL", "STATE", "SIZE", "STRIP");
-            for v in vols {
-                let size = v["blocks"].as_u64().unwrap_or(0) * v["block_size"].as_u64().unwrap_or(0);
-                println!(
-                    "{:<16} {:<7} {:<9} {:>11} {:>9}",
-                    v["name"].as_str().unwrap_or("?"),
-                    v["level"].as_str().unwrap_or("?"),
-                    v["state"].as_str().unwrap_or("?"),
-                    human_bytes(size),
-                    human_bytes(v["strip_bytes"].as_u64().unwrap_or(0))
-                );
-                if v["resync"]["active"].as_bool() == Some(true) {
-                    let (done, total) = (v["resync"]["stripes_done"].as_u64().unwrap_or(0), v["resync"]["stripes"].as_u64().unwrap_or(1));
-                    println!("  resync: {done}/{total} stripes ({:.1}%)", 100.0 * done as f64 / total.max(1) as f64);
-                }
-                for m in v["members"].as_array().into_iter().flatten() {
-                    println!("  slot {:<3} {:<20} {}", m["slot"], m["device"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?"));
-                }
-            }
-            Ok(())
+            print_volumes(&r, name.as_deref())
         }
+        VolumeCmd::Status { name, until_idle, .. } => watch(socket, name.as_deref(), until_idle),
         VolumeCmd::FailMember { volume, member, force } => {
-            nvmf_raid::mgmt::call(socket, "volume_fail_member", json!({"volume": volume, "member": member, "force": force}))?;
+            call("volume_fail_member", json!({"volume": volume, "member": member, "force": force}))?;
             println!("{volume}: member {member} failed");
             Ok(())
         }
+        VolumeCmd::AddSpare { volume, device, path } => {
+            let r = call("volume_add_spare", json!({"volume": volume, "device": device, "path": path}))?;
+            print_volumes(&json!([r]), None)
+        }
+        VolumeCmd::RemoveSpare { volume, device } => print_volumes(&json!([call("volume_remove_spare", json!({"volume": volume, "device": device}))?]), None),
+        VolumeCmd::Replace { volume, member, spare, force } => {
+            let r = call("volume_replace_member", json!({"volume": volume, "member": member, "spare": spare, "force": force}))?;
+            print_volumes(&json!([r]), None)
+        }
+        VolumeCmd::RemoveMember { volume, member } => print_volumes(&json!([call("volume_remove_member", json!({"volume": volume, "member": member}))?]), None),
+        VolumeCmd::RebuildRate { volume, rate } => {
+            let bytes = nvmf_raid::config::parse_size(&rate).map_err(|e| format!("rate: {e}"))?;
+            call("volume_rebuild_rate", json!({"volume": volume, "bytes_per_sec": bytes}))?;
+            println!("{volume}: rebuild rate {}", if bytes == 0 { "unlimited".to_string() } else { format!("{}/s", human_bytes(bytes)) });
+            Ok(())
+        }
+    }
+}
+
+fn print_volumes(r: &Value, name: Option<&str>) -> Result<(), String> {
+    let vols = r.as_array().cloned().unwrap_or_default();
+    if vols.is_empty() {
+        return Err(match name {
+            Some(n) => format!("unknown volume '{n}'"),
+            None => "the target has no volumes".into(),
+        });
+    }
+    println!("{:<16} {:<7} {:<10} {:>11} {:>9}", "VOLUME", "LEVEL", "STATE", "SIZE", "STRIP");
+    for v in vols {
+        let size = v["blocks"].as_u64().unwrap_or(0) * v["block_size"].as_u64().unwrap_or(0);
+        let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+        println!("{:<16} {:<7} {:<10} {:>11} {:>9}", s("name"), s("level"), s("state"), human_bytes(size), human_bytes(v["strip_bytes"].as_u64().unwrap_or(0)));
+        if let Some(line) = progress_line(&v) {
+            println!("  {line}");
+        }
+        for m in v["members"].as_array().into_iter().flatten() {
+            println!("  slot {:<3} {:<20} {}", m["slot"], m["device"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?"));
+        }
+        for sp in v["spares"].as_array().into_iter().flatten() {
+            println!("  spare    {:<20} ready", sp.as_str().unwrap_or("?"));
+        }
+    }
+    Ok(())
+}
+
+fn bar(fraction: f64) -> String {
+    const WIDTH: usize = 30;
+    let filled = ((fraction.clamp(0.0, 1.0) * WIDTH as f64) as usize).min(WIDTH);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(WIDTH - filled))
+}
+
+fn eta(secs: Option<f64>) -> String {
+    match secs {
+        Some(s) if s.is_finite() => {
+            let s = s.round() as u64;
+            format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+        }
+        _ => "--:--:--".into(),
+    }
+}
+
+/// "rebuild [####....] 42.0%  123.4 MiB/s  ETA 0:00:12", or the resync's; None when idle.
+fn progress_line(v: &Value) -> Option<String> {
+    let rb = &v["rebuild"];
+    if rb["active"].as_bool() == Some(true) {
+        let pct = rb["percent"].as_f64().unwrap_or(0.0);
+        let rate = rb["bytes_per_sec"].as_f64().unwrap_or(0.0);
+        let limit = rb["rate_limit"].as_u64().unwrap_or(0);
+        let limit = if limit == 0 { "unlimited".to_string() } else { format!("limit {}/s", human_bytes(limit)) };
+        return Some(format!("rebuild {} {pct:5.1}%  {}/s  ETA {}  ({limit})", bar(pct / 100.0), human_bytes(rate as u64), eta(rb["eta_secs"].as_f64())));
+    }
+    if v["resync"]["active"].as_bool() == Some(true) {
+        let (done, total) = (v["resync"]["stripes_done"].as_u64().unwrap_or(0), v["resync"]["stripes"].as_u64().unwrap_or(1).max(1));
+        let f = done as f64 / total as f64;
+        return Some(format!("resync  {} {:5.1}%  {done}/{total} stripes", bar(f), 100.0 * f));
+    }
+    None
+}
+
+/// Follow volume state every second until interrupted (or, with `until_idle`, until no
+/// rebuild or resync runs).
+fn watch(socket: &Path, name: Option<&str>, until_idle: bool) -> Result<(), String> {
+    loop {
+        let r = nvmf_raid::mgmt::call(socket, "volume_status", json!({"name": name}))?;
+        let vols = r.as_array().cloned().unwrap_or_default();
+        let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let stamp = format!("{:02}:{:02}:{:02}", secs / 3600 % 24, secs / 60 % 60, secs % 60);
+        let mut busy = false;
+        for v in &vols {
+            let line = progress_line(v);
+            busy |= line.is_some();
+            println!("{stamp} {:<16} {:<10} {}", v["name"].as_str().unwrap_or("?"), v["state"].as_str().unwrap_or("?"), line.unwrap_or_default());
+        }
+        if until_idle && !busy {
+            if vols.iter().any(|v| v["state"] == "offline") {
+                return Err("a volume is offline".into());
+            }
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
     }
 }
 

@@ -125,12 +125,39 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum VolumeCmd {
-    /// State of every volume (or one) and its members.
+    /// State of every volume (or one), its members, spares, and rebuild or resync progress.
     Status {
         name: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Refresh every second, with a progress bar, rate and ETA for rebuild and resync.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: exit once no rebuild or resync is running (exit 1 if a volume is offline).
+        #[arg(long, requires = "watch")]
+        until_idle: bool,
     },
+    /// Add a hot spare: a configured device, or a file or block device by --path.
+    AddSpare {
+        volume: String,
+        device: String,
+        #[arg(long)]
+        path: Option<String>,
+    },
+    /// Take a hot spare off a volume.
+    RemoveSpare { volume: String, device: String },
+    /// Replace a member by a spare now: the member is failed and the spare rebuilt in its place.
+    Replace {
+        volume: String,
+        member: String,
+        spare: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Detach a failed member so its device can be reused.
+    RemoveMember { volume: String, member: String },
+    /// Set the rebuild rate limit in bytes per second ("100M"; 0 = unlimited).
+    RebuildRate { volume: String, rate: String },
     /// Fail a member now (refused if it would take the volume offline, unless --force).
     FailMember {
         volume: String,

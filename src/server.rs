@@ -201,7 +201,13 @@ impl Server {
             }
         }
         if let Some(path) = &cfg.management.socket {
-            let managed = Managed { target: shared.target.clone(), volumes: volumes.clone(), faults: faults.clone() };
+            let managed = Managed {
+                target: shared.target.clone(),
+                volumes: volumes.clone(),
+                faults: faults.clone(),
+                devices: cfg.devices.iter().map(|d| d.name.clone()).zip(devices.iter().cloned()).collect(),
+                namespace_devices: cfg.subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.device.clone())).collect(),
+            };
             if let Err(e) = mgmt::serve(path, Arc::new(managed)) {
                 shared.request_stop();
                 for t in threads {

@@ -61,8 +61,6 @@ pub enum AssemblyError {
     Foreign { device: String, other: String },
     #[error("device '{0}' has no superblock but the other members do: list it under spares to rebuild onto it")]
     Blank(String),
-    #[error("device '{0}' is a hot spare of this volume, not a member: list it under spares")]
-    SpareListedAsMember(String),
     #[error("devices '{0}' and '{1}' both claim slot {2}")]
     SlotTwice(String, String, u16),
     #[error("the configuration says {field} = {config} but the superblocks say {disk}")]
@@ -148,8 +146,10 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
         return Err(AssemblyError::Foreign { device: c.name.clone(), other: sb.volume_name.clone() });
     }
     if sb.this_slot == SPARE_SLOT {
+        // Roles come from the superblocks: a device added as a spare at run time is a
+        // spare even where the configuration still lists it as a member.
         if !c.spare {
-            return Err(AssemblyError::SpareListedAsMember(c.name.clone()));
+            a.notes.push(format!("device '{}' is listed as a member but is a hot spare: used as a spare", c.name));
         }
         a.spares.push((ci, sb.this_device));
         return Ok(());

@@ -17,6 +17,8 @@ use crate::bdev::Bdev;
 use crate::nvmf::subsystem::{SubsystemKind, Target};
 use crate::volume::raid::RaidBdev;
 
+mod volume;
+
 /// Bytes one client may send over its connection's lifetime.
 const MAX_CLIENT_BYTES: u64 = 64 << 20;
 /// Concurrent management clients.
@@ -27,6 +29,10 @@ pub struct Managed {
     pub target: Arc<Target>,
     pub volumes: Vec<Arc<RaidBdev>>,
     pub faults: Vec<(String, Arc<FaultControl>)>,
+    /// Every configured device by name (for adding spares).
+    pub devices: Vec<(String, Arc<dyn Bdev>)>,
+    /// Devices that back namespaces directly, so never spares.
+    pub namespace_devices: Vec<String>,
 }
 
 /// A JSON-RPC error: code and a message that names what was wrong.
@@ -36,78 +42,27 @@ pub struct RpcError {
     pub message: String,
 }
 
-fn invalid_params(msg: impl Into<String>) -> RpcError {
+pub(crate) fn invalid_params(msg: impl Into<String>) -> RpcError {
     RpcError { code: -32602, message: msg.into() }
 }
-fn failed(msg: impl Into<String>) -> RpcError {
+pub(crate) fn failed(msg: impl Into<String>) -> RpcError {
     RpcError { code: -32000, message: msg.into() }
 }
 
-fn param<'a>(p: &'a Value, name: &str) -> Result<&'a str, RpcError> {
+pub(crate) fn param<'a>(p: &'a Value, name: &str) -> Result<&'a str, RpcError> {
     p.get(name).and_then(Value::as_str).ok_or_else(|| invalid_params(format!("missing string parameter '{name}'")))
 }
 
 impl Managed {
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         match method {
-            "volume_status" => Ok(self.volume_status(params.get("name").and_then(Value::as_str))),
-            "volume_fail_member" => self.fail_member(params),
+            m if m.starts_with("volume_") => self.volume_call(m, params),
             "device_fault" => self.device_fault(params),
             "subsystem_list" => Ok(self.subsystem_list()),
             "controller_list" => Ok(self.controller_list()),
             "host_add" | "host_remove" => self.host_change(method == "host_add", params),
             _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
         }
-    }
-
-    fn volume(&self, name: &str) -> Result<&Arc<RaidBdev>, RpcError> {
-        self.volumes.iter().find(|v| v.name() == name).ok_or_else(|| failed(format!("unknown volume '{name}'")))
-    }
-
-    fn volume_status(&self, only: Option<&str>) -> Value {
-        let vols: Vec<Value> = self
-            .volumes
-            .iter()
-            .filter(|v| only.is_none_or(|n| n == v.name()))
-            .map(|v| {
-                let h = v.health();
-                let failed = h.failed_members();
-                let state = if !h.online() { "offline" } else if failed.is_empty() { "online" } else { "degraded" };
-                let members: Vec<Value> = v
-                    .member_names()
-                    .iter()
-                    .enumerate()
-                    .map(|(slot, m)| json!({"slot": slot, "device": m, "state": if h.is_failed(slot) { "failed" } else { "active" }}))
-                    .collect();
-                let (synced, stripes) = v.resync().progress();
-                json!({
-                    "name": v.name(),
-                    "level": format!("{:?}", v.layout().level).to_lowercase(),
-                    "state": state,
-                    "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
-                    "block_size": v.block_size(),
-                    "blocks": v.num_blocks(),
-                    "strip_bytes": v.layout().strip_blocks * v.block_size() as u64,
-                    "members": members,
-                })
-            })
-            .collect();
-        Value::Array(vols)
-    }
-
-    fn fail_member(&self, p: &Value) -> Result<Value, RpcError> {
-        let v = self.volume(param(p, "volume")?)?;
-        let member = param(p, "member")?;
-        let slot = v.member_index(member).ok_or_else(|| failed(format!("volume '{}' has no member '{member}'", v.name())))?;
-        let h = v.health();
-        if h.is_failed(slot) {
-            return Err(failed(format!("member '{member}' has already failed")));
-        }
-        if !v.can_lose(slot) && !p.get("force").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(failed(format!("failing '{member}' would take volume '{}' offline (pass force to do it anyway)", v.name())));
-        }
-        h.fail(slot, "failed by the operator");
-        Ok(json!({"volume": v.name(), "member": member, "state": "failed"}))
     }
 
     fn device_fault(&self, p: &Value) -> Result<Value, RpcError> {

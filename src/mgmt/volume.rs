@@ -1,0 +1,137 @@
+//! Management methods on RAID volumes: status and rebuild progress, failing, replacing and
+//! removing members, hot spares, the rebuild rate.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{failed, invalid_params, param, Managed, RpcError};
+use crate::bdev::{Bdev, FileBdev};
+use crate::volume::members::SlotState;
+use crate::volume::raid::{RaidBdev, VolumeError};
+
+fn refused(e: VolumeError) -> RpcError {
+    failed(e.to_string())
+}
+
+impl Managed {
+    pub(super) fn volume_call(&self, method: &str, p: &Value) -> Result<Value, RpcError> {
+        match method {
+            "volume_status" => Ok(self.volume_status(p.get("name").and_then(Value::as_str))),
+            "volume_fail_member" => self.fail_member(p),
+            "volume_add_spare" => self.add_spare(p),
+            "volume_remove_spare" => {
+                let v = self.volume(param(p, "volume")?)?;
+                v.remove_spare(param(p, "device")?).map_err(refused)?;
+                Ok(self.status_of(v))
+            }
+            "volume_replace_member" => {
+                let v = self.volume(param(p, "volume")?)?;
+                v.replace(param(p, "member")?, param(p, "spare")?, p.get("force").and_then(Value::as_bool).unwrap_or(false)).map_err(refused)?;
+                Ok(self.status_of(v))
+            }
+            "volume_remove_member" => {
+                let v = self.volume(param(p, "volume")?)?;
+                v.remove_member(param(p, "member")?).map_err(refused)?;
+                Ok(self.status_of(v))
+            }
+            "volume_rebuild_rate" => {
+                let v = self.volume(param(p, "volume")?)?;
+                let rate = p.get("bytes_per_sec").and_then(Value::as_u64).ok_or_else(|| invalid_params("missing number parameter 'bytes_per_sec'"))?;
+                v.health().rebuild.set_rate(rate);
+                Ok(self.status_of(v))
+            }
+            _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
+        }
+    }
+
+    fn volume(&self, name: &str) -> Result<&Arc<RaidBdev>, RpcError> {
+        self.volumes.iter().find(|v| v.name() == name).ok_or_else(|| failed(format!("unknown volume '{name}'")))
+    }
+
+    fn volume_status(&self, only: Option<&str>) -> Value {
+        Value::Array(self.volumes.iter().filter(|v| only.is_none_or(|n| n == v.name())).map(|v| self.status_of(v)).collect())
+    }
+
+    fn status_of(&self, v: &RaidBdev) -> Value {
+        let h = v.health();
+        let state = if !h.online() {
+            "offline"
+        } else if h.rebuilding() {
+            "rebuilding"
+        } else if h.failed_members().is_empty() {
+            "online"
+        } else {
+            "degraded"
+        };
+        let members: Vec<Value> = (0..h.slots())
+            .map(|slot| {
+                let d = h.slot_device(slot);
+                let st = match h.state(slot) {
+                    SlotState::Active => "active",
+                    SlotState::Rebuilding => "rebuilding",
+                    _ if !d.present => "missing",
+                    _ => "failed",
+                };
+                json!({"slot": slot, "device": d.bdev.name(), "state": st})
+            })
+            .collect();
+        let spares: Vec<Value> = h.spares().iter().map(|d| json!(d.bdev.name())).collect();
+        let (synced, stripes) = v.resync().progress();
+        json!({
+            "name": v.name(),
+            "level": format!("{:?}", v.layout().level).to_lowercase(),
+            "state": state,
+            "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
+            "rebuild": h.rebuild_progress(),
+            "block_size": v.block_size(),
+            "blocks": v.num_blocks(),
+            "strip_bytes": v.layout().strip_blocks * v.block_size() as u64,
+            "members": members,
+            "spares": spares,
+        })
+    }
+
+    fn fail_member(&self, p: &Value) -> Result<Value, RpcError> {
+        let v = self.volume(param(p, "volume")?)?;
+        let member = param(p, "member")?;
+        let slot = v.member_index(member).ok_or_else(|| failed(format!("volume '{}' has no member '{member}'", v.name())))?;
+        let h = v.health();
+        if h.is_failed(slot) {
+            return Err(failed(format!("member '{member}' has already failed")));
+        }
+        if !v.can_lose(slot) && !p.get("force").and_then(Value::as_bool).unwrap_or(false) {
+            return Err(failed(format!("failing '{member}' would take volume '{}' offline (pass force to do it anyway)", v.name())));
+        }
+        h.fail(slot, "failed by the operator");
+        Ok(json!({"volume": v.name(), "member": member, "state": "failed"}))
+    }
+
+    /// A configured device by name, or a file or block device opened by path now.
+    fn spare_device(&self, v: &RaidBdev, p: &Value) -> Result<Arc<dyn Bdev>, RpcError> {
+        if let Some(path) = p.get("path").and_then(Value::as_str) {
+            let name = p.get("device").and_then(Value::as_str).unwrap_or(path);
+            if self.devices.iter().any(|(n, _)| n == name) || self.volumes.iter().any(|o| o.health().uses_device(name)) {
+                return Err(failed(format!("a device named '{name}' already exists")));
+            }
+            let f = FileBdev::open(name, std::path::Path::new(path), v.block_size(), None).map_err(|e| failed(format!("cannot open '{path}': {e}")))?;
+            return Ok(Arc::new(f));
+        }
+        let name = param(p, "device")?;
+        let (_, dev) = self.devices.iter().find(|(n, _)| n == name).ok_or_else(|| failed(format!("no device named '{name}' is configured (or pass path)")))?;
+        if self.namespace_devices.iter().any(|n| n == name) {
+            return Err(failed(format!("device '{name}' backs a namespace")));
+        }
+        if let Some(o) = self.volumes.iter().find(|o| o.health().uses_device(name)) {
+            return Err(failed(format!("device '{name}' already belongs to volume '{}'", o.name())));
+        }
+        Ok(dev.clone())
+    }
+
+    fn add_spare(&self, p: &Value) -> Result<Value, RpcError> {
+        let v = self.volume(param(p, "volume")?)?;
+        let dev = self.spare_device(v, p)?;
+        v.add_spare(dev).map_err(refused)?;
+        Ok(self.status_of(v))
+    }
+}
