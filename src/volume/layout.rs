@@ -254,6 +254,17 @@ impl Layout {
         }
     }
 
+    /// Member strip row holding volume block `lba` (the same row index on every member of
+    /// its group).
+    pub fn member_row(&self, lba: u64) -> u64 {
+        match self.level {
+            Level::Concat => self.locate(lba).member_lba / self.strip_blocks.max(1),
+            Level::Raid1 => lba / self.strip_blocks,
+            Level::Raid0 | Level::Raid10 => self.strip_of(lba).1,
+            _ => self.strip_pos(lba).stripe,
+        }
+    }
+
     /// Every member holding a copy of `lba` (mirrors), or just its one location.
     pub fn copies(&self, lba: u64) -> impl Iterator<Item = Location> + '_ {
         let first = self.locate(lba);

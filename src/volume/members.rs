@@ -192,6 +192,11 @@ impl Members {
         }
     }
 
+    /// Ask the metadata thread to make requested write-intent bits durable.
+    pub(super) fn request_bitmap_flush(&self) {
+        self.notify(MetaMsg::Bitmap);
+    }
+
     pub fn slots(&self) -> usize {
         self.slot_state.len()
     }

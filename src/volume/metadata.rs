@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{error, info};
 
+use super::bitmap::{WriteIntent, BITMAP_OFFSET};
 use super::layout::Layout;
 use super::members::{Device, Members, SlotState};
 use super::superblock::{Slot, Superblock, NO_REBUILD, SB_BYTES, SPARE_SLOT};
@@ -19,6 +20,8 @@ use crate::util::aligned::AlignedRegion;
 
 /// How often a running rebuild's checkpoint is written to the superblocks.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// Write-intent regions idle for a whole interval are cleared.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What every superblock of the volume shares.
 #[derive(Debug)]
@@ -32,6 +35,8 @@ pub struct VolumeIdentity {
 pub enum MetaMsg {
     /// Record the current member states (and put spares into failed slots).
     Update,
+    /// Write the write-intent bitmap: writers wait for bits they requested.
+    Bitmap,
     /// Write the final superblocks (clean when nothing is left to resynchronise) and stop;
     /// the sender waits on the reply.
     Close { reply: Sender<()>, clean: bool },
@@ -45,6 +50,9 @@ pub struct Metadata {
     generation: Mutex<u64>,
     /// Rebuild frontier last written to the superblocks.
     checkpointed: AtomicU64,
+    intent: Option<Arc<WriteIntent>>,
+    /// Whether regions may be cleared (not while a resync still needs them).
+    may_sweep: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 pub fn now_unix() -> u64 {
@@ -71,7 +79,53 @@ pub fn write_block(dev: &dyn Bdev, offset: u64, bytes: &[u8]) -> std::io::Result
 
 impl Metadata {
     pub fn new(identity: VolumeIdentity, layout: Arc<Layout>, block_size: u32, members: Arc<Members>, generation: u64) -> Self {
-        Metadata { identity, layout, block_size, members, generation: Mutex::new(generation), checkpointed: AtomicU64::new(NO_REBUILD) }
+        Metadata {
+            identity,
+            layout,
+            block_size,
+            members,
+            generation: Mutex::new(generation),
+            checkpointed: AtomicU64::new(NO_REBUILD),
+            intent: None,
+            may_sweep: Box::new(|| true),
+        }
+    }
+
+    /// Keep `intent` on the members; sweep it only while `may_sweep` says so.
+    pub fn with_intent(mut self, intent: Arc<WriteIntent>, may_sweep: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
+        self.intent = Some(intent);
+        self.may_sweep = may_sweep;
+        self
+    }
+
+    /// Write the bitmap block to every member not failed; members that cannot take it
+    /// fail. Bits requested before the write are durable after it.
+    pub fn write_bitmap(&self) {
+        let Some(intent) = &self.intent else { return };
+        let (block, pending) = intent.encode(&self.identity.uuid);
+        for slot in (0..self.members.slots()).filter(|&s| !self.members.is_failed(s)) {
+            let dev = self.members.slot_device(slot);
+            if let Err(e) = write_block(dev.bdev.as_ref(), BITMAP_OFFSET, &block[..]) {
+                error!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "write-intent bitmap write failed");
+                self.members.fail(slot, "bitmap write failed");
+            }
+        }
+        intent.flushed(&pending);
+    }
+
+    /// Periodic work: checkpoint a running rebuild, clear idle write-intent regions.
+    fn tick(&self, last_sweep: &mut std::time::Instant) {
+        if self.members.rebuilding() && self.members.rebuild.frontier() != self.checkpointed.load(Ordering::Relaxed) {
+            self.write_all(false);
+        }
+        if let Some(intent) = &self.intent {
+            if last_sweep.elapsed() >= SWEEP_INTERVAL && (self.may_sweep)() {
+                *last_sweep = std::time::Instant::now();
+                if intent.sweep() {
+                    self.write_bitmap();
+                }
+            }
+        }
     }
 
     fn slot_table(&self) -> Vec<Slot> {
@@ -149,33 +203,39 @@ impl Metadata {
 
     /// Serve update requests until the volume closes; checkpoint a running rebuild.
     pub fn run(self: Arc<Self>, rx: Receiver<MetaMsg>) {
+        let mut last_sweep = std::time::Instant::now();
+        let mut last_tick = std::time::Instant::now();
         loop {
-            let msg = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+            let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => {
-                    if self.members.rebuilding() && self.members.rebuild.frontier() != self.checkpointed.load(Ordering::Relaxed) {
-                        self.write_all(false);
-                    }
+                    self.tick(&mut last_sweep);
+                    last_tick = std::time::Instant::now();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            match msg {
-                MetaMsg::Update => {
-                    // Coalesce a burst of updates into one write; a close behind them still runs.
-                    let mut close = None;
-                    while let Ok(m) = rx.try_recv() {
-                        if let MetaMsg::Close { .. } = m {
-                            close = Some(m);
-                            break;
-                        }
-                    }
-                    self.update();
-                    if let Some(MetaMsg::Close { reply, clean }) = close {
-                        return self.close(reply, clean);
-                    }
+            // Coalesce a burst of requests into one write of each kind; a close runs last.
+            let (mut update, mut bitmap, mut close) = (false, false, None);
+            for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                match msg {
+                    MetaMsg::Update => update = true,
+                    MetaMsg::Bitmap => bitmap = true,
+                    MetaMsg::Close { reply, clean } => close = Some((reply, clean)),
                 }
-                MetaMsg::Close { reply, clean } => return self.close(reply, clean),
+            }
+            if bitmap || self.intent.as_ref().is_some_and(|i| i.needs_flush()) {
+                self.write_bitmap();
+            }
+            if update {
+                self.update();
+            }
+            if let Some((reply, clean)) = close {
+                return self.close(reply, clean);
+            }
+            if last_tick.elapsed() >= CHECKPOINT_INTERVAL {
+                self.tick(&mut last_sweep);
+                last_tick = std::time::Instant::now();
             }
         }
     }

@@ -6,6 +6,7 @@ pub mod raid;
 mod stripe;
 mod rebuild;
 pub mod members;
+pub mod bitmap;
 pub mod superblock;
 pub mod assemble;
 pub mod metadata;

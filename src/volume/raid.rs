@@ -19,6 +19,7 @@ use crossbeam::channel::Sender;
 use tracing::{info, warn};
 
 use super::assemble::{assemble, Assembly, AssemblyError, Candidate, Wanted};
+use super::bitmap::{self, WriteIntent, BITMAP_BYTES, BITMAP_OFFSET};
 use super::members::{Device, Members, MembersInit};
 use super::layout::{Layout, LayoutError, Level, Location};
 use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
@@ -64,27 +65,65 @@ pub enum VolumeError {
     Refused(String),
 }
 
-/// Background parity resync after an unclean shutdown: every stripe's P (and Q) is
-/// recomputed from its data, under the stripe lock, one stripe op at a time per volume.
+/// Background resync after an unclean shutdown: the rows of the regions the write-intent
+/// bitmap marks (every row when it is unknown) are made consistent, parity recomputed
+/// from data or mirror copies made equal, under the stripe lock, one row op at a time.
 #[derive(Debug, Default)]
 pub struct Resync {
-    /// Next stripe index to start (group-major); `total` when all are started.
+    /// Next work item to start; `total` when all are started.
     pub(super) next: AtomicU64,
-    /// Stripes finished.
+    /// Work items finished.
     pub(super) done: AtomicU64,
     pub(super) total: AtomicU64,
     /// Only one reactor's channel drives the resync: the first to claim this.
     pub(super) driver: AtomicBool,
+    /// Dirty regions, or empty for every row.
+    regions: Vec<u32>,
+    region_rows: u64,
+    rows: u64,
+    groups: u64,
 }
 
 impl Resync {
-    /// (stripes done, total); total 0 when no resync was needed.
+    /// Resync of the rows in `regions` (None: every row) of every group.
+    fn new(regions: Option<Vec<u32>>, region_rows: u64, rows: u64, groups: usize) -> Self {
+        let groups = groups as u64;
+        let total = match &regions {
+            None => rows * groups,
+            Some(r) => r.len() as u64 * region_rows * groups,
+        };
+        Resync { total: AtomicU64::new(total), regions: regions.unwrap_or_default(), region_rows, rows, groups, ..Default::default() }
+    }
+
+    /// (items done, total); total 0 when no resync was needed.
     pub fn progress(&self) -> (u64, u64) {
         (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
     }
+
     pub fn active(&self) -> bool {
         let (done, total) = self.progress();
         done < total
+    }
+
+    /// The next work item, if any is left (the driver alone calls this).
+    pub(super) fn claim(&self) -> Option<u64> {
+        let i = self.next.load(Ordering::Relaxed);
+        (i < self.total.load(Ordering::Relaxed)).then(|| {
+            self.next.store(i + 1, Ordering::Relaxed);
+            i
+        })
+    }
+
+    /// (group, row) of work item `i`; None past the last row.
+    pub(super) fn locate(&self, i: u64) -> Option<(usize, u64)> {
+        let (row, group) = if self.regions.is_empty() {
+            (i / self.groups, i % self.groups)
+        } else {
+            let per_region = self.region_rows * self.groups;
+            let within = i % per_region;
+            (self.regions[(i / per_region) as usize] as u64 * self.region_rows + within / self.groups, within % self.groups)
+        };
+        (row < self.rows).then_some((group as usize, row))
     }
 }
 
@@ -147,6 +186,7 @@ pub struct RaidBdev {
     meta_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     resync: Arc<Resync>,
     volume_uuid: [u8; 16],
+    intent: Option<Arc<WriteIntent>>,
 }
 
 fn superblock_error(device: &str, e: impl std::fmt::Display) -> VolumeError {
@@ -227,15 +267,30 @@ impl RaidBdev {
         if asm.created {
             info!(volume = name, level = ?level, "new volume: superblocks written");
         }
-        let resync = Arc::new(Resync::default());
-        if asm.unclean && layout.level.tolerance(layout.group_size) > 0 {
-            let total = layout.stripes_per_group() * layout.groups() as u64;
-            resync.total.store(total, Ordering::Relaxed);
-            warn!(volume = name, stripes = total, "the volume was not shut down cleanly: resynchronising in the background");
-        }
+        let redundant = layout.level.tolerance(layout.group_size) > 0;
+        let intent = redundant.then(|| Arc::new(WriteIntent::new(layout.stripes_per_group(), strip_bytes)));
+        let resync = Arc::new(match (&intent, asm.unclean) {
+            (Some(intent), true) => {
+                let dirty = Self::dirty_regions(&health, intent, &asm.volume_uuid);
+                match &dirty {
+                    Some(d) => warn!(volume = name, regions = d.len(), of = intent.regions(), "not shut down cleanly: resynchronising the regions the write-intent bitmap marks"),
+                    None => warn!(volume = name, "not shut down cleanly and no write-intent bitmap: resynchronising everything"),
+                }
+                let all: Vec<u32> = (0..intent.regions() as u32).collect();
+                intent.mark_dirty(dirty.as_deref().unwrap_or(&all));
+                Resync::new(dirty, intent.region_rows(), layout.stripes_per_group(), layout.groups())
+            }
+            _ => Resync::new(Some(vec![]), 1, layout.stripes_per_group(), layout.groups()),
+        });
         let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), data_offset, created: now_unix() };
-        let meta = Arc::new(Metadata::new(identity, layout.clone(), block_size, health.clone(), asm.generation));
+        let mut meta = Metadata::new(identity, layout.clone(), block_size, health.clone(), asm.generation);
+        if let Some(intent) = &intent {
+            let r = resync.clone();
+            meta = meta.with_intent(intent.clone(), Box::new(move || !r.active()));
+        }
+        let meta = Arc::new(meta);
         meta.write_all(false);
+        meta.write_bitmap();
         if !health.online() {
             return Err(VolumeError::Offline(health.failed_members()));
         }
@@ -256,6 +311,7 @@ impl RaidBdev {
             meta_thread: Mutex::new(Some(thread)),
             resync,
             volume_uuid: asm.volume_uuid,
+            intent,
         })
     }
 
@@ -325,6 +381,27 @@ impl RaidBdev {
     /// Slot of the member device named `name`.
     pub fn member_index(&self, name: &str) -> Option<usize> {
         self.health.slot_named(name)
+    }
+
+    /// Dirty write-intent regions after a crash: the union of the intact bitmap blocks of
+    /// the members holding valid data (a flush is acknowledged only once every member has
+    /// it, so any intact block holds every bit a write waited for). None when no member
+    /// has an intact block.
+    fn dirty_regions(health: &Members, intent: &WriteIntent, uuid: &[u8; 16]) -> Option<Vec<u32>> {
+        let mut union: Option<std::collections::BTreeSet<u32>> = None;
+        for slot in (0..health.slots()).filter(|&s| health.state(s) == super::members::SlotState::Active) {
+            let dev = health.slot_device(slot);
+            let Ok(buf) = AlignedRegion::new(BITMAP_BYTES) else { continue };
+            // SAFETY: the fresh region is ours alone.
+            let b = unsafe { buf.slice_mut(0, BITMAP_BYTES) };
+            if dev.bdev.sync_io(BdevOp::Read, BITMAP_OFFSET, b).is_err() {
+                continue;
+            }
+            if let Some(regions) = bitmap::decode(b, uuid, intent.region_rows(), intent.regions()) {
+                union.get_or_insert_with(Default::default).extend(regions);
+            }
+        }
+        union.map(|u| u.into_iter().collect())
     }
 
     fn redundant(&self) -> bool {
@@ -408,6 +485,7 @@ impl Bdev for RaidBdev {
             children: Slab::with_capacity(MAX_CHILDREN),
             waiting: VecDeque::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             gated: VecDeque::with_capacity(if redundant { MAX_PARENTS } else { 0 }),
+            intent: self.intent.clone(),
             sync_done: VecDeque::with_capacity(1024),
             completed: Vec::with_capacity(MAX_PARENTS),
             held: Vec::with_capacity(MAX_PARENTS),
@@ -473,6 +551,8 @@ pub(super) struct Parent {
     pub(super) job: Job,
     /// Mirror writes: stripe locks held, (first key, count).
     pub(super) locks: (u64, u32),
+    /// Writes on redundant levels: the write-intent regions they are counted in.
+    pub(super) regions: Option<(u32, u32)>,
 }
 
 /// Whose I/O a parent is.
@@ -556,8 +636,9 @@ pub(super) struct RaidChannel {
     children: Slab<(Owner, i32, u16, u16)>,
     /// Stripe ops waiting for their lock or scratch, oldest first.
     pub(super) waiting: VecDeque<u32>,
-    /// Mirror writes waiting for their stripe locks, oldest first.
+    /// Writes waiting for their write-intent bits or (mirrors) stripe locks, oldest first.
     gated: VecDeque<u32>,
+    intent: Option<Arc<WriteIntent>>,
     /// Member completions not yet processed (synchronous ones land here too).
     sync_done: VecDeque<(u32, i32)>,
     /// Finished host I/Os to hand to the reactor.
@@ -658,6 +739,9 @@ impl RaidChannel {
         let parent = self.parents.remove(p);
         if parent.locks.1 > 0 {
             self.locks.unlock_range(parent.locks.0, parent.locks.1);
+        }
+        if let (Some((r0, r1)), Some(intent)) = (parent.regions, &self.intent) {
+            intent.end(r0, r1);
         }
         let result = if parent.retry { -libc::EIO } else { parent.result };
         match parent.job {
@@ -792,16 +876,32 @@ impl RaidChannel {
         (first, (last - first + 1) as u32)
     }
 
-    /// Start a gated mirror write once its locks are free. False: try again later.
+    /// Start a gated write once its write-intent bits are durable and (mirrors) its
+    /// stripe locks are free. False: try again later.
     fn try_admit(&mut self, p: u32, sq: &mut dyn SqeSink) -> bool {
         let parent = *self.parents.get(p);
-        if !self.locks.try_lock_range(parent.locks.0, parent.locks.1) {
+        if let (Some((r0, r1)), Some(intent)) = (parent.regions, &self.intent) {
+            if !intent.ready(r0, r1) {
+                return false;
+            }
+        }
+        if parent.locks.1 > 0 && !self.locks.try_lock_range(parent.locks.0, parent.locks.1) {
             return false;
         }
-        let io = parent.as_io(self.block_shift);
-        self.fan_out(p, &io, sq);
+        if parent.cursor < parent.end {
+            self.pump(p, sq);
+        } else {
+            let io = parent.as_io(self.block_shift);
+            self.fan_out(p, &io, sq);
+        }
         self.finish_parent_if_done(p, sq);
         true
+    }
+
+    /// Write-intent regions of a write to volume blocks `start..end`.
+    fn intent_regions(&self, start: u64, end: u64) -> Option<(u32, u32)> {
+        let intent = self.intent.as_ref()?;
+        Some(intent.regions_of(self.layout.member_row(start), self.layout.member_row(end - 1)))
     }
 
     fn retry_gated(&mut self, sq: &mut dyn SqeSink) {
@@ -825,6 +925,10 @@ impl BdevChannel for RaidChannel {
         if !self.health.online() {
             return Submitted::Done(-libc::ENXIO);
         }
+        // Deallocation is advisory; on parity levels it would break parity, so it is
+        // acknowledged without touching the members.
+        let skip = self.parity() > 0 && io.op == BdevOp::Discard;
+        let regions = if writes && !skip && end > start { self.intent_regions(start, end) } else { None };
         let parent = Parent {
             user_data: io.user_data,
             op: io.op,
@@ -839,23 +943,27 @@ impl BdevChannel for RaidChannel {
             retry: false,
             job: Job::Host,
             locks: if mirror_write { self.mirror_locks(start, end) } else { (0, 0) },
+            regions,
         };
         let Some(p) = self.parents.insert(parent) else {
             return Submitted::Done(-libc::EBUSY);
         };
         self.submitting = Some(p);
         self.submit_result = None;
-        if parity_write {
-            self.pump(p, sq);
-            self.finish_parent_if_done(p, sq);
-        } else if mirror_write {
+        if let (Some((r0, r1)), Some(intent)) = (regions, &self.intent) {
+            if !intent.begin(r0, r1) {
+                self.health.request_bitmap_flush();
+            }
+        }
+        if regions.is_some() || mirror_write {
             // Behind earlier waiting writes, so none of them starves.
             if !self.gated.is_empty() || !self.try_admit(p, sq) {
                 self.gated.push_back(p);
             }
-        } else if !(self.parity() > 0 && io.op == BdevOp::Discard) {
-            // Deallocation is advisory; on parity levels it would break parity, so it is
-            // acknowledged without touching the members.
+        } else if parity_write {
+            self.pump(p, sq);
+            self.finish_parent_if_done(p, sq);
+        } else if !skip {
             self.fan_out(p, io, sq);
             self.finish_parent_if_done(p, sq);
         } else {
@@ -919,9 +1027,23 @@ mod tests {
         (RaidBdev::new(spec).unwrap(), m)
     }
 
+    /// Submit and wait: RAM members complete at once, but a write may first wait for its
+    /// write-intent bit, which the metadata thread makes durable.
     fn rw(ch: &mut dyn BdevChannel, op: BdevOp, offset: u64, buf: &mut [u8]) -> Submitted {
         let io = BdevIo { op, offset, len: buf.len() as u32, buf: buf.as_mut_ptr(), buf_index: None, user_data: 1 };
-        ch.submit(&io, &mut NoRing)
+        if let done @ Submitted::Done(_) = ch.submit(&io, &mut NoRing) {
+            return done;
+        }
+        let t = std::time::Instant::now();
+        loop {
+            let mut done = Vec::new();
+            ch.poll(&mut NoRing, &mut done);
+            if let Some((_, res)) = done.iter().find(|(u, _)| *u == 1) {
+                return Submitted::Done(*res);
+            }
+            assert!(t.elapsed().as_secs() < 10, "I/O did not complete");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
     }
 
     fn read_member(m: &Arc<dyn Bdev>, lba: u64, blocks: usize) -> Vec<u8> {

@@ -434,15 +434,21 @@ impl RaidChannel {
         if !self.resync_driver {
             self.resync_driver = self.resync.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
         }
-        let index = self.resync.next.load(Ordering::Relaxed);
-        if !self.resync_driver || index >= self.resync.total.load(Ordering::Relaxed) {
+        if !self.resync_driver {
             return;
         }
-        self.resync.next.store(index + 1, Ordering::Relaxed);
-        let per_group = self.layout.stripes_per_group();
-        let w = self.whole_row((index / per_group) as usize, index % per_group);
-        if self.start_internal(Job::Resync, w, StripeKind::Resync, sq) {
-            self.resync_inflight = true;
+        // Skip work items past the last row (the last dirty region may be partial).
+        while let Some(item) = self.resync.claim() {
+            if let Some((group, row)) = self.resync.locate(item) {
+                let w = self.whole_row(group, row);
+                if self.start_internal(Job::Resync, w, StripeKind::Resync, sq) {
+                    self.resync_inflight = true;
+                } else {
+                    self.resync.next.store(item, Ordering::Relaxed);
+                }
+                return;
+            }
+            self.resync_stripe_done();
         }
     }
 
@@ -462,6 +468,7 @@ impl RaidChannel {
             retry: false,
             job,
             locks: (0, 0),
+            regions: None,
         };
         let Some(p) = self.parents.insert(parent) else { return false };
         self.start_stripe_op(p, w, kind, sq);
@@ -485,7 +492,7 @@ impl RaidChannel {
         self.resync_inflight = false;
         let done = self.resync.done.fetch_add(1, Ordering::AcqRel) + 1;
         if done == self.resync.total.load(Ordering::Relaxed) {
-            tracing::info!(stripes = done, "parity resynchronised");
+            tracing::info!(items = done, "resynchronisation finished");
         }
     }
 
