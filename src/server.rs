@@ -23,6 +23,7 @@ pub struct Server {
     threads: Vec<JoinHandle<()>>,
     volumes: Vec<Arc<RaidBdev>>,
     faults: Vec<(String, Arc<FaultControl>)>,
+    mgmt: Option<mgmt::MgmtServer>,
 }
 
 fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
@@ -200,6 +201,7 @@ impl Server {
                 return Err(std::io::Error::other(format!("reactor start failed: {e}")));
             }
         }
+        let mut mgmt_server = None;
         if let Some(path) = &cfg.management.socket {
             let managed = Managed {
                 target: shared.target.clone(),
@@ -208,16 +210,19 @@ impl Server {
                 devices: cfg.devices.iter().map(|d| d.name.clone()).zip(devices.iter().cloned()).collect(),
                 namespace_devices: cfg.subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.device.clone())).collect(),
             };
-            if let Err(e) = mgmt::serve(path, Arc::new(managed)) {
-                shared.request_stop();
-                for t in threads {
-                    let _ = t.join();
+            match mgmt::serve(path, Arc::new(managed)) {
+                Ok(m) => mgmt_server = Some(m),
+                Err(e) => {
+                    shared.request_stop();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(std::io::Error::new(e.kind(), format!("management socket {}: {e}", path.display())));
                 }
-                return Err(std::io::Error::new(e.kind(), format!("management socket {}: {e}", path.display())));
             }
             info!(socket = %path.display(), "management socket ready");
         }
-        Ok(Server { shared, ports, threads, volumes, faults })
+        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server })
     }
 
     /// The volume named `name`.
@@ -236,6 +241,9 @@ impl Server {
 
     /// Stop accepting, close every connection after in-flight I/O drains, join reactors.
     pub fn stop(self) {
+        if let Some(m) = self.mgmt {
+            m.stop();
+        }
         self.shared.request_stop();
         for t in self.threads {
             let _ = t.join();

@@ -20,11 +20,12 @@ const NQN: &str = "nqn.2026-11.io.nvmf-raid:crash";
 const STRIP: u64 = 16384;
 const MEMBERS: usize = 4;
 const UNIT: usize = 4096;
+const HOT_BYTES: u64 = 4 << 20;
 
 fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..MEMBERS {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"6M\"\n", dir.join(format!("m{m}.img")).display());
+        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"64M\"\n", dir.join(format!("m{m}.img")).display());
     }
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"raid5\"\nmembers = [\"m0\", \"m1\", \"m2\", \"m3\"]\nstrip_size = {STRIP}\n");
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
@@ -70,7 +71,8 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     c.set_queue_count(1).unwrap();
     let (_, blocks) = c.namespace_geometry(1).unwrap();
     let mut q = c.io_queue(1).unwrap();
-    let units = blocks * 512 / UNIT as u64;
+    // Writes stay in the first 4 MiB of the volume: one write-intent region of the members.
+    let units = (blocks * 512 / UNIT as u64).min(HOT_BYTES / UNIT as u64);
     // Per unit: the last acknowledged version, and whether a write is still in flight.
     let mut acked: HashMap<u64, u32> = HashMap::new();
     let mut inflight: HashMap<u16, (u64, u32, Vec<u8>)> = HashMap::new();
@@ -118,7 +120,12 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     // Restart: the unclean shutdown triggers a parity resync; I/O is served meanwhile.
     let mut child = spawn(&cfg, dir.path());
     let st = call(&dir.path().join("mgmt.sock"), "volume_status", json!({})).unwrap();
-    assert!(st[0]["resync"]["stripes"].as_u64().unwrap() > 0, "no resync after kill -9: {st}");
+    let resync_rows = st[0]["resync"]["stripes"].as_u64().unwrap();
+    assert!(resync_rows > 0, "no resync after kill -9: {st}");
+    // The write-intent bitmap confines the resync to the written region (4 MiB of each
+    // member here), not the whole 63 MiB of data area.
+    let all_rows = (64 << 20) / STRIP - (1 << 20) / STRIP;
+    assert!(resync_rows * 4 <= all_rows, "resync of {resync_rows} of {all_rows} rows: the bitmap did not limit it");
     let mut c = HostController::connect(addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();
     let mut q = c.io_queue(1).unwrap();

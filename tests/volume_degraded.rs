@@ -2,8 +2,11 @@
 //! fail (injected I/O errors) up to the level's tolerance; one more failure takes the
 //! volume offline, after which every I/O fails and none returns wrong data.
 
+mod common;
+
+use common::Model;
 use nvmf_raid::config::Config;
-use nvmf_raid::host::{HostController, Queue, QueueOptions};
+use nvmf_raid::host::{HostController, QueueOptions};
 use nvmf_raid::server::Server;
 
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:degraded";
@@ -22,51 +25,6 @@ fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Se
     Server::start(&Config::parse(&c).unwrap()).unwrap()
 }
 
-struct Model {
-    q: Queue,
-    data: Vec<u8>,
-    blocks: u64,
-    x: u64,
-}
-
-impl Model {
-    fn next(&mut self) -> u64 {
-        self.x ^= self.x << 13;
-        self.x ^= self.x >> 7;
-        self.x ^= self.x << 17;
-        self.x
-    }
-
-    /// Random writes and verified reads.
-    fn exercise(&mut self, rounds: usize, what: &str) {
-        for round in 0..rounds {
-            let nlb = 1 + self.next() % 160;
-            let slba = self.next() % (self.blocks - nlb);
-            let (off, len) = (slba as usize * 512, nlb as usize * 512);
-            if self.next().is_multiple_of(2) {
-                let d: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
-                let cqe = self.q.write(1, slba, 9, &d).unwrap();
-                assert!(cqe.is_success(), "{what}: write round {round} failed: {cqe:?}");
-                self.data[off..off + len].copy_from_slice(&d);
-            } else {
-                let mut back = vec![0u8; len];
-                let cqe = self.q.read(1, slba, 9, &mut back).unwrap();
-                assert!(cqe.is_success(), "{what}: read round {round} failed: {cqe:?}");
-                assert!(back == self.data[off..off + len], "{what}: read of {nlb} blocks at {slba} is wrong (round {round})");
-            }
-        }
-    }
-
-    fn verify_all(&mut self, what: &str) {
-        for start in (0..self.data.len()).step_by(1 << 20) {
-            let len = (1 << 20).min(self.data.len() - start);
-            let mut back = vec![0u8; len];
-            assert!(self.q.read(1, (start / 512) as u64, 9, &mut back).unwrap().is_success(), "{what}");
-            assert!(back == self.data[start..start + len], "{what}: full read-back differs at byte {start}");
-        }
-    }
-}
-
 fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), level, members, group);
@@ -74,7 +32,7 @@ fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     c.set_queue_count(1).unwrap();
     let (_, blocks) = c.namespace_geometry(1).unwrap();
     let q = c.io_queue(1).unwrap();
-    let mut m = Model { q, data: vec![0u8; blocks as usize * 512], blocks, x: 0xDEADBEEF };
+    let mut m = Model::new(q, blocks, 0xDEADBEEF);
     m.exercise(120, "healthy");
     let vol = server.volume("vol").unwrap().clone();
     let (last, within) = fail_order.split_last().unwrap();

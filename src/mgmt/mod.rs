@@ -143,7 +143,26 @@ impl Managed {
 }
 
 /// Serve JSON-RPC on `path` until the process exits. The socket is created mode 0600.
-pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<()> {
+/// A running management socket; `stop` closes it.
+pub struct MgmtServer {
+    path: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MgmtServer {
+    /// Stop accepting clients and remove the socket (clients being served finish alone).
+    pub fn stop(mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _ = UnixStream::connect(&self.path); // wakes the accept loop
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{} is in use by another target", path.display())));
@@ -156,8 +175,13 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<()> {
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    std::thread::Builder::new().name("mgmt".into()).spawn(move || {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new().name("mgmt".into()).spawn(move || {
         for conn in listener.incoming().flatten() {
+            if stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
             if active.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CLIENTS {
                 warn!("management client limit reached");
                 continue;
@@ -170,7 +194,7 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<()> {
             });
         }
     })?;
-    Ok(())
+    Ok(MgmtServer { path: path.to_path_buf(), stop, thread: Some(thread) })
 }
 
 fn serve_client(conn: UnixStream, m: &Managed) {
