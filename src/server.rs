@@ -119,25 +119,38 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
 
 impl Server {
     pub fn start(cfg: &Config) -> std::io::Result<Server> {
-        let mut devices: Vec<Arc<dyn Bdev>> = Vec::new();
+        let in_volumes: Vec<&String> = cfg.volumes.iter().flat_map(|v| v.members.iter().chain(&v.spares)).collect();
+        let mut opened: Vec<Option<Arc<dyn Bdev>>> = Vec::new();
         let mut faults = Vec::new();
         for d in &cfg.devices {
-            let dev = open_device(d)?;
+            let dev = match open_device(d) {
+                Ok(dev) => dev,
+                // A volume can run without a member (degraded) or a spare: the target
+                // starts, and the volume says what is missing.
+                Err(e) if in_volumes.contains(&&d.name) => {
+                    tracing::error!(device = d.name, error = %e, "device cannot be opened: its volume assembles without it");
+                    opened.push(None);
+                    continue;
+                }
+                Err(e) => return Err(std::io::Error::new(e.kind(), format!("device '{}': {e}", d.name))),
+            };
             if d.fault_injection {
                 let f = FaultBdev::new(dev);
                 faults.push((d.name.clone(), f.control().clone()));
-                devices.push(Arc::new(f));
+                opened.push(Some(Arc::new(f)));
             } else {
-                devices.push(dev);
+                opened.push(Some(dev));
             }
         }
         let mut volumes = Vec::new();
         for v in &cfg.volumes {
-            let pick = |names: &[String]| names.iter().map(|m| devices[device_index(cfg, m)].clone()).collect();
+            let pick = |names: &[String]| names.iter().filter_map(|m| opened[device_index(cfg, m)].clone()).collect();
+            let absent = v.members.iter().filter(|m| opened[device_index(cfg, m)].is_none()).cloned().collect();
             let spec = VolumeSpec {
                 name: v.name.clone(),
                 level: v.level,
                 members: pick(&v.members),
+                absent,
                 spares: pick(&v.spares),
                 group_size: v.group_size,
                 strip_bytes: v.strip_size.0,
@@ -146,8 +159,11 @@ impl Server {
             let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
             volumes.push(vol.clone());
-            devices.push(vol);
+            opened.push(Some(vol));
         }
+        // Only volume members can be absent, and namespaces never use them directly.
+        let placeholder = |i: usize| -> Arc<dyn Bdev> { Arc::new(NullBdev::new(&format!("absent-{i}"), 512, 0)) };
+        let devices: Vec<Arc<dyn Bdev>> = opened.into_iter().enumerate().map(|(i, d)| d.unwrap_or_else(|| placeholder(i))).collect();
         let subsystems = build_subsystems(cfg, &devices)?;
         let mut listeners = Vec::new();
         let mut ports = Vec::new();

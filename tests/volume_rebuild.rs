@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:rebuild";
 
 /// Members m0.., spares s0.., all with fault injection; `listen` "127.0.0.1:0" or a port.
+#[allow(clippy::too_many_arguments)]
 fn config(dir: &std::path::Path, level: &str, members: usize, spares: usize, group: usize, size: &str, rate: &str, listen: &str) -> String {
     let mut c = format!("[reactor]\ncores = [0, 1]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"{listen}\"\n", dir.join("mgmt.sock").display());
     let names = |p: &str, n: usize| (0..n).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
@@ -160,7 +161,7 @@ fn interrupted_rebuild_resumes_from_its_checkpoint() {
     // Data everywhere, so the rebuild has something to get right.
     for start in (0..m.blocks).step_by(2048) {
         let n = 2048.min(m.blocks - start);
-        let d: Vec<u8> = (0..n * 512).map(|i| (i as u64 ^ start.wrapping_mul(0x9E37_79B9)) as u8).collect();
+        let d: Vec<u8> = (0..n * 512).map(|i| (i ^ start.wrapping_mul(0x9E37_79B9)) as u8).collect();
         assert!(m.q.write(1, start, 9, &d).unwrap().is_success());
         m.data[start as usize * 512..(start + n) as usize * 512].copy_from_slice(&d);
     }
@@ -203,4 +204,51 @@ fn interrupted_rebuild_resumes_from_its_checkpoint() {
     drop(m2);
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
     assert!(child.wait().unwrap().success());
+}
+
+/// A member whose device is absent at a start leaves the volume degraded (writes go on
+/// without it); when the device is back at a later start it is stale, and is rebuilt.
+#[test]
+fn absent_member_is_rebuilt_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(&config(dir.path(), "raid5", 4, 0, 0, "6M", "0", "127.0.0.1:0")).unwrap();
+    let server = Server::start(&cfg).unwrap();
+    let (c, mut m) = connect(server.ports[0].addr, 11);
+    m.exercise(150, "healthy");
+    let mut data = std::mem::take(&mut m.data);
+    drop((m, c));
+    server.stop();
+
+    let (img, away) = (dir.path().join("m2.img"), dir.path().join("m2.away"));
+    // A file device with a size is created when missing: a directory in its place makes
+    // it fail to open, as a dead disk would.
+    std::fs::rename(&img, &away).unwrap();
+    std::fs::create_dir(&img).unwrap();
+    let server = Server::start(&cfg).unwrap();
+    let st = status(dir.path());
+    assert_eq!(st["state"], "degraded", "{st}");
+    assert_eq!(member_states(&st)[2], "missing", "{st}");
+    let (c, mut m) = connect(server.ports[0].addr, 12);
+    m.data = data;
+    m.exercise(150, "m2 absent");
+    data = std::mem::take(&mut m.data);
+    drop((m, c));
+    server.stop();
+
+    std::fs::remove_dir(&img).unwrap();
+    std::fs::rename(&away, &img).unwrap();
+    let server = Server::start(&cfg).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(dir.path())["state"] != "online" {
+        assert!(Instant::now() < deadline, "the returning member was not rebuilt: {}", status(dir.path()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(member_devices(&status(dir.path()))[2], "m2");
+    // Lean on the rebuilt member: with m0 failed, every read needs m2's strips.
+    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m0"})).unwrap();
+    let (_c, mut m) = connect(server.ports[0].addr, 13);
+    m.data = data;
+    m.verify_all("m2 rebuilt, m0 failed");
+    drop(m);
+    server.stop();
 }

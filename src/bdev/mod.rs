@@ -105,6 +105,16 @@ pub trait BdevChannel {
     }
 }
 
+/// The channel of a device that could not be opened: every I/O fails (so a volume fails
+/// the member).
+pub struct FailingChannel;
+
+impl BdevChannel for FailingChannel {
+    fn submit(&mut self, _: &BdevIo, _: &mut dyn SqeSink) -> Submitted {
+        Submitted::Done(-libc::EIO)
+    }
+}
+
 pub use file::FileBdev;
 pub use null::NullBdev;
 pub use ram::RamBdev;

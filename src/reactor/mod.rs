@@ -207,7 +207,11 @@ impl Reactor {
         let mut files = Files(Vec::new());
         let mut channels = Vec::with_capacity(devices.len());
         for (i, d) in devices.iter().enumerate() {
-            channels.push(d.open_channel(&mut files, i as u16)?);
+            // A device that cannot be opened any more (a volume left it out) fails its I/O.
+            channels.push(d.open_channel(&mut files, i as u16).unwrap_or_else(|e| {
+                warn!(device = d.name(), error = %e, "cannot open device");
+                Box::new(crate::bdev::FailingChannel)
+            }));
         }
         if !files.0.is_empty() {
             ring.submitter().register_files(&files.0)?;

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossbeam::channel::{Receiver, RecvTimeoutError, Sender};
-use tracing::{error, info};
+use tracing::{info, warn};
 
 use super::bitmap::{WriteIntent, BITMAP_OFFSET};
 use super::layout::Layout;
@@ -106,7 +106,7 @@ impl Metadata {
         for slot in (0..self.members.slots()).filter(|&s| !self.members.is_failed(s)) {
             let dev = self.members.slot_device(slot);
             if let Err(e) = write_block(dev.bdev.as_ref(), BITMAP_OFFSET, &block[..]) {
-                error!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "write-intent bitmap write failed");
+                warn!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "write-intent bitmap write failed");
                 self.members.fail(slot, "bitmap write failed");
             }
         }
@@ -178,9 +178,15 @@ impl Metadata {
             let slots = self.slot_table();
             let mut all_written = true;
             for (slot, dev) in self.targets() {
+                // A member failed since the pass began is not written (the next pass records it).
+                if slot.is_some_and(|s| self.members.is_failed(s)) {
+                    all_written = false;
+                    continue;
+                }
                 let sb = self.superblock(slot.map_or(SPARE_SLOT, |s| s as u16), dev.id, &slots, *generation, clean, checkpoint);
                 if let Err(e) = write_block(dev.bdev.as_ref(), 0, &sb.encode()[..]) {
-                    error!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "superblock write failed");
+                    // Like any failed member I/O: the member fails and the volume goes on.
+                    warn!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "superblock write failed");
                     if let Some(s) = slot {
                         self.members.fail(s, "superblock write failed");
                         all_written = false;

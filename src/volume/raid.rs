@@ -166,7 +166,10 @@ impl StripeLocks {
 pub struct VolumeSpec {
     pub name: String,
     pub level: Level,
+    /// Members that could be opened, in configuration order.
     pub members: Vec<Arc<dyn Bdev>>,
+    /// Members the configuration lists that could not be opened.
+    pub absent: Vec<String>,
     pub spares: Vec<Arc<dyn Bdev>>,
     /// Members per group (RAID 10/50/60).
     pub group_size: usize,
@@ -203,7 +206,7 @@ impl RaidBdev {
     /// slot), or create it when none carries a superblock. Writes the next generation of
     /// superblocks before returning.
     pub fn new(spec: VolumeSpec) -> Result<Self, VolumeError> {
-        let VolumeSpec { name, level, members: member_devs, spares: spare_devs, group_size, strip_bytes, rebuild_rate } = spec;
+        let VolumeSpec { name, level, members: member_devs, absent, spares: spare_devs, group_size, strip_bytes, rebuild_rate } = spec;
         let name = name.as_str();
         let all: Vec<Arc<dyn Bdev>> = member_devs.iter().chain(&spare_devs).cloned().collect();
         let block_size = all.first().map_or(512, |m| m.block_size());
@@ -215,22 +218,41 @@ impl RaidBdev {
         }
         let data_offset = RESERVED_BYTES / block_size as u64;
         let strip_blocks = strip_bytes / block_size as u64;
+        // A device whose superblock area cannot be read is left out like an absent one.
+        let mut absent = absent;
+        let mut candidates = Vec::with_capacity(all.len());
+        let mut readable = Vec::with_capacity(all.len());
+        for (i, d) in all.iter().enumerate() {
+            match read_superblock(d.as_ref()) {
+                Ok(Ok(sb)) => {
+                    candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len() });
+                    readable.push(d.clone());
+                }
+                Ok(Err(e)) if i < member_devs.len() => return Err(superblock_error(d.name(), e)),
+                Err(e) if i < member_devs.len() => {
+                    warn!(volume = name, device = d.name(), error = %e, "cannot read the superblock: member left out");
+                    absent.push(d.name().into());
+                }
+                Ok(Err(e)) => warn!(volume = name, device = d.name(), error = %e, "spare with a damaged superblock left out"),
+                Err(e) => warn!(volume = name, device = d.name(), error = %e, "cannot read the superblock: spare left out"),
+            }
+        }
+        let all = readable;
+        let present = candidates.iter().filter(|c| !c.spare).count();
         let grouped = matches!(level, Level::Raid10 | Level::Raid50 | Level::Raid60);
         let wanted = Wanted {
             name: name.into(),
             level,
-            group_size: if grouped { group_size as u16 } else { member_devs.len() as u16 },
+            group_size: if grouped { group_size as u16 } else { (present + absent.len()) as u16 },
             strip_blocks: strip_blocks as u32,
             block_size,
-            members: member_devs.len(),
+            members: present + absent.len(),
         };
-        let mut candidates = Vec::with_capacity(all.len());
-        for (i, d) in all.iter().enumerate() {
-            let sb = read_superblock(d.as_ref()).map_err(|e| superblock_error(d.name(), e))?.map_err(|e| superblock_error(d.name(), e))?;
-            candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len() });
-        }
         let seed = format!("{name}/{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
         let new_uuid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).as_bytes();
+        if !absent.is_empty() && candidates.iter().all(|c| c.sb.is_none()) {
+            return Err(VolumeError::Refused(format!("cannot create the volume without members {absent:?}")));
+        }
         let asm = assemble(&wanted, &candidates, new_uuid)?;
         for note in &asm.notes {
             warn!(volume = name, "{note}");
@@ -662,14 +684,6 @@ impl FileRegistry for NoFixedFiles {
     }
 }
 
-/// The channel of a device that could not be opened: every I/O fails, so the member fails.
-struct Unopenable;
-impl BdevChannel for Unopenable {
-    fn submit(&mut self, _: &BdevIo, _: &mut dyn SqeSink) -> Submitted {
-        Submitted::Done(-libc::EIO)
-    }
-}
-
 impl RaidChannel {
     pub(super) fn parity(&self) -> usize {
         self.layout.level.parity_count()
@@ -685,7 +699,7 @@ impl RaidChannel {
             let bdev = self.health.device(d).bdev;
             let ch = bdev.open_channel(&mut NoFixedFiles, self.index).unwrap_or_else(|e| {
                 warn!(device = bdev.name(), error = %e, "cannot open device");
-                Box::new(Unopenable)
+                Box::new(crate::bdev::FailingChannel)
             });
             self.devs.push(ch);
         }
@@ -1023,7 +1037,7 @@ mod tests {
 
     fn volume(level: Level, members: usize, group: usize) -> (RaidBdev, Vec<Arc<dyn Bdev>>) {
         let m: Vec<Arc<dyn Bdev>> = (0..members).map(|i| Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>).collect();
-        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0 };
+        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), absent: vec![], spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0 };
         (RaidBdev::new(spec).unwrap(), m)
     }
 
@@ -1114,6 +1128,7 @@ mod tests {
             name: "v".into(),
             level,
             members: (0..members).map(dev).collect(),
+            absent: vec![],
             spares: (members..members + spares).map(dev).collect(),
             group_size: group,
             strip_bytes: 16384,
@@ -1129,7 +1144,7 @@ mod tests {
         let blocks = model.len() as u64 / 512;
         let nlb = 1 + (*x >> 33) % 80;
         let lba = (*x >> 11) % (blocks - nlb);
-        let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i as u64 ^ *x) as u8).collect();
+        let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i ^ *x) as u8).collect();
         assert!(matches!(rw(ch, BdevOp::Write, lba * 512, &mut data), Submitted::Done(r) if r > 0));
         model[(lba * 512) as usize..((lba + nlb) * 512) as usize].copy_from_slice(&data);
     }
@@ -1183,7 +1198,7 @@ mod tests {
     /// are active members holding consistent data and parity.
     #[test]
     fn spares_rebuild_during_io() {
-        for (level, n, g, fail) in [(Level::Raid5, 4, 0, vec![1]), (Level::Raid6, 6, 0, vec![0, 4]), (Level::Raid1, 3, 0, vec![2]), (Level::Raid10, 4, 2, vec![1, 2]), (Level::Raid50, 6, 3, vec![4]), (Level::Raid4, 4, 0, vec![3])] {
+        for (level, n, g, fail) in [(Level::Raid5, 4, 0, vec![1]), (Level::Raid6, 6, 0, vec![0, 4]), (Level::Raid1, 3, 0, vec![2]), (Level::Raid10, 4, 2, vec![1, 2]), (Level::Raid50, 6, 3, vec![4]), (Level::Raid60, 8, 4, vec![1, 6]), (Level::Raid4, 4, 0, vec![3])] {
             let (v, mut model) = volume_with_spares(level, n, g, fail.len());
             let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
             let mut x = 99u64;
