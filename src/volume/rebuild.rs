@@ -19,7 +19,7 @@ use crate::bdev::{BdevOp, SqeSink};
 use crate::volume::layout::Location;
 
 /// Row ops of a rebuild in flight at once.
-const REBUILD_WINDOW: usize = 8;
+const REBUILD_WINDOW: usize = 32;
 /// Most rate-limit credit that accumulates while idle, in seconds of the rate.
 const BURST_SECS: f64 = 0.05;
 
