@@ -2,11 +2,13 @@
 //! the background while serving, every acknowledged write reads back, and afterwards every
 //! stripe's parity matches its data on the member files.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, spawn_target};
 use nvmf_raid::host::{Data, HostController, QueueOptions};
 use nvmf_raid::mgmt::call;
 use nvmf_raid::nvmf::command;
@@ -34,25 +36,7 @@ fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-fn spawn(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("target.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while call(&dir.join("mgmt.sock"), "volume_status", json!({})).is_err() {
-        assert!(Instant::now() < deadline, "target did not start: {}", std::fs::read_to_string(dir.join("target.log")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn unit_data(unit: u64, version: u32) -> Vec<u8> {
     (0..UNIT).map(|i| (i as u32 ^ (unit as u32).wrapping_mul(2654435761) ^ version.wrapping_mul(40503)) as u8).collect()
@@ -65,7 +49,7 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     let port = free_port();
     let cfg = write_config(dir.path(), port);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = spawn(&cfg, dir.path());
+    let mut child = spawn_target(&cfg, dir.path());
 
     let mut c = HostController::connect(addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();
@@ -118,7 +102,7 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     assert!(acked.len() > 100, "the load acknowledged too little to test ({})", acked.len());
 
     // Restart: the unclean shutdown triggers a parity resync; I/O is served meanwhile.
-    let mut child = spawn(&cfg, dir.path());
+    let mut child = spawn_target(&cfg, dir.path());
     let st = call(&dir.path().join("mgmt.sock"), "volume_status", json!({})).unwrap();
     let resync_rows = st[0]["resync"]["stripes"].as_u64().unwrap();
     assert!(resync_rows > 0, "no resync after kill -9: {st}");

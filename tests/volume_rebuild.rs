@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::Model;
+use common::{free_port, spawn_target, Model};
 use nvmf_raid::config::Config;
 use nvmf_raid::host::{HostController, QueueOptions};
 use nvmf_raid::mgmt::call;
@@ -127,21 +126,6 @@ fn raid1_rebuilds_onto_a_spare_during_io() {
     rebuild_during_io("raid1", 3, 0, &[0]);
 }
 
-fn spawn(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["serve", "--config"])
-        .arg(cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::options().create(true).append(true).open(dir.join("target.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while call(&dir.join("mgmt.sock"), "volume_status", json!({})).is_err() {
-        assert!(Instant::now() < deadline, "target did not start: {}", std::fs::read_to_string(dir.join("target.log")).unwrap_or_default());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
 
 /// kill -9 halfway through a rebuild: the restarted target resumes from the checkpoint in
 /// the superblocks, and the rebuilt member then serves reads alone (another member is
@@ -151,11 +135,11 @@ fn spawn(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
 #[allow(clippy::zombie_processes)] // the first child is killed and reaped explicitly
 fn interrupted_rebuild_resumes_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let cfg_path = dir.path().join("target.toml");
     std::fs::write(&cfg_path, config(dir.path(), "raid5", 4, 1, 0, "48M", "16M", &format!("127.0.0.1:{port}"))).unwrap();
     let sock = dir.path().join("mgmt.sock");
-    let mut child = spawn(&cfg_path, dir.path());
+    let mut child = spawn_target(&cfg_path, dir.path());
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let (c, mut m) = connect(addr, 7);
     // Data everywhere, so the rebuild has something to get right.
@@ -181,7 +165,7 @@ fn interrupted_rebuild_resumes_from_its_checkpoint() {
     let data = std::mem::take(&mut m.data);
     drop((m, c));
 
-    let mut child = spawn(&cfg_path, dir.path());
+    let mut child = spawn_target(&cfg_path, dir.path());
     let st = status(dir.path());
     assert_eq!(st["state"], "rebuilding", "{st}");
     let resumed = st["rebuild"]["rows_done"].as_u64().unwrap();

@@ -2,7 +2,30 @@
 //! over NVMe/TCP with the in-tree initiator.
 #![allow(dead_code)]
 
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
 use nvmf_raid::host::Queue;
+use nvmf_raid::mgmt::call;
+use serde_json::json;
+
+/// Start `nvmf-raid serve --config CFG` as a child process (its log appended to
+/// DIR/target.log) and wait until its management socket DIR/mgmt.sock answers.
+pub fn spawn_target(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
+    let log = std::fs::File::options().create(true).append(true).open(dir.join("target.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid")).args(["serve", "--config"]).arg(cfg).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while call(&dir.join("mgmt.sock"), "volume_status", json!({})).is_err() {
+        assert!(Instant::now() < deadline, "target did not start: {}", std::fs::read_to_string(dir.join("target.log")).unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 pub struct Model {
     pub q: Queue,
