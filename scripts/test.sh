@@ -29,11 +29,17 @@ skip() {
 }
 
 export CARGO_TERM_COLOR=never
-# ISA-L: tests/parity.rs and bench/parity.rs link it to check and race the parity kernels.
-if [[ ! -f /usr/include/isa-l/raid.h ]]; then
-    echo "=== installing libisal-dev (ISA-L)"
-    if ! { apt-get update -qq && apt-get install -y -qq libisal-dev; }; then
-        echo "FAIL: could not install libisal-dev; the parity tests need it" >&2
+# Debian packages the tests use: ISA-L (tests/parity.rs and bench/parity.rs link it to
+# check and race the parity kernels), promtool from prometheus (tests/metrics.rs checks
+# the exposition with it) and rsvg-convert from librsvg2-bin (renders the plots to PNG).
+need=()
+[[ -f /usr/include/isa-l/raid.h ]] || need+=(libisal-dev)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v rsvg-convert >/dev/null || need+=(librsvg2-bin)
+if ((${#need[@]})); then
+    echo "=== installing ${need[*]}"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; }; then
+        echo "FAIL: could not install ${need[*]}; the tests need them" >&2
         exit 1
     fi
 fi

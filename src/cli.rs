@@ -160,3 +160,79 @@ pub fn print_controllers(r: &Value, as_json: bool) {
         println!("{:<7} {:<9} {:<44} {}", c["cntlid"], c["io_queues"], c["subsystem"].as_str().unwrap_or("?"), c["host"].as_str().unwrap_or("?"));
     }
 }
+
+fn stats_rows(objects: &[Value], name: impl Fn(&Value) -> String) {
+    for obj in objects {
+        for (op, st) in obj["ops"].as_object().into_iter().flatten() {
+            let l = &st["latency_us"];
+            let n = |k: &str| l[k].as_u64().unwrap_or(0);
+            println!(
+                "{:<44} {:<6} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
+                name(obj),
+                op,
+                st["ios"],
+                human_bytes(st["bytes"].as_u64().unwrap_or(0)),
+                n("p50"),
+                n("p90"),
+                n("p99"),
+                n("p99.9"),
+                n("p99.99"),
+                n("max")
+            );
+        }
+    }
+}
+
+/// `nvmf-raid stats`: a table (latencies in microseconds), JSON, and optionally a plot.
+pub fn stats(socket: &Path, as_json: bool, buckets: bool, reset: bool, plot: Option<&Path>) -> Result<(), String> {
+    let r = nvmf_raid::mgmt::call(socket, "stats", json!({"reset": reset, "buckets": buckets || plot.is_some()}))?;
+    if let Some(path) = plot {
+        write_stats_plot(path, &r)?;
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+        return Ok(());
+    }
+    println!("{:<44} {:<6} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}", "OBJECT", "OP", "IOS", "BYTES", "p50", "p90", "p99", "p99.9", "p99.99", "max(us)");
+    let arr = |k: &str| r[k].as_array().cloned().unwrap_or_default();
+    stats_rows(&arr("namespaces"), |o| format!("{} ns {}", o["subsystem"].as_str().unwrap_or("?"), o["nsid"]));
+    stats_rows(&arr("members"), |o| format!("member {}/{}", o["volume"].as_str().unwrap_or("?"), o["device"].as_str().unwrap_or("?")));
+    stats_rows(&arr("reactors"), |o| format!("reactor {}", o["reactor"]));
+    if reset {
+        println!("(statistics reset)");
+    }
+    Ok(())
+}
+
+/// A histogram rebuilt from the API's [latency_us, count] buckets.
+fn histogram_of(buckets: &Value) -> hdrhistogram::Histogram<u64> {
+    let mut h = nvmf_raid::stats::histogram();
+    for b in buckets.as_array().into_iter().flatten() {
+        let (v, c) = (b[0].as_u64().unwrap_or(0), b[1].as_u64().unwrap_or(0));
+        h.saturating_record_n(v.clamp(nvmf_raid::stats::LOWEST_US, nvmf_raid::stats::HIGHEST_US), c);
+    }
+    h
+}
+
+fn write_stats_plot(path: &Path, r: &Value) -> Result<(), String> {
+    let mut curves = Vec::new();
+    for ns in r["namespaces"].as_array().into_iter().flatten() {
+        for (op, st) in ns["ops"].as_object().into_iter().flatten() {
+            curves.push((format!("nsid {} {op}", ns["nsid"]), histogram_of(&st["latency_us"]["buckets"])));
+        }
+    }
+    let series: Vec<nvmf_raid::plot::Series> = curves.iter().map(|(label, h)| nvmf_raid::plot::Series { label: label.clone(), histogram: h, unit_ns: 1000.0 }).collect();
+    let svg = nvmf_raid::plot::percentile_svg("nvmf-raid namespace latency", &series);
+    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("plot written to {}", path.display());
+    Ok(())
+}
+
+pub fn write_perf_plot(path: &Path, latency: &hdrhistogram::Histogram<u64>, o: &nvmf_raid::host::perf::PerfOptions) -> Result<(), String> {
+    let label = format!("{:?} {} B QD {}", o.pattern, o.block_size, o.depth);
+    let series = [nvmf_raid::plot::Series { label, histogram: latency, unit_ns: 1.0 }];
+    let svg = nvmf_raid::plot::percentile_svg("nvmf-raid perf latency", &series);
+    std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
+    eprintln!("plot written to {}", path.display());
+    Ok(())
+}

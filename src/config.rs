@@ -41,7 +41,20 @@ pub struct Config {
     pub subsystems: Vec<SubsystemSection>,
     #[serde(default)]
     pub management: ManagementSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
 }
+
+/// Prometheus metrics over HTTP; off unless an address is given.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// e.g. "127.0.0.1:9464".
+    pub address: Option<String>,
+}
+
+/// Where the default target serves its metrics.
+pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 /// The JSON-RPC management socket; off unless a path is given.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -263,6 +276,7 @@ impl Config {
                 rebuild_rate: default_rebuild_rate(),
             }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
+            metrics: MetricsSection { address: Some(DEFAULT_METRICS.into()) },
             devices: names
                 .iter()
                 .map(|n| DeviceSection {

@@ -30,22 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the target. Without --config: one namespace on a 1 GiB sparse file.
-    Serve {
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Where the default configuration keeps its files.
-        #[arg(long, default_value = "data")]
-        data_dir: PathBuf,
-        /// Listen address of the default configuration.
-        #[arg(long, default_value = "127.0.0.1:4420")]
-        listen: String,
-        /// Override the polling mode.
-        #[arg(long, value_enum)]
-        polling: Option<PollArg>,
-        /// Override the reactor cores (comma separated).
-        #[arg(long, value_delimiter = ',')]
-        cores: Option<Vec<usize>>,
-    },
+    Serve(ServeArgs),
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
     /// RAID volumes of a running target.
@@ -120,7 +105,46 @@ enum Cmd {
         /// Pin the initiator to this core.
         #[arg(long)]
         core: Option<usize>,
+        /// Draw the latency percentile curve to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
+    /// Latency percentiles and I/O counters per namespace, member device and reactor.
+    Stats {
+        #[arg(long)]
+        json: bool,
+        /// With --json: every histogram bucket as [latency_us, count].
+        #[arg(long)]
+        buckets: bool,
+        /// Reset the statistics after reading them.
+        #[arg(long)]
+        reset: bool,
+        /// Draw the latency percentile curves (per namespace and operation) to this SVG file.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the default configuration keeps its files.
+    #[arg(long, default_value = "data")]
+    data_dir: PathBuf,
+    /// Listen address of the default configuration.
+    #[arg(long, default_value = "127.0.0.1:4420")]
+    listen: String,
+    /// Override the polling mode.
+    #[arg(long, value_enum)]
+    polling: Option<PollArg>,
+    /// Override the reactor cores (comma separated).
+    #[arg(long, value_delimiter = ',')]
+    cores: Option<Vec<usize>>,
+    /// Serve Prometheus metrics on this address ("" turns them off); the default
+    /// configuration uses 127.0.0.1:9464.
+    #[arg(long)]
+    metrics: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -177,7 +201,7 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).init();
     let code = match cli.cmd {
-        Cmd::Serve { config, data_dir, listen, polling, cores } => serve(config, data_dir, listen, polling, cores, &cli.socket),
+        Cmd::Serve(args) => serve(args, &cli.socket),
         Cmd::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string()),
         Cmd::Volume(v) => cli::volume(&cli.socket, v),
         Cmd::Fault { device, action, start, end, ios, us } => {
@@ -197,7 +221,8 @@ fn main() {
             };
             p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
-        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core } => {
+        Cmd::Stats { json, buckets, reset, plot } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
+        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core, plot } => {
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
@@ -206,7 +231,13 @@ fn main() {
                 host.hostnqn = h;
             }
             let o = PerfOptions { addr, subnqn: nqn, nsid, queues, depth: qd, block_size: bs, pattern, read_percent, duration: Duration::from_secs(time), host };
-            perf::run(&o).map(|r| r.print(&o)).map_err(|e| format!("perf: {e}"))
+            perf::run(&o).map_err(|e| format!("perf: {e}")).and_then(|r| {
+                r.print(&o);
+                match plot {
+                    Some(path) => cli::write_perf_plot(&path, &r.latency, &o),
+                    None => Ok(()),
+                }
+            })
         }
     };
     if let Err(e) = code {
@@ -219,40 +250,55 @@ fn rpc(socket: &std::path::Path, method: &str, params: serde_json::Value) -> Res
     nvmf_raid::mgmt::call(socket, method, params)
 }
 
-fn serve(config: Option<PathBuf>, data_dir: PathBuf, listen: String, polling: Option<PollArg>, cores: Option<Vec<usize>>, socket: &std::path::Path) -> Result<(), String> {
-    let mut cfg = match &config {
+fn serve(args: ServeArgs, socket: &std::path::Path) -> Result<(), String> {
+    let mut cfg = match &args.config {
         Some(p) => Config::load(p).map_err(|e| e.to_string())?,
         None => {
-            let mut c = Config::default_target(&data_dir, &listen);
+            let mut c = Config::default_target(&args.data_dir, &args.listen);
             c.management.socket = Some(socket.to_path_buf());
             c
         }
     };
-    if let Some(p) = polling {
+    if let Some(p) = args.polling {
         cfg.reactor.polling = match p {
             PollArg::Busy => PollMode::Busy,
             PollArg::Adaptive => PollMode::Adaptive,
         };
     }
-    if let Some(c) = cores {
+    if let Some(c) = args.cores {
         cfg.reactor.cores = c;
+    }
+    if let Some(m) = args.metrics {
+        cfg.metrics.address = Some(m);
     }
     cfg.validate().map_err(|e| e.to_string())?;
     // Signals are taken synchronously by this thread; reactors inherit the mask.
     let mut mask = nix::sys::signal::SigSet::empty();
-    for s in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM] {
+    for s in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM, nix::sys::signal::SIGHUP] {
         mask.add(s);
     }
     mask.thread_block().map_err(|e| e.to_string())?;
-    let server = Server::start(&cfg).map_err(|e| e.to_string())?;
+    let server = Server::start_with_path(&cfg, args.config.as_deref()).map_err(|e| e.to_string())?;
     for port in &server.ports {
         for s in cfg.subsystems.iter() {
             println!("nvme connect -t tcp -a {} -s {} -n {}", port.addr.ip(), port.addr.port(), s.nqn);
         }
     }
+    if let Some(a) = server.metrics_addr() {
+        println!("metrics: http://{a}/metrics");
+    }
     println!("nvmf-raid serving; stop with Ctrl-C");
-    let sig = mask.wait().map_err(|e| e.to_string())?;
-    tracing::info!(signal = ?sig, "stopping");
+    loop {
+        let sig = mask.wait().map_err(|e| e.to_string())?;
+        if sig != nix::sys::signal::SIGHUP {
+            tracing::info!(signal = ?sig, "stopping");
+            break;
+        }
+        match server.reload_hosts() {
+            Ok(summary) => tracing::info!(subsystems = ?summary, "host allow-lists reloaded (SIGHUP)"),
+            Err(e) => tracing::error!(error = %e, "SIGHUP: host allow-lists not reloaded"),
+        }
+    }
     server.stop();
     Ok(())
 }

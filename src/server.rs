@@ -24,6 +24,10 @@ pub struct Server {
     volumes: Vec<Arc<RaidBdev>>,
     faults: Vec<(String, Arc<FaultControl>)>,
     mgmt: Option<mgmt::MgmtServer>,
+    metrics: Option<crate::metrics::MetricsServer>,
+    config_path: Option<std::path::PathBuf>,
+    /// Every device and volume, for the flush at shutdown.
+    devices: Arc<Vec<Arc<dyn Bdev>>>,
 }
 
 fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
@@ -76,6 +80,7 @@ fn serial_for(nqn: &str) -> String {
 
 fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<Vec<Arc<Subsystem>>> {
     let mut out = Vec::new();
+    let mut stats_index = 0;
     for s in &cfg.subsystems {
         let mut namespaces = Vec::new();
         for (j, n) in s.namespaces.iter().enumerate() {
@@ -89,6 +94,8 @@ fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<
             if let Some(u) = &n.uuid {
                 ns.uuid = *uuid::Uuid::parse_str(u).expect("validated uuid").as_bytes();
             }
+            ns.stats_index = stats_index;
+            stats_index += 1;
             namespaces.push(ns);
         }
         out.push(Arc::new(Subsystem {
@@ -117,8 +124,33 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
     (t, p)
 }
 
+/// Replace every subsystem's host allow-list with the one `cfg` gives it; returns the
+/// NQNs of the subsystems updated. Hosts already connected stay connected.
+pub fn apply_host_lists(target: &Target, cfg: &Config) -> Vec<String> {
+    let mut updated = Vec::new();
+    for s in &cfg.subsystems {
+        if let Some(sub) = target.subsystems.iter().find(|t| t.nqn == s.nqn) {
+            *sub.hosts.write().unwrap() = s.hosts.clone();
+            updated.push(s.nqn.clone());
+        }
+    }
+    updated
+}
+
+/// Reload the host allow-lists from the configuration file at `path`.
+pub fn reload_hosts_from(target: &Target, path: Option<&std::path::Path>) -> Result<Vec<String>, String> {
+    let path = path.ok_or("the target runs without a configuration file: nothing to reload")?;
+    let cfg = Config::load(path).map_err(|e| e.to_string())?;
+    Ok(apply_host_lists(target, &cfg))
+}
+
 impl Server {
     pub fn start(cfg: &Config) -> std::io::Result<Server> {
+        Server::start_with_path(cfg, None)
+    }
+
+    /// Start from `cfg`, which was read from `path` (reloaded on SIGHUP or by RPC).
+    pub fn start_with_path(cfg: &Config, config_path: Option<&std::path::Path>) -> std::io::Result<Server> {
         let in_volumes: Vec<&String> = cfg.volumes.iter().flat_map(|v| v.members.iter().chain(&v.spares)).collect();
         let mut opened: Vec<Option<Arc<dyn Bdev>>> = Vec::new();
         let mut faults = Vec::new();
@@ -221,10 +253,12 @@ impl Server {
         if let Some(path) = &cfg.management.socket {
             let managed = Managed {
                 target: shared.target.clone(),
+                shared: shared.clone(),
                 volumes: volumes.clone(),
                 faults: faults.clone(),
                 devices: cfg.devices.iter().map(|d| d.name.clone()).zip(devices.iter().cloned()).collect(),
                 namespace_devices: cfg.subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.device.clone())).collect(),
+                config_path: config_path.map(|p| p.to_path_buf()),
             };
             match mgmt::serve(path, Arc::new(managed)) {
                 Ok(m) => mgmt_server = Some(m),
@@ -238,7 +272,23 @@ impl Server {
             }
             info!(socket = %path.display(), "management socket ready");
         }
-        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server })
+        let metrics = match cfg.metrics.address.as_deref().filter(|a| !a.is_empty()) {
+            Some(address) => match crate::metrics::serve(address, shared.clone(), volumes.clone()) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    shared.request_stop();
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    if let Some(m) = mgmt_server {
+                        m.stop();
+                    }
+                    return Err(e);
+                }
+            },
+            None => None,
+        };
+        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server, metrics, config_path: config_path.map(|p| p.to_path_buf()), devices })
     }
 
     /// The volume named `name`.
@@ -256,15 +306,33 @@ impl Server {
     }
 
     /// Stop accepting, close every connection after in-flight I/O drains, join reactors.
+    /// Reload the host allow-lists from the configuration file (SIGHUP).
+    pub fn reload_hosts(&self) -> Result<Vec<String>, String> {
+        reload_hosts_from(&self.shared.target, self.config_path.as_deref())
+    }
+
+    /// Where the metrics are served, if they are.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().map(|m| m.addr)
+    }
+
     pub fn stop(self) {
         if let Some(m) = self.mgmt {
+            m.stop();
+        }
+        if let Some(m) = self.metrics {
             m.stop();
         }
         self.shared.request_stop();
         for t in self.threads {
             let _ = t.join();
         }
-        // Reactors have drained: mark every volume clean.
+        // Reactors have drained: flush the devices, mark every volume clean.
+        for d in self.devices.iter().filter(|d| !self.volumes.iter().any(|v| v.name() == d.name())) {
+            if let Err(e) = d.sync() {
+                tracing::warn!(device = d.name(), error = %e, "flush at shutdown failed");
+            }
+        }
         for v in &self.volumes {
             v.close();
         }

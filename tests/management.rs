@@ -1,6 +1,8 @@
 //! The management socket and the command line: volume status, failing a member, fault
 //! injection, run-time host allow-lists, and errors that name what was wrong.
 
+mod common;
+
 use std::process::Command;
 
 use nvmf_raid::config::Config;
@@ -134,4 +136,40 @@ fn protocol_errors_are_json_rpc_errors() {
     assert!(ok && out.contains(NQN), "{out}");
     drop(HostController::connect(server.ports[0].addr, NQN, &QueueOptions::default()).unwrap());
     server.stop();
+}
+
+/// SIGHUP (and the hosts_reload method) re-read the host allow-lists from the
+/// configuration file of a running target; SIGTERM then stops it with status 0.
+#[test]
+fn sighup_reloads_host_allow_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let cfg = dir.path().join("target.toml");
+    let write_cfg = |hosts: &str| {
+        let c = format!(
+            "[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n[[device]]\nname = \"r\"\nkind = \"ram\"\nsize = \"4M\"\n[[subsystem]]\nnqn = \"{NQN}\"\nhosts = [{hosts}]\n[[subsystem.namespace]]\ndevice = \"r\"\n",
+            dir.path().join("mgmt.sock").display()
+        );
+        std::fs::write(&cfg, c).unwrap();
+    };
+    let other = "\"nqn.2014-08.org.nvmexpress:uuid:dddddddd-0000-4000-8000-000000000004\"";
+    write_cfg(other);
+    let mut child = common::spawn_target(&cfg, dir.path());
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let opts = QueueOptions { hostnqn: HOST.into(), ..Default::default() };
+    assert!(HostController::connect(addr, NQN, &opts).is_err(), "a host not on the list connected");
+    write_cfg(&format!("\"{HOST}\""));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGHUP).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while HostController::connect(addr, NQN, &opts).is_err() {
+        assert!(std::time::Instant::now() < deadline, "SIGHUP did not reload the allow-list");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The RPC does the same: back to the other host only.
+    write_cfg(other);
+    let r = call(&dir.path().join("mgmt.sock"), "hosts_reload", json!({})).unwrap();
+    assert_eq!(r["reloaded"], json!([NQN]));
+    assert!(HostController::connect(addr, NQN, &opts).is_err(), "hosts_reload did not apply the new list");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success(), "exit status after SIGTERM");
 }

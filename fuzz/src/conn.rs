@@ -576,7 +576,8 @@ pub fn run(input: &[u8]) -> Outcome {
     }
     let mut out = Outcome { stream_len: stream.len(), ..Default::default() };
     {
-        let mut env = Env { sq: &mut sink, pool: &mut pool, channels: &mut channels, target: &target, limits: &lim };
+        let mut stats = nvmf_raid::stats::ReactorRecorder::new(8);
+        let mut env = Env { sq: &mut sink, pool: &mut pool, channels: &mut channels, target: &target, limits: &lim, stats: &mut stats };
         let mut dr = Driver { conn, env: &mut env, host: HostView::new(&lim, trace), bdev, chunker: Chunker { boundary: 0 }, trace };
         dr.conn.start(dr.env);
         let mut pos = 0;

@@ -112,6 +112,9 @@ impl Bdev for FaultBdev {
         }
         self.inner.sync_io(op, offset, buf)
     }
+    fn sync(&self) -> std::io::Result<()> {
+        self.inner.sync()
+    }
     fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(FaultChannel {
             inner: self.inner.open_channel(files, index)?,
@@ -169,6 +172,10 @@ impl BdevChannel for FaultChannel {
 
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         self.inner.poll(sq, done)
+    }
+
+    fn member_stats(&mut self, out: &mut Vec<crate::stats::MemberStats>, reset: bool) {
+        self.inner.member_stats(out, reset)
     }
 }
 

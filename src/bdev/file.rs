@@ -81,6 +81,9 @@ impl Bdev for FileBdev {
             _ => Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "metadata I/O reads and writes only")),
         }
     }
+    fn sync(&self) -> std::io::Result<()> {
+        open_rw(&self.path, false)?.sync_all()
+    }
     fn open_channel(&self, files: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;
         let fixed = files.register(file.as_raw_fd());

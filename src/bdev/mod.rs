@@ -78,6 +78,11 @@ pub trait Bdev: Send + Sync + Debug {
         Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("{} has no metadata I/O", self.name())))
     }
 
+    /// Make every completed write durable (a flush outside any reactor, at shutdown).
+    fn sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+
     /// Open this reactor's handle to the device. `index` is the channel's position in the
     /// reactor's channel table, which a composite device uses to route its members'
     /// completions back to itself (see `BdevChannel::child_complete`).
@@ -102,6 +107,12 @@ pub trait BdevChannel {
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         let _ = (sq, done);
         false
+    }
+
+    /// Composite devices: append copies of their members' statistics (then reset them
+    /// when asked). Called on request, off the I/O path.
+    fn member_stats(&mut self, out: &mut Vec<crate::stats::MemberStats>, reset: bool) {
+        let _ = (out, reset);
     }
 }
 

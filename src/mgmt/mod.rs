@@ -17,6 +17,7 @@ use crate::bdev::Bdev;
 use crate::nvmf::subsystem::{SubsystemKind, Target};
 use crate::volume::raid::RaidBdev;
 
+pub mod stats;
 mod volume;
 
 /// Bytes one client may send over its connection's lifetime.
@@ -27,12 +28,16 @@ const MAX_CLIENTS: usize = 16;
 /// What the management methods act on.
 pub struct Managed {
     pub target: Arc<Target>,
+    /// The reactors, asked for statistics through their mailboxes.
+    pub shared: Arc<crate::reactor::Shared>,
     pub volumes: Vec<Arc<RaidBdev>>,
     pub faults: Vec<(String, Arc<FaultControl>)>,
     /// Every configured device by name (for adding spares).
     pub devices: Vec<(String, Arc<dyn Bdev>)>,
     /// Devices that back namespaces directly, so never spares.
     pub namespace_devices: Vec<String>,
+    /// The configuration file the target was started from (for reloads).
+    pub config_path: Option<PathBuf>,
 }
 
 /// A JSON-RPC error: code and a message that names what was wrong.
@@ -57,6 +62,9 @@ impl Managed {
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         match method {
             m if m.starts_with("volume_") => self.volume_call(m, params),
+            "stats" => self.stats(params),
+            "hosts_reload" => crate::server::reload_hosts_from(&self.target, self.config_path.as_deref()).map(|s| json!({"reloaded": s})).map_err(failed),
+            "stats_reset" => self.stats(&json!({"reset": true})),
             "device_fault" => self.device_fault(params),
             "subsystem_list" => Ok(self.subsystem_list()),
             "controller_list" => Ok(self.controller_list()),

@@ -7,7 +7,6 @@ use serde_json::{json, Value};
 
 use super::{failed, invalid_params, param, Managed, RpcError};
 use crate::bdev::{Bdev, FileBdev};
-use crate::volume::members::SlotState;
 use crate::volume::raid::{RaidBdev, VolumeError};
 
 fn refused(e: VolumeError) -> RpcError {
@@ -55,33 +54,13 @@ impl Managed {
 
     fn status_of(&self, v: &RaidBdev) -> Value {
         let h = v.health();
-        let state = if !h.online() {
-            "offline"
-        } else if h.rebuilding() {
-            "rebuilding"
-        } else if h.failed_members().is_empty() {
-            "online"
-        } else {
-            "degraded"
-        };
-        let members: Vec<Value> = (0..h.slots())
-            .map(|slot| {
-                let d = h.slot_device(slot);
-                let st = match h.state(slot) {
-                    SlotState::Active => "active",
-                    SlotState::Rebuilding => "rebuilding",
-                    _ if !d.present => "missing",
-                    _ => "failed",
-                };
-                json!({"slot": slot, "device": d.bdev.name(), "state": st})
-            })
-            .collect();
+        let members: Vec<Value> = (0..h.slots()).map(|slot| json!({"slot": slot, "device": h.slot_device(slot).bdev.name(), "state": h.state_name(slot)})).collect();
         let spares: Vec<Value> = h.spares().iter().map(|d| json!(d.bdev.name())).collect();
         let (synced, stripes) = v.resync().progress();
         json!({
             "name": v.name(),
             "level": format!("{:?}", v.layout().level).to_lowercase(),
-            "state": state,
+            "state": v.state(),
             "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
             "rebuild": h.rebuild_progress(),
             "block_size": v.block_size(),

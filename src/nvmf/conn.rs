@@ -24,6 +24,7 @@ use super::TransportLimits;
 use crate::bdev::{BdevChannel, BdevIo, BdevOp, SqeSink, Submitted};
 use crate::reactor::bufpool::{BufferPool, PoolBuf};
 use crate::reactor::token::{Kind, Token};
+use crate::stats::{OpClass, ReactorRecorder};
 use crate::util::aligned::AlignedRegion;
 
 /// Status: the transport corrupted data in flight (data digest error); the host retries.
@@ -42,6 +43,8 @@ pub struct Env<'a> {
     pub channels: &'a mut [Box<dyn BdevChannel>],
     pub target: &'a Target,
     pub limits: &'a TransportLimits,
+    /// The reactor's latency histograms and counters.
+    pub stats: &'a mut ReactorRecorder,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +94,10 @@ struct Slot {
     ddgst: [u8; 4],
     resp_hdr: [u8; HDR_CAP],
     resp_len: u8,
+    /// When the command arrived.
+    started: Option<Instant>,
+    /// Namespace I/O: (statistics index, class, bytes) to record at completion.
+    stat: Option<(u32, OpClass, u32)>,
 }
 
 impl Slot {
@@ -112,6 +119,8 @@ impl Slot {
             ddgst: [0; 4],
             resp_hdr: [0; HDR_CAP],
             resp_len: 0,
+            started: None,
+            stat: None,
         }
     }
 }
@@ -485,7 +494,7 @@ impl Conn {
         self.advance_sqhd();
         let slot = &mut self.slots[s as usize];
         debug_assert_eq!(slot.state, SlotState::Free);
-        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, ..Slot::new() };
+        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, started: Some(Instant::now()), ..Slot::new() };
         let dir = command::data_direction(&sqe);
         if let Some(sc) = self.check_data_descriptor(&sqe, dir, data.len(), ddgst_ok, env) {
             self.complete(s, sc | status::DNR, 0, env);
@@ -732,6 +741,7 @@ impl Conn {
             io::DATASET_MANAGEMENT => return self.dataset_management(s, ns, env),
             _ => return self.complete(s, status::INVALID_OPCODE | status::DNR, 0, env),
         };
+        self.slots[s as usize].stat = Some((ns.stats_index as u32, OpClass::of(op), len as u32));
         self.submit_bdev(s, ns.device, op, offset, len as u32, env);
         self.finish_if_done(s, env);
     }
@@ -840,6 +850,10 @@ impl Conn {
         }
         let slot = &mut self.slots[s as usize];
         slot.data_out = data_out;
+        if let (Some(t), Some((ns, class, bytes))) = (slot.started, slot.stat) {
+            let bytes = if sc & 0x7FF == 0 { bytes as u64 } else { 0 };
+            env.stats.record(ns as usize, class, t.elapsed().as_micros() as u64, bytes);
+        }
         let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
         slot.resp_len = pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8;
         slot.state = SlotState::Transmitting;

@@ -29,6 +29,8 @@ pub struct Namespace {
     pub uuid: [u8; 16],
     pub eui64: [u8; 8],
     pub counters: Arc<NsCounters>,
+    /// Position of this namespace in the reactors' statistics tables.
+    pub stats_index: usize,
 }
 
 /// I/O counters of a namespace, reported by the SMART log.
@@ -52,7 +54,7 @@ impl Namespace {
     /// A namespace with identifiers derived from (subsystem NQN, NSID).
     pub fn new(subnqn: &str, nsid: u32, device: usize, block_size: u32, num_blocks: u64) -> Namespace {
         let (nguid, uuid, eui64) = stable_ids(subnqn, nsid);
-        Namespace { nsid, device, block_size, num_blocks, nguid, uuid, eui64, counters: Default::default() }
+        Namespace { nsid, device, block_size, num_blocks, nguid, uuid, eui64, counters: Default::default(), stats_index: 0 }
     }
 
     pub fn lba_shift(&self) -> u32 {

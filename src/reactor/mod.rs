@@ -19,6 +19,7 @@ use crate::bdev::{Bdev, BdevChannel, Completions, FileRegistry, SqeSink};
 use crate::nvmf::conn::{Conn, Env};
 use crate::nvmf::subsystem::Target;
 use crate::nvmf::TransportLimits;
+use crate::stats::{ReactorRecorder, Snapshot};
 use bufpool::{BufferPool, PoolConfig};
 use token::{Kind, Token};
 
@@ -42,6 +43,8 @@ const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 pub enum Msg {
     /// Take over a freshly accepted connection.
     Adopt { sock: TcpStream, port_id: u16 },
+    /// Send copies of the statistics (and reset them when asked).
+    Stats { reset: bool, reply: Sender<Snapshot> },
 }
 
 /// A reactor's mailbox: messages plus an eventfd that wakes it from io_uring_enter.
@@ -97,6 +100,21 @@ impl Shared {
     pub fn new(target: Arc<Target>, mailboxes: Vec<Mailbox>) -> Self {
         let stats = mailboxes.iter().map(|_| ReactorStats::default()).collect();
         Shared { target, mailboxes, stats, stop: AtomicBool::new(false), next_reactor: AtomicUsize::new(0) }
+    }
+
+    /// Every reactor's statistics (each reset afterwards when `reset`). A reactor that does
+    /// not answer within a second is left out.
+    pub fn collect_stats(&self, reset: bool) -> Vec<Snapshot> {
+        let replies: Vec<_> = self
+            .mailboxes
+            .iter()
+            .map(|m| {
+                let (tx, rx) = crossbeam::channel::bounded(1);
+                m.send(Msg::Stats { reset, reply: tx });
+                rx
+            })
+            .collect();
+        replies.into_iter().filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok()).collect()
     }
 
     /// (connections, pool buffers in use) summed over reactors, as of their last tick.
@@ -166,6 +184,7 @@ struct Reactor {
     limits: TransportLimits,
     /// Parent completions returned by composite devices, dispatched as a stack.
     child_done: Completions,
+    stats: ReactorRecorder,
 }
 
 /// Run a reactor on the current thread until the target stops; `ready` hears once the
@@ -217,6 +236,7 @@ impl Reactor {
             ring.submitter().register_files(&files.0)?;
         }
         let eventfd = shared.mailboxes[cfg.index].eventfd.clone();
+        let namespaces = shared.target.subsystems.iter().map(|s| s.namespaces.len()).sum();
         Ok(Reactor {
             index: cfg.index,
             ring,
@@ -235,6 +255,7 @@ impl Reactor {
             shared,
             limits: cfg.limits,
             child_done: Vec::with_capacity(4096),
+            stats: ReactorRecorder::new(namespaces),
         })
     }
 
@@ -385,13 +406,13 @@ impl Reactor {
 
     /// Run `f` on a live connection with the reactor's environment.
     fn with_conn<R>(&mut self, id: u16, generation: Option<u16>, f: impl FnOnce(&mut Conn, &mut Env) -> R) -> Option<R> {
-        let Reactor { ring, pool, channels, conns, shared, limits, .. } = self;
+        let Reactor { ring, pool, channels, conns, shared, limits, stats, .. } = self;
         let conn = conns.get_mut(id as usize)?.as_mut()?;
         if generation.is_some_and(|g| g != conn.generation) {
             return None;
         }
         let mut sq = RingSq(ring);
-        let mut env = Env { sq: &mut sq, pool, channels, target: &shared.target, limits };
+        let mut env = Env { sq: &mut sq, pool, channels, target: &shared.target, limits, stats };
         Some(f(conn, &mut env))
     }
 
@@ -419,8 +440,25 @@ impl Reactor {
         while let Ok(m) = self.inbox.try_recv() {
             match m {
                 Msg::Adopt { sock, port_id } => self.adopt(sock, port_id),
+                Msg::Stats { reset, reply } => {
+                    let _ = reply.send(self.snapshot(reset));
+                }
             }
         }
+    }
+
+    /// Copies of this reactor's statistics (allocates: on request only), then reset them
+    /// if asked.
+    fn snapshot(&mut self, reset: bool) -> Snapshot {
+        let mut members = Vec::new();
+        for ch in self.channels.iter_mut() {
+            ch.member_stats(&mut members, reset);
+        }
+        let snap = Snapshot { namespaces: self.stats.namespaces.clone(), members, reactor: self.stats.reactor.clone() };
+        if reset {
+            self.stats.reset();
+        }
+        snap
     }
 
     fn adopt(&mut self, sock: TcpStream, port_id: u16) {

@@ -205,6 +205,16 @@ impl Members {
         state_of(self.slot_state[slot].load(Ordering::Acquire))
     }
 
+    /// active, rebuilding, failed, or missing (failed for want of its device).
+    pub fn state_name(&self, slot: usize) -> &'static str {
+        match self.state(slot) {
+            SlotState::Active => "active",
+            SlotState::Rebuilding => "rebuilding",
+            _ if !self.slot_device(slot).present => "missing",
+            _ => "failed",
+        }
+    }
+
     /// Never read or written again.
     pub fn is_failed(&self, slot: usize) -> bool {
         self.slot_state[slot].load(Ordering::Relaxed) == FAILED

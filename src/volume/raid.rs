@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use crossbeam::channel::Sender;
 
@@ -27,6 +28,7 @@ use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
 use super::rebuild::RebuildDriver;
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
+use crate::stats::{MemberStats, OpClass, OpSet};
 use crate::util::aligned::AlignedRegion;
 use crate::util::slab::Slab;
 
@@ -366,9 +368,16 @@ impl RaidBdev {
         Ok(layout)
     }
 
-    /// Orderly shutdown: write the superblocks (clean unless a resync is unfinished) and
-    /// stop the metadata thread.
+    /// Orderly shutdown: flush the members, write the superblocks (clean unless a resync
+    /// is unfinished) and stop the metadata thread.
     pub fn close(&self) {
+        for slot in (0..self.health.slots()).filter(|&s| !self.health.is_failed(s)) {
+            let dev = self.health.slot_device(slot);
+            if let Err(e) = dev.bdev.sync() {
+                warn!(volume = self.info.name, member = dev.bdev.name(), error = %e, "flush at shutdown failed");
+                self.health.fail(slot, "flush at shutdown failed");
+            }
+        }
         let (reply_tx, reply_rx) = crossbeam::channel::bounded(1);
         if self.meta_tx.send(MetaMsg::Close { reply: reply_tx, clean: !self.resync.active() }).is_ok() {
             let _ = reply_rx.recv_timeout(std::time::Duration::from_secs(30));
@@ -393,6 +402,20 @@ impl RaidBdev {
     /// Member device names in slot order.
     pub fn member_names(&self) -> Vec<String> {
         (0..self.health.slots()).map(|s| self.health.slot_device(s).bdev.name().to_string()).collect()
+    }
+
+    /// online, degraded (a member failed), rebuilding (onto a spare) or offline.
+    pub fn state(&self) -> &'static str {
+        let h = &self.health;
+        if !h.online() {
+            "offline"
+        } else if h.rebuilding() {
+            "rebuilding"
+        } else if (0..h.slots()).any(|s| h.is_failed(s)) {
+            "degraded"
+        } else {
+            "online"
+        }
     }
 
     /// Whether the member in `slot` can fail without taking the volume offline.
@@ -492,6 +515,7 @@ impl Bdev for RaidBdev {
         let redundant = self.redundant();
         Ok(Box::new(RaidChannel {
             index,
+            volume: self.info.name.clone(),
             layout: self.layout.clone(),
             devs,
             block_shift: self.info.block_size.trailing_zeros(),
@@ -505,6 +529,7 @@ impl Bdev for RaidBdev {
             parents: Slab::with_capacity(MAX_PARENTS),
             stripes: Slab::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             children: Slab::with_capacity(MAX_CHILDREN),
+            member_ops: (0..self.health.device_count()).map(|_| OpSet::default()).collect(),
             waiting: VecDeque::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
             gated: VecDeque::with_capacity(if redundant { MAX_PARENTS } else { 0 }),
             intent: self.intent.clone(),
@@ -640,6 +665,7 @@ pub(super) struct StripeOp {
 
 pub(super) struct RaidChannel {
     index: u16,
+    volume: String,
     pub(super) layout: Arc<Layout>,
     /// One channel per device of the volume (members, spares), by device index.
     devs: Vec<Box<dyn BdevChannel>>,
@@ -654,8 +680,9 @@ pub(super) struct RaidChannel {
     pub(super) rebuild: RebuildDriver,
     pub(super) parents: Slab<Parent>,
     pub(super) stripes: Slab<StripeOp>,
-    /// Child tag -> (owner, bytes the child must transfer, slot, device).
-    children: Slab<(Owner, i32, u16, u16)>,
+    children: Slab<Child>,
+    /// Latency and counters per device (by device index) and operation class.
+    member_ops: Vec<OpSet>,
     /// Stripe ops waiting for their lock or scratch, oldest first.
     pub(super) waiting: VecDeque<u32>,
     /// Writes waiting for their write-intent bits or (mirrors) stripe locks, oldest first.
@@ -674,6 +701,18 @@ pub(super) struct RaidChannel {
     pub(super) zeroes: AlignedRegion,
     /// Round-robin choice among mirror copies for reads.
     next_copy: usize,
+}
+
+/// A member I/O in flight.
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    owner: Owner,
+    /// What success returns: the bytes to transfer, or 0.
+    expect: i32,
+    slot: u16,
+    device: u16,
+    class: OpClass,
+    started: Instant,
 }
 
 /// Opens device channels outside a reactor's setup: plain file descriptors.
@@ -702,6 +741,7 @@ impl RaidChannel {
                 Box::new(crate::bdev::FailingChannel)
             });
             self.devs.push(ch);
+            self.member_ops.push(OpSet::default());
         }
     }
 
@@ -714,7 +754,8 @@ impl RaidChannel {
             self.open_new_devices();
         }
         let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
-        let tag = self.children.insert((owner, expect, slot as u16, dev as u16)).expect("member I/O table sized for the worst case");
+        let c = Child { owner, expect, slot: slot as u16, device: dev as u16, class: OpClass::of(io.op), started: Instant::now() };
+        let tag = self.children.insert(c).expect("member I/O table sized for the worst case");
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
@@ -782,7 +823,10 @@ impl RaidChannel {
     }
 
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
-        let (owner, expect, slot, dev) = self.children.remove(tag);
+        let Child { owner, expect, slot, device: dev, class, started } = self.children.remove(tag);
+        if let Some(ops) = self.member_ops.get_mut(dev as usize) {
+            ops.record(class, started.elapsed().as_micros() as u64, res.max(0) as u64);
+        }
         if res != expect {
             self.health.fail_device(slot as usize, dev as usize, if res < 0 { "I/O error" } else { "short transfer" });
         }
@@ -988,6 +1032,18 @@ impl BdevChannel for RaidChannel {
         match self.submit_result.take() {
             Some(res) => Submitted::Done(res),
             None => Submitted::Queued,
+        }
+    }
+
+    fn member_stats(&mut self, out: &mut Vec<MemberStats>, reset: bool) {
+        for (d, ops) in self.member_ops.iter_mut().enumerate() {
+            if !ops.is_empty() {
+                let device = self.health.device(d).bdev.name().to_string();
+                out.push(MemberStats { volume: self.volume.clone(), device, ops: ops.clone() });
+            }
+            if reset {
+                ops.reset();
+            }
         }
     }
 
