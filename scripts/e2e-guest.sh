@@ -19,7 +19,8 @@ DATA=$(mktemp -d "$OUT/data.XXXXXX")
 
 [[ -x $BIN ]] || { echo "e2e-guest: no binary at $BIN (cargo build --release first)" >&2; exit 2; }
 
-"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --cores 0 --socket "$OUT/mgmt.sock" >"$OUT/target.log" 2>&1 &
+METRICS=127.0.0.1:${E2E_METRICS_PORT:-14464}
+"$BIN" serve --data-dir "$DATA" --listen "127.0.0.1:$PORT" --cores 0 --socket "$OUT/mgmt.sock" --metrics "$METRICS" >"$OUT/target.log" 2>&1 &
 TARGET_PID=$!
 cleanup() {
     kill "$TARGET_PID" 2>/dev/null || true
@@ -40,6 +41,29 @@ SUBNQN=$NQN TARGET_ADDR=10.0.2.2 TARGET_PORT=$PORT GUEST_LOG="$OUT/guest.log" \
     "$REPO/scripts/guest/run.sh" "$REPO/tests/e2e/guest-nvme.sh"
 status=$?
 set -e
+
+# What the guest's fio left in the statistics: the table, a plot rendered to PNG, and the
+# Prometheus exposition checked by promtool.
+if kill -0 "$TARGET_PID" 2>/dev/null; then
+    echo "e2e-guest: nvmf-raid stats after the guest run:"
+    "$BIN" --socket "$OUT/mgmt.sock" stats --plot "$OUT/stats.svg" | tee "$OUT/stats.txt" || status=1
+    if ! grep -q "ns 1 .*write" "$OUT/stats.txt"; then
+        echo "e2e-guest: FAIL: the statistics show no writes from the guest" >&2
+        status=1
+    fi
+    if rsvg-convert -o "$OUT/stats.png" "$OUT/stats.svg"; then
+        echo "e2e-guest: plot $OUT/stats.svg rendered to $OUT/stats.png ($(stat -c %s "$OUT/stats.png") bytes)"
+    else
+        echo "e2e-guest: FAIL: rsvg-convert could not render the plot" >&2
+        status=1
+    fi
+    if python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' "http://$METRICS/metrics" >"$OUT/metrics.txt" && promtool check metrics <"$OUT/metrics.txt"; then
+        echo "e2e-guest: promtool check metrics: ok ($(grep -vc '^#' "$OUT/metrics.txt") samples)"
+    else
+        echo "e2e-guest: FAIL: metrics not served or rejected by promtool" >&2
+        status=1
+    fi
+fi
 
 # The target must have survived the run and must stop cleanly on SIGTERM.
 if ! kill -0 "$TARGET_PID" 2>/dev/null; then

@@ -29,19 +29,21 @@ pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
             print_volumes(&r, name.as_deref())
         }
         VolumeCmd::Status { name, until_idle, .. } => watch(socket, name.as_deref(), until_idle),
-        VolumeCmd::FailMember { volume, member, force } => {
+        VolumeCmd::FailMember { volume, member, force, wait } => {
             call("volume_fail_member", json!({"volume": volume, "member": member, "force": force}))?;
             println!("{volume}: member {member} failed");
-            Ok(())
+            follow(socket, &volume, wait)
         }
-        VolumeCmd::AddSpare { volume, device, path } => {
+        VolumeCmd::AddSpare { volume, device, path, wait } => {
             let r = call("volume_add_spare", json!({"volume": volume, "device": device, "path": path}))?;
-            print_volumes(&json!([r]), None)
+            print_volumes(&json!([r]), None)?;
+            follow(socket, &volume, wait)
         }
         VolumeCmd::RemoveSpare { volume, device } => print_volumes(&json!([call("volume_remove_spare", json!({"volume": volume, "device": device}))?]), None),
-        VolumeCmd::Replace { volume, member, spare, force } => {
+        VolumeCmd::Replace { volume, member, spare, force, wait } => {
             let r = call("volume_replace_member", json!({"volume": volume, "member": member, "spare": spare, "force": force}))?;
-            print_volumes(&json!([r]), None)
+            print_volumes(&json!([r]), None)?;
+            follow(socket, &volume, wait)
         }
         VolumeCmd::RemoveMember { volume, member } => print_volumes(&json!([call("volume_remove_member", json!({"volume": volume, "member": member}))?]), None),
         VolumeCmd::RebuildRate { volume, rate } => {
@@ -51,6 +53,16 @@ pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// With `wait`: follow the volume's rebuild or resync until none runs. The metadata
+/// thread puts a spare in place a moment after a failure, so give it that moment.
+fn follow(socket: &Path, volume: &str, wait: bool) -> Result<(), String> {
+    if !wait {
+        return Ok(());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    watch(socket, Some(volume), true)
 }
 
 fn print_volumes(r: &Value, name: Option<&str>) -> Result<(), String> {

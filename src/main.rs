@@ -167,6 +167,9 @@ enum VolumeCmd {
         device: String,
         #[arg(long)]
         path: Option<String>,
+        /// Follow the rebuild (if the spare fills a failed slot) until it ends.
+        #[arg(long)]
+        wait: bool,
     },
     /// Take a hot spare off a volume.
     RemoveSpare { volume: String, device: String },
@@ -177,6 +180,9 @@ enum VolumeCmd {
         spare: String,
         #[arg(long)]
         force: bool,
+        /// Follow the rebuild until it ends.
+        #[arg(long)]
+        wait: bool,
     },
     /// Detach a failed member so its device can be reused.
     RemoveMember { volume: String, member: String },
@@ -188,6 +194,9 @@ enum VolumeCmd {
         member: String,
         #[arg(long)]
         force: bool,
+        /// Follow the rebuild onto a spare (if one starts) until it ends.
+        #[arg(long)]
+        wait: bool,
     },
 }
 
