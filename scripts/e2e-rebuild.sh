@@ -25,6 +25,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BIN=${1:-$REPO/target/release/nvmf-raid}
 PORT=${E2E_REBUILD_PORT:-14421}
 CTL_PORT=${E2E_REBUILD_CTL_PORT:-14422}
+METRICS=127.0.0.1:${E2E_REBUILD_METRICS_PORT:-14465}
 RATE=${E2E_REBUILD_RATE:-8M}
 MEMBER_SIZE=${E2E_REBUILD_MEMBER_SIZE:-128M}
 REBUILD_TIMEOUT=${E2E_REBUILD_TIMEOUT:-300}
@@ -70,6 +71,9 @@ polling = "adaptive"
 
 [management]
 socket = "$SOCK"
+
+[metrics]
+address = "$METRICS"
 
 [[listener]]
 address = "127.0.0.1:$PORT"
@@ -256,6 +260,19 @@ while :; do
     sleep 1
 done
 T_DONE=$(date +%s.%N)
+
+# The target's own view while fio still runs in the guest: the statistics table, the
+# latency plot (rendered to PNG) and the Prometheus exposition, checked by promtool.
+say "nvmf-raid stats while fio runs in the guest:"
+nvmf stats --plot "$OUT/stats.svg" | tee "$OUT/stats.txt" | sed 's/^/stats| /'
+grep -q "ns 1 .*write" "$OUT/stats.txt" || die "the statistics show no writes to the RAID-5 namespace"
+rsvg-convert -o "$OUT/stats.png" "$OUT/stats.svg" || die "rsvg-convert could not render $OUT/stats.svg"
+say "plot rendered: $OUT/stats.png ($(stat -c %s "$OUT/stats.png") bytes)"
+python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode())' \
+    "http://$METRICS/metrics" >"$OUT/metrics.txt" || die "no metrics at http://$METRICS/metrics"
+promtool check metrics <"$OUT/metrics.txt" || die "promtool rejected the metrics"
+say "promtool check metrics: ok ($(grep -vc '^#' "$OUT/metrics.txt") samples)"
+
 echo "done" >"$CTL/state"
 say "rebuilds finished $(awk -v a="$T_FAULT" -v b="$T_DONE" 'BEGIN{printf "%.1f", b-a}') s after the fault; told the guest to finish"
 

@@ -27,7 +27,7 @@ const HOT_BYTES: u64 = 4 << 20;
 fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..MEMBERS {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"64M\"\n", dir.join(format!("m{m}.img")).display());
+        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"512M\"\n", dir.join(format!("m{m}.img")).display());
     }
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"raid5\"\nmembers = [\"m0\", \"m1\", \"m2\", \"m3\"]\nstrip_size = {STRIP}\n");
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
@@ -106,9 +106,9 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     let st = call(&dir.path().join("mgmt.sock"), "volume_status", json!({})).unwrap();
     let resync_rows = st[0]["resync"]["stripes"].as_u64().unwrap();
     assert!(resync_rows > 0, "no resync after kill -9: {st}");
-    // The write-intent bitmap confines the resync to the written region (4 MiB of each
-    // member here), not the whole 63 MiB of data area.
-    let all_rows = (64 << 20) / STRIP - (1 << 20) / STRIP;
+    // The write-intent bitmap confines the resync to the written region (one 64 MiB region
+    // of each member here), not the whole 511 MiB of data area.
+    let all_rows = (512 << 20) / STRIP - (1 << 20) / STRIP;
     assert!(resync_rows * 4 <= all_rows, "resync of {resync_rows} of {all_rows} rows: the bitmap did not limit it");
     let mut c = HostController::connect(addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();

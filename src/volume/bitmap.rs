@@ -24,7 +24,9 @@ const HEADER: usize = 64;
 /// Regions one bitmap block can describe.
 pub const MAX_REGIONS: usize = (BITMAP_BYTES - HEADER) * 8;
 /// Smallest region: a bit set on disk covers at least this many bytes of each member.
-const MIN_REGION_BYTES: u64 = 4 << 20;
+/// Large regions keep bitmap writes (a synchronous write per member) rare; the price is
+/// resynchronising whole regions after a crash.
+const MIN_REGION_BYTES: u64 = 64 << 20;
 
 const CLEAN: u8 = 0;
 const PENDING: u8 = 1;
@@ -190,14 +192,14 @@ mod tests {
         let w = WriteIntent::new(1 << 30, 4096);
         assert!(w.regions() <= MAX_REGIONS);
         assert!(w.region_rows() * w.regions() as u64 >= 1 << 30);
-        let small = WriteIntent::new(100, 65536);
-        assert_eq!(small.region_rows(), 64);
+        let small = WriteIntent::new(1500, 65536);
+        assert_eq!(small.region_rows(), 1024);
         assert_eq!(small.regions(), 2);
     }
 
     #[test]
     fn a_write_waits_for_its_bit_and_the_sweeper_never_clears_under_it() {
-        let w = WriteIntent::new(1024, 65536);
+        let w = WriteIntent::new(4096, 65536);
         assert!(!w.begin(0, 1), "bits not yet durable");
         assert!(w.needs_flush());
         let (block, pending) = w.encode(&[7; 16]);
@@ -220,7 +222,7 @@ mod tests {
 
     #[test]
     fn torn_or_foreign_blocks_are_not_trusted() {
-        let w = WriteIntent::new(1024, 65536);
+        let w = WriteIntent::new(4096, 65536);
         w.begin(3, 3);
         let (mut block, _) = w.encode(&[7; 16]);
         assert_eq!(decode(&block[..], &[8; 16], w.region_rows(), w.regions()), None);

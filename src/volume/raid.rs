@@ -962,12 +962,14 @@ impl RaidChannel {
         Some(intent.regions_of(self.layout.member_row(start), self.layout.member_row(end - 1)))
     }
 
+    /// Admit every gated write that can start now, oldest first; the rest keep their order.
+    /// (A write whose bits are durable need not wait behind one whose bits are not.)
     fn retry_gated(&mut self, sq: &mut dyn SqeSink) {
-        while let Some(&p) = self.gated.front() {
+        for _ in 0..self.gated.len() {
+            let p = self.gated.pop_front().expect("counted");
             if !self.try_admit(p, sq) {
-                return;
+                self.gated.push_back(p);
             }
-            self.gated.pop_front();
         }
     }
 }
@@ -1014,8 +1016,7 @@ impl BdevChannel for RaidChannel {
             }
         }
         if regions.is_some() || mirror_write {
-            // Behind earlier waiting writes, so none of them starves.
-            if !self.gated.is_empty() || !self.try_admit(p, sq) {
+            if !self.try_admit(p, sq) {
                 self.gated.push_back(p);
             }
         } else if parity_write {
