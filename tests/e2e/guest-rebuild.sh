@@ -159,7 +159,11 @@ io_rounds() {
 echo "E2E: target $ADDR:$PORT subsystem $NQN (kernel $(uname -r)), control port ${CTL_PORT:-none}"
 
 step "connect"
-nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" || fail "nvme connect exited non-zero"
+# A 30 s keep-alive: under software emulation the host's own teardown at disconnect can
+# outlast the 5 s default (the host stops keep-alives when it starts tearing down), the
+# target then ends the association, and Debian's 6.1 kernel was seen to hang in
+# `nvme disconnect` afterwards.
+nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$NQN" -k 30 || fail "nvme connect exited non-zero"
 for ns in $NSIDS; do
     i=0
     while ! n=$(find_ns "$ns") || [ ! -b "/dev/$n" ]; do
