@@ -182,7 +182,7 @@ fn stats_rows(objects: &[Value], name: impl Fn(&Value) -> String) {
                 "{:<44} {:<6} {:>10} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9}",
                 name(obj),
                 op,
-                st["ios"],
+                st["ios"].as_u64().unwrap_or(0),
                 human_bytes(st["bytes"].as_u64().unwrap_or(0)),
                 n("p50"),
                 n("p90"),

@@ -318,7 +318,11 @@ impl Config {
         if cores.is_empty() {
             return Err(invalid("reactor.cores", "list at least one core"));
         }
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // Every CPU the machine has, not only those this process may run on now (a service
+        // manager's CPUAffinity or isolcpus restrict the latter).
+        // SAFETY: sysconf only reads a system value.
+        let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
+        let online = if configured > 0 { configured as usize } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
         if let Some(c) = cores.iter().find(|c| **c >= online) {
             return Err(invalid("reactor.cores", format!("core {c} does not exist (this machine has {online})")));
         }

@@ -29,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the target. Without --config: one namespace on a 1 GiB sparse file.
+    /// Run the target. Without --config: a RAID-5 volume over four 1 GiB sparse files plus a
+    /// hot spare in --data-dir, served on --listen.
     Serve(ServeArgs),
     /// Check a configuration file and exit.
     CheckConfig { config: PathBuf },
@@ -208,7 +209,7 @@ enum PollArg {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).with_writer(std::io::stderr).init();
     let code = match cli.cmd {
         Cmd::Serve(args) => serve(args, &cli.socket),
         Cmd::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string()),

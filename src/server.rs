@@ -124,6 +124,23 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
     (t, p)
 }
 
+/// Closes the volumes already assembled when a start fails later, so that they stay clean.
+struct CloseOnError(Vec<Arc<RaidBdev>>);
+
+impl CloseOnError {
+    fn disarm(mut self) {
+        self.0.clear();
+    }
+}
+
+impl Drop for CloseOnError {
+    fn drop(&mut self) {
+        for v in &self.0 {
+            v.close();
+        }
+    }
+}
+
 /// Replace every subsystem's host allow-list with the one `cfg` gives it; returns the
 /// NQNs of the subsystems updated. Hosts already connected stay connected.
 pub fn apply_host_lists(target: &Target, cfg: &Config) -> Vec<String> {
@@ -175,6 +192,7 @@ impl Server {
             }
         }
         let mut volumes = Vec::new();
+        let mut close_on_error = CloseOnError(Vec::new());
         for v in &cfg.volumes {
             let pick = |names: &[String]| names.iter().filter_map(|m| opened[device_index(cfg, m)].clone()).collect();
             let absent = v.members.iter().filter(|m| opened[device_index(cfg, m)].is_none()).cloned().collect();
@@ -191,6 +209,7 @@ impl Server {
             let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
             volumes.push(vol.clone());
+            close_on_error.0.push(vol.clone());
             opened.push(Some(vol));
         }
         // Only volume members can be absent, and namespaces never use them directly.
@@ -288,6 +307,7 @@ impl Server {
             },
             None => None,
         };
+        close_on_error.disarm();
         Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server, metrics, config_path: config_path.map(|p| p.to_path_buf()), devices })
     }
 
