@@ -173,15 +173,15 @@ impl Snapshot {
     }
 }
 
-/// The per-reactor recorder the connections write into.
+/// The per-reactor recorder the connections write into. The reactor's own totals are
+/// the sum of its namespaces, formed when a snapshot is taken (one record per I/O).
 pub struct ReactorRecorder {
     pub namespaces: Vec<OpSet>,
-    pub reactor: OpSet,
 }
 
 impl ReactorRecorder {
     pub fn new(namespaces: usize) -> Self {
-        ReactorRecorder { namespaces: (0..namespaces).map(|_| OpSet::default()).collect(), reactor: OpSet::default() }
+        ReactorRecorder { namespaces: (0..namespaces).map(|_| OpSet::default()).collect() }
     }
 
     /// A namespace command finished after `us` microseconds.
@@ -189,12 +189,17 @@ impl ReactorRecorder {
         if let Some(set) = self.namespaces.get_mut(ns) {
             set.record(class, us, bytes);
         }
-        self.reactor.record(class, us, bytes);
+    }
+
+    /// Every namespace of this reactor together.
+    pub fn reactor_total(&self) -> OpSet {
+        let mut all = OpSet::default();
+        self.namespaces.iter().for_each(|n| all.add(n));
+        all
     }
 
     pub fn reset(&mut self) {
         self.namespaces.iter_mut().for_each(OpSet::reset);
-        self.reactor.reset();
     }
 }
 
@@ -210,8 +215,9 @@ mod tests {
             a.record(0, OpClass::Read, us, 4096);
             b.record(0, OpClass::Read, us + 1000, 4096);
         }
-        let mut s = Snapshot { namespaces: a.namespaces.clone(), members: vec![], reactor: a.reactor.clone() };
-        s.merge(&Snapshot { namespaces: b.namespaces.clone(), members: vec![], reactor: b.reactor.clone() });
+        let mut s = Snapshot { namespaces: a.namespaces.clone(), members: vec![], reactor: a.reactor_total() };
+        s.merge(&Snapshot { namespaces: b.namespaces.clone(), members: vec![], reactor: b.reactor_total() });
+        assert_eq!(s.reactor.get(OpClass::Read).ios, 2000);
         let r = s.namespaces[0].get(OpClass::Read);
         assert_eq!(r.ios, 2000);
         assert_eq!(r.bytes, 2000 * 4096);
@@ -221,7 +227,7 @@ mod tests {
         let j = r.to_json(true);
         assert!(j["latency_us"]["buckets"].as_array().unwrap().len() > 100);
         a.reset();
-        assert!(a.namespaces[0].is_empty() && a.reactor.is_empty());
+        assert!(a.namespaces[0].is_empty() && a.reactor_total().is_empty());
     }
 
     #[test]

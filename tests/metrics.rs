@@ -122,5 +122,18 @@ fn stats_metrics_and_plots_while_load_runs() {
     let st = call(&sock, "stats", json!({})).unwrap();
     assert!(st["namespaces"].as_array().unwrap().is_empty() && st["members"].as_array().unwrap().is_empty(), "{st}");
     drop((q, c));
+
+    // `perf --plot` draws the initiator's view the same way.
+    let perf_svg = dir.path().join("perf.svg");
+    let addr = server.ports[0].addr.to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
+        .args(["perf", "--addr", &addr, "--nqn", NQN, "-q", "4", "-w", "randrw", "-t", "1", "--plot"])
+        .arg(&perf_svg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = Command::new(tool("rsvg-convert")).arg("-o").arg(dir.path().join("perf.png")).arg(&perf_svg).output().unwrap();
+    assert!(r.status.success(), "rsvg-convert: {}", String::from_utf8_lossy(&r.stderr));
+    assert!(std::fs::read(dir.path().join("perf.png")).unwrap().starts_with(b"\x89PNG"));
     server.stop();
 }

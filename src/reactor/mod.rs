@@ -454,7 +454,7 @@ impl Reactor {
         for ch in self.channels.iter_mut() {
             ch.member_stats(&mut members, reset);
         }
-        let snap = Snapshot { namespaces: self.stats.namespaces.clone(), members, reactor: self.stats.reactor.clone() };
+        let snap = Snapshot { namespaces: self.stats.namespaces.clone(), members, reactor: self.stats.reactor_total() };
         if reset {
             self.stats.reset();
         }
