@@ -15,20 +15,8 @@
 #
 # Each step prints "STEP: ..." and "PASS: ...".  The last line is
 # "E2E RESULT: PASS" (exit 0) or "E2E RESULT: FAIL at <step>" (exit 1).
-set -eu
-set -o pipefail 2>/dev/null || true
-
-for kv in "$@"; do
-    case $kv in
-        [A-Za-z_]*=*) export "${kv?}" ;;
-        *) echo "usage: $0 [SUBNQN=nqn] [TARGET_ADDR=a] [TARGET_PORT=p] ..." >&2; exit 2 ;;
-    esac
-done
-ADDR=${TARGET_ADDR:-10.0.2.2}
-PORT=${TARGET_PORT:-4420}
-NQN=${SUBNQN:-}
+. "${E2E_DIR:-$(dirname "$0")}/common.sh"
 CONNECT_OPTS=${E2E_CONNECT_OPTS:-}
-TMO=${E2E_STEP_TIMEOUT:-300}
 SKIP=" ${E2E_SKIP:-} "
 MNT=/mnt/e2e
 WORK=/tmp/e2e
@@ -39,11 +27,6 @@ SEQ_SIZE_MB=${E2E_SEQ_SIZE_MB:-64}      # 128 KiB sequential write + verify
 DIGEST_SIZE_MB=${E2E_DIGEST_SIZE_MB:-8} # 4 KiB randrw verify over digests
 MIN_DEV_MB=128
 
-CUR="setup"
-T0=$(cut -d' ' -f1 /proc/uptime)
-step() { CUR=$*; echo "STEP: $* (t=$(cut -d' ' -f1 /proc/uptime)s)"; }
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; exit 1; }
 skip() { case $SKIP in *" $1 "*) echo "SKIP: $1"; return 0 ;; esac; return 1; }
 
 on_exit() {

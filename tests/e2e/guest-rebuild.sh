@@ -29,34 +29,16 @@
 #
 # Each step prints "STEP: ..." and "PASS: ...".  The last line is
 # "E2E RESULT: PASS" (exit 0) or "E2E RESULT: FAIL at <step>" (exit 1).
-set -eu
-set -o pipefail 2>/dev/null || true
-
-for kv in "$@"; do
-    case $kv in
-        [A-Za-z_]*=*) export "${kv?}" ;;
-        *) echo "usage: $0 [SUBNQN=nqn] [TARGET_ADDR=a] [TARGET_PORT=p] ..." >&2; exit 2 ;;
-    esac
-done
-ADDR=${TARGET_ADDR:-10.0.2.2}
-PORT=${TARGET_PORT:-4420}
-NQN=${SUBNQN:-}
+. "${E2E_DIR:-$(dirname "$0")}/common.sh"
 CTL_PORT=${E2E_CTL_PORT:-}
 A_MB=${E2E_A_MB:-16}
 B_MB=${E2E_B_MB:-4}
 READ_LOOPS=${E2E_READ_LOOPS:-1}
 ROUNDS=${E2E_ROUNDS:-2}
 MAX_ROUNDS=${E2E_MAX_ROUNDS:-40}
-TMO=${E2E_STEP_TIMEOUT:-300}
 WORK=/tmp/e2e
 NSIDS="1 2"
 
-CUR="setup"
-T0=$(cut -d' ' -f1 /proc/uptime)
-now() { cut -d' ' -f1 /proc/uptime; }
-step() { CUR=$*; echo "STEP: $* (t=$(now)s)"; }
-pass() { echo "PASS: $*"; }
-fail() { echo "FAIL: $*"; exit 1; }
 
 IO_PID=
 on_exit() {
