@@ -187,6 +187,16 @@ struct Reactor {
     stats: ReactorRecorder,
 }
 
+thread_local! {
+    static ON_REACTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a reactor (for allocation accounting in tests; reading it
+/// never allocates).
+pub fn on_reactor_thread() -> bool {
+    ON_REACTOR.with(|r| r.get())
+}
+
 /// Run a reactor on the current thread until the target stops; `ready` hears once the
 /// reactor is set up (errors are returned instead).
 pub fn run(
@@ -196,6 +206,7 @@ pub fn run(
     inbox: Receiver<Msg>,
     ready: Sender<Result<(), String>>,
 ) -> std::io::Result<()> {
+    ON_REACTOR.with(|r| r.set(true));
     if let Some(core) = cfg.core {
         if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
             warn!(reactor = cfg.index, core, "could not pin reactor to core");
