@@ -576,7 +576,8 @@ pub fn run(input: &[u8]) -> Outcome {
     }
     let mut out = Outcome { stream_len: stream.len(), ..Default::default() };
     {
-        let mut stats = nvmf_raid::stats::ReactorRecorder::new(8);
+        // No namespace tables: a histogram set per run would dominate the fuzzer's time.
+        let mut stats = nvmf_raid::stats::ReactorRecorder::new(0);
         let mut env = Env { sq: &mut sink, pool: &mut pool, channels: &mut channels, target: &target, limits: &lim, stats: &mut stats };
         let mut dr = Driver { conn, env: &mut env, host: HostView::new(&lim, trace), bdev, chunker: Chunker { boundary: 0 }, trace };
         dr.conn.start(dr.env);
