@@ -109,6 +109,10 @@ enum Cmd {
         /// Draw the latency percentile curve to this SVG file.
         #[arg(long)]
         plot: Option<PathBuf>,
+        /// busy: poll the sockets without sleeping, as spdk_nvme_perf does; adaptive:
+        /// sleep in poll(2) whenever a pass finds nothing.
+        #[arg(long, value_parser = ["busy", "adaptive"], default_value = "busy")]
+        poll: String,
     },
     /// Latency percentiles and I/O counters per namespace, member device and reactor.
     Stats {
@@ -232,7 +236,7 @@ fn main() {
             p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
         Cmd::Stats { json, buckets, reset, plot } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
-        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core, plot } => {
+        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core, plot, poll } => {
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
@@ -240,7 +244,7 @@ fn main() {
             if let Some(h) = hostnqn {
                 host.hostnqn = h;
             }
-            let o = PerfOptions { addr, subnqn: nqn, nsid, queues, depth: qd, block_size: bs, pattern, read_percent, duration: Duration::from_secs(time), host };
+            let o = PerfOptions { addr, subnqn: nqn, nsid, queues, depth: qd, block_size: bs, pattern, read_percent, duration: Duration::from_secs(time), host, busy_poll: poll == "busy" };
             perf::run(&o).map_err(|e| format!("perf: {e}")).and_then(|r| {
                 r.print(&o);
                 match plot {

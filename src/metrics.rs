@@ -143,6 +143,15 @@ pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
     let reactors: Vec<(String, &OpSet)> = per_reactor.iter().enumerate().map(|(i, s)| (format!("reactor=\"{i}\""), &s.reactor)).collect();
     op_families(&mut o, "nvmf_raid_reactor", "reactor", &reactors);
     volume_families(&mut o, volumes);
+    let turns = shared.utilisation();
+    family(&mut o, "nvmf_raid_reactor_busy_seconds_total", "counter", "Time of event-loop turns that did work (events or submissions).");
+    for (i, (busy, _)) in turns.iter().enumerate() {
+        let _ = writeln!(o, "nvmf_raid_reactor_busy_seconds_total{{reactor=\"{i}\"}} {busy:.6}");
+    }
+    family(&mut o, "nvmf_raid_reactor_idle_seconds_total", "counter", "Time of event-loop turns that polled and found nothing (sleeps excluded).");
+    for (i, (_, idle)) in turns.iter().enumerate() {
+        let _ = writeln!(o, "nvmf_raid_reactor_idle_seconds_total{{reactor=\"{i}\"}} {idle:.6}");
+    }
     let (connections, buffers) = shared.resource_use();
     family(&mut o, "nvmf_raid_connections", "gauge", "Open NVMe/TCP connections.");
     let _ = writeln!(o, "nvmf_raid_connections {connections}");
