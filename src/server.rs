@@ -237,6 +237,7 @@ impl Server {
         let per_reactor_conns = cfg.limits.max_connections.div_ceil(cfg.reactor.cores.len());
         let devices = Arc::new(devices);
         let mut threads = Vec::new();
+        crate::util::clock::init();
         let (ready_tx, ready_rx) = crossbeam::channel::bounded(cfg.reactor.cores.len());
         for (i, (core, inbox)) in cfg.reactor.cores.iter().zip(inboxes).enumerate() {
             // Reactor 0 accepts; new connections are spread round-robin from there.

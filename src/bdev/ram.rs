@@ -1,4 +1,5 @@
-//! A RAM-backed device: a sparse anonymous mapping, copied synchronously on the reactor.
+//! A RAM-backed device: an anonymous mapping faulted in at creation (no page faults on
+//! the data path), copied synchronously on the reactor.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ pub struct RamBdev {
 
 impl RamBdev {
     pub fn new(name: &str, block_size: u32, size_bytes: u64) -> std::io::Result<Self> {
-        let mem = AlignedRegion::new(size_bytes as usize)?;
+        let mem = AlignedRegion::populated(size_bytes as usize)?;
         let info = BdevInfo { name: name.into(), block_size, num_blocks: mem.len() as u64 / block_size as u64 };
         Ok(RamBdev { info, mem: Arc::new(mem) })
     }

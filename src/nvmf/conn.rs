@@ -26,6 +26,7 @@ use crate::reactor::bufpool::{BufferPool, PoolBuf};
 use crate::reactor::token::{Kind, Token};
 use crate::stats::{OpClass, ReactorRecorder};
 use crate::util::aligned::AlignedRegion;
+use crate::util::clock::Stamp;
 
 /// Status: the transport corrupted data in flight (data digest error); the host retries.
 const TRANSIENT_TRANSPORT_ERROR: u16 = 0x22;
@@ -95,7 +96,7 @@ struct Slot {
     resp_hdr: [u8; HDR_CAP],
     resp_len: u8,
     /// When the command arrived.
-    started: Option<Instant>,
+    started: Option<Stamp>,
     /// Namespace I/O: (statistics index, class, bytes) to record at completion.
     stat: Option<(u32, OpClass, u32)>,
 }
@@ -494,7 +495,7 @@ impl Conn {
         self.advance_sqhd();
         let slot = &mut self.slots[s as usize];
         debug_assert_eq!(slot.state, SlotState::Free);
-        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, started: Some(Instant::now()), ..Slot::new() };
+        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, started: Some(Stamp::now()), ..Slot::new() };
         let dir = command::data_direction(&sqe);
         if let Some(sc) = self.check_data_descriptor(&sqe, dir, data.len(), ddgst_ok, env) {
             self.complete(s, sc | status::DNR, 0, env);
@@ -852,7 +853,7 @@ impl Conn {
         slot.data_out = data_out;
         if let (Some(t), Some((ns, class, bytes))) = (slot.started, slot.stat) {
             let bytes = if sc & 0x7FF == 0 { bytes as u64 } else { 0 };
-            env.stats.record(ns as usize, class, t.elapsed().as_micros() as u64, bytes);
+            env.stats.record(ns as usize, class, t.elapsed_micros(), bytes);
         }
         let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
         slot.resp_len = pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8;

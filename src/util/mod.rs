@@ -1,5 +1,6 @@
 //! Small building blocks shared by the data path.
 
 pub mod aligned;
+pub mod clock;
 pub mod le;
 pub mod slab;

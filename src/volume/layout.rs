@@ -82,6 +82,14 @@ pub struct Location {
     pub member_lba: u64,
 }
 
+impl Location {
+    /// Mirror copy `c` of a block whose first copy is here: the same offset on the next
+    /// members of the group.
+    pub fn copy(self, c: usize) -> Location {
+        Location { member: self.member + c, ..self }
+    }
+}
+
 /// Position of a data strip inside its parity group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StripPos {
@@ -268,11 +276,15 @@ impl Layout {
     /// Every member holding a copy of `lba` (mirrors), or just its one location.
     pub fn copies(&self, lba: u64) -> impl Iterator<Item = Location> + '_ {
         let first = self.locate(lba);
-        let n = match self.level {
+        (0..self.copy_count()).map(move |c| first.copy(c))
+    }
+
+    /// Copies of every block: the mirror width, or 1.
+    pub fn copy_count(&self) -> usize {
+        match self.level {
             Level::Raid1 | Level::Raid10 => self.group_size,
             _ => 1,
-        };
-        (0..n).map(move |c| Location { member: first.member + c, member_lba: first.member_lba })
+        }
     }
 }
 

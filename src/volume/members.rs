@@ -122,6 +122,9 @@ pub struct Members {
     device_count: AtomicUsize,
     slot_device: Box<[AtomicUsize]>,
     slot_state: Box<[AtomicU8]>,
+    /// How many slots are not active: zero in the common case, which lets the per-I/O
+    /// health checks skip their walk over the slots.
+    not_active: AtomicUsize,
     group_size: usize,
     tolerance: usize,
     epochs: Epochs,
@@ -168,6 +171,7 @@ impl Members {
             device_count: AtomicUsize::new(devices.len()),
             slot_device: (0..init.slots.len()).map(AtomicUsize::new).collect(),
             slot_state: init.slots.iter().map(|(_, s)| AtomicU8::new(if *s == SlotState::Missing { FAILED } else { *s as u8 })).collect(),
+            not_active: AtomicUsize::new(init.slots.iter().filter(|(_, s)| *s != SlotState::Active).count()),
             registry: Mutex::new(Registry { devices, spares }),
             group_size: init.group_size,
             tolerance: init.tolerance,
@@ -282,7 +286,11 @@ impl Members {
     }
 
     fn fail_named(&self, slot: usize, name: &str, why: &str) {
-        if self.slot_state[slot].swap(FAILED, Ordering::AcqRel) != FAILED {
+        let old = self.slot_state[slot].swap(FAILED, Ordering::AcqRel);
+        if old == ACTIVE {
+            self.not_active.fetch_add(1, Ordering::AcqRel);
+        }
+        if old != FAILED {
             self.epochs.changed.fetch_add(1, Ordering::AcqRel);
             warn!(volume = self.volume, member = name, why, online = self.online(), "member failed");
             self.notify(MetaMsg::Update);
@@ -303,7 +311,7 @@ impl Members {
 
     /// The volume can serve every block: no group lacks more than it tolerates.
     pub fn online(&self) -> bool {
-        (0..self.slots() / self.group_size).all(|g| self.degraded_in_group(g) <= self.tolerance)
+        self.all_active() || (0..self.slots() / self.group_size).all(|g| self.degraded_in_group(g) <= self.tolerance)
     }
 
     /// Whether `slot` can fail without taking the volume offline.
@@ -311,8 +319,12 @@ impl Members {
         self.is_failed(slot) || self.degraded_in_group(slot / self.group_size) < self.tolerance
     }
 
+    fn all_active(&self) -> bool {
+        self.not_active.load(Ordering::Acquire) == 0
+    }
+
     pub fn rebuilding(&self) -> bool {
-        (0..self.slots()).any(|s| self.state(s) == SlotState::Rebuilding)
+        !self.all_active() && (0..self.slots()).any(|s| self.state(s) == SlotState::Rebuilding)
     }
 
     pub fn failed_members(&self) -> Vec<String> {
@@ -354,7 +366,9 @@ impl Members {
     fn install(&self, r: &Registry, slot: usize, device: usize) {
         let old = r.devices[self.device_of(slot)].bdev.name().to_string();
         self.slot_device[slot].store(device, Ordering::Release);
-        self.slot_state[slot].store(REBUILDING, Ordering::Release);
+        if self.slot_state[slot].swap(REBUILDING, Ordering::AcqRel) == ACTIVE {
+            self.not_active.fetch_add(1, Ordering::AcqRel);
+        }
         info!(volume = self.volume, slot, replaces = old, spare = r.devices[device].bdev.name(), "spare takes over: rebuild starts");
     }
 
@@ -402,6 +416,7 @@ impl Members {
         }
         for slot in 0..self.slots() {
             if self.slot_state[slot].compare_exchange(REBUILDING, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                self.not_active.fetch_sub(1, Ordering::AcqRel);
                 info!(volume = self.volume, slot, member = self.slot_device(slot).bdev.name(), "rebuild finished: member active");
             }
         }

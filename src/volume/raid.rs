@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use crate::util::clock::Stamp;
 
 use crossbeam::channel::Sender;
 
@@ -712,7 +712,7 @@ struct Child {
     slot: u16,
     device: u16,
     class: OpClass,
-    started: Instant,
+    started: Stamp,
 }
 
 /// Opens device channels outside a reactor's setup: plain file descriptors.
@@ -754,7 +754,7 @@ impl RaidChannel {
             self.open_new_devices();
         }
         let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
-        let c = Child { owner, expect, slot: slot as u16, device: dev as u16, class: OpClass::of(io.op), started: Instant::now() };
+        let c = Child { owner, expect, slot: slot as u16, device: dev as u16, class: OpClass::of(io.op), started: Stamp::now() };
         let tag = self.children.insert(c).expect("member I/O table sized for the worst case");
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
@@ -825,7 +825,7 @@ impl RaidChannel {
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
         let Child { owner, expect, slot, device: dev, class, started } = self.children.remove(tag);
         if let Some(ops) = self.member_ops.get_mut(dev as usize) {
-            ops.record(class, started.elapsed().as_micros() as u64, res.max(0) as u64);
+            ops.record(class, started.elapsed_micros(), res.max(0) as u64);
         }
         if res != expect {
             self.health.fail_device(slot as usize, dev as usize, if res < 0 { "I/O error" } else { "short transfer" });
@@ -881,9 +881,9 @@ impl RaidChannel {
     /// A copy of `n` blocks at `lba` that holds valid data (one location for non-mirrored
     /// levels), in preference order starting from `first`.
     fn valid_copy(&self, lba: u64, n: u64, first: usize) -> Option<Location> {
-        let copies = self.layout.copies(lba).count();
+        let (base, copies) = (self.layout.locate(lba), self.layout.copy_count());
         let valid = |l: &Location| !self.health.is_missing(l.member, (l.member_lba + n - 1) / self.layout.strip_blocks);
-        (0..copies).map(|c| self.layout.copies(lba).nth((first + c) % copies).unwrap()).find(valid)
+        (0..copies).map(|c| base.copy((first + c) % copies)).find(valid)
     }
 
     pub(super) fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
@@ -914,9 +914,9 @@ impl RaidChannel {
             }),
             // Every copy not failed, rebuilding ones included.
             BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard => self.for_each_run(io, |ch, lba, n, off| {
-                let copies = ch.layout.copies(lba).count();
-                for c in 0..copies {
-                    let loc = ch.layout.copies(lba).nth(c).unwrap();
+                let base = ch.layout.locate(lba);
+                for c in 0..ch.layout.copy_count() {
+                    let loc = base.copy(c);
                     if !ch.health.is_failed(loc.member) {
                         let mio = ch.member_io(io.op, loc, n, sub(io, off), io.buf_index);
                         ch.child(Owner::Parent(p), loc.member, mio, sq);
