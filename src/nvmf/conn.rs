@@ -264,9 +264,24 @@ impl Conn {
             return;
         }
         debug!(conn = self.index, why, "closing connection");
+        self.log_in_flight(why);
         self.phase = Phase::Closing;
         // Wakes the outstanding recv/send so their completions come back.
         let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+
+    /// Commands other than the parked async-event requests still held when a connection
+    /// closes: the host is waiting for them (or has given up on them).
+    fn log_in_flight(&self, why: &str) {
+        let busy = |s: &&Slot| !matches!(s.state, SlotState::Free | SlotState::AsyncEvent);
+        let n = self.slots.iter().filter(busy).count();
+        if n == 0 {
+            return;
+        }
+        let first: Vec<String> =
+            self.slots.iter().filter(busy).take(4).map(|s| format!("cid {} opcode {:#04x} {:?}", s.sqe.cid, s.sqe.opcode, s.state)).collect();
+        let qid = self.queue.as_ref().map(|b| b.qid);
+        info!(conn = self.index, qid, why, in_flight = n, first = ?first, "connection closing with commands in flight");
     }
 
     /// Give back everything the connection holds. Only once `is_finished()`.
