@@ -45,8 +45,52 @@ fn poll_write_all(s: &mut TcpStream, mut buf: &[u8]) -> bool {
     true
 }
 
+/// Send with MSG_ZEROCOPY (FABRIC_ZEROCOPY=1): the pages are pinned instead of copied,
+/// and completion notices arrive on the error queue, drained here. The response bytes
+/// never change, so no send waits for its notice.
+fn zerocopy_write_all(s: &TcpStream, mut buf: &[u8]) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = s.as_raw_fd();
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for its length; the kernel pins its pages until the notice.
+        let n = unsafe { libc::send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_ZEROCOPY | libc::MSG_DONTWAIT) };
+        if n > 0 {
+            buf = &buf[n as usize..];
+            continue;
+        }
+        let e = std::io::Error::last_os_error().raw_os_error();
+        if n == 0 || !matches!(e, Some(libc::EAGAIN) | Some(libc::ENOBUFS)) {
+            return false;
+        }
+        drain_error_queue(fd);
+    }
+    drain_error_queue(fd);
+    true
+}
+
+fn drain_error_queue(fd: i32) {
+    let mut control = [0u8; 256];
+    loop {
+        // SAFETY: a msghdr with only a control buffer, which outlives the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = control.len();
+        if unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) } < 0 {
+            return;
+        }
+    }
+}
+
 /// The target side: answer every request as soon as it is read, until the peer closes.
 fn serve(mut s: TcpStream, read: bool, io: usize) {
+    let zerocopy = std::env::var_os("FABRIC_ZEROCOPY").is_some();
+    if zerocopy {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid int option on our socket.
+        let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ZEROCOPY, &one as *const _ as *const libc::c_void, 4) };
+        assert_eq!(r, 0, "SO_ZEROCOPY: {}", std::io::Error::last_os_error());
+    }
     let request = if read { CAPSULE } else { CAPSULE + io };
     let response = if read { DATA_HEADER + io + RESPONSE } else { RESPONSE };
     let mut rx = vec![0u8; request * 64];
@@ -58,7 +102,8 @@ fn serve(mut s: TcpStream, read: bool, io: usize) {
         pending %= request;
         for chunk in 0..whole.div_ceil(64) {
             let k = (whole - chunk * 64).min(64);
-            if !poll_write_all(&mut s, &tx[..k * response]) {
+            let sent = if zerocopy { zerocopy_write_all(&s, &tx[..k * response]) } else { poll_write_all(&mut s, &tx[..k * response]) };
+            if !sent {
                 return;
             }
         }
