@@ -128,9 +128,9 @@ def cpu_times():
     return sum(vals[:8]), vals[7]
 
 
-def perf(pattern, bs, qd, queues=1):
+def perf(pattern, bs, qd, queues=1, extra=()):
     out = subprocess.run([BIN, "perf", "--addr", f"127.0.0.1:{PORT}", "--nqn", NQN, "-w", pattern, "-o", str(bs), "-q", str(qd),
-                          "--queues", str(queues), "-t", str(SECS), "--core", str(LAST), "--log", "warn"],
+                          "--queues", str(queues), "-t", str(SECS), "--core", str(LAST), "--log", "warn", *extra],
                          check=True, capture_output=True, text=True).stdout
     num = lambda k: float(re.search(k + r"\s+([0-9.]+)", out).group(1))
     busy = re.search(r"busy ([0-9.]+) s", out)
@@ -138,11 +138,11 @@ def perf(pattern, bs, qd, queues=1):
             "max": num("max"), "ini_busy": float(busy.group(1)), "secs": float(re.search(r"time ([0-9.]+)s", out).group(1))}
 
 
-def measure(target, pattern, bs, qd, queues=1):
+def measure(target, pattern, bs, qd, queues=1, extra=()):
     runs = []
     for _ in range(REPEAT):
         t0, s0, b0 = *cpu_times(), target.busy_seconds()
-        r = perf(pattern, bs, qd, queues)
+        r = perf(pattern, bs, qd, queues, extra)
         t1, s1, b1 = *cpu_times(), target.busy_seconds()
         ios = max(r["iops"] * r["secs"], 1)
         r.update(tgt=(b1 - b0) / ios * 1e6, ini=r["ini_busy"] / ios * 1e6, steal=(s1 - s0) / max(t1 - t0, 1))
@@ -217,6 +217,12 @@ def main():
                     null[(label, w)] = r["iops"]
                 row(f"{level} ram, {label}" if level != "null" else f"null, {label}", wl_name(*w), r, r["iops"] / ceil[w], r["iops"] / null[(label, w)])
             t.stop()
+    # Header and data digests (CRC32C, computed with the SSE4.2 instruction) on both sides.
+    t = Target("null", "ram", "0", "adaptive")
+    for w in (("randread", 4096, 32), ("read", 131072, 8)) if not QUICK else (("randread", 4096, 32),):
+        r = measure(t, *w, extra=("--hdgst", "--ddgst"))
+        row("null, digests", wl_name(*w), r, r["iops"] / ceil[w], r["iops"] / null[("1", w)])
+    t.stop()
     full_stripe(ceil)
 
 

@@ -29,10 +29,11 @@ pub struct Device {
 /// Rebuild onto spares: one frontier for every rebuilding slot of the volume.
 #[derive(Debug)]
 pub struct RebuildState {
-    /// Member rows below this are rebuilt on every rebuilding slot.
-    pub(super) frontier: AtomicU64,
-    /// Bumped whenever a rebuild (re)starts, so the driver drops work from an older one.
-    pub(super) epoch: AtomicU64,
+    /// The frontier (member rows below it are rebuilt on every rebuilding slot), the epoch
+    /// (bumped whenever a rebuild restarts, so work of an older one no longer counts) and
+    /// the hold bit (a spare is being put in: no progress), in one word so that they
+    /// change together: [held:1][epoch:23][frontier:40].
+    progress: AtomicU64,
     /// Only one reactor's channel drives the rebuild: the first to claim this.
     pub(super) driver: AtomicBool,
     /// Rebuild rate limit in bytes per second of rebuilt member data; 0 = unlimited.
@@ -40,6 +41,20 @@ pub struct RebuildState {
     /// Member rows (strip rows) per member.
     pub(super) rows: u64,
     started: Mutex<Option<(Instant, u64)>>,
+}
+
+const FRONTIER_BITS: u32 = 40;
+const FRONTIER_MASK: u64 = (1 << FRONTIER_BITS) - 1;
+const EPOCH_MASK: u64 = (1 << 23) - 1;
+const HELD: u64 = 1 << 63;
+
+fn pack(epoch: u64, frontier: u64, held: bool) -> u64 {
+    debug_assert!(frontier <= FRONTIER_MASK);
+    ((epoch & EPOCH_MASK) << FRONTIER_BITS) | frontier | if held { HELD } else { 0 }
+}
+
+fn epoch_of(v: u64) -> u64 {
+    (v >> FRONTIER_BITS) & EPOCH_MASK
 }
 
 /// What `volume status` shows of a rebuild.
@@ -57,8 +72,7 @@ pub struct RebuildProgress {
 impl RebuildState {
     fn new(rows: u64, rate: u64) -> Self {
         RebuildState {
-            frontier: AtomicU64::new(0),
-            epoch: AtomicU64::new(0),
+            progress: AtomicU64::new(0),
             driver: AtomicBool::new(false),
             rate: AtomicU64::new(rate),
             rows,
@@ -67,7 +81,30 @@ impl RebuildState {
     }
 
     pub fn frontier(&self) -> u64 {
-        self.frontier.load(Ordering::Acquire)
+        self.progress.load(Ordering::Acquire) & FRONTIER_MASK
+    }
+
+    pub fn epoch(&self) -> u64 {
+        epoch_of(self.progress.load(Ordering::Acquire))
+    }
+
+    /// A spare is being put in: the driver must not start row ops.
+    pub fn held(&self) -> bool {
+        self.progress.load(Ordering::Acquire) & HELD != 0
+    }
+
+    /// Move the frontier up to `frontier` for the rebuild of `epoch`, unless that rebuild
+    /// was restarted or held meanwhile.
+    pub(super) fn advance(&self, epoch: u64, frontier: u64) {
+        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+            (v & HELD == 0 && epoch_of(v) == epoch && frontier > v & FRONTIER_MASK).then(|| pack(epoch, frontier, false))
+        });
+    }
+
+    /// Stop all progress and treat every row as not rebuilt, before a slot turns
+    /// rebuilding: ops already in flight belong to an older epoch and no longer count.
+    fn hold(&self) {
+        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(pack(epoch_of(v) + 1, 0, true)));
     }
 
     pub fn rate(&self) -> u64 {
@@ -80,9 +117,8 @@ impl RebuildState {
 
     /// Start (or restart) from row `from`.
     fn restart(&self, from: u64) {
-        self.frontier.store(from, Ordering::Release);
         *self.started.lock().unwrap() = Some((Instant::now(), from));
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(pack(epoch_of(v) + 1, from, false)));
     }
 
     /// Progress, given whether any slot is rebuilding and the bytes one row rebuilds.
@@ -352,6 +388,9 @@ impl Members {
             if r.spares.is_empty() {
                 break;
             }
+            if !started {
+                self.rebuild.hold();
+            }
             let spare = r.spares.remove(0);
             self.install(&r, slot, spare);
             started = true;
@@ -402,24 +441,29 @@ impl Members {
         let device = r.spares.remove(at);
         let name = r.devices[self.device_of(slot)].bdev.name().to_string();
         self.fail_named(slot, &name, "replaced by the operator");
+        self.rebuild.hold();
         self.install(&r, slot, device);
-        drop(r);
         self.rebuild.restart(0);
+        drop(r);
         self.notify(MetaMsg::Update);
         Ok(())
     }
 
     /// Rebuild of `epoch` finished: every rebuilding slot becomes active.
     pub(super) fn finish_rebuild(&self, epoch: u64) {
-        if self.rebuild.epoch.load(Ordering::Acquire) != epoch {
+        // Under the registry lock, which spares are installed under: a spare that turns
+        // rebuilding after this check belongs to a newer epoch and is not made active.
+        let r = self.registry.lock().unwrap();
+        if self.rebuild.epoch() != epoch || self.rebuild.held() {
             return;
         }
         for slot in 0..self.slots() {
             if self.slot_state[slot].compare_exchange(REBUILDING, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
                 self.not_active.fetch_sub(1, Ordering::AcqRel);
-                info!(volume = self.volume, slot, member = self.slot_device(slot).bdev.name(), "rebuild finished: member active");
+                info!(volume = self.volume, slot, member = r.devices[self.device_of(slot)].bdev.name(), "rebuild finished: member active");
             }
         }
+        drop(r);
         self.notify(MetaMsg::Update);
     }
 
@@ -445,5 +489,36 @@ impl Members {
     /// Any device, member or spare, named `name`.
     pub fn uses_device(&self, name: &str) -> bool {
         self.slot_named(name).is_some() || self.spares().iter().any(|d| d.bdev.name() == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The driver's progress never survives a restart or a hold: the race that let an
+    /// older rebuild's frontier count for a spare put in after it.
+    #[test]
+    fn rebuild_progress_of_an_older_epoch_is_dropped() {
+        let r = RebuildState::new(1000, 0);
+        r.restart(0);
+        let first = r.epoch();
+        r.advance(first, 500);
+        assert_eq!(r.frontier(), 500);
+        r.advance(first, 400);
+        assert_eq!(r.frontier(), 500, "the frontier only moves up");
+        r.hold();
+        assert!(r.held());
+        assert_eq!(r.frontier(), 0, "a hold treats every row as not rebuilt");
+        r.advance(first, 800);
+        r.advance(r.epoch(), 800);
+        assert_eq!(r.frontier(), 0, "no progress while held, from any epoch");
+        r.restart(0);
+        assert!(!r.held());
+        assert_ne!(r.epoch(), first);
+        r.advance(first, 900);
+        assert_eq!(r.frontier(), 0, "an older epoch's progress does not count");
+        r.advance(r.epoch(), 10);
+        assert_eq!(r.frontier(), 10);
     }
 }

@@ -51,7 +51,10 @@ impl RaidChannel {
                 return;
             }
         }
-        let epoch = self.health.rebuild.epoch.load(Ordering::Acquire);
+        if self.health.rebuild.held() {
+            return;
+        }
+        let epoch = self.health.rebuild.epoch();
         if epoch != self.rebuild.epoch {
             // A new rebuild (or a restart): ops of the old one still finish, but no longer count.
             let d = &mut self.rebuild;
@@ -131,9 +134,7 @@ impl RaidChannel {
         }
         let frontier = d.inflight.front().map_or(d.next_row, |e| e.1);
         let shared = &self.health.rebuild;
-        if d.epoch == shared.epoch.load(Ordering::Acquire) && frontier > shared.frontier() {
-            shared.frontier.store(frontier, Ordering::Release);
-        }
+        shared.advance(d.epoch, frontier);
         if d.inflight.is_empty() && d.next_row >= shared.rows && d.epoch != 0 {
             self.health.finish_rebuild(d.epoch);
         }
