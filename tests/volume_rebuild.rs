@@ -55,6 +55,8 @@ fn connect(addr: std::net::SocketAddr, seed: u64) -> (HostController, Model) {
 }
 
 fn rebuild_during_io(level: &str, members: usize, group: usize, fail: &[usize]) {
+    // RUST_LOG=info shows the target's side of a failure.
+    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).try_init();
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config::parse(&config(dir.path(), level, members, fail.len(), group, "6M", "1M", "127.0.0.1:0")).unwrap();
     let server = Server::start(&cfg).unwrap();

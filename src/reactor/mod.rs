@@ -22,6 +22,7 @@ use crate::nvmf::TransportLimits;
 use crate::stats::{ReactorRecorder, Snapshot};
 use bufpool::{BufferPool, PoolConfig};
 use token::{Kind, Token};
+use crate::util::clock::Stamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -34,13 +35,7 @@ pub enum PollMode {
 
 /// Adaptive polling: how long a reactor keeps polling after its last event before it
 /// sleeps in the kernel. Time, not loop turns: a turn's cost changes with the code.
-fn adaptive_spin() -> Duration {
-    static SPIN: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *SPIN.get_or_init(|| {
-        let us = std::env::var("NVMF_RAID_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
-        Duration::from_micros(us)
-    })
-}
+const ADAPTIVE_SPIN_NS: u64 = 200_000;
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 4096;
 const CQE_BATCH: usize = 256;
@@ -332,7 +327,7 @@ impl Reactor {
         self.arm_wakeup();
         self.arm_tick();
         info!(reactor = self.index, mode = ?self.mode, "reactor running");
-        let mut last_event = Instant::now();
+        let mut last_event = Stamp::now();
         let mut stopping: Option<Instant> = None;
         loop {
             let now = self.turns.start();
@@ -350,7 +345,7 @@ impl Reactor {
             if events != 0 {
                 last_event = now;
             }
-            let sleep = self.mode == PollMode::Adaptive && events == 0 && now.duration_since(last_event) > adaptive_spin();
+            let sleep = self.mode == PollMode::Adaptive && events == 0 && now.nanos_since(last_event) > ADAPTIVE_SPIN_NS;
             let submit = !sleep && self.must_enter_kernel();
             self.turns.end(events != 0 || submit, sleep);
             let r = if sleep {
@@ -606,7 +601,7 @@ impl Reactor {
 /// A turn's time runs from its start to the next turn's start, so it includes its kernel
 /// entry; a turn that sleeps in the kernel counts only up to the sleep.
 struct TurnClock {
-    last: Instant,
+    last: Stamp,
     busy: bool,
     slept: bool,
     busy_ns: u64,
@@ -615,14 +610,14 @@ struct TurnClock {
 
 impl TurnClock {
     fn new() -> TurnClock {
-        TurnClock { last: Instant::now(), busy: false, slept: true, busy_ns: 0, idle_ns: 0 }
+        TurnClock { last: Stamp::now(), busy: false, slept: true, busy_ns: 0, idle_ns: 0 }
     }
 
     /// Start a turn: account the previous one. Returns the time now.
-    fn start(&mut self) -> Instant {
-        let now = Instant::now();
+    fn start(&mut self) -> Stamp {
+        let now = Stamp::now();
         if !self.slept {
-            self.add(self.busy, now.duration_since(self.last));
+            self.add(self.busy, now.nanos_since(self.last));
         }
         self.last = now;
         now
@@ -634,12 +629,11 @@ impl TurnClock {
         self.busy = busy;
         self.slept = sleep;
         if sleep {
-            self.add(busy, self.last.elapsed());
+            self.add(busy, Stamp::now().nanos_since(self.last));
         }
     }
 
-    fn add(&mut self, busy: bool, d: Duration) {
-        let ns = d.as_nanos() as u64;
+    fn add(&mut self, busy: bool, ns: u64) {
         if busy {
             self.busy_ns += ns;
         } else {

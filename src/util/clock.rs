@@ -17,9 +17,12 @@ impl Stamp {
 
     /// Microseconds from `self` until now (0 if the clock went backwards).
     pub fn elapsed_micros(self) -> u64 {
-        let c = clock();
-        let ticks = read(c).saturating_sub(self.0);
-        (ticks as f64 * c.nanos_per_tick / 1000.0) as u64
+        Stamp::now().nanos_since(self) / 1000
+    }
+
+    /// Nanoseconds from `earlier` to `self` (0 if `earlier` is later).
+    pub fn nanos_since(self, earlier: Stamp) -> u64 {
+        (self.0.saturating_sub(earlier.0) as f64 * clock().nanos_per_tick) as u64
     }
 }
 

@@ -339,12 +339,6 @@ impl Members {
         (g..g + self.group_size).filter(|&s| self.state(s) != SlotState::Active).count()
     }
 
-    /// Slots of a group missing at `row`.
-    pub fn missing_in_group(&self, group: usize, row: u64) -> usize {
-        let g = group * self.group_size;
-        (g..g + self.group_size).filter(|&s| self.is_missing(s, row)).count()
-    }
-
     /// The volume can serve every block: no group lacks more than it tolerates.
     pub fn online(&self) -> bool {
         self.all_active() || (0..self.slots() / self.group_size).all(|g| self.degraded_in_group(g) <= self.tolerance)

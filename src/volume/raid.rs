@@ -659,6 +659,10 @@ pub(super) struct StripeOp {
     pub(super) state: StripeState,
     pub(super) pending: u32,
     pub(super) failed: bool,
+    /// Slots of the op's group without valid data at its row, as seen when the op
+    /// started: one view for its reads and its computation (the rebuild frontier may
+    /// pass the row meanwhile; a member is only ever counted missing when it is not).
+    pub(super) missing: u64,
     /// Scratch chunk per data index (old data or row image), then P and Q.
     pub(super) chunks: [u16; MAX_DATA + 2],
 }

@@ -51,6 +51,7 @@ impl RaidChannel {
             state: StripeState::Waiting,
             pending: 0,
             failed: false,
+            missing: 0,
             chunks: [NO_CHUNK; MAX_DATA + 2],
         };
         let s = self.stripes.insert(op).expect("stripe table sized for every parent's window");
@@ -78,14 +79,14 @@ impl RaidChannel {
         (self.member(w, self.layout.p_slot(w.stripe)), self.layout.q_slot(w.stripe).map(|q| self.member(w, q)))
     }
 
-    /// A member of the stripe's group holds no valid data at its row.
-    fn group_degraded(&self, w: &StripeWrite) -> bool {
-        self.health.missing_in_group(w.group, w.stripe) > 0
+    /// Slots of the stripe's group that hold no valid data at its row, as a bit mask.
+    fn missing_slots(&self, w: &StripeWrite) -> u64 {
+        (0..self.layout.group_size).filter(|&slot| self.health.is_missing(self.member(w, slot), w.stripe)).fold(0, |m, slot| m | 1 << slot)
     }
 
-    /// The member holds no valid data at the op's row.
-    fn missing(&self, w: &StripeWrite, member: usize) -> bool {
-        self.health.is_missing(member, w.stripe)
+    /// The member held no valid data at the op's row when the op started.
+    fn missing(&self, op: &StripeOp, member: usize) -> bool {
+        op.missing >> (member - self.member(&op.w, 0)) & 1 == 1
     }
 
     /// Data strips that need a scratch chunk under the op's strategy.
@@ -104,10 +105,11 @@ impl RaidChannel {
             return self.try_start_copy(s, sq);
         }
         let mut op = *self.stripes.get(s);
+        op.missing = self.missing_slots(&op.w);
         op.strategy = match op.kind {
-            StripeKind::Write if !self.group_degraded(&op.w) => plan::choose(&op.w, self.parity()),
+            StripeKind::Write if op.missing == 0 => plan::choose(&op.w, self.parity()),
             // Parity from all of the data: read every strip, write P and Q.
-            StripeKind::Resync if !self.group_degraded(&op.w) => Strategy::ReconstructWrite,
+            StripeKind::Resync if op.missing == 0 => Strategy::ReconstructWrite,
             _ => Strategy::Degraded,
         };
         let data_chunks = (0..op.w.k).filter(|&i| Self::needs_chunk(&op, i)).count();
@@ -148,8 +150,8 @@ impl RaidChannel {
     /// Read `rows` of a member into a chunk that starts at row `base`, unless it holds no
     /// valid data there.
     fn read_rows(&mut self, s: u32, member: usize, rows: Rows, chunk: u16, base: u64, sq: &mut dyn SqeSink) {
-        let w = self.stripes.get(s).w;
-        if !rows.is_empty() && !self.missing(&w, member) {
+        let op = *self.stripes.get(s);
+        if !rows.is_empty() && !self.missing(&op, member) {
             let dst = self.chunk_at(chunk, base, rows.start);
             self.stripe_io(s, BdevOp::Read, member, rows, dst, None, sq);
         }
@@ -276,7 +278,7 @@ impl RaidChannel {
         let mut n = 0;
         let mut data: [&[u8]; MAX_DATA] = [&[]; MAX_DATA];
         for (i, d) in data.iter_mut().enumerate().take(op.w.k) {
-            if self.missing(&op.w, self.data_member(&op.w, i)) {
+            if self.missing(op, self.data_member(&op.w, i)) {
                 assert!(n < 2, "more failed members than the level tolerates reached a stripe op");
                 missing[n] = i;
                 n += 1;
@@ -288,7 +290,7 @@ impl RaidChannel {
         let out = |i: usize| unsafe { slice_mut(self.scratch.ptr(op.chunks[i]), len) };
         // SAFETY (out, p, q): chunks of missing strips are written only here; P/Q read.
         let (p, q) = self.parity_slices(op);
-        let p_ok = !self.missing(&op.w, p_member);
+        let p_ok = !self.missing(op, p_member);
         match n {
             0 => {}
             1 if p_ok => parity::recover_data_from_p(&data[..op.w.k], missing[0], p, out(missing[0]), None),

@@ -61,7 +61,11 @@ impl Model {
                 let mut back = vec![0u8; len];
                 let cqe = self.q.read(1, slba, 9, &mut back).unwrap();
                 assert!(cqe.is_success(), "{what}: read round {round} failed: {cqe:?}");
-                assert!(back == self.data[off..off + len], "{what}: read of {nlb} blocks at {slba} is wrong (round {round})");
+                if back != self.data[off..off + len] {
+                    let bad: Vec<usize> = (0..nlb as usize).filter(|b| back[b * 512..(b + 1) * 512] != self.data[off + b * 512..off + (b + 1) * 512]).collect();
+                    let zero = bad.iter().filter(|&&b| back[b * 512..(b + 1) * 512].iter().all(|&x| x == 0)).count();
+                    panic!("{what}: read of {nlb} blocks at {slba} is wrong (round {round}): blocks {:?} of it differ ({zero} of them read as zeroes)", bad.iter().map(|b| slba + *b as u64).collect::<Vec<_>>());
+                }
             }
         }
     }
