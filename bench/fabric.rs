@@ -8,7 +8,7 @@
 //!
 //!   cargo bench --bench fabric -- [read|write] [IO_BYTES] [QD] [SECONDS]
 //!
-//! Prints IOPS and MiB/s; bench/perf-null.sh and the suite compare nvmf-raid against it.
+//! Prints IOPS and MiB/s; bench/suite.sh compares nvmf-raid against it.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -151,12 +151,12 @@ def measure(target, pattern, bs, qd, queues=1, extra=()):
     return runs[(len(runs) - 1) // 2]
 
 
-HEADER = f"{'case':<26} {'workload':<16} {'IOPS':>9} {'MiB/s':>8} {'p50':>7} {'p99':>7} {'p99.9':>8} {'max':>8} {'tgt s/M':>8} {'ini s/M':>8} {'ceiling':>8} {'vs null':>8} {'steal':>6}"
+HEADER = f"{'case':<26} {'workload':<18} {'IOPS':>9} {'MiB/s':>8} {'p50':>7} {'p99':>7} {'p99.9':>8} {'max':>8} {'tgt s/M':>8} {'ini s/M':>8} {'ceiling':>8} {'vs null':>8} {'steal':>6}"
 
 
 def row(name, workload, r, ceiling=None, vs=None):
     f = lambda x: f"{x:8.2f}" if x is not None else f"{'':>8}"
-    print(f"{name:<26} {workload:<16} {r['iops']:9.0f} {r['mibs']:8.1f} {r['p50']:7.1f} {r['p99']:7.1f} {r['p999']:8.1f} {r['max']:8.1f} "
+    print(f"{name:<26} {workload:<18} {r['iops']:9.0f} {r['mibs']:8.1f} {r['p50']:7.1f} {r['p99']:7.1f} {r['p999']:8.1f} {r['max']:8.1f} "
           f"{r['tgt']:8.2f} {r['ini']:8.2f} {f(ceiling)} {f(vs)} {r['steal'] * 100:5.1f}%", flush=True)
 
 
@@ -171,7 +171,7 @@ def fabric_ceilings(workloads):
         d = "write" if "write" in pattern else "read"
         out = subprocess.run([FABRIC, d, str(bs), str(qd), str(SECS)], check=True, capture_output=True, text=True).stdout
         ceil[(pattern, bs, qd)] = float(re.search(r": ([0-9]+) IOPS", out).group(1))
-        print(f"{'fabric ceiling':<26} {wl_name(pattern, bs, qd):<16} {ceil[(pattern, bs, qd)]:9.0f}", flush=True)
+        print(f"{'fabric ceiling':<26} {wl_name(pattern, bs, qd):<18} {ceil[(pattern, bs, qd)]:9.0f}", flush=True)
     return ceil
 
 

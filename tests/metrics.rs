@@ -87,6 +87,11 @@ fn stats_metrics_and_plots_while_load_runs() {
         assert!(std::time::Instant::now() < deadline, "nvmf_raid_connections never reached 2");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    // Reactor utilisation, published on the same tick: the 600 I/Os took busy turns.
+    let third = scrape(metrics);
+    let total = |family: &str| -> f64 { third.lines().filter(|l| l.starts_with(family)).map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap()).sum() };
+    assert!(total("nvmf_raid_reactor_busy_seconds_total{") > 0.0, "{third}");
+    assert!(total("nvmf_raid_reactor_idle_seconds_total{") >= 0.0);
     let path = dir.path().join("metrics.txt");
     std::fs::write(&path, &second).unwrap();
     let out = Command::new(tool("promtool")).args(["check", "metrics"]).stdin(std::fs::File::open(&path).unwrap()).output().unwrap();
