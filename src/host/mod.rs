@@ -4,7 +4,7 @@
 
 pub mod perf;
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -55,6 +55,16 @@ struct Pending {
     submitted: Instant,
 }
 
+/// Payloads at least this large are sent from the caller's buffer rather than copied.
+const EXTERNAL_MIN: usize = 4096;
+
+/// A run of bytes to send: a range of the queue's own buffer, or a caller's payload.
+#[derive(Debug, Clone, Copy)]
+enum TxSeg {
+    Own(usize, usize),
+    External(*const u8, usize),
+}
+
 pub fn err(msg: impl Into<String>) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, msg.into())
 }
@@ -68,7 +78,12 @@ pub struct Queue {
     /// Largest write sent in-capsule (IOCCSZ * 16 - 64 of the controller).
     pub in_capsule_max: usize,
     pub qid: u16,
+    /// Bytes to send, in order: headers and digests copied into `tx`, large payloads
+    /// referenced where the caller keeps them (sent with writev, never copied here).
     tx: Vec<u8>,
+    tx_segs: Vec<TxSeg>,
+    /// Bytes queued in `tx_segs`, and how many of them are sent.
+    tx_len: usize,
     tx_off: usize,
     rx: Vec<u8>,
     rx_head: usize,
@@ -101,6 +116,8 @@ impl Queue {
             in_capsule_max: 0,
             qid: 0,
             tx: Vec::with_capacity(256 * 1024),
+            tx_segs: Vec::with_capacity(256),
+            tx_len: 0,
             tx_off: 0,
             rx: vec![0; 2 << 20],
             rx_head: 0,
@@ -113,7 +130,7 @@ impl Queue {
         };
         let mut b = [0u8; pdu::IC_LEN];
         pdu::encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, hdgst: opts.hdgst, ddgst: opts.ddgst, maxr2t: 0 });
-        q.tx.extend_from_slice(&b);
+        q.queue_own(&b);
         let deadline = Instant::now() + opts.timeout;
         loop {
             q.flush_tx()?;
@@ -198,7 +215,7 @@ impl Queue {
         };
         let mut hdr = [0u8; 80];
         let n = pdu::encode_capsule_cmd(&mut hdr, &sqe.encode(), capsule_data.len(), self.hdgst, self.ddgst);
-        self.tx.extend_from_slice(&hdr[..n]);
+        self.queue_own(&hdr[..n]);
         self.push_data(capsule_data);
         self.pending[cid as usize] = Some(Pending { data, received: 0, submitted: Instant::now() });
         Ok(cid)
@@ -208,33 +225,81 @@ impl Queue {
         if d.is_empty() {
             return;
         }
-        self.tx.extend_from_slice(d);
+        if d.len() >= EXTERNAL_MIN {
+            self.tx_segs.push(TxSeg::External(d.as_ptr(), d.len()));
+            self.tx_len += d.len();
+        } else {
+            self.queue_own(d);
+        }
         if self.ddgst {
             let flip = std::mem::take(&mut self.corrupt_next_data_digest) as u32;
-            self.tx.extend_from_slice(&(pdu::crc32c(d) ^ flip).to_le_bytes());
+            self.queue_own(&(pdu::crc32c(d) ^ flip).to_le_bytes());
         }
+    }
+
+    /// Queue a copy of `b` (headers, digests, small payloads).
+    fn queue_own(&mut self, b: &[u8]) {
+        let start = self.tx.len();
+        self.tx.extend_from_slice(b);
+        match self.tx_segs.last_mut() {
+            Some(TxSeg::Own(_, end)) if *end == start => *end = self.tx.len(),
+            _ => self.tx_segs.push(TxSeg::Own(start, self.tx.len())),
+        }
+        self.tx_len += b.len();
     }
 
     /// Queue raw bytes (for tests that send malformed PDUs).
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.tx.extend_from_slice(bytes);
+        self.queue_own(bytes);
         self.flush_tx()
     }
 
     fn flush_tx(&mut self) -> io::Result<()> {
-        while self.tx_off < self.tx.len() {
-            match self.sock.write(&self.tx[self.tx_off..]) {
-                Ok(0) => return Err(io::Error::from(ErrorKind::WriteZero)),
-                Ok(n) => self.tx_off += n,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
+        while self.tx_off < self.tx_len {
+            let (iov, n) = self.unsent_iovecs();
+            // SAFETY: n valid iovecs over `tx` and over payloads the callers keep alive.
+            let r = unsafe { libc::writev(self.sock.as_raw_fd(), iov.as_ptr(), n as i32) };
+            match r {
+                0 => return Err(io::Error::from(ErrorKind::WriteZero)),
+                n if n > 0 => self.tx_off += n as usize,
+                _ => match io::Error::last_os_error() {
+                    e if e.kind() == ErrorKind::WouldBlock => break,
+                    e if e.kind() == ErrorKind::Interrupted => continue,
+                    e => return Err(e),
+                },
             }
         }
-        if self.tx_off == self.tx.len() {
+        if self.tx_off == self.tx_len {
             self.tx.clear();
+            self.tx_segs.clear();
+            self.tx_len = 0;
             self.tx_off = 0;
         }
         Ok(())
+    }
+
+    /// The unsent bytes as up to 64 iovecs.
+    fn unsent_iovecs(&self) -> ([libc::iovec; 64], usize) {
+        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 64];
+        let (mut n, mut skip) = (0, self.tx_off);
+        for seg in &self.tx_segs {
+            let (p, len) = match *seg {
+                TxSeg::Own(a, b) => (self.tx[a..b].as_ptr(), b - a),
+                TxSeg::External(p, len) => (p, len),
+            };
+            if skip >= len {
+                skip -= len;
+                continue;
+            }
+            // SAFETY: skip < len keeps the pointer inside the segment.
+            iov[n] = libc::iovec { iov_base: unsafe { p.add(skip) } as *mut libc::c_void, iov_len: len - skip };
+            skip = 0;
+            n += 1;
+            if n == iov.len() {
+                break;
+            }
+        }
+        (iov, n)
     }
 
     /// Read what the socket has; Ok(0) when nothing is available.
@@ -264,7 +329,7 @@ impl Queue {
             return Err(io::Error::new(ErrorKind::TimedOut, "timed out waiting for the controller"));
         }
         let mut events = if read { libc::POLLIN } else { 0 };
-        if self.tx_off < self.tx.len() {
+        if self.tx_off < self.tx_len {
             events |= libc::POLLOUT;
         }
         let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events, revents: 0 };
@@ -361,7 +426,7 @@ impl Queue {
             let h = DataHeader { cccid: r.cccid, ttag: r.ttag, datao: off as u32, datal: chunk as u32, last: off + chunk == end, success: false };
             let mut hdr = [0u8; 28];
             let n = pdu::encode_data_header(&mut hdr, false, &h, self.hdgst, self.ddgst);
-            self.tx.extend_from_slice(&hdr[..n]);
+            self.queue_own(&hdr[..n]);
             // SAFETY: off + chunk <= len, and the caller keeps `buf` alive.
             let d = unsafe { std::slice::from_raw_parts(buf.add(off), chunk) };
             self.push_data(d);
