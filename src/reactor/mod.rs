@@ -124,13 +124,13 @@ impl Shared {
         replies.into_iter().filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok()).collect()
     }
 
-    /// (connections, pool buffers in use) summed over reactors, as of their last tick.
-    /// Busy and idle polling seconds of every reactor so far.
+    /// Busy and idle polling seconds of every reactor, as of their last tick.
     pub fn utilisation(&self) -> Vec<(f64, f64)> {
         let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
         self.stats.iter().map(|s| (secs(&s.busy_ns), secs(&s.idle_ns))).collect()
     }
 
+    /// (connections, pool buffers in use) summed over reactors, as of their last tick.
     pub fn resource_use(&self) -> (usize, usize) {
         self.stats.iter().fold((0, 0), |(c, b), s| (c + s.connections.load(Ordering::Relaxed), b + s.buffers_in_use.load(Ordering::Relaxed)))
     }

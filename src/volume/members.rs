@@ -84,13 +84,11 @@ impl RebuildState {
         self.progress.load(Ordering::Acquire) & FRONTIER_MASK
     }
 
-    pub fn epoch(&self) -> u64 {
-        epoch_of(self.progress.load(Ordering::Acquire))
-    }
-
-    /// A spare is being put in: the driver must not start row ops.
-    pub fn held(&self) -> bool {
-        self.progress.load(Ordering::Acquire) & HELD != 0
+    /// The running rebuild's epoch; None while a spare is being put in (no row ops may
+    /// start then).
+    pub fn active_epoch(&self) -> Option<u64> {
+        let v = self.progress.load(Ordering::Acquire);
+        (v & HELD == 0).then(|| epoch_of(v))
     }
 
     /// Move the frontier up to `frontier` for the rebuild of `epoch`, unless that rebuild
@@ -448,7 +446,7 @@ impl Members {
         // Under the registry lock, which spares are installed under: a spare that turns
         // rebuilding after this check belongs to a newer epoch and is not made active.
         let r = self.registry.lock().unwrap();
-        if self.rebuild.epoch() != epoch || self.rebuild.held() {
+        if self.rebuild.active_epoch() != Some(epoch) {
             return;
         }
         for slot in 0..self.slots() {
@@ -496,23 +494,23 @@ mod tests {
     fn rebuild_progress_of_an_older_epoch_is_dropped() {
         let r = RebuildState::new(1000, 0);
         r.restart(0);
-        let first = r.epoch();
+        let first = r.active_epoch().unwrap();
         r.advance(first, 500);
         assert_eq!(r.frontier(), 500);
         r.advance(first, 400);
         assert_eq!(r.frontier(), 500, "the frontier only moves up");
         r.hold();
-        assert!(r.held());
+        assert_eq!(r.active_epoch(), None);
         assert_eq!(r.frontier(), 0, "a hold treats every row as not rebuilt");
         r.advance(first, 800);
-        r.advance(r.epoch(), 800);
+        r.advance(first + 1, 800);
         assert_eq!(r.frontier(), 0, "no progress while held, from any epoch");
         r.restart(0);
-        assert!(!r.held());
-        assert_ne!(r.epoch(), first);
+        let second = r.active_epoch().expect("a restart ends the hold");
+        assert_ne!(second, first);
         r.advance(first, 900);
         assert_eq!(r.frontier(), 0, "an older epoch's progress does not count");
-        r.advance(r.epoch(), 10);
+        r.advance(second, 10);
         assert_eq!(r.frontier(), 10);
     }
 }

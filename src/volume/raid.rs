@@ -13,7 +13,6 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use crate::util::clock::Stamp;
 
 use crossbeam::channel::Sender;
 
@@ -29,6 +28,7 @@ use super::rebuild::RebuildDriver;
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
 use crate::stats::{MemberStats, OpClass, OpSet};
+use crate::util::clock::Stamp;
 use crate::util::aligned::AlignedRegion;
 use crate::util::slab::Slab;
 

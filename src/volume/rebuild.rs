@@ -51,10 +51,7 @@ impl RaidChannel {
                 return;
             }
         }
-        if self.health.rebuild.held() {
-            return;
-        }
-        let epoch = self.health.rebuild.epoch();
+        let Some(epoch) = self.health.rebuild.active_epoch() else { return };
         if epoch != self.rebuild.epoch {
             // A new rebuild (or a restart): ops of the old one still finish, but no longer count.
             let d = &mut self.rebuild;

@@ -150,8 +150,7 @@ impl RaidChannel {
     /// Read `rows` of a member into a chunk that starts at row `base`, unless it holds no
     /// valid data there.
     fn read_rows(&mut self, s: u32, member: usize, rows: Rows, chunk: u16, base: u64, sq: &mut dyn SqeSink) {
-        let op = *self.stripes.get(s);
-        if !rows.is_empty() && !self.missing(&op, member) {
+        if !rows.is_empty() && !self.missing(self.stripes.get(s), member) {
             let dst = self.chunk_at(chunk, base, rows.start);
             self.stripe_io(s, BdevOp::Read, member, rows, dst, None, sq);
         }
