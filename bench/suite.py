@@ -11,7 +11,11 @@ cases) and drives it with `nvmf-raid perf` pinned to the last core. One table:
     poll, so their plain CPU time is their wall time; the busy time is their work;
   ceiling: IOPS as a fraction of the loopback fabric's own request/response rate for the
     same workload (bench/fabric.rs: both ends polling, no NVMe, no storage);
-  vs null: IOPS as a fraction of the null namespace's for the same workload and cores;
+  vs null: IOPS as a fraction of the null namespace's for the same workload and cores.
+    For one-core adaptive cases over RAM, a null target runs beside the case's target on
+    the same core (idle while the other is measured, as adaptive reactors sleep) and every
+    repetition measures both back to back; the column is the median of those paired
+    ratios, so the VM's slow and fast phases fall on both sides of each ratio;
   steal: CPU time the hypervisor took from this VM during the case (runs with much steal
     are not comparable).
 
@@ -41,7 +45,7 @@ REPEAT = int(os.environ.get("REPEAT", "1"))
 BIN = "target/release/nvmf-raid"
 FABRIC = os.environ["FABRIC"]
 PORT = int(os.environ.get("BENCH_PORT", "4441"))
-MPORT = PORT + 1
+REF_PORT = PORT + 2  # the paired null reference; metrics one above each listener
 NQN = "nqn.2026-11.io.nvmf-raid:suite"
 LAST = os.cpu_count() - 1
 STRIP = 64 * 1024
@@ -57,10 +61,10 @@ SMALL = [("randread", 4096, 1), ("randread", 4096, 32), ("randwrite", 4096, 32)]
 DIR = tempfile.mkdtemp(prefix="nvmf-raid-suite.", dir=os.environ.get("TMPDIR", "/var/tmp"))
 
 
-def config(level, media, cores, polling):
+def config(level, media, cores, polling, port):
     out = [f'[reactor]\ncores = [{cores}]\npolling = "{polling}"',
-           f'[[listener]]\naddress = "127.0.0.1:{PORT}"',
-           f'[metrics]\naddress = "127.0.0.1:{MPORT}"']
+           f'[[listener]]\naddress = "127.0.0.1:{port}"',
+           f'[metrics]\naddress = "127.0.0.1:{port + 1}"']
     if level == "null":
         out.append('[[device]]\nname = "null0"\nkind = "null"\nsize = "16G"')
         ns = "null0"
@@ -94,13 +98,14 @@ def wipe_metadata():
 
 
 class Target:
-    def __init__(self, level, media, cores, polling):
+    def __init__(self, level, media, cores, polling, port=PORT):
         if media == "file":
             wipe_metadata()
-        path = f"{DIR}/target.toml"
+        self.port = port
+        path = f"{DIR}/target-{port}.toml"
         with open(path, "w") as f:
-            f.write(config(level, media, cores, polling))
-        self.log = open(f"{DIR}/target.log", "w+")
+            f.write(config(level, media, cores, polling, port))
+        self.log = open(f"{DIR}/target-{port}.log", "w+")
         self.proc = subprocess.Popen([BIN, "serve", "--config", path, "--log", "warn"], stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -114,7 +119,7 @@ class Target:
         sys.exit(f"target did not start:\n{self.log.read()}")
 
     def busy_seconds(self):
-        text = urllib.request.urlopen(f"http://127.0.0.1:{MPORT}/metrics", timeout=10).read().decode()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port + 1}/metrics", timeout=10).read().decode()
         return sum(float(v) for v in re.findall(r"^nvmf_raid_reactor_busy_seconds_total\{[^}]*\} ([0-9.]+)$", text, re.M))
 
     def stop(self):
@@ -128,8 +133,8 @@ def cpu_times():
     return sum(vals[:8]), vals[7]
 
 
-def perf(pattern, bs, qd, queues=1, extra=()):
-    out = subprocess.run([BIN, "perf", "--addr", f"127.0.0.1:{PORT}", "--nqn", NQN, "-w", pattern, "-o", str(bs), "-q", str(qd),
+def perf(port, pattern, bs, qd, queues=1, extra=()):
+    out = subprocess.run([BIN, "perf", "--addr", f"127.0.0.1:{port}", "--nqn", NQN, "-w", pattern, "-o", str(bs), "-q", str(qd),
                           "--queues", str(queues), "-t", str(SECS), "--core", str(LAST), "--log", "warn", *extra],
                          check=True, capture_output=True, text=True).stdout
     num = lambda k: float(re.search(k + r"\s+([0-9.]+)", out).group(1))
@@ -138,17 +143,31 @@ def perf(pattern, bs, qd, queues=1, extra=()):
             "max": num("max"), "ini_busy": float(busy.group(1)), "secs": float(re.search(r"time ([0-9.]+)s", out).group(1))}
 
 
-def measure(target, pattern, bs, qd, queues=1, extra=()):
-    runs = []
+def run_once(target, pattern, bs, qd, queues, extra):
+    t0, s0, b0 = *cpu_times(), target.busy_seconds()
+    r = perf(target.port, pattern, bs, qd, queues, extra)
+    t1, s1, b1 = *cpu_times(), target.busy_seconds()
+    ios = max(r["iops"] * r["secs"], 1)
+    r.update(tgt=(b1 - b0) / ios * 1e6, ini=r["ini_busy"] / ios * 1e6, steal=(s1 - s0) / max(t1 - t0, 1))
+    return r
+
+
+def median(values):
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def measure(target, pattern, bs, qd, queues=1, extra=(), ref=None):
+    """The run with the median IOPS of REPEAT runs. With a reference target, each run is
+    followed by one on the reference, and the result carries the median paired ratio."""
+    runs, ratios = [], []
     for _ in range(REPEAT):
-        t0, s0, b0 = *cpu_times(), target.busy_seconds()
-        r = perf(pattern, bs, qd, queues, extra)
-        t1, s1, b1 = *cpu_times(), target.busy_seconds()
-        ios = max(r["iops"] * r["secs"], 1)
-        r.update(tgt=(b1 - b0) / ios * 1e6, ini=r["ini_busy"] / ios * 1e6, steal=(s1 - s0) / max(t1 - t0, 1))
+        r = run_once(target, pattern, bs, qd, queues, extra)
         runs.append(r)
-    runs.sort(key=lambda r: r["iops"])
-    return runs[(len(runs) - 1) // 2]
+        if ref is not None:
+            ratios.append(r["iops"] / run_once(ref, pattern, bs, qd, queues, extra)["iops"])
+    out = sorted(runs, key=lambda r: r["iops"])[(len(runs) - 1) // 2]
+    out["paired"] = median(ratios) if ratios else None
+    return out
 
 
 HEADER = f"{'case':<26} {'workload':<18} {'IOPS':>9} {'MiB/s':>8} {'p50':>7} {'p99':>7} {'p99.9':>8} {'max':>8} {'tgt s/M':>8} {'ini s/M':>8} {'ceiling':>8} {'vs null':>8} {'steal':>6}"
@@ -199,14 +218,17 @@ def main():
     stripe_sizes = sorted({(MEMBERS[l] - PARITY[l]) * STRIP for l in PARITY})
     ceil = fabric_ceilings(workloads + [("write", b, 8) for b in stripe_sizes])
     null = {}
+    ref = Target("null", "ram", "0", "adaptive", port=REF_PORT)
     for level, media in cases:
         t = Target(level, media, "0", "adaptive")
         name = "null" if level == "null" else f"{level} {media}"
+        paired = media == "ram" and level != "null"
         for w in workloads:
-            r = measure(t, *w)
+            r = measure(t, *w, ref=ref if paired else None)
             if level == "null":
                 null[("1", w)] = r["iops"]
-            row(f"{name}, 1 core", wl_name(*w), r, r["iops"] / ceil[w], r["iops"] / null[("1", w)] if media == "ram" else None)
+            vs = r["paired"] if paired else (1.0 if level == "null" else None)
+            row(f"{name}, 1 core", wl_name(*w), r, r["iops"] / ceil[w], vs)
         t.stop()
     for level in ("null", "raid0", "raid5"):
         for cores, polling, label, queues in (("0", "busy", "1 core busy", 1), ("0, 1", "adaptive", "2 cores", 2)):
@@ -223,32 +245,29 @@ def main():
         r = measure(t, *w, extra=("--hdgst", "--ddgst"))
         row("null, digests", wl_name(*w), r, r["iops"] / ceil[w], r["iops"] / null[("1", w)])
     t.stop()
-    full_stripe(ceil)
+    full_stripe(ref)
+    ref.stop()
 
 
-def full_stripe(ceil):
+def full_stripe(ref):
     print()
     print("full-stripe sequential writes, QD8 (vs: fraction of the reference; target at least 0.90 of the bound)")
     print(f"{'case':<26} {'I/O size':>9} {'MiB/s':>9} {'reference':<34} {'ref MiB/s':>9} {'bound':>6} {'vs bound':>9} {'steal':>6}")
     levels = ("raid5",) if QUICK else ("raid5", "raid6")
     medias = ("ram",) if QUICK else ("ram", "file")
-    null_bw = {}
     for media in medias:
         for level in levels:
             n, p = MEMBERS[level], PARITY[level]
             bs = (n - p) * STRIP
-            if media == "ram" and bs not in null_bw:
-                t = Target("null", "ram", "0", "adaptive")
-                null_bw[bs] = measure(t, "write", bs, 8)["mibs"]
-                t.stop()
             t = Target(level, media, "0", "adaptive")
-            r = measure(t, "write", bs, 8)
+            r = measure(t, "write", bs, 8, ref=ref if media == "ram" else None)
             t.stop()
             if media == "file":
-                ref, ref_name, bound = fio_members(n, STRIP, 8), f"fio on the {n} member files", (n - p) / n
+                ref_bw, ref_name, bound = fio_members(n, STRIP, 8), f"fio on the {n} member files", (n - p) / n
             else:
-                ref, ref_name, bound = null_bw[bs], "null namespace, same I/O size", 1.0
-            print(f"{level + ' ' + media:<26} {bs // 1024:>8}K {r['mibs']:9.1f} {ref_name:<34} {ref:9.1f} {bound:6.2f} {r['mibs'] / (ref * bound):9.2f} {r['steal'] * 100:5.1f}%", flush=True)
+                # Paired runs: the reference figure shown is the one implied by the median ratio.
+                ref_bw, ref_name, bound = r["mibs"] / r["paired"], "null namespace, paired runs", 1.0
+            print(f"{level + ' ' + media:<26} {bs // 1024:>8}K {r['mibs']:9.1f} {ref_name:<34} {ref_bw:9.1f} {bound:6.2f} {r['mibs'] / (ref_bw * bound):9.2f} {r['steal'] * 100:5.1f}%", flush=True)
 
 
 try:
