@@ -101,6 +101,10 @@ enum Cmd {
         /// Data digest.
         #[arg(long)]
         ddgst: bool,
+        /// Connect without SQ flow control (as `nvme connect --disable-sqflow`): reads
+        /// then complete in their last data PDU, without a response capsule.
+        #[arg(long)]
+        disable_sqflow: bool,
         #[arg(long)]
         hostnqn: Option<String>,
         /// Pin the initiator to this core.
@@ -236,11 +240,11 @@ fn main() {
             p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
         Cmd::Stats { json, buckets, reset, plot } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
-        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, hostnqn, core, plot, poll } => {
+        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, disable_sqflow, hostnqn, core, plot, poll } => {
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
-            let mut host = QueueOptions { hdgst, ddgst, ..Default::default() };
+            let mut host = QueueOptions { hdgst, ddgst, disable_sqflow, ..Default::default() };
             if let Some(h) = hostnqn {
                 host.hostnqn = h;
             }

@@ -165,7 +165,8 @@ fn namespace_ids_are_stable_across_restarts() {
     assert!(a.iter().any(|x| *x != 0));
 }
 
-fn write_read_verify(f: &Fixture, nqn: &str, o: &QueueOptions) {
+/// Returns how many reads completed in their data PDU (no response capsule).
+fn write_read_verify(f: &Fixture, nqn: &str, o: &QueueOptions) -> u64 {
     let (_c, mut qs) = connect_io(f, nqn, o, 1);
     let q = &mut qs[0];
     let mut lba = 0u64;
@@ -179,13 +180,25 @@ fn write_read_verify(f: &Fixture, nqn: &str, o: &QueueOptions) {
         assert!(back == data, "data mismatch at size {len}");
         lba += (len as u64 >> 9) + 3;
     }
+    q.completed_in_data
 }
 
 #[test]
 fn read_write_verify_all_sizes_without_digests() {
     let f = Fixture::start("0");
-    write_read_verify(&f, NQN_RAM, &opts());
+    assert_eq!(write_read_verify(&f, NQN_RAM, &opts()), 0, "SUCCESS flag used with SQ flow control on");
     write_read_verify(&f, NQN_FILE, &opts());
+}
+
+#[test]
+fn reads_complete_in_their_data_pdu_without_sq_flow_control() {
+    let f = Fixture::start("0");
+    for digests in [false, true] {
+        let o = QueueOptions { disable_sqflow: true, hdgst: digests, ddgst: digests, ..opts() };
+        // Every one of the nine reads ends with the SUCCESS flag and no response capsule.
+        assert_eq!(write_read_verify(&f, NQN_RAM, &o), 9, "digests {digests}");
+        assert_eq!(write_read_verify(&f, NQN_FILE, &o), 9, "digests {digests}");
+    }
 }
 
 #[test]
@@ -355,7 +368,7 @@ fn malformed_pdus_end_only_their_connection() {
     let (_c, mut qs) = connect_io(&f, NQN_RAM, &opts(), 1);
     let good = &mut qs[0];
     let mut capsule = [0u8; 72];
-    pdu::encode_capsule_cmd(&mut capsule, &command::connect_sqe(0, 0, 31, 0).encode(), 0, false, false);
+    pdu::encode_capsule_cmd(&mut capsule, &command::connect_sqe(0, 0, 31, 0, 0).encode(), 0, false, false);
 
     let mut bad_type = capsule;
     bad_type[0] = 0x0E;
@@ -371,7 +384,7 @@ fn malformed_pdus_end_only_their_connection() {
     expect_term(&f, &huge, false, pdu::Fes::DataLimitExceeded);
 
     let mut digest = [0u8; 76];
-    pdu::encode_capsule_cmd(&mut digest, &command::connect_sqe(0, 0, 31, 0).encode(), 0, true, false);
+    pdu::encode_capsule_cmd(&mut digest, &command::connect_sqe(0, 0, 31, 0, 0).encode(), 0, true, false);
     digest[40] ^= 0x55;
     expect_term(&f, &digest, true, pdu::Fes::HeaderDigestError);
 

@@ -63,7 +63,7 @@ impl HostStream {
         d[connect_data::CNTLID..connect_data::CNTLID + 2].copy_from_slice(&cntlid.to_le_bytes());
         d[connect_data::SUBNQN..connect_data::SUBNQN + subnqn.len()].copy_from_slice(subnqn.as_bytes());
         d[connect_data::HOSTNQN..connect_data::HOSTNQN + hostnqn.len()].copy_from_slice(hostnqn.as_bytes());
-        self.capsule(connect_sqe(0, qid, sqsize, if qid == 0 { 30_000 } else { 0 }), &d)
+        self.capsule(connect_sqe(0, qid, sqsize, 0, if qid == 0 { 30_000 } else { 0 }), &d)
     }
 
     /// A command whose data the controller returns (transport SGL, no in-capsule data).

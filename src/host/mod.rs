@@ -32,6 +32,9 @@ pub struct QueueOptions {
     /// Entries in the queue (the Connect sqsize is this minus one).
     pub depth: u16,
     pub timeout: Duration,
+    /// Ask for no SQ flow control at connect (`nvme connect --disable-sqflow`); the
+    /// controller may then complete reads with the C2HData SUCCESS flag.
+    pub disable_sqflow: bool,
 }
 
 impl Default for QueueOptions {
@@ -44,6 +47,7 @@ impl Default for QueueOptions {
             kato_ms: 30_000,
             depth: 128,
             timeout: Duration::from_secs(10),
+            disable_sqflow: false,
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Queue {
     /// Largest write sent in-capsule (IOCCSZ * 16 - 64 of the controller).
     pub in_capsule_max: usize,
     pub qid: u16,
+    /// SQ flow control was disabled at connect: C2HData may carry the completion.
+    no_sq_flow: bool,
     /// Bytes to send, in order: headers and digests copied into `tx`, large payloads
     /// referenced where the caller keeps them (sent with writev, never copied here).
     tx: Vec<u8>,
@@ -93,6 +99,8 @@ pub struct Queue {
     timeout: Duration,
     /// A C2HTermReq the controller sent: (fes, fei).
     pub terminated: Option<(u16, u32)>,
+    /// Completions that arrived as a C2HData SUCCESS flag rather than a response capsule.
+    pub completed_in_data: u64,
     /// Fault injection: send the next data digest wrong.
     pub corrupt_next_data_digest: bool,
 }
@@ -115,6 +123,7 @@ impl Queue {
             maxh2cdata: 0,
             in_capsule_max: 0,
             qid: 0,
+            no_sq_flow: false,
             tx: Vec::with_capacity(256 * 1024),
             tx_segs: Vec::with_capacity(256),
             tx_len: 0,
@@ -126,6 +135,7 @@ impl Queue {
             free_cids: (0..depth as u16).rev().collect(),
             timeout: opts.timeout,
             terminated: None,
+            completed_in_data: 0,
             corrupt_next_data_digest: false,
         };
         let mut b = [0u8; pdu::IC_LEN];
@@ -163,7 +173,8 @@ impl Queue {
         data[512..512 + opts.hostnqn.len().min(255)].copy_from_slice(&opts.hostnqn.as_bytes()[..opts.hostnqn.len().min(255)]);
         let sqsize = self.pending.len() as u16 - 1;
         let kato = if qid == 0 { opts.kato_ms } else { 0 };
-        let sqe = command::connect_sqe(0, qid, sqsize, kato);
+        let cattr = if opts.disable_sqflow { command::CATTR_DISABLE_SQFLOW } else { 0 };
+        let sqe = command::connect_sqe(0, qid, sqsize, cattr, kato);
         // The Connect data always travels in-capsule.
         let saved = self.in_capsule_max;
         self.in_capsule_max = fabrics::CONNECT_DATA_LEN;
@@ -174,6 +185,7 @@ impl Queue {
             return Err(status_error("connect", &cqe));
         }
         self.qid = qid;
+        self.no_sq_flow = opts.disable_sqflow;
         Ok(cqe.dw0 as u16)
     }
 
@@ -390,7 +402,7 @@ impl Queue {
                 done(cqe.cid, cqe, pend.submitted.elapsed());
                 Ok(1)
             }
-            Pdu::C2HData { cccid, datao, data, .. } => {
+            Pdu::C2HData { cccid, datao, last, success, data } => {
                 let pend = self.pending.get_mut(cccid as usize).and_then(|p| p.as_mut()).ok_or_else(|| err("C2HData for unknown cid"))?;
                 let Data::FromController(buf, len) = pend.data else { return Err(err("C2HData for a command without read data")) };
                 if datao as usize != pend.received || datao as usize + data.len() > len {
@@ -399,7 +411,18 @@ impl Queue {
                 // SAFETY: bounds checked; the caller keeps `buf` alive until completion.
                 unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.add(datao as usize), data.len()) };
                 pend.received += data.len();
-                Ok(0)
+                if !success {
+                    return Ok(0);
+                }
+                if !last || !self.no_sq_flow || pend.received != len {
+                    return Err(err("C2HData SUCCESS before the last byte, or with SQ flow control on"));
+                }
+                let pend = self.pending[cccid as usize].take().expect("looked up above");
+                self.free_cids.push(cccid);
+                self.completed_in_data += 1;
+                let cqe = Cqe { dw0: 0, dw1: 0, sqhd: 0, sqid: self.qid, cid: cccid, status: 0 };
+                done(cccid, cqe, pend.submitted.elapsed());
+                Ok(1)
             }
             Pdu::R2T(r) => {
                 self.on_r2t(r)?;

@@ -120,8 +120,14 @@ pub struct ConnectCmd {
     pub qid: u16,
     /// 0's based submission queue size.
     pub sqsize: u16,
+    /// Connect attributes (byte 46): priority class and `CATTR_DISABLE_SQFLOW`.
+    pub cattr: u8,
     pub kato_ms: u32,
 }
+
+/// The host asks for no SQ flow control: completions need no SQ head, and a successful
+/// read may end with the C2HData SUCCESS flag instead of a response capsule.
+pub const CATTR_DISABLE_SQFLOW: u8 = 1 << 2;
 
 impl ConnectCmd {
     pub fn from_sqe(s: &Sqe) -> ConnectCmd {
@@ -129,16 +135,21 @@ impl ConnectCmd {
             recfmt: (s.cdw[0] & 0xFFFF) as u16,
             qid: (s.cdw[0] >> 16) as u16,
             sqsize: (s.cdw[1] & 0xFFFF) as u16,
+            cattr: (s.cdw[1] >> 16) as u8,
             kato_ms: s.cdw[2],
         }
+    }
+
+    pub fn sq_flow_control_disabled(&self) -> bool {
+        self.cattr & CATTR_DISABLE_SQFLOW != 0
     }
 }
 
 /// Build a Connect SQE (used by the in-tree host).
-pub fn connect_sqe(cid: u16, qid: u16, sqsize: u16, kato_ms: u32) -> Sqe {
+pub fn connect_sqe(cid: u16, qid: u16, sqsize: u16, cattr: u8, kato_ms: u32) -> Sqe {
     let mut s = Sqe { opcode: admin::FABRICS, fctype: fabrics::CONNECT, cid, ..Default::default() };
     s.cdw[0] = (qid as u32) << 16;
-    s.cdw[1] = sqsize as u32;
+    s.cdw[1] = sqsize as u32 | (cattr as u32) << 16;
     s.cdw[2] = kato_ms;
     s.sgl_type = SGL_IN_CAPSULE;
     s.sgl_len = fabrics::CONNECT_DATA_LEN as u32;
@@ -218,9 +229,11 @@ mod tests {
 
     #[test]
     fn connect_fields() {
-        let s = Sqe::parse(&connect_sqe(1, 3, 127, 5000).encode());
+        let s = Sqe::parse(&connect_sqe(1, 3, 127, CATTR_DISABLE_SQFLOW, 5000).encode());
         let c = ConnectCmd::from_sqe(&s);
         assert_eq!((c.qid, c.sqsize, c.kato_ms), (3, 127, 5000));
+        assert!(c.sq_flow_control_disabled());
+        assert!(!ConnectCmd::from_sqe(&connect_sqe(1, 3, 127, 0, 0)).sq_flow_control_disabled());
         assert_eq!(data_direction(&s), DataDir::HostToController);
     }
 

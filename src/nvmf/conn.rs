@@ -144,6 +144,8 @@ struct Binding {
     ctrl: Arc<Controller>,
     qid: u16,
     depth: u16,
+    /// The host disabled SQ flow control at connect (see `CATTR_DISABLE_SQFLOW`).
+    no_sq_flow: bool,
 }
 
 pub struct Conn {
@@ -714,7 +716,7 @@ impl Conn {
             env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
         };
         let id = ctrl.cntlid;
-        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1 });
+        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow: c.sq_flow_control_disabled() });
         Ok(id)
     }
 
@@ -852,15 +854,18 @@ impl Conn {
         if matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return self.free_slot(s, env);
         }
-        let qid = self.queue.as_ref().map_or(0, |b| b.qid);
+        let (qid, no_sq_flow) = self.queue.as_ref().map_or((0, false), |b| (b.qid, b.no_sq_flow));
         let (hdgst, ddgst) = (self.hdgst, self.ddgst);
         let sqhd = self.sqhd;
         let data_out = if sc & 0x7FF == 0 { self.slots[s as usize].data_out } else { 0 };
+        // Without SQ flow control the host needs no SQ head, so a clean read's last data
+        // PDU can carry the completion itself (as the Linux target does).
+        let success_in_data = no_sq_flow && data_out > 0 && sc == status::SUCCESS && result == 0;
         if data_out > 0 {
             let d = &self.data_mut(s, env)[..data_out as usize];
             let digest = if ddgst { pdu::crc32c(d) } else { 0 };
             let slot = &mut self.slots[s as usize];
-            let h = DataHeader { cccid: slot.sqe.cid, ttag: 0, datao: 0, datal: data_out, last: true, success: false };
+            let h = DataHeader { cccid: slot.sqe.cid, ttag: 0, datao: 0, datal: data_out, last: true, success: success_in_data };
             slot.data_hdr_len = pdu::encode_data_header(&mut slot.data_hdr, true, &h, hdgst, ddgst) as u8;
             slot.ddgst = digest.to_le_bytes();
         }
@@ -870,8 +875,12 @@ impl Conn {
             let bytes = if sc & 0x7FF == 0 { bytes as u64 } else { 0 };
             env.stats.record(ns as usize, class, t.elapsed_micros(), bytes);
         }
-        let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
-        slot.resp_len = pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8;
+        slot.resp_len = if success_in_data {
+            0
+        } else {
+            let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
+            pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8
+        };
         slot.state = SlotState::Transmitting;
         self.tx.push_back(TxItem { what: TxWhat::Response(s), sent: 0 });
     }
@@ -920,8 +929,11 @@ impl Conn {
                         n = 3;
                     }
                 }
-                seg[n] = (slot.resp_hdr.as_ptr(), slot.resp_len as usize);
-                n + 1
+                if slot.resp_len > 0 {
+                    seg[n] = (slot.resp_hdr.as_ptr(), slot.resp_len as usize);
+                    n += 1;
+                }
+                n
             }
         };
         (seg, n)
