@@ -42,6 +42,12 @@ SUBNQN=$NQN TARGET_ADDR=10.0.2.2 TARGET_PORT=$PORT GUEST_LOG="$OUT/guest.log" \
 status=$?
 set -e
 
+# The guest's `nvme connect --disable-sqflow` must have reached the target as such.
+if [[ " ${E2E_SKIP:-} " != *" sqflow "* ]] && ! grep -q "without SQ flow control" "$OUT/target.log"; then
+    echo "e2e-guest: FAIL: no queue was connected without SQ flow control" >&2
+    status=1
+fi
+
 # What the guest's fio left in the statistics: the table, a plot rendered to PNG, and the
 # Prometheus exposition checked by promtool.
 if kill -0 "$TARGET_PID" 2>/dev/null; then

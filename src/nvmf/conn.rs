@@ -716,6 +716,9 @@ impl Conn {
             env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
         };
         let id = ctrl.cntlid;
+        if c.sq_flow_control_disabled() {
+            info!(cntlid = id, qid = c.qid, "queue without SQ flow control: clean reads complete in their data PDU");
+        }
         self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow: c.sq_flow_control_disabled() });
         Ok(id)
     }

@@ -10,7 +10,7 @@
 #   TARGET_PORT   target port (default 4420)
 #   E2E_CONNECT_OPTS  extra `nvme connect` options (default none)
 #   E2E_STEP_TIMEOUT  seconds allowed per fio/mkfs command (default 300)
-#   E2E_SKIP      space-separated phases to skip: rand seq fs digest
+#   E2E_SKIP      space-separated phases to skip: rand seq fs digest sqflow
 #   E2E_RAND_JOBS, E2E_RAND_SIZE_MB, E2E_SEQ_SIZE_MB, E2E_DIGEST_SIZE_MB  fio sizes
 #
 # Each step prints "STEP: ..." and "PASS: ...".  The last line is
@@ -197,6 +197,24 @@ if ! skip digest; then
     pass "fio verify over digest connection"
 
     step "disconnect (digests)"
+    disconnect
+    pass "disconnected"
+fi
+
+if ! skip sqflow; then
+    # Without SQ flow control the target ends each clean read with the C2HData SUCCESS
+    # flag and sends no response capsule; the host must still see every read complete.
+    step "connect without SQ flow control (--disable-sqflow)"
+    connect --disable-sqflow
+    pass "connected without SQ flow control: $DEV"
+
+    step "fio 4k randrw verify without SQ flow control (${DIGEST_SIZE_MB}M)"
+    run_fio sqflow --rw=randrw --bs=4k --iodepth=16 --numjobs=2 \
+        --size="$((DIGEST_SIZE_MB / 2))M" --offset_increment="$((DIGEST_SIZE_MB / 2))M" \
+        --verify=crc32c --do_verify=1 --verify_fatal=1
+    pass "fio verify without SQ flow control"
+
+    step "disconnect (no SQ flow control)"
     disconnect
     pass "disconnected"
 fi
