@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::nvmf::command::{self, Cqe, Sqe};
 use crate::nvmf::pdu::{self, DataHeader, DecodeParams, Decoded, IcReq, Pdu};
 use crate::nvmf::spec::{admin, fabrics, io as io_op, property, DISCOVERY_NQN};
+use crate::util::clock::Stamp;
 
 /// Data a command moves. Raw pointers: the caller keeps the memory alive and untouched
 /// until the command completes (the safe wrappers below do).
@@ -56,7 +57,7 @@ impl Default for QueueOptions {
 struct Pending {
     data: Data,
     received: usize,
-    submitted: Instant,
+    submitted: Stamp,
 }
 
 /// Payloads at least this large are sent from the caller's buffer rather than copied.
@@ -67,6 +68,11 @@ const EXTERNAL_MIN: usize = 4096;
 enum TxSeg {
     Own(usize, usize),
     External(*const u8, usize),
+}
+
+/// Time since submission, from the cheap clock (read twice per I/O).
+fn latency(submitted: Stamp) -> Duration {
+    Duration::from_nanos(Stamp::now().nanos_since(submitted))
 }
 
 pub fn err(msg: impl Into<String>) -> io::Error {
@@ -229,7 +235,7 @@ impl Queue {
         let n = pdu::encode_capsule_cmd(&mut hdr, &sqe.encode(), capsule_data.len(), self.hdgst, self.ddgst);
         self.queue_own(&hdr[..n]);
         self.push_data(capsule_data);
-        self.pending[cid as usize] = Some(Pending { data, received: 0, submitted: Instant::now() });
+        self.pending[cid as usize] = Some(Pending { data, received: 0, submitted: Stamp::now() });
         Ok(cid)
     }
 
@@ -399,7 +405,7 @@ impl Queue {
                     }
                 }
                 self.free_cids.push(cqe.cid);
-                done(cqe.cid, cqe, pend.submitted.elapsed());
+                done(cqe.cid, cqe, latency(pend.submitted));
                 Ok(1)
             }
             Pdu::C2HData { cccid, datao, last, success, data } => {
@@ -421,7 +427,7 @@ impl Queue {
                 self.free_cids.push(cccid);
                 self.completed_in_data += 1;
                 let cqe = Cqe { dw0: 0, dw1: 0, sqhd: 0, sqid: self.qid, cid: cccid, status: 0 };
-                done(cccid, cqe, pend.submitted.elapsed());
+                done(cccid, cqe, latency(pend.submitted));
                 Ok(1)
             }
             Pdu::R2T(r) => {

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
@@ -11,6 +11,7 @@ use super::{Data, HostController, Queue, QueueOptions};
 use crate::nvmf::command;
 use crate::nvmf::spec::io as io_op;
 use crate::util::aligned::AlignedRegion;
+use crate::util::clock::{self, Stamp};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pattern {
@@ -170,7 +171,9 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
     let (mut ios, mut errors) = (0u64, 0u64);
     let cpu0 = process_cpu_seconds();
-    let start = Instant::now();
+    clock::init();
+    let start = Stamp::now();
+    let run_ns = o.duration.as_nanos() as u64;
     let submit_one = |q: &mut Queue, qi: usize, gen: &mut Generator| -> io::Result<()> {
         let cid = q.peek_cid().expect("caller checked depth");
         // SAFETY: buffer (qi, cid) is used by this command alone until it completes.
@@ -187,8 +190,8 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
         Ok(())
     };
     let mut running = true;
-    let mut busy = Duration::ZERO;
-    let mut pass_start = Instant::now();
+    let mut busy_ns = 0u64;
+    let mut pass_start = Stamp::now();
     loop {
         let mut progressed = 0;
         for (qi, q) in queues.iter_mut().enumerate() {
@@ -203,27 +206,27 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
                 submit_one(q, qi, &mut gen)?;
             }
         }
-        if running && start.elapsed() >= o.duration {
+        let now = Stamp::now();
+        if running && now.nanos_since(start) >= run_ns {
             running = false;
         }
         if !running && queues.iter().all(|q| q.outstanding() == 0) {
             break;
         }
-        let now = Instant::now();
         if progressed != 0 {
-            busy += now - pass_start;
+            busy_ns += now.nanos_since(pass_start);
         }
         pass_start = now;
         if progressed == 0 && !o.busy_poll {
             wait_any(&queues, Duration::from_millis(1));
-            pass_start = Instant::now();
+            pass_start = Stamp::now();
         }
     }
-    let elapsed = start.elapsed();
+    let elapsed = Duration::from_nanos(Stamp::now().nanos_since(start));
     let cpu_seconds = process_cpu_seconds() - cpu0;
     drop(queues);
     let _ = ctrl.shutdown();
-    Ok(PerfReport { ios, bytes: ios * o.block_size as u64, errors, elapsed, latency: hist, cpu_seconds, busy_seconds: busy.as_secs_f64() })
+    Ok(PerfReport { ios, bytes: ios * o.block_size as u64, errors, elapsed, latency: hist, cpu_seconds, busy_seconds: busy_ns as f64 * 1e-9 })
 }
 
 /// Sleep until any queue's socket is readable, or the timeout.
