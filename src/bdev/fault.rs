@@ -170,6 +170,10 @@ impl BdevChannel for FaultChannel {
         self.inner.child_complete(tag, res, sq, done)
     }
 
+    fn needs_polling(&self) -> bool {
+        self.inner.needs_polling()
+    }
+
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         self.inner.poll(sq, done)
     }

@@ -102,6 +102,12 @@ pub trait BdevChannel {
         unreachable!("this device submits no child I/O");
     }
 
+    /// Whether `poll` can ever have work: composite devices. Asked once, when the reactor
+    /// opens the channel; the reactor polls only these, on every turn.
+    fn needs_polling(&self) -> bool {
+        false
+    }
+
     /// Called once per reactor loop turn: retry work waiting for a resource and hand back
     /// what finished. Returns true while work is waiting (the reactor then keeps polling).
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {

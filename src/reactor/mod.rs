@@ -185,6 +185,8 @@ struct Reactor {
     turns: TurnClock,
     pool: BufferPool,
     channels: Vec<Box<dyn BdevChannel>>,
+    /// Indices of the channels that want `poll` on every turn (composite devices).
+    polled: Vec<usize>,
     conns: Vec<Option<Box<Conn>>>,
     generations: Vec<u16>,
     free_ids: Vec<u16>,
@@ -273,6 +275,7 @@ impl Reactor {
         if !files.0.is_empty() {
             ring.submitter().register_files(&files.0)?;
         }
+        let polled = (0..channels.len()).filter(|&d| channels[d].needs_polling()).collect();
         let eventfd = shared.mailboxes[cfg.index].eventfd.clone();
         let namespaces = shared.target.subsystems.iter().map(|s| s.namespaces.len()).sum();
         Ok(Reactor {
@@ -282,6 +285,7 @@ impl Reactor {
             turns: TurnClock::new(),
             pool,
             channels,
+            polled,
             conns: (0..max).map(|_| None).collect(),
             generations: vec![0; max],
             free_ids: (0..max as u16).rev().collect(),
@@ -427,7 +431,8 @@ impl Reactor {
     /// Let composite devices retry waiting work; returns how many are still waiting.
     fn poll_channels(&mut self) -> usize {
         let mut waiting = 0;
-        for d in 0..self.channels.len() {
+        for i in 0..self.polled.len() {
+            let d = self.polled[i];
             let base = self.child_done.len();
             let Reactor { ring, channels, child_done, .. } = self;
             waiting += channels[d].poll(&mut RingSq(ring), child_done) as usize;

@@ -1058,6 +1058,10 @@ impl BdevChannel for RaidChannel {
         done.append(&mut self.completed);
     }
 
+    fn needs_polling(&self) -> bool {
+        true
+    }
+
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         self.drive_resync(sq);
         self.drive_rebuild(sq);
