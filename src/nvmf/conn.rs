@@ -30,8 +30,9 @@ use crate::util::clock::Stamp;
 
 /// Status: the transport corrupted data in flight (data digest error); the host retries.
 const TRANSIENT_TRANSPORT_ERROR: u16 = 0x22;
-/// Most iovecs in one sendmsg.
-const MAX_IOV: usize = 64;
+/// Most iovecs in one sendmsg: room for a whole queue's worth of read responses (three
+/// segments each, four with data digests) so one turn's completions leave in one send.
+const MAX_IOV: usize = 256;
 /// A connection that has not sent ICReq by then is dropped.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a terminating connection may take to accept its C2HTermReq.
