@@ -16,6 +16,9 @@ cases) and drives it with `nvmf-raid perf` pinned to the last core. One table:
     the same core (idle while the other is measured, as adaptive reactors sleep) and every
     repetition measures both back to back; the column is the median of those paired
     ratios, so the VM's slow and fast phases fall on both sides of each ratio;
+  no SQ flow ctl: reads with the host's SQ flow control disabled, so each clean read
+    completes in its last C2HData PDU (SUCCESS flag) without a response capsule; vs null
+    pairs them with the null namespace under the same option;
   steal: CPU time the hypervisor took from this VM during the case (runs with much steal
     are not comparable).
 
@@ -245,6 +248,15 @@ def main():
         r = measure(t, *w, extra=("--hdgst", "--ddgst"))
         row("null, digests", wl_name(*w), r, r["iops"] / ceil[w], r["iops"] / null[("1", w)])
     t.stop()
+    # Without SQ flow control (perf --disable-sqflow, nvme connect --disable-sqflow) reads
+    # complete in their last data PDU: one PDU fewer per read on both sides.
+    reads = [w for w in workloads if "read" in w[0]]
+    for level in ("null", "raid0"):
+        t = Target(level, "ram", "0", "adaptive")
+        for w in reads:
+            r = measure(t, *w, extra=("--disable-sqflow",), ref=ref if level != "null" else None)
+            row(f"{level}{' ram' if level != 'null' else ''}, no SQ flow ctl", wl_name(*w), r, r["iops"] / ceil[w], r["paired"] or 1.0)
+        t.stop()
     full_stripe(ref)
     ref.stop()
 
