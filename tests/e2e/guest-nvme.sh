@@ -185,38 +185,34 @@ step "disconnect"
 disconnect
 pass "disconnected"
 
-if ! skip digest; then
-    step "connect with header and data digests (-g -G)"
-    connect -g -G
-    pass "connected with digests: $DEV"
+# verify_connection PHASE WHAT CONNECT-OPTIONS...: connect with the options, run a 4 KiB
+# randrw fio verify (${DIGEST_SIZE_MB}M over two jobs), disconnect.
+verify_connection() {
+    phase=$1 what=$2
+    shift 2
+    step "connect $what ($*)"
+    connect "$@"
+    pass "connected $what: $DEV"
 
-    step "fio 4k randrw verify over digests (${DIGEST_SIZE_MB}M)"
-    run_fio digest --rw=randrw --bs=4k --iodepth=16 --numjobs=2 \
+    step "fio 4k randrw verify $what (${DIGEST_SIZE_MB}M)"
+    run_fio "$phase" --rw=randrw --bs=4k --iodepth=16 --numjobs=2 \
         --size="$((DIGEST_SIZE_MB / 2))M" --offset_increment="$((DIGEST_SIZE_MB / 2))M" \
         --verify=crc32c --do_verify=1 --verify_fatal=1
-    pass "fio verify over digest connection"
+    pass "fio verify $what"
 
-    step "disconnect (digests)"
+    step "disconnect ($what)"
     disconnect
     pass "disconnected"
+}
+
+if ! skip digest; then
+    verify_connection digest "with header and data digests" -g -G
 fi
 
+# Without SQ flow control the target ends each clean read with the C2HData SUCCESS flag
+# and sends no response capsule; the host must still see every read complete.
 if ! skip sqflow; then
-    # Without SQ flow control the target ends each clean read with the C2HData SUCCESS
-    # flag and sends no response capsule; the host must still see every read complete.
-    step "connect without SQ flow control (--disable-sqflow)"
-    connect --disable-sqflow
-    pass "connected without SQ flow control: $DEV"
-
-    step "fio 4k randrw verify without SQ flow control (${DIGEST_SIZE_MB}M)"
-    run_fio sqflow --rw=randrw --bs=4k --iodepth=16 --numjobs=2 \
-        --size="$((DIGEST_SIZE_MB / 2))M" --offset_increment="$((DIGEST_SIZE_MB / 2))M" \
-        --verify=crc32c --do_verify=1 --verify_fatal=1
-    pass "fio verify without SQ flow control"
-
-    step "disconnect (no SQ flow control)"
-    disconnect
-    pass "disconnected"
+    verify_connection sqflow "without SQ flow control" --disable-sqflow
 fi
 
 T1=$(cut -d' ' -f1 /proc/uptime)
