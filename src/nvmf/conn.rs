@@ -717,10 +717,11 @@ impl Conn {
             env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
         };
         let id = ctrl.cntlid;
-        if c.sq_flow_control_disabled() {
+        let no_sq_flow = c.sq_flow_control_disabled();
+        if no_sq_flow {
             info!(cntlid = id, qid = c.qid, "queue without SQ flow control: clean reads complete in their data PDU");
         }
-        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow: c.sq_flow_control_disabled() });
+        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow });
         Ok(id)
     }
 
@@ -864,7 +865,8 @@ impl Conn {
         let data_out = if sc & 0x7FF == 0 { self.slots[s as usize].data_out } else { 0 };
         // Without SQ flow control the host needs no SQ head, so a clean read's last data
         // PDU can carry the completion itself (as the Linux target does).
-        let success_in_data = no_sq_flow && data_out > 0 && sc == status::SUCCESS && result == 0;
+        let whole = data_out == self.slots[s as usize].xfer_len;
+        let success_in_data = no_sq_flow && data_out > 0 && whole && sc == status::SUCCESS && result == 0;
         if data_out > 0 {
             let d = &self.data_mut(s, env)[..data_out as usize];
             let digest = if ddgst { pdu::crc32c(d) } else { 0 };
