@@ -2,7 +2,7 @@
 //! real host would have: ICReq, Connect, admin commands, and I/O with in-capsule data, R2T
 //! and H2CData transfers, reads, and malformed PDUs.
 
-use nvmf_raid::nvmf::command::{connect_sqe, rw_sqe, Sqe, SGL_IN_CAPSULE, SGL_TRANSPORT};
+use nvmf_raid::nvmf::command::{connect_sqe, rw_sqe, Sqe, CATTR_DISABLE_SQFLOW, SGL_IN_CAPSULE, SGL_TRANSPORT};
 use nvmf_raid::nvmf::pdu::{self, DataHeader, IcReq, IcResp, R2t};
 use nvmf_raid::nvmf::spec::{admin, cns, connect_data, fabrics, feature, io, log, property};
 
@@ -13,6 +13,8 @@ pub struct HostStream {
     pub hdgst: bool,
     pub ddgst: bool,
     pub out: Vec<u8>,
+    /// Connect attributes sent with every Connect (CATTR_DISABLE_SQFLOW or 0).
+    pub cattr: u8,
     next_cid: u16,
     /// (offset in `out`, cccid) of every H2CData header, for [`fix_ttags`].
     pub h2c: Vec<(usize, u16)>,
@@ -20,7 +22,7 @@ pub struct HostStream {
 
 impl HostStream {
     pub fn new(hdgst: bool, ddgst: bool) -> HostStream {
-        HostStream { hdgst, ddgst, out: Vec::new(), next_cid: 1, h2c: Vec::new() }
+        HostStream { hdgst, ddgst, out: Vec::new(), cattr: 0, next_cid: 1, h2c: Vec::new() }
     }
 
     pub fn ic_req(&mut self) -> &mut Self {
@@ -63,7 +65,7 @@ impl HostStream {
         d[connect_data::CNTLID..connect_data::CNTLID + 2].copy_from_slice(&cntlid.to_le_bytes());
         d[connect_data::SUBNQN..connect_data::SUBNQN + subnqn.len()].copy_from_slice(subnqn.as_bytes());
         d[connect_data::HOSTNQN..connect_data::HOSTNQN + hostnqn.len()].copy_from_slice(hostnqn.as_bytes());
-        self.capsule(connect_sqe(0, qid, sqsize, 0, if qid == 0 { 30_000 } else { 0 }), &d)
+        self.capsule(connect_sqe(0, qid, sqsize, self.cattr, if qid == 0 { 30_000 } else { 0 }), &d)
     }
 
     /// A command whose data the controller returns (transport SGL, no in-capsule data).
@@ -140,7 +142,11 @@ pub fn admin_session(hdgst: bool, ddgst: bool) -> Vec<u8> {
 /// H2CData PDUs, reads and writes on the null and the asynchronous namespace, flush,
 /// write zeroes, deallocate, and a few commands that fail.
 pub fn io_session(hdgst: bool, ddgst: bool, h2c_chunk: usize) -> HostStream {
-    let mut h = HostStream::new(hdgst, ddgst);
+    io_session_on(HostStream::new(hdgst, ddgst), h2c_chunk)
+}
+
+/// [`io_session`] on a stream with its own settings (digests, Connect attributes).
+pub fn io_session_on(mut h: HostStream, h2c_chunk: usize) -> HostStream {
     h.ic_req();
     h.connect(1, 7, PRE_CNTLID, SUBNQN, HOSTNQN);
     let d4k = pattern(4096, 1);
@@ -175,12 +181,13 @@ pub fn io_session(hdgst: bool, ddgst: bool, h2c_chunk: usize) -> HostStream {
     h
 }
 
-/// Many commands back to back (one chunk): more responses queue than one sendmsg carries,
-/// reads and R2Ts wait for pool buffers, and optionally a malformed PDU ends the stream.
+/// Many commands back to back (one chunk): with 100 reads more responses queue than one
+/// sendmsg carries (256 iovecs, three per read), reads and R2Ts wait for pool buffers, and
+/// optionally a malformed PDU ends the stream.
 pub fn pipelined_session(n_reads: usize, with_garbage: bool) -> Vec<u8> {
     let mut h = HostStream::new(false, false);
     h.ic_req();
-    h.connect(1, 100, PRE_CNTLID, SUBNQN, HOSTNQN);
+    h.connect(1, 120, PRE_CNTLID, SUBNQN, HOSTNQN);
     // Larger than in-capsule buffers: each needs a pool buffer.
     h.to_host(rw_sqe(io::READ, 0, 2, 0, 4, 16384, false), 16384);
     h.to_host(rw_sqe(io::READ, 0, 2, 4, 4, 16384, false), 16384);
@@ -304,6 +311,12 @@ pub fn conn_state_seeds() -> Vec<(String, Vec<u8>)> {
         v.push((format!("io{tag}_small"), fix_ttags(0, &[], io_session(hd, dd, 4096))));
         v.push((format!("io{tag}_deep"), fix_ttags(1, &[], io_session(hd, dd, 32768))));
     }
+    // Without SQ flow control: clean reads end with the C2HData SUCCESS flag.
+    for (hd, dd) in [(false, false), (true, true)] {
+        let mut h = HostStream::new(hd, dd);
+        h.cattr = CATTR_DISABLE_SQFLOW;
+        v.push((format!("io_no_sqflow{}", if hd { "_hd" } else { "" }), fix_ttags(0, &[], io_session_on(h, 4096))));
+    }
     // Split delivery and ragged completions over the same sessions.
     v.push(("admin_bytewise".into(), conn_input(0, &[0x0c, 0x01, 0x0b, 0x0b, 0x00, 0x03, 0x00], &admin_session(false, false))));
     v.push(("io_ragged".into(), fix_ttags(0, &[0x02, 0x0b, 0x05, 0x0c, 0x01, 0x00, 0x09, 0x0d], io_session(false, true, 4096))));
@@ -312,8 +325,8 @@ pub fn conn_state_seeds() -> Vec<(String, Vec<u8>)> {
     v.push(("io_async_close".into(), fix_ttags(0, &[0x00, 0x00, 0xa0, 0xa0, 0xd0], io_session(false, false, 4096))));
     v.push(("io_kill".into(), fix_ttags(8, &[0x00, 0x00, 0x00, 0xe0], io_session(false, false, 4096))));
     v.push(("io_bdev_error".into(), fix_ttags(0, &[0x00, 0xa0, 0xb0, 0x00, 0xc0], io_session(false, false, 4096))));
-    v.push(("pipelined".into(), conn_input(1, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(60, false))));
-    v.push(("pipelined_tiny_pool".into(), conn_input(3, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(60, false))));
+    v.push(("pipelined".into(), conn_input(1, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(100, false))));
+    v.push(("pipelined_tiny_pool".into(), conn_input(3, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(100, false))));
     v.push(("io_registered_tiny_pool".into(), fix_ttags(16 | 2, &[], io_session(false, false, 4096))));
     v.push(("admin_one_ctrl".into(), conn_input(4, &[], &admin_session(false, false))));
     for (name, s) in error_sessions() {
@@ -325,10 +338,10 @@ pub fn conn_state_seeds() -> Vec<(String, Vec<u8>)> {
 /// Inputs that exposed a bug in the target (see fuzz/README.md, "Seeds and regressions").
 pub fn conn_state_regressions() -> Vec<(String, Vec<u8>)> {
     vec![
-        // 60 queued responses need more than one sendmsg (64 iovecs); a malformed PDU then
+        // 100 queued responses need more than one sendmsg (256 iovecs); a malformed PDU then
         // queues the C2HTermReq; when the first send completes it frees a pool buffer, the
         // read waiting for one executes, and its response is queued behind the TermReq.
-        ("conn_state-send-after-termreq".into(), conn_input(3, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(60, true))),
+        ("conn_state-send-after-termreq".into(), conn_input(3, &[0x00, 0x00, 0x8e, 0x00], &pipelined_session(100, true))),
         // A write to the asynchronous namespace is in flight when a malformed PDU queues the
         // C2HTermReq; its completion then queues the response behind the TermReq.
         ("conn_state-send-after-termreq-async".into(), conn_input(0, &[0x00, 0x00, 0xa0, 0x40], &async_then_garbage())),
