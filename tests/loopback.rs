@@ -423,6 +423,18 @@ fn data_digest_error_fails_the_command_with_transient_transport_error() {
     assert!(q.read(1, 0, 9, &mut back).unwrap().is_success());
     assert!(back != data);
     assert!(q.write(1, 0, 9, &data).unwrap().is_success());
+    // A large write's payload is received straight into its buffer; its digest is still
+    // checked there.
+    let big = pattern(256 * 1024, 6);
+    q.corrupt_next_data_digest = true;
+    let cqe = q.write(1, 64, 9, &big).unwrap();
+    assert_eq!(cqe.status_code(), 0x22, "transient transport error on a large write");
+    let mut back = vec![0u8; big.len()];
+    assert!(q.read(1, 64, 9, &mut back).unwrap().is_success());
+    assert!(back != big);
+    assert!(q.write(1, 64, 9, &big).unwrap().is_success());
+    assert!(q.read(1, 64, 9, &mut back).unwrap().is_success());
+    assert!(back == big);
 }
 
 #[test]

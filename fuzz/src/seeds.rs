@@ -181,6 +181,18 @@ pub fn io_session_on(mut h: HostStream, h2c_chunk: usize) -> HostStream {
     h
 }
 
+/// A 64 KiB write in two 32 KiB H2CData PDUs, then read back: delivered in halves of what
+/// is left of each PDU, most of each payload arrives after its header and is received
+/// straight into the command's buffer.
+fn direct_h2c_session(hdgst: bool, ddgst: bool) -> HostStream {
+    let mut h = HostStream::new(hdgst, ddgst);
+    h.ic_req();
+    h.connect(1, 7, PRE_CNTLID, SUBNQN, HOSTNQN);
+    h.write_r2t(1, 0, 512, &pattern(65536, 4), 0, 32768);
+    h.to_host(rw_sqe(io::READ, 0, 1, 0, 128, 65536, false), 65536);
+    h
+}
+
 /// Many commands back to back (one chunk): with 100 reads more responses queue than one
 /// sendmsg carries (256 iovecs, three per read), reads and R2Ts wait for pool buffers, and
 /// optionally a malformed PDU ends the stream.
@@ -316,6 +328,9 @@ pub fn conn_state_seeds() -> Vec<(String, Vec<u8>)> {
         let mut h = HostStream::new(hd, dd);
         h.cattr = CATTR_DISABLE_SQFLOW;
         v.push((format!("io_no_sqflow{}", if hd { "_hd" } else { "" }), fix_ttags(0, &[], io_session_on(h, 4096))));
+    }
+    for (hd, dd) in [(false, false), (true, true)] {
+        v.push((format!("io_direct_h2c{}", if hd { "_hd" } else { "" }), fix_ttags(1, &[0x0b], direct_h2c_session(hd, dd))));
     }
     // Split delivery and ragged completions over the same sessions.
     v.push(("admin_bytewise".into(), conn_input(0, &[0x0c, 0x01, 0x0b, 0x0b, 0x00, 0x03, 0x00], &admin_session(false, false))));

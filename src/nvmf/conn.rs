@@ -5,6 +5,10 @@
 //! Transmitting -> Free; an Asynchronous Event Request parks in AsyncEvent. Slots, their
 //! in-capsule buffers and the transmit queue are allocated once when the connection is
 //! accepted, so steady-state I/O allocates nothing.
+//!
+//! Bytes arrive in the receive buffer and are decoded PDU by PDU. The exception is a large
+//! H2CData payload that has not arrived yet when its header has: it is received straight
+//! into its command's data buffer (`DirectRx`), so write data is not copied in user space.
 
 use std::collections::VecDeque;
 use std::net::TcpStream;
@@ -33,6 +37,13 @@ const TRANSIENT_TRANSPORT_ERROR: u16 = 0x22;
 /// Most iovecs in one sendmsg: room for a whole queue's worth of read responses (three
 /// segments each, four with data digests) so one turn's completions leave in one send.
 const MAX_IOV: usize = 256;
+/// An H2CData payload with at least this much still to arrive is received straight into its
+/// command's buffer instead of into the receive buffer and copied from there.
+const DIRECT_MIN: usize = 16 * 1024;
+/// While R2Ts are outstanding and nothing is buffered, a receive reads at most this much,
+/// so that a large H2CData payload arrives after its header (and goes direct) rather than
+/// into the receive buffer with it.
+const AHEAD_RECV: usize = 4096;
 /// A connection that has not sent ICReq by then is dropped.
 const IC_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a terminating connection may take to accept its C2HTermReq.
@@ -149,6 +160,21 @@ struct Binding {
     no_sq_flow: bool,
 }
 
+/// An H2CData PDU whose payload goes straight into slot `slot`'s buffer; `got` bytes of it
+/// are there.
+#[derive(Debug, Clone, Copy)]
+struct DirectRx {
+    slot: u16,
+    hdr: pdu::DataHeaderAhead,
+    got: usize,
+}
+
+impl DirectRx {
+    fn payload_left(&self) -> usize {
+        self.hdr.data_len - self.got
+    }
+}
+
 pub struct Conn {
     sock: TcpStream,
     pub index: u16,
@@ -161,6 +187,13 @@ pub struct Conn {
     rx_head: usize,
     rx_tail: usize,
     recv_armed: bool,
+    /// An H2CData payload being received into its command's buffer.
+    direct: Option<DirectRx>,
+    /// Slots that sent an R2T and wait for their data.
+    awaiting_data: usize,
+    /// The recvmsg of a direct receive: the rest of the payload, then the receive buffer.
+    rx_iov: Box<[libc::iovec; 2]>,
+    rx_msg: Box<libc::msghdr>,
     tx: VecDeque<TxItem>,
     send_armed: bool,
     send_bytes: usize,
@@ -205,6 +238,10 @@ impl Conn {
             rx_head: 0,
             rx_tail: 0,
             recv_armed: false,
+            direct: None,
+            awaiting_data: 0,
+            rx_iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]),
+            rx_msg: Box::new(msg),
             tx: VecDeque::with_capacity(2 * depth + 4),
             send_armed: false,
             send_bytes: 0,
@@ -352,8 +389,24 @@ impl Conn {
         debug_assert!(space > 0);
         // SAFETY: the receive target stays inside `rx`, which lives as long as the conn.
         let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_tail) };
-        let e = opcode::Recv::new(self.fd(), ptr, space as u32).build().user_data(self.token(Kind::Recv, 0));
-        env.sq.push(e);
+        let e = match self.direct.filter(|d| d.payload_left() > 0) {
+            Some(d) => {
+                let payload = self.direct_target(d, env);
+                self.rx_iov[0] = libc::iovec { iov_base: payload as *mut libc::c_void, iov_len: d.payload_left() };
+                // More transfers pending: their payloads should not follow into `rx` either.
+                let more = if self.awaiting_data > 1 { space.min(AHEAD_RECV) } else { space };
+                self.rx_iov[1] = libc::iovec { iov_base: ptr as *mut libc::c_void, iov_len: more };
+                self.rx_msg.msg_iov = self.rx_iov.as_mut_ptr();
+                self.rx_msg.msg_iovlen = 2;
+                opcode::RecvMsg::new(self.fd(), &mut *self.rx_msg).build()
+            }
+            None => {
+                let expecting_data = self.awaiting_data > 0 && self.rx_head == self.rx_tail;
+                let len = if expecting_data { space.min(AHEAD_RECV) } else { space };
+                opcode::Recv::new(self.fd(), ptr, len as u32).build()
+            }
+        };
+        env.sq.push(e.user_data(self.token(Kind::Recv, 0)));
         self.recv_armed = true;
         self.ops_in_flight += 1;
     }
@@ -368,9 +421,21 @@ impl Conn {
         if self.phase == Phase::Closing || self.phase == Phase::Terminating {
             return;
         }
-        self.rx_tail += res as usize;
+        let mut n = res as usize;
+        if let Some(d) = self.direct.as_mut() {
+            let payload = n.min(d.payload_left());
+            d.got += payload;
+            n -= payload;
+        }
+        self.rx_tail += n;
         self.parse_rx(env);
         self.arm_recv(env);
+    }
+
+    /// Where the rest of a direct payload lands: its command's buffer at the next offset.
+    fn direct_target(&self, d: DirectRx, env: &Env) -> *mut u8 {
+        // SAFETY: datao + data_len <= xfer_len was checked when the direct receive began.
+        unsafe { self.data_ptr(d.slot, env).add(d.hdr.datao as usize + d.got) }
     }
 
     /// Deliver bytes as if the armed recv had returned them (fuzzing and unit tests drive
@@ -380,10 +445,17 @@ impl Conn {
         if !self.recv_armed {
             return 0;
         }
-        let n = data.len().min(self.rx.len() - self.rx_tail);
-        self.rx[self.rx_tail..self.rx_tail + n].copy_from_slice(&data[..n]);
-        self.on_recv(n as i32, env);
-        n
+        // As the kernel fills the armed iovecs: the direct payload first, then `rx`.
+        let mut taken = 0;
+        if let Some(d) = self.direct.filter(|d| d.payload_left() > 0) {
+            taken = data.len().min(d.payload_left());
+            // SAFETY: the target holds payload_left() bytes of the slot's buffer.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.direct_target(d, env), taken) };
+        }
+        let n = (data.len() - taken).min(self.rx.len() - self.rx_tail);
+        self.rx[self.rx_tail..self.rx_tail + n].copy_from_slice(&data[taken..taken + n]);
+        self.on_recv((taken + n) as i32, env);
+        taken + n
     }
 
     /// The bytes of the outstanding send, gathered from its iovecs (for test oracles).
@@ -416,6 +488,9 @@ impl Conn {
     }
 
     fn parse_rx(&mut self, env: &mut Env) {
+        if !self.finish_direct(env) {
+            return;
+        }
         let rx = std::mem::take(&mut self.rx);
         let mut need = 0;
         while self.phase == Phase::AwaitingIcReq || self.phase == Phase::Ready {
@@ -436,7 +511,55 @@ impl Conn {
             }
         }
         self.rx = rx;
+        if need > 0 && self.start_direct(env) {
+            need = 0;
+        }
         self.compact_rx(need);
+    }
+
+    /// The PDU at the head of `rx` is an H2CData whose payload mostly has yet to arrive:
+    /// take what is here into the command's buffer and receive the rest there directly.
+    /// Returns false (leaving `rx` alone) when that does not apply or the header would be
+    /// refused; the PDU is then decoded whole and refused as usual.
+    fn start_direct(&mut self, env: &mut Env) -> bool {
+        if self.phase != Phase::Ready {
+            return false;
+        }
+        let avail = &self.rx[self.rx_head..self.rx_tail];
+        let Some(hdr) = pdu::h2c_header_ahead(avail, &self.decode_params(env)) else {
+            return false;
+        };
+        let here = (avail.len() - hdr.data_off).min(hdr.data_len);
+        if hdr.data_len - here < DIRECT_MIN || self.check_h2c(hdr.cccid, hdr.ttag, hdr.datao, hdr.data_len).is_err() {
+            return false;
+        }
+        let at = hdr.datao as usize;
+        let head = self.rx_head + hdr.data_off;
+        let rx = std::mem::take(&mut self.rx);
+        self.data_mut(hdr.ttag, env)[at..at + here].copy_from_slice(&rx[head..head + here]);
+        self.rx = rx;
+        self.direct = Some(DirectRx { slot: hdr.ttag, hdr, got: here });
+        self.rx_head += hdr.data_off + here;
+        true
+    }
+
+    /// Complete a direct receive once its payload and data digest are in; false while
+    /// they are still arriving.
+    fn finish_direct(&mut self, env: &mut Env) -> bool {
+        let Some(d) = self.direct else { return true };
+        let digest = if d.hdr.ddgst { pdu::DIGEST_LEN } else { 0 };
+        if d.payload_left() > 0 || self.rx_tail - self.rx_head < digest {
+            return false;
+        }
+        let at = d.hdr.datao as usize;
+        let ddgst_ok = !d.hdr.ddgst || {
+            let sent = u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
+            sent == pdu::crc32c(&self.data_mut(d.slot, env)[at..at + d.hdr.data_len])
+        };
+        self.rx_head += digest;
+        self.direct = None;
+        self.accept_h2c(d.slot, d.hdr.data_len, ddgst_ok, env);
+        true
     }
 
     /// Keep room for the PDU being assembled; moves bytes only when the tail runs short.
@@ -580,6 +703,7 @@ impl Conn {
             let r = R2t { cccid: slot.sqe.cid, ttag: s, r2to: 0, r2tl: slot.xfer_len };
             slot.r2t_len = pdu::encode_r2t(&mut slot.r2t_hdr, &r, self.hdgst) as u8;
             slot.state = SlotState::AwaitingData;
+            self.awaiting_data += 1;
             self.tx.push_back(TxItem { what: TxWhat::R2t(s), sent: 0 });
         } else {
             slot.state = SlotState::Executing;
@@ -588,6 +712,14 @@ impl Conn {
     }
 
     fn on_h2c_data(&mut self, cccid: u16, ttag: u16, datao: u32, data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
+        self.check_h2c(cccid, ttag, datao, data.len())?;
+        self.data_mut(ttag, env)[datao as usize..datao as usize + data.len()].copy_from_slice(data);
+        self.accept_h2c(ttag, data.len(), ddgst_ok, env);
+        Ok(())
+    }
+
+    /// Whether H2CData for (cccid, ttag) at `datao` with `len` bytes fits the transfer.
+    fn check_h2c(&self, cccid: u16, ttag: u16, datao: u32, len: usize) -> Result<(), PduError> {
         let Some(slot) = self.slots.get(ttag as usize) else {
             return Err(PduError { fes: Fes::InvalidHeaderField, fei: 10 });
         };
@@ -597,14 +729,19 @@ impl Conn {
         if datao != slot.received {
             return Err(PduError { fes: Fes::DataOutOfRange, fei: 12 });
         }
-        if datao as usize + data.len() > slot.xfer_len as usize {
+        if datao as usize + len > slot.xfer_len as usize {
             return Err(PduError { fes: Fes::DataOutOfRange, fei: 16 });
         }
-        self.data_mut(ttag, env)[datao as usize..datao as usize + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
+    /// `len` more bytes of slot `ttag`'s data are in its buffer; execute once all are.
+    fn accept_h2c(&mut self, ttag: u16, len: usize, ddgst_ok: bool, env: &mut Env) {
         let slot = &mut self.slots[ttag as usize];
-        slot.received += data.len() as u32;
+        slot.received += len as u32;
         slot.transport_error |= !ddgst_ok;
         if slot.received == slot.xfer_len {
+            self.awaiting_data -= 1;
             if slot.transport_error {
                 self.complete(ttag, TRANSIENT_TRANSPORT_ERROR, 0, env);
             } else {
@@ -612,7 +749,6 @@ impl Conn {
                 self.execute(ttag, env);
             }
         }
-        Ok(())
     }
 
     fn data_ptr(&self, s: u16, env: &Env) -> *mut u8 {

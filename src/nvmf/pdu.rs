@@ -160,11 +160,8 @@ fn direction_ok(ty: u8, from_host: bool) -> bool {
     host_types.contains(&ty) == from_host
 }
 
-/// Decode one PDU from the front of `buf`.
-pub fn decode<'a>(buf: &'a [u8], p: &DecodeParams) -> Result<Decoded<'a>, PduError> {
-    if buf.len() < COMMON_HEADER_LEN {
-        return Ok(Decoded::Incomplete(COMMON_HEADER_LEN));
-    }
+/// The common header's fields, checked against each other: (type, flags, hlen, plen, layout).
+fn common_header(buf: &[u8], p: &DecodeParams) -> Result<(u8, u8, usize, usize, Layout), PduError> {
     let (ty, fl, hlen, pdo) = (buf[0], buf[1], buf[2] as usize, buf[3] as usize);
     let plen = le32(buf, 4) as usize;
     let want_hlen = expected_hlen(ty).ok_or(PduError::new(Fes::InvalidHeaderField, 0))?;
@@ -174,7 +171,55 @@ pub fn decode<'a>(buf: &'a [u8], p: &DecodeParams) -> Result<Decoded<'a>, PduErr
     if hlen != want_hlen {
         return Err(PduError::new(Fes::InvalidHeaderField, 2));
     }
-    let layout = frame_layout(ty, fl, hlen, pdo, plen, p)?;
+    Ok((ty, fl, hlen, plen, frame_layout(ty, fl, hlen, pdo, plen, p)?))
+}
+
+/// An H2CData PDU whose header has arrived and whose payload has not all arrived yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DataHeaderAhead {
+    pub cccid: u16,
+    pub ttag: u16,
+    pub datao: u32,
+    /// Offset of the payload in the PDU, and its length.
+    pub data_off: usize,
+    pub data_len: usize,
+    /// A data digest follows the payload.
+    pub ddgst: bool,
+}
+
+/// The header of an H2CData PDU at the front of `buf` whose payload is still arriving,
+/// checked as `decode` checks it (the payload can then be received elsewhere). None when
+/// `buf` holds something else, less than the header, or the whole PDU.
+pub fn h2c_header_ahead(buf: &[u8], p: &DecodeParams) -> Option<DataHeaderAhead> {
+    if buf.len() < COMMON_HEADER_LEN || buf[0] != pdu_type::H2C_DATA {
+        return None;
+    }
+    let (_, _, hlen, plen, layout) = common_header(buf, p).ok()?;
+    if buf.len() < layout.data_off || buf.len() >= plen || layout.data_len == 0 {
+        return None;
+    }
+    if layout.hdgst && le32(buf, hlen) != crc32c(&buf[..hlen]) {
+        return None;
+    }
+    if le32(buf, 16) as usize != layout.data_len {
+        return None;
+    }
+    Some(DataHeaderAhead {
+        cccid: le16(buf, 8),
+        ttag: le16(buf, 10),
+        datao: le32(buf, 12),
+        data_off: layout.data_off,
+        data_len: layout.data_len,
+        ddgst: layout.ddgst,
+    })
+}
+
+/// Decode one PDU from the front of `buf`.
+pub fn decode<'a>(buf: &'a [u8], p: &DecodeParams) -> Result<Decoded<'a>, PduError> {
+    if buf.len() < COMMON_HEADER_LEN {
+        return Ok(Decoded::Incomplete(COMMON_HEADER_LEN));
+    }
+    let (ty, fl, hlen, plen, layout) = common_header(buf, p)?;
     if buf.len() < plen {
         return Ok(Decoded::Incomplete(plen));
     }
@@ -463,6 +508,32 @@ mod tests {
             Decoded::Frame(f) => f,
             other => panic!("expected a frame, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn h2c_header_ahead_only_for_a_valid_header_with_payload_still_to_come() {
+        for (hd, dd) in [(false, false), (true, true)] {
+            let h = DataHeader { cccid: 5, ttag: 2, datao: 4096, datal: 8192, last: true, success: false };
+            let mut b = vec![0u8; 128];
+            let n = encode_data_header(&mut b, false, &h, hd, dd);
+            b.truncate(n);
+            b.extend(std::iter::repeat_n(7u8, 8192 + if dd { 4 } else { 0 }));
+            let p = host_params(hd, dd);
+            let ahead = h2c_header_ahead(&b[..n + 100], &p).expect("header with partial payload");
+            assert_eq!((ahead.cccid, ahead.ttag, ahead.datao), (5, 2, 4096));
+            assert_eq!((ahead.data_off, ahead.data_len, ahead.ddgst), (n, 8192, dd));
+            assert_eq!(h2c_header_ahead(&b[..n - 1], &p), None, "header incomplete");
+            assert_eq!(h2c_header_ahead(&b, &p), None, "whole PDU: decoded as usual");
+            if hd {
+                let mut bad = b.clone();
+                bad[n - 1] ^= 1;
+                assert_eq!(h2c_header_ahead(&bad[..n + 100], &p), None, "bad header digest");
+            }
+            assert_eq!(h2c_header_ahead(&b[..n + 100], &host_params(!hd, dd)), None, "digest mismatch");
+        }
+        let mut cmd = [0u8; 72];
+        encode_capsule_cmd(&mut cmd, &[0u8; 64], 0, false, false);
+        assert_eq!(h2c_header_ahead(&cmd, &host_params(false, false)), None, "not H2CData");
     }
 
     #[test]
