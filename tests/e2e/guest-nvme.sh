@@ -27,7 +27,7 @@ SEQ_SIZE_MB=${E2E_SEQ_SIZE_MB:-64}      # 128 KiB sequential write + verify
 DIGEST_SIZE_MB=${E2E_DIGEST_SIZE_MB:-8} # 4 KiB randrw verify over digests
 MIN_DEV_MB=128
 
-skip() { case $SKIP in *" $1 "*) echo "SKIP: $1"; return 0 ;; esac; return 1; }
+skip() { case $SKIP in *" $1 "*) echo "SKIPPED: phase $1 (listed in E2E_SKIP)"; return 0 ;; esac; return 1; }
 
 on_exit() {
     rc=$?
