@@ -396,18 +396,7 @@ impl Queue {
 
     fn on_pdu(&mut self, p: Pdu, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
         match p {
-            Pdu::CapsuleResp { cqe } => {
-                let cqe = Cqe::parse(cqe);
-                let pend = self.pending.get_mut(cqe.cid as usize).and_then(|p| p.take()).ok_or_else(|| err(format!("response for unknown cid {}", cqe.cid)))?;
-                if let Data::FromController(_, len) = pend.data {
-                    if cqe.is_success() && pend.received != len {
-                        return Err(err(format!("read completed with {} of {len} bytes", pend.received)));
-                    }
-                }
-                self.free_cids.push(cqe.cid);
-                done(cqe.cid, cqe, latency(pend.submitted));
-                Ok(1)
-            }
+            Pdu::CapsuleResp { cqe } => self.finish(Cqe::parse(cqe), done),
             Pdu::C2HData { cccid, datao, last, success, data } => {
                 let pend = self.pending.get_mut(cccid as usize).and_then(|p| p.as_mut()).ok_or_else(|| err("C2HData for unknown cid"))?;
                 let Data::FromController(buf, len) = pend.data else { return Err(err("C2HData for a command without read data")) };
@@ -420,15 +409,11 @@ impl Queue {
                 if !success {
                     return Ok(0);
                 }
-                if !last || !self.no_sq_flow || pend.received != len {
-                    return Err(err("C2HData SUCCESS before the last byte, or with SQ flow control on"));
+                if !last || !self.no_sq_flow {
+                    return Err(err("C2HData SUCCESS without LAST_PDU, or with SQ flow control on"));
                 }
-                let pend = self.pending[cccid as usize].take().expect("looked up above");
-                self.free_cids.push(cccid);
                 self.completed_in_data += 1;
-                let cqe = Cqe { dw0: 0, dw1: 0, sqhd: 0, sqid: self.qid, cid: cccid, status: 0 };
-                done(cccid, cqe, latency(pend.submitted));
-                Ok(1)
+                self.finish(Cqe { dw0: 0, dw1: 0, sqhd: 0, sqid: self.qid, cid: cccid, status: 0 }, done)
             }
             Pdu::R2T(r) => {
                 self.on_r2t(r)?;
@@ -440,6 +425,19 @@ impl Queue {
             }
             other => Err(err(format!("unexpected PDU {other:?}"))),
         }
+    }
+
+    /// Complete command `cqe.cid`: from a response capsule, or from the SUCCESS flag.
+    fn finish(&mut self, cqe: Cqe, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
+        let pend = self.pending.get_mut(cqe.cid as usize).and_then(|p| p.take()).ok_or_else(|| err(format!("response for unknown cid {}", cqe.cid)))?;
+        if let Data::FromController(_, len) = pend.data {
+            if cqe.is_success() && pend.received != len {
+                return Err(err(format!("read completed with {} of {len} bytes", pend.received)));
+            }
+        }
+        self.free_cids.push(cqe.cid);
+        done(cqe.cid, cqe, latency(pend.submitted));
+        Ok(1)
     }
 
     fn on_r2t(&mut self, r: pdu::R2t) -> io::Result<()> {

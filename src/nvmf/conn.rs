@@ -385,26 +385,20 @@ impl Conn {
         if self.recv_armed || matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return;
         }
-        let space = self.rx.len() - self.rx_tail;
-        debug_assert!(space > 0);
+        let direct = self.direct.filter(|d| d.payload_left() > 0);
         // SAFETY: the receive target stays inside `rx`, which lives as long as the conn.
         let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_tail) };
-        let e = match self.direct.filter(|d| d.payload_left() > 0) {
+        let rx_len = self.rx_room(direct.is_some());
+        let e = match direct {
             Some(d) => {
                 let payload = self.direct_target(d, env);
                 self.rx_iov[0] = libc::iovec { iov_base: payload as *mut libc::c_void, iov_len: d.payload_left() };
-                // More transfers pending: their payloads should not follow into `rx` either.
-                let more = if self.awaiting_data > 1 { space.min(AHEAD_RECV) } else { space };
-                self.rx_iov[1] = libc::iovec { iov_base: ptr as *mut libc::c_void, iov_len: more };
+                self.rx_iov[1] = libc::iovec { iov_base: ptr as *mut libc::c_void, iov_len: rx_len };
                 self.rx_msg.msg_iov = self.rx_iov.as_mut_ptr();
                 self.rx_msg.msg_iovlen = 2;
                 opcode::RecvMsg::new(self.fd(), &mut *self.rx_msg).build()
             }
-            None => {
-                let expecting_data = self.awaiting_data > 0 && self.rx_head == self.rx_tail;
-                let len = if expecting_data { space.min(AHEAD_RECV) } else { space };
-                opcode::Recv::new(self.fd(), ptr, len as u32).build()
-            }
+            None => opcode::Recv::new(self.fd(), ptr, rx_len as u32).build(),
         };
         env.sq.push(e.user_data(self.token(Kind::Recv, 0)));
         self.recv_armed = true;
@@ -430,6 +424,20 @@ impl Conn {
         self.rx_tail += n;
         self.parse_rx(env);
         self.arm_recv(env);
+    }
+
+    /// How much the next receive may put into `rx`. While write data is expected beyond a
+    /// direct payload in progress, and nothing is buffered, only a little: the next
+    /// H2CData header then arrives ahead of its payload, which can go direct.
+    fn rx_room(&self, directing: bool) -> usize {
+        let space = self.rx.len() - self.rx_tail;
+        debug_assert!(space > 0);
+        let expected = self.awaiting_data - directing as usize;
+        if expected > 0 && self.rx_head == self.rx_tail {
+            space.min(AHEAD_RECV)
+        } else {
+            space
+        }
     }
 
     /// Where the rest of a direct payload lands: its command's buffer at the next offset.
