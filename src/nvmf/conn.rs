@@ -150,6 +150,15 @@ enum TxWhat {
 struct TxItem {
     what: TxWhat,
     sent: usize,
+    /// Its length on the wire, noted when a send first covers it (so completions need not
+    /// rebuild its segments).
+    len: usize,
+}
+
+impl TxItem {
+    fn new(what: TxWhat) -> TxItem {
+        TxItem { what, sent: 0, len: 0 }
+    }
 }
 
 struct Binding {
@@ -609,7 +618,7 @@ impl Conn {
         self.ddgst = r.ddgst;
         let resp = IcResp { pfv: 0, cpda: 0, hdgst: r.hdgst, ddgst: r.ddgst, maxh2cdata: env.limits.max_h2c_data };
         pdu::encode_ic_resp(&mut self.ic_resp, &resp);
-        self.tx.push_back(TxItem { what: TxWhat::IcResp, sent: 0 });
+        self.tx.push_back(TxItem::new(TxWhat::IcResp));
         self.phase = Phase::Ready;
         Ok(())
     }
@@ -621,7 +630,7 @@ impl Conn {
         let hdr_len = offending.len().min(pdu::TERM_MAX_DATA);
         self.term_len = pdu::encode_term_req(&mut self.term_req, false, e.fes, e.fei, &offending[..hdr_len]);
         // Responses already queued still go out first; nothing new is accepted.
-        self.tx.push_back(TxItem { what: TxWhat::TermReq, sent: 0 });
+        self.tx.push_back(TxItem::new(TxWhat::TermReq));
         self.phase = Phase::Terminating;
         self.terminated_at = Some(Instant::now());
     }
@@ -712,7 +721,7 @@ impl Conn {
             slot.r2t_len = pdu::encode_r2t(&mut slot.r2t_hdr, &r, self.hdgst) as u8;
             slot.state = SlotState::AwaitingData;
             self.awaiting_data += 1;
-            self.tx.push_back(TxItem { what: TxWhat::R2t(s), sent: 0 });
+            self.tx.push_back(TxItem::new(TxWhat::R2t(s)));
         } else {
             slot.state = SlotState::Executing;
             self.execute(s, env);
@@ -1032,7 +1041,7 @@ impl Conn {
             pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8
         };
         slot.state = SlotState::Transmitting;
-        self.tx.push_back(TxItem { what: TxWhat::Response(s), sent: 0 });
+        self.tx.push_back(TxItem::new(TxWhat::Response(s)));
     }
 
     fn free_slot(&mut self, s: u16, env: &mut Env) {
@@ -1092,8 +1101,10 @@ impl Conn {
     fn arm_send(&mut self, env: &mut Env) {
         let mut n_iov = 0;
         let mut bytes = 0;
-        'items: for item in self.tx.iter() {
+        'items: for i in 0..self.tx.len() {
+            let item = self.tx[i];
             let (seg, n) = self.segments(item.what, env);
+            self.tx[i].len = seg[..n].iter().map(|s| s.1).sum();
             let mut skip = item.sent;
             for &(p, len) in &seg[..n] {
                 if skip >= len {
@@ -1134,9 +1145,8 @@ impl Conn {
         debug_assert!(left <= self.send_bytes);
         while left > 0 {
             let item = *self.tx.front().expect("sent bytes belong to queued items");
-            let (seg, n) = self.segments(item.what, env);
-            let total: usize = seg[..n].iter().map(|s| s.1).sum();
-            let remaining = total - item.sent;
+            debug_assert!(item.len > item.sent, "a sent item was measured when its send was armed");
+            let remaining = item.len - item.sent;
             if left < remaining {
                 self.tx.front_mut().unwrap().sent += left;
                 break;
