@@ -163,6 +163,8 @@ pub struct Members {
     tolerance: usize,
     epochs: Epochs,
     notify: OnceLock<Sender<MetaMsg>>,
+    /// Member states changed and are not yet recorded.
+    update_requested: AtomicBool,
     pub rebuild: RebuildState,
     /// Bytes of one member strip row.
     row_bytes: u64,
@@ -211,6 +213,7 @@ impl Members {
             tolerance: init.tolerance,
             epochs: Epochs::default(),
             notify: OnceLock::new(),
+            update_requested: AtomicBool::new(false),
             rebuild: RebuildState::new(init.rows, init.rebuild_rate),
             row_bytes: init.row_bytes,
         };
@@ -224,15 +227,29 @@ impl Members {
         let _ = self.notify.set(tx);
     }
 
-    fn notify(&self, msg: MetaMsg) {
+    /// Wake the metadata thread. Reactors call this, so it never blocks: a full queue
+    /// means wake-ups are already pending, and the thread looks at what is requested
+    /// after taking them (and once a second in any case).
+    fn wake(&self) {
         if let Some(tx) = self.notify.get() {
-            let _ = tx.send(msg);
+            let _ = tx.try_send(MetaMsg::Wake);
         }
+    }
+
+    /// Ask the metadata thread to record the member states in the superblocks.
+    pub(super) fn request_update(&self) {
+        self.update_requested.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Whether a state record was asked for since the last call.
+    pub(super) fn take_update_request(&self) -> bool {
+        self.update_requested.swap(false, Ordering::SeqCst)
     }
 
     /// Ask the metadata thread to make requested write-intent bits durable.
     pub(super) fn request_bitmap_flush(&self) {
-        self.notify(MetaMsg::Bitmap);
+        self.wake();
     }
 
     pub fn slots(&self) -> usize {
@@ -327,7 +344,7 @@ impl Members {
         if old != FAILED {
             self.epochs.changed.fetch_add(1, Ordering::AcqRel);
             warn!(volume = self.volume, member = name, why, online = self.online(), "member failed");
-            self.notify(MetaMsg::Update);
+            self.request_update();
         }
     }
 
@@ -411,7 +428,7 @@ impl Members {
         r.spares.push(index);
         self.device_count.store(r.devices.len(), Ordering::Release);
         drop(r);
-        self.notify(MetaMsg::Update);
+        self.request_update();
     }
 
     /// Remove the spare named `name` from the spare list.
@@ -421,7 +438,7 @@ impl Members {
         let d = r.spares.remove(at);
         let dev = r.devices[d].clone();
         drop(r);
-        self.notify(MetaMsg::Update);
+        self.request_update();
         Some(dev)
     }
 
@@ -437,7 +454,7 @@ impl Members {
         self.install(&r, slot, device);
         self.rebuild.restart(0);
         drop(r);
-        self.notify(MetaMsg::Update);
+        self.request_update();
         Ok(())
     }
 
@@ -456,7 +473,7 @@ impl Members {
             }
         }
         drop(r);
-        self.notify(MetaMsg::Update);
+        self.request_update();
     }
 
     /// Detach the failed member in `slot`: a stand-in takes its place, so the device can
@@ -474,7 +491,7 @@ impl Members {
         self.slot_device[slot].store(r.devices.len() - 1, Ordering::Release);
         self.device_count.store(r.devices.len(), Ordering::Release);
         drop(r);
-        self.notify(MetaMsg::Update);
+        self.request_update();
         Ok(old)
     }
 
@@ -487,6 +504,33 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reactors ask for metadata writes faster than one thread writes them: the asks must
+    /// never block a reactor, and none may be lost while wake-ups are dropped.
+    #[test]
+    fn metadata_requests_never_block_and_coalesce() {
+        let dev = |n: &str| Device { bdev: Arc::new(crate::bdev::NullBdev::new(n, 512, 1 << 20)), id: [0; 16], present: true };
+        let m = Members::new(MembersInit {
+            volume: "v".into(),
+            slots: vec![(dev("a"), SlotState::Active), (dev("b"), SlotState::Active)],
+            spares: vec![],
+            group_size: 2,
+            tolerance: 1,
+            rows: 16,
+            row_bytes: 4096,
+            rebuild_rate: 0,
+            rebuild_from: 0,
+        });
+        let (tx, rx) = crossbeam::channel::bounded(1);
+        m.set_notifier(tx);
+        for _ in 0..1000 {
+            m.request_update();
+            m.request_bitmap_flush();
+        }
+        assert_eq!(rx.try_iter().count(), 1, "one queued wake-up stands for all the others");
+        assert!(m.take_update_request(), "the asked-for state record is still owed");
+        assert!(!m.take_update_request(), "and owed once");
+    }
 
     /// The driver's progress never survives a restart or a hold: the race that let an
     /// older rebuild's frontier count for a spare put in after it.

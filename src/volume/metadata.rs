@@ -33,10 +33,9 @@ pub struct VolumeIdentity {
 }
 
 pub enum MetaMsg {
-    /// Record the current member states (and put spares into failed slots).
-    Update,
-    /// Write the write-intent bitmap: writers wait for bits they requested.
-    Bitmap,
+    /// Look at what is requested: member states to record (`Members::request_update`),
+    /// write-intent bits to make durable (writers wait for them).
+    Wake,
     /// Write the final superblocks (clean when nothing is left to resynchronise) and stop;
     /// the sender waits on the reply.
     Close { reply: Sender<()>, clean: bool },
@@ -215,27 +214,21 @@ impl Metadata {
             let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
                 Ok(m) => m,
                 Err(RecvTimeoutError::Timeout) => {
+                    self.serve_requests();
                     self.tick(&mut last_sweep);
                     last_tick = std::time::Instant::now();
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            // Coalesce a burst of requests into one write of each kind; a close runs last.
-            let (mut update, mut bitmap, mut close) = (false, false, None);
+            // Coalesce a burst of wake-ups into one write of each kind; a close runs last.
+            let mut close = None;
             for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                match msg {
-                    MetaMsg::Update => update = true,
-                    MetaMsg::Bitmap => bitmap = true,
-                    MetaMsg::Close { reply, clean } => close = Some((reply, clean)),
+                if let MetaMsg::Close { reply, clean } = msg {
+                    close = Some((reply, clean));
                 }
             }
-            if bitmap || self.intent.as_ref().is_some_and(|i| i.needs_flush()) {
-                self.write_bitmap();
-            }
-            if update {
-                self.update();
-            }
+            self.serve_requests();
             if let Some((reply, clean)) = close {
                 return self.close(reply, clean);
             }
@@ -243,6 +236,16 @@ impl Metadata {
                 self.tick(&mut last_sweep);
                 last_tick = std::time::Instant::now();
             }
+        }
+    }
+
+    /// Write what was asked for: requested write-intent bits, then member states.
+    fn serve_requests(&self) {
+        if self.intent.as_ref().is_some_and(|i| i.needs_flush()) {
+            self.write_bitmap();
+        }
+        if self.members.take_update_request() {
+            self.update();
         }
     }
 

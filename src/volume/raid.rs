@@ -36,6 +36,8 @@ use crate::util::slab::Slab;
 pub const RESERVED_BYTES: u64 = 1 << 20;
 /// Host I/Os one channel (one reactor) may have in flight on a volume.
 const MAX_PARENTS: usize = 4096;
+/// Wake-ups queued for a volume's metadata thread; more would only repeat them.
+const META_QUEUE: usize = 8;
 /// Stripe writes one host write keeps in flight.
 pub(super) const STRIPE_WINDOW: u32 = 4;
 /// Member I/Os one channel may have in flight.
@@ -318,10 +320,10 @@ impl RaidBdev {
         if !health.online() {
             return Err(VolumeError::Offline(health.failed_members()));
         }
-        let (tx, rx) = crossbeam::channel::unbounded();
+        let (tx, rx) = crossbeam::channel::bounded(META_QUEUE);
         health.set_notifier(tx.clone());
         if (0..health.slots()).any(|s| health.is_failed(s)) && !health.spares().is_empty() {
-            let _ = tx.send(MetaMsg::Update);
+            health.request_update();
         }
         let m = meta.clone();
         let thread = std::thread::Builder::new().name(format!("meta-{name}")).spawn(move || m.run(rx)).map_err(|e| superblock_error(name, e))?;
