@@ -211,22 +211,18 @@ impl Metadata {
         let mut last_sweep = std::time::Instant::now();
         let mut last_tick = std::time::Instant::now();
         loop {
-            let first = match rx.recv_timeout(CHECKPOINT_INTERVAL) {
-                Ok(m) => m,
-                Err(RecvTimeoutError::Timeout) => {
-                    self.serve_requests();
-                    self.tick(&mut last_sweep);
-                    last_tick = std::time::Instant::now();
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => return,
-            };
             // Coalesce a burst of wake-ups into one write of each kind; a close runs last.
             let mut close = None;
-            for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                if let MetaMsg::Close { reply, clean } = msg {
-                    close = Some((reply, clean));
+            match rx.recv_timeout(CHECKPOINT_INTERVAL) {
+                Ok(first) => {
+                    for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                        if let MetaMsg::Close { reply, clean } = msg {
+                            close = Some((reply, clean));
+                        }
+                    }
                 }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
             }
             self.serve_requests();
             if let Some((reply, clean)) = close {
