@@ -98,6 +98,10 @@ pub struct LimitsSection {
     pub max_h2c_data: u32,
     pub buffers_128k: usize,
     pub buffers_1m: usize,
+    /// Milliseconds from accepting a connection to its Fabrics Connect (ICReq included).
+    pub handshake_timeout_ms: u64,
+    /// Connections in their handshake from one source address (per reactor).
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for LimitsSection {
@@ -112,6 +116,8 @@ impl Default for LimitsSection {
             max_h2c_data: 128 * 1024,
             buffers_128k: 256,
             buffers_1m: 32,
+            handshake_timeout_ms: 10_000,
+            max_handshakes_per_source: 32,
         }
     }
 }
@@ -355,7 +361,13 @@ impl Config {
             "must be a multiple of 4, at least 4096 and at most max_transfer",
         )?;
         check(l.buffers_128k >= 1, "buffers_128k", "must be at least 1")?;
-        check(l.buffers_1m >= 1, "buffers_1m", "must be at least 1")
+        check(l.buffers_1m >= 1, "buffers_1m", "must be at least 1")?;
+        check((100..=600_000).contains(&l.handshake_timeout_ms), "handshake_timeout_ms", "must be 100..=600000")?;
+        check(
+            l.max_handshakes_per_source >= l.max_io_queues as usize,
+            "max_handshakes_per_source",
+            "must be at least max_io_queues (a host sets up all its I/O queues at once)",
+        )
     }
 
     fn validate_devices(&self) -> Result<HashSet<&str>, ConfigError> {

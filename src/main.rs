@@ -317,6 +317,9 @@ fn serve(args: ServeArgs, socket: &std::path::Path) -> Result<(), String> {
             Err(e) => tracing::error!(error = %e, "SIGHUP: host allow-lists not reloaded"),
         }
     }
-    server.stop();
-    Ok(())
+    let dirty = server.stop();
+    if dirty.is_empty() {
+        return Ok(());
+    }
+    Err(format!("stopped before every write had completed on the members: volumes {dirty:?} left dirty; the next start resynchronises them"))
 }

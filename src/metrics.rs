@@ -6,13 +6,13 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tracing::{info, warn};
 
 use crate::bdev::Bdev;
+use crate::util::stopper::{accept_until_stopped, Stopper};
 use crate::mgmt::stats::{merged, namespace_names};
 use crate::reactor::Shared;
 use crate::stats::{OpSet, OP_CLASSES};
@@ -27,14 +27,13 @@ const MAX_REQUEST: u64 = 8192;
 
 pub struct MetricsServer {
     pub addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    stopper: Arc<Stopper>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MetricsServer {
     pub fn stop(mut self) {
-        self.stop.store(true, Ordering::Release);
-        let _ = TcpStream::connect(self.addr); // wakes the accept loop
+        self.stopper.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -45,20 +44,18 @@ impl MetricsServer {
 pub fn serve(address: &str, shared: Arc<Shared>, volumes: Vec<Arc<RaidBdev>>) -> std::io::Result<MetricsServer> {
     let listener = TcpListener::bind(address).map_err(|e| std::io::Error::new(e.kind(), format!("metrics listener {address}: {e}")))?;
     let addr = listener.local_addr()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopping = stop.clone();
+    listener.set_nonblocking(true)?;
+    let stopper = Arc::new(Stopper::new()?);
+    let stopping = stopper.clone();
     let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if stopping.load(Ordering::Acquire) {
-                return;
-            }
+        accept_until_stopped(&listener, &stopping, |l| l.accept().map(|(c, _)| c), |conn| {
             if let Err(e) = answer(conn, &shared, &volumes) {
                 warn!(error = %e, "metrics request failed");
             }
-        }
+        });
     })?;
     info!(%addr, "metrics on http://{addr}/metrics");
-    Ok(MetricsServer { addr, stop, thread: Some(thread) })
+    Ok(MetricsServer { addr, stopper, thread: Some(thread) })
 }
 
 fn answer(conn: TcpStream, shared: &Shared, volumes: &[Arc<RaidBdev>]) -> std::io::Result<()> {

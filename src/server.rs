@@ -14,8 +14,8 @@ use crate::mgmt::{self, Managed};
 use crate::nvmf::subsystem::{Namespace, Port, Subsystem, SubsystemKind, Target};
 use crate::nvmf::TransportLimits;
 use crate::reactor::bufpool::PoolConfig;
-use crate::reactor::{self, ReactorConfig, Shared};
-use crate::volume::raid::{RaidBdev, VolumeSpec};
+use crate::reactor::{self, HandshakeLimits, ReactorConfig, Shared};
+use crate::volume::raid::{Closed, RaidBdev, VolumeSpec};
 
 pub struct Server {
     pub shared: Arc<Shared>,
@@ -136,7 +136,7 @@ impl CloseOnError {
 impl Drop for CloseOnError {
     fn drop(&mut self) {
         for v in &self.0 {
-            v.close();
+            let _ = v.close();
         }
     }
 }
@@ -248,6 +248,10 @@ impl Server {
                 limits,
                 pool,
                 max_connections: per_reactor_conns,
+                handshake: HandshakeLimits {
+                    timeout: std::time::Duration::from_millis(cfg.limits.handshake_timeout_ms),
+                    per_source: cfg.limits.max_handshakes_per_source.min(per_reactor_conns.div_ceil(2)).max(1),
+                },
                 listeners: if i == 0 { std::mem::take(&mut listeners) } else { Vec::new() },
             };
             let (shared, devices, ready) = (shared.clone(), devices.clone(), ready_tx.clone());
@@ -337,7 +341,9 @@ impl Server {
         self.metrics.as_ref().map(|m| m.addr)
     }
 
-    pub fn stop(self) {
+    /// Returns the volumes left with writes in flight (the drain limit passed before they
+    /// completed): they stay dirty and the next start resynchronises them.
+    pub fn stop(self) -> Vec<String> {
         if let Some(m) = self.mgmt {
             m.stop();
         }
@@ -354,8 +360,6 @@ impl Server {
                 tracing::warn!(device = d.name(), error = %e, "flush at shutdown failed");
             }
         }
-        for v in &self.volumes {
-            v.close();
-        }
+        self.volumes.iter().filter(|v| v.close() == Closed::WritesInFlight).map(|v| v.name().to_string()).collect()
     }
 }

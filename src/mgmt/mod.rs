@@ -2,6 +2,7 @@
 //! by its own thread beside the reactors, never on the I/O path; and the client the
 //! `nvmf-raid` subcommands use.
 
+use crate::util::stopper::{accept_until_stopped, Stopper};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -154,15 +155,14 @@ impl Managed {
 /// A running management socket; `stop` closes it.
 pub struct MgmtServer {
     path: PathBuf,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    stopper: Arc<Stopper>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl MgmtServer {
     /// Stop accepting clients and remove the socket (clients being served finish alone).
     pub fn stop(mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        let _ = UnixStream::connect(&self.path); // wakes the accept loop
+        self.stopper.stop();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -182,17 +182,15 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> 
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listener.set_nonblocking(true)?;
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stopping = stop.clone();
+    let stopper = Arc::new(Stopper::new()?);
+    let stopping = stopper.clone();
     let thread = std::thread::Builder::new().name("mgmt".into()).spawn(move || {
-        for conn in listener.incoming().flatten() {
-            if stopping.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
+        accept_until_stopped(&listener, &stopping, |l| l.accept().map(|(c, _)| c), |conn| {
             if active.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CLIENTS {
                 warn!("management client limit reached");
-                continue;
+                return;
             }
             let (m, active) = (managed.clone(), active.clone());
             active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -200,9 +198,9 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> 
                 serve_client(conn, &m);
                 active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
-        }
+        });
     })?;
-    Ok(MgmtServer { path: path.to_path_buf(), stop, thread: Some(thread) })
+    Ok(MgmtServer { path: path.to_path_buf(), stopper, thread: Some(thread) })
 }
 
 fn serve_client(conn: UnixStream, m: &Managed) {

@@ -44,8 +44,9 @@ const DIRECT_MIN: usize = 16 * 1024;
 /// so that a large H2CData payload arrives after its header (and goes direct) rather than
 /// into the receive buffer with it.
 const AHEAD_RECV: usize = 4096;
-/// A connection that has not sent ICReq by then is dropped.
-const IC_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that has not bound a queue (ICReq, then Fabrics Connect) by then is
+/// dropped, unless its reactor sets another deadline.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a terminating connection may take to accept its C2HTermReq.
 const TERM_LINGER: Duration = Duration::from_secs(5);
 
@@ -225,6 +226,8 @@ pub struct Conn {
     /// A command arrived since the last tick (traffic-based keep-alive).
     active_since_tick: bool,
     created: Instant,
+    /// When a connection that has not bound a queue by then is closed.
+    handshake_deadline: Instant,
     terminated_at: Option<Instant>,
 }
 
@@ -271,6 +274,7 @@ impl Conn {
             aers: 0,
             active_since_tick: false,
             created: Instant::now(),
+            handshake_deadline: Instant::now() + HANDSHAKE_TIMEOUT,
             terminated_at: None,
         })
     }
@@ -286,6 +290,21 @@ impl Conn {
 
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// Close the connection if it has not bound a queue within `timeout` of its creation.
+    pub fn set_handshake_timeout(&mut self, timeout: Duration) {
+        self.handshake_deadline = self.created + timeout;
+    }
+
+    /// Still before its Fabrics Connect (or its ICReq), and not closing: what a host that
+    /// connects and says nothing holds.
+    pub fn in_handshake(&self) -> bool {
+        self.queue.is_none() && matches!(self.phase, Phase::AwaitingIcReq | Phase::Ready)
+    }
+
+    pub fn created(&self) -> Instant {
+        self.created
     }
 
     /// True once closed and every submitted operation has come back.
@@ -353,8 +372,10 @@ impl Conn {
 
     /// Periodic check: keep-alive expiry, a dead association, a silent new connection.
     pub fn tick(&mut self) {
-        if self.phase == Phase::AwaitingIcReq && self.created.elapsed() > IC_TIMEOUT {
-            self.close("no ICReq");
+        if self.in_handshake() && Instant::now() > self.handshake_deadline {
+            let why = if self.phase == Phase::AwaitingIcReq { "no ICReq in time" } else { "no Fabrics Connect in time" };
+            crate::warn_limited!(conn = self.index, why, "handshake deadline passed: closing connection");
+            self.close(why);
         }
         if self.phase == Phase::Terminating && self.terminated_at.is_some_and(|t| t.elapsed() > TERM_LINGER) {
             self.close("C2HTermReq not accepted in time");
@@ -626,7 +647,7 @@ impl Conn {
     /// A framing error: queue a C2HTermReq and stop receiving; the connection closes once
     /// it is sent. Other connections are unaffected.
     fn terminate(&mut self, e: PduError, offending: &[u8]) {
-        warn!(conn = self.index, error = %e, "malformed PDU: terminating connection");
+        crate::warn_limited!(conn = self.index, error = %e, "malformed PDU: terminating connection");
         let hdr_len = offending.len().min(pdu::TERM_MAX_DATA);
         self.term_len = pdu::encode_term_req(&mut self.term_req, false, e.fes, e.fei, &offending[..hdr_len]);
         // Responses already queued still go out first; nothing new is accepted.
@@ -981,7 +1002,7 @@ impl Conn {
                 io::WRITE => status::WRITE_FAULT,
                 _ => status::INTERNAL_ERROR,
             };
-            warn!(conn = self.index, opcode = slot.sqe.opcode, res, "block I/O failed");
+            crate::warn_limited!(conn = self.index, opcode = slot.sqe.opcode, res, "block I/O failed");
         }
     }
 

@@ -143,6 +143,26 @@ impl Shared {
     }
 }
 
+/// Limits on connections that have not bound a queue yet, so that hosts that connect and
+/// say nothing can neither hold their slots forever nor lock other hosts out.
+#[derive(Debug, Clone, Copy)]
+pub struct HandshakeLimits {
+    /// From accept to a bound queue (ICReq and Fabrics Connect).
+    pub timeout: Duration,
+    /// Connections in their handshake from one source address, per reactor; the oldest
+    /// is closed when a newer one would exceed it.
+    pub per_source: usize,
+}
+
+impl Default for HandshakeLimits {
+    fn default() -> Self {
+        HandshakeLimits { timeout: crate::nvmf::conn::HANDSHAKE_TIMEOUT, per_source: 32 }
+    }
+}
+
+/// Accepted connections waiting for a slot freed by closing a connection in its handshake.
+const MAX_WAITING_ADOPT: usize = 64;
+
 pub struct ReactorConfig {
     pub index: usize,
     pub core: Option<usize>,
@@ -150,6 +170,7 @@ pub struct ReactorConfig {
     pub limits: TransportLimits,
     pub pool: PoolConfig,
     pub max_connections: usize,
+    pub handshake: HandshakeLimits,
     /// Listening sockets this reactor accepts on, with their port ids.
     pub listeners: Vec<(TcpListener, u16)>,
 }
@@ -188,10 +209,15 @@ struct Reactor {
     /// Indices of the channels that want `poll` on every turn (composite devices).
     polled: Vec<usize>,
     conns: Vec<Option<Box<Conn>>>,
+    /// Source address of each connection slot's connection.
+    peers: Vec<Option<std::net::IpAddr>>,
     generations: Vec<u16>,
     free_ids: Vec<u16>,
     active: Vec<u16>,
     listeners: Vec<(TcpListener, u16)>,
+    handshake: HandshakeLimits,
+    /// Accepted while every slot was taken, after closing one in its handshake.
+    waiting_adopt: std::collections::VecDeque<(TcpStream, u16)>,
     inbox: Receiver<Msg>,
     eventfd: Arc<OwnedFd>,
     wake_buf: Box<[u8; 8]>,
@@ -287,10 +313,13 @@ impl Reactor {
             channels,
             polled,
             conns: (0..max).map(|_| None).collect(),
+            peers: vec![None; max],
             generations: vec![0; max],
             free_ids: (0..max as u16).rev().collect(),
             active: Vec::with_capacity(max),
             listeners: cfg.listeners,
+            handshake: cfg.handshake,
+            waiting_adopt: std::collections::VecDeque::with_capacity(MAX_WAITING_ADOPT),
             inbox,
             eventfd,
             wake_buf: Box::new([0; 8]),
@@ -310,6 +339,23 @@ impl Reactor {
         let fd = self.listeners[listener].0.as_raw_fd();
         let t = Token::new(Kind::Accept, 0, 0, listener as u32).encode();
         self.push(opcode::AcceptMulti::new(types::Fd(fd)).build().user_data(t));
+    }
+
+    /// Stop accepting: cancel the multishot accepts and close the listening sockets, so a
+    /// host that tries to connect while the target drains is refused instead of being
+    /// given a controller that the stop would cut off.
+    fn stop_listening(&mut self) {
+        for i in 0..self.listeners.len() {
+            let t = Token::new(Kind::Accept, 0, 0, i as u32).encode();
+            self.push(opcode::AsyncCancel::new(t).build().user_data(Token::new(Kind::Ignore, 0, 0, 0).encode()));
+        }
+        if !self.listeners.is_empty() {
+            let _ = self.ring.submit();
+            info!(reactor = self.index, listeners = self.listeners.len(), "listeners closed: no new connections");
+        }
+        // The ring keeps its own reference to a socket until the cancelled accept returns;
+        // closing ours lets the kernel release the port once it has.
+        self.listeners.clear();
     }
 
     fn arm_wakeup(&mut self) {
@@ -339,6 +385,7 @@ impl Reactor {
             self.end_of_turn();
             if self.shared.stop.load(Ordering::Acquire) {
                 let since = *stopping.get_or_insert_with(|| {
+                    self.stop_listening();
                     self.close_all("target stopping");
                     Instant::now()
                 });
@@ -458,7 +505,7 @@ impl Reactor {
 
     fn conn_event(&mut self, t: Token, f: impl FnOnce(&mut Conn, &mut Env)) {
         if self.with_conn(t.conn, Some(t.generation), f).is_none() {
-            warn!(conn = t.conn, "completion for a connection that no longer exists");
+            crate::warn_limited!(conn = t.conn, "completion for a connection that no longer exists");
         }
     }
 
@@ -475,11 +522,18 @@ impl Reactor {
     }
 
     fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
+        if self.stopping() {
+            if res >= 0 {
+                // SAFETY: a successful accept returns a new descriptor that we now own.
+                drop(unsafe { OwnedFd::from_raw_fd(res) });
+            }
+            return;
+        }
         if !cqueue::more(flags) {
             self.arm_accept(listener);
         }
         if res < 0 {
-            warn!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
+            crate::warn_limited!(error = %std::io::Error::from_raw_os_error(-res), "accept failed");
             return;
         }
         // SAFETY: a successful accept returns a new descriptor that we now own.
@@ -519,19 +573,80 @@ impl Reactor {
         snap
     }
 
+    fn stopping(&self) -> bool {
+        self.shared.stop.load(Ordering::Acquire)
+    }
+
     fn adopt(&mut self, sock: TcpStream, port_id: u16) {
-        let peer = sock.peer_addr().ok();
-        let Some(id) = self.free_ids.pop() else {
-            warn!(reactor = self.index, ?peer, "connection limit reached: refusing connection");
+        if self.stopping() {
             return;
-        };
+        }
+        let peer = sock.peer_addr().ok().map(|a| a.ip());
+        self.limit_handshakes_from(peer);
+        if !self.free_ids.is_empty() {
+            return self.place(sock, port_id, peer);
+        }
+        // Full: a connection still in its handshake gives way, so hosts that connect and
+        // say nothing can never lock a real host out.
+        if self.waiting_adopt.len() < MAX_WAITING_ADOPT && self.evict_a_handshake() {
+            self.waiting_adopt.push_back((sock, port_id));
+        } else {
+            crate::warn_limited!(reactor = self.index, ?peer, "connection limit reached: refusing connection");
+        }
+    }
+
+    /// Connections of this reactor in their handshake, from `peer` (every source: None).
+    fn handshakes(&self, peer: Option<Option<std::net::IpAddr>>) -> impl Iterator<Item = u16> + '_ {
+        self.active.iter().copied().filter(move |&id| {
+            let c = self.conns[id as usize].as_ref().expect("active connections exist");
+            c.in_handshake() && peer.is_none_or(|p| self.peers[id as usize] == p)
+        })
+    }
+
+    fn oldest(&self, ids: impl Iterator<Item = u16>) -> Option<u16> {
+        ids.min_by_key(|&id| self.conns[id as usize].as_ref().expect("active connections exist").created())
+    }
+
+    /// A new connection from `peer`: if that source already holds its share of handshakes,
+    /// its oldest one is closed.
+    fn limit_handshakes_from(&mut self, peer: Option<std::net::IpAddr>) {
+        if self.handshakes(Some(peer)).count() < self.handshake.per_source {
+            return;
+        }
+        if let Some(id) = self.oldest(self.handshakes(Some(peer))) {
+            crate::warn_limited!(reactor = self.index, ?peer, limit = self.handshake.per_source, "too many connections in their handshake from one source: closing the oldest");
+            self.with_conn(id, None, |c, _| c.close("too many handshakes from its source"));
+        }
+    }
+
+    /// Close the oldest handshake of the source holding the most; false if none is.
+    fn evict_a_handshake(&mut self) -> bool {
+        let mut per_source: Vec<(Option<std::net::IpAddr>, usize)> = Vec::new();
+        for id in self.handshakes(None) {
+            let p = self.peers[id as usize];
+            match per_source.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, n)) => *n += 1,
+                None => per_source.push((p, 1)),
+            }
+        }
+        let Some(&(hog, _)) = per_source.iter().max_by_key(|(_, n)| *n) else { return false };
+        let Some(id) = self.oldest(self.handshakes(Some(hog))) else { return false };
+        crate::warn_limited!(reactor = self.index, peer = ?hog, "connection limit reached: closing the oldest connection in its handshake to make room");
+        self.with_conn(id, None, |c, _| c.close("evicted: connection limit reached during its handshake"));
+        true
+    }
+
+    fn place(&mut self, sock: TcpStream, port_id: u16, peer: Option<std::net::IpAddr>) {
+        let id = self.free_ids.pop().expect("caller checked for a free slot");
         let generation = self.generations[id as usize].wrapping_add(1);
         self.generations[id as usize] = generation;
         match Conn::new(sock, id, generation, port_id, &self.limits) {
             Ok(mut c) => {
                 debug!(reactor = self.index, conn = id, ?peer, "connection accepted");
+                c.set_handshake_timeout(self.handshake.timeout);
                 self.register_inline(&mut c);
                 self.conns[id as usize] = Some(Box::new(c));
+                self.peers[id as usize] = peer;
                 self.active.push(id);
                 self.with_conn(id, None, |c, env| c.start(env));
             }
@@ -539,6 +654,18 @@ impl Reactor {
                 warn!(error = %e, "could not set up connection");
                 self.free_ids.push(id);
             }
+        }
+    }
+
+    /// Give slots freed this turn to connections waiting for one.
+    fn place_waiting(&mut self) {
+        while !self.free_ids.is_empty() {
+            let Some((sock, port_id)) = self.waiting_adopt.pop_front() else { return };
+            if self.stopping() {
+                continue;
+            }
+            let peer = sock.peer_addr().ok().map(|a| a.ip());
+            self.place(sock, port_id, peer);
         }
     }
 
@@ -564,6 +691,9 @@ impl Reactor {
             } else {
                 i += 1;
             }
+        }
+        if !self.waiting_adopt.is_empty() {
+            self.place_waiting();
         }
     }
 

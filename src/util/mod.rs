@@ -3,4 +3,6 @@
 pub mod aligned;
 pub mod clock;
 pub mod le;
+pub mod ratelimit;
 pub mod slab;
+pub mod stopper;

@@ -107,6 +107,12 @@ impl WriteIntent {
         }
     }
 
+    /// Writes begun and not yet ended on every member: non-zero after a stop that did
+    /// not drain, and then the volume is not clean.
+    pub fn writes_in_flight(&self) -> u64 {
+        self.inflight.iter().map(|n| n.load(SeqCst) as u64).sum()
+    }
+
     pub fn needs_flush(&self) -> bool {
         self.state.iter().any(|s| s.load(SeqCst) == PENDING)
     }

@@ -166,6 +166,17 @@ impl StripeLocks {
     }
 }
 
+/// How a volume was left by `close`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    Clean,
+    /// A resync was unfinished: it goes on at the next start.
+    ResyncPending,
+    /// The stop did not drain: writes were still in flight on the members, so the volume
+    /// stays dirty and the next start resynchronises the regions they touched.
+    WritesInFlight,
+}
+
 /// How a volume is built: what the configuration says of it.
 pub struct VolumeSpec {
     pub name: String,
@@ -370,9 +381,12 @@ impl RaidBdev {
         Ok(layout)
     }
 
-    /// Orderly shutdown: flush the members, write the superblocks (clean unless a resync
-    /// is unfinished) and stop the metadata thread.
-    pub fn close(&self) {
+    /// Orderly shutdown: flush the members, write the superblocks and stop the metadata
+    /// thread. The volume is marked clean only when no resync is unfinished and every
+    /// write it started has completed on every member; otherwise its write-intent bits
+    /// stay set and the next start resynchronises those regions. Returns whether it was
+    /// marked clean.
+    pub fn close(&self) -> Closed {
         for slot in (0..self.health.slots()).filter(|&s| !self.health.is_failed(s)) {
             let dev = self.health.slot_device(slot);
             if let Err(e) = dev.bdev.sync() {
@@ -380,13 +394,28 @@ impl RaidBdev {
                 self.health.fail(slot, "flush at shutdown failed");
             }
         }
+        let in_flight = self.intent.as_ref().map_or(0, |i| i.writes_in_flight());
+        if in_flight > 0 {
+            warn!(
+                volume = self.info.name,
+                writes = in_flight,
+                "stopped with writes still in flight on the members: the volume stays dirty and the next start resynchronises the regions they touched"
+            );
+        }
+        let state = match (in_flight, self.resync.active()) {
+            (0, false) => Closed::Clean,
+            (0, true) => Closed::ResyncPending,
+            _ => Closed::WritesInFlight,
+        };
+        let clean = state == Closed::Clean;
         let (reply_tx, reply_rx) = crossbeam::channel::bounded(1);
-        if self.meta_tx.send(MetaMsg::Close { reply: reply_tx, clean: !self.resync.active() }).is_ok() {
+        if self.meta_tx.send(MetaMsg::Close { reply: reply_tx, clean }).is_ok() {
             let _ = reply_rx.recv_timeout(std::time::Duration::from_secs(30));
         }
         if let Some(t) = self.meta_thread.lock().unwrap().take() {
             let _ = t.join();
         }
+        state
     }
 
     pub fn layout(&self) -> &Layout {
