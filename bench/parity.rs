@@ -153,6 +153,10 @@ struct Stripe {
 }
 
 fn main() {
+    if !isal::AVAILABLE {
+        eprintln!("the parity benchmark races our kernels against ISA-L, which is not installed: apt-get install libisal-dev, then build again");
+        std::process::exit(2);
+    }
     let args: Vec<String> = std::env::args().collect();
     let short = args.iter().any(|a| a == "--short")
         || std::env::var("PARITY_BENCH_SHORT").is_ok_and(|v| !v.is_empty() && v != "0");

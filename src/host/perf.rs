@@ -51,6 +51,10 @@ pub struct PerfReport {
     /// Time of loop passes that made progress: the initiator's work, without its idle
     /// polling (what the CPU time is when it busy-polls).
     pub busy_seconds: f64,
+    /// Reads the controller completed with the C2HData SUCCESS flag, and how many of those
+    /// it sent although SQ flow control was on (SPDK's target does).
+    pub completed_in_data: u64,
+    pub success_with_sq_flow: u64,
 }
 
 impl PerfReport {
@@ -82,6 +86,12 @@ impl PerfReport {
             us(0.9999),
             self.latency.max() as f64 / 1000.0
         );
+        if self.completed_in_data > 0 {
+            println!(
+                "completed by the C2HData SUCCESS flag: {} ({} of them with SQ flow control on, which the target should not do)",
+                self.completed_in_data, self.success_with_sq_flow
+            );
+        }
         let per_million = |s: f64| s / (self.ios.max(1) as f64 / 1e6);
         println!(
             "initiator CPU {:.2} s ({:.2} s per million I/Os), busy {:.2} s ({:.2} s per million I/Os)",
@@ -224,9 +234,11 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     }
     let elapsed = Duration::from_nanos(Stamp::now().nanos_since(start));
     let cpu_seconds = process_cpu_seconds() - cpu0;
+    let completed_in_data = queues.iter().map(|q| q.completed_in_data).sum();
+    let success_with_sq_flow = queues.iter().map(|q| q.success_with_sq_flow).sum();
     drop(queues);
     let _ = ctrl.shutdown();
-    Ok(PerfReport { ios, bytes: ios * o.block_size as u64, errors, elapsed, latency: hist, cpu_seconds, busy_seconds: busy_ns as f64 * 1e-9 })
+    Ok(PerfReport { ios, bytes: ios * o.block_size as u64, errors, elapsed, latency: hist, cpu_seconds, busy_seconds: busy_ns as f64 * 1e-9, completed_in_data, success_with_sq_flow })
 }
 
 /// Sleep until any queue's socket is readable, or the timeout.

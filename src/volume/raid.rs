@@ -53,8 +53,8 @@ pub enum VolumeError {
     Layout(#[from] LayoutError),
     #[error("member '{member}' has block size {got}, the volume uses {want}")]
     BlockSize { member: String, got: u32, want: u32 },
-    #[error("member '{0}' is smaller than the reserved metadata area")]
-    TooSmall(String),
+    #[error("member '{member}' has {have} bytes; it needs {need} bytes ({why})")]
+    TooSmall { member: String, have: u64, need: u64, why: &'static str },
     #[error("strip size {0} bytes is not a power of two between the block size and 1 MiB")]
     Strip(u64),
     #[error("device '{device}': superblock: {message}")]
@@ -63,8 +63,8 @@ pub enum VolumeError {
     Assembly(#[from] AssemblyError),
     #[error("too many members failed or missing to serve the volume: {0:?}")]
     Offline(Vec<String>),
-    #[error("spare '{0}' is smaller than the volume's members")]
-    SpareTooSmall(String),
+    #[error("spare '{spare}' has {have} bytes; the volume's members need {need} bytes (their data area plus the 1 MiB metadata area)")]
+    SpareTooSmall { spare: String, have: u64, need: u64 },
     #[error("{0}")]
     Refused(String),
 }
@@ -276,7 +276,8 @@ impl RaidBdev {
         let layout = Self::layout_for(name, level, &asm, &all, group_size, strip_blocks, data_offset, recorded_blocks)?;
         let needed = layout.member_blocks + data_offset;
         if let Some((ci, _)) = asm.spares.iter().find(|(ci, _)| level != Level::Concat && all[*ci].num_blocks() < needed) {
-            return Err(VolumeError::SpareTooSmall(all[*ci].name().into()));
+            let bs = block_size as u64;
+            return Err(VolumeError::SpareTooSmall { spare: all[*ci].name().into(), have: all[*ci].num_blocks() * bs, need: needed * bs });
         }
         let info = BdevInfo { name: name.into(), block_size, num_blocks: layout.capacity() };
         let layout = Arc::new(layout);
@@ -362,7 +363,13 @@ impl RaidBdev {
             let size = match (f.device, recorded) {
                 (Some(ci), Some(r)) if level != Level::Concat => {
                     if usable(ci) < r {
-                        return Err(VolumeError::TooSmall(all[ci].name().into()));
+                        let bs = all[ci].block_size() as u64;
+                        return Err(VolumeError::TooSmall {
+                            member: all[ci].name().into(),
+                            have: all[ci].num_blocks() * bs,
+                            need: (r + data_offset) * bs,
+                            why: "the volume's member size its superblocks record, plus the 1 MiB metadata area",
+                        });
                     }
                     r
                 }
@@ -370,7 +377,8 @@ impl RaidBdev {
                 (None, r) => r.unwrap_or(u64::MAX / 4),
             };
             if size == 0 {
-                return Err(VolumeError::TooSmall(f.device.map_or_else(|| name.to_string(), |ci| all[ci].name().to_string())));
+                let (member, have, bs) = f.device.map_or_else(|| (name.to_string(), 0, 512), |ci| (all[ci].name().to_string(), all[ci].num_blocks(), all[ci].block_size() as u64));
+                return Err(VolumeError::TooSmall { member, have: have * bs, need: (data_offset + 1) * bs, why: "the 1 MiB metadata area plus one block of data" });
             }
             sizes.push(size);
         }
@@ -494,7 +502,8 @@ impl RaidBdev {
             return Err(VolumeError::BlockSize { member: dev.name().into(), got: dev.block_size(), want: self.info.block_size });
         }
         if dev.num_blocks() < self.layout.member_blocks + self.data_offset {
-            return Err(VolumeError::SpareTooSmall(dev.name().into()));
+            let bs = dev.block_size() as u64;
+            return Err(VolumeError::SpareTooSmall { spare: dev.name().into(), have: dev.num_blocks() * bs, need: (self.layout.member_blocks + self.data_offset) * bs });
         }
         if self.health.uses_device(dev.name()) {
             return refuse(format!("device '{}' already belongs to this volume", dev.name()));

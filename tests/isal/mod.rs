@@ -1,5 +1,6 @@
 //! Intel ISA-L (libisal), linked only into tests/parity.rs and bench/parity.rs (which
-//! includes this file by path), never into the library or the server.
+//! includes this file by path), never into the library or the server. Optional: without
+//! it (build.rs decides) the functions are stubs that are never called.
 #![allow(dead_code)]
 
 use std::ffi::{c_int, c_void};
@@ -7,6 +8,7 @@ use std::ffi::{c_int, c_void};
 use nvmf_raid::parity::gf;
 
 // Signatures from /usr/include/isa-l/raid.h and erasure_code.h.
+#[cfg(have_isal)]
 #[link(name = "isal")]
 extern "C" {
     /// vects = sources + 1; array = sources then P; 32-byte aligned buffers.
@@ -20,6 +22,42 @@ extern "C" {
     pub fn ec_encode_data(len: c_int, k: c_int, rows: c_int, gftbls: *mut u8, data: *mut *mut u8, coding: *mut *mut u8);
     pub fn ec_encode_data_update(len: c_int, k: c_int, rows: c_int, vec_i: c_int, g_tbls: *mut u8, data: *mut u8, coding: *mut *mut u8);
 }
+
+/// Whether ISA-L was found at build time (see build.rs).
+pub const AVAILABLE: bool = cfg!(have_isal);
+
+/// Without ISA-L the comparisons are not run; these keep the callers compiling.
+#[cfg(not(have_isal))]
+#[allow(clippy::missing_safety_doc, unused_variables)]
+mod missing {
+    use std::ffi::{c_int, c_void};
+    pub unsafe fn xor_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn pq_gen(vects: c_int, len: c_int, array: *mut *mut c_void) -> c_int {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn gf_mul(a: u8, b: u8) -> u8 {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn gf_inv(a: u8) -> u8 {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn gf_invert_matrix(inp: *mut u8, out: *mut u8, n: c_int) -> c_int {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn ec_init_tables(k: c_int, rows: c_int, a: *mut u8, gftbls: *mut u8) {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn ec_encode_data(len: c_int, k: c_int, rows: c_int, gftbls: *mut u8, data: *mut *mut u8, coding: *mut *mut u8) {
+        unreachable!("ISA-L is not installed")
+    }
+    pub unsafe fn ec_encode_data_update(len: c_int, k: c_int, rows: c_int, vec_i: c_int, g_tbls: *mut u8, data: *mut u8, coding: *mut *mut u8) {
+        unreachable!("ISA-L is not installed")
+    }
+}
+#[cfg(not(have_isal))]
+pub use missing::*;
 
 /// Survivors of a stripe that lost data blocks x and y, as encode-matrix rows: the other
 /// data blocks in order, then P (row k), then Q (row k + 1).
