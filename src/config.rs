@@ -213,6 +213,49 @@ pub struct VolumeSection {
     /// Rebuild rate limit in bytes per second ("200M"); 0 = unlimited.
     #[serde(default = "default_rebuild_rate")]
     pub rebuild_rate: Size,
+    /// A member is slow when its mean latency exceeds this multiple of its peers' median...
+    #[serde(default = "default_slow_factor")]
+    pub slow_member_factor: f64,
+    /// ...and this many milliseconds.
+    #[serde(default = "default_slow_floor_ms")]
+    pub slow_member_min_ms: f64,
+    /// Seconds a member may stay slow before it is failed (if the volume can lose it);
+    /// 0 = never fail it, only serve reads around it.
+    #[serde(default = "default_slow_fail_after")]
+    pub slow_member_fail_after_s: u64,
+    /// Hours between scheduled scrubs (a check of every row's parity or mirror copies,
+    /// reported, not repaired); 0 = none.
+    #[serde(default)]
+    pub scrub_interval_hours: u64,
+    /// Scrub rate limit in bytes per second of member data read ("50M"); 0 = unlimited.
+    #[serde(default = "default_scrub_rate")]
+    pub scrub_rate: Size,
+}
+
+fn default_slow_factor() -> f64 {
+    8.0
+}
+
+fn default_slow_floor_ms() -> f64 {
+    5.0
+}
+
+fn default_slow_fail_after() -> u64 {
+    30
+}
+
+fn default_scrub_rate() -> Size {
+    Size(100 << 20)
+}
+
+impl VolumeSection {
+    pub fn slow_policy(&self) -> crate::volume::slow::SlowPolicy {
+        crate::volume::slow::SlowPolicy {
+            factor: self.slow_member_factor,
+            floor_us: (self.slow_member_min_ms * 1000.0) as u64,
+            fail_after: (self.slow_member_fail_after_s > 0).then(|| std::time::Duration::from_secs(self.slow_member_fail_after_s)),
+        }
+    }
 }
 
 fn default_rebuild_rate() -> Size {
@@ -280,6 +323,11 @@ impl Config {
                 group_size: 0,
                 spares: names[DEFAULT_MEMBERS - 1..].to_vec(),
                 rebuild_rate: default_rebuild_rate(),
+                slow_member_factor: default_slow_factor(),
+                slow_member_min_ms: default_slow_floor_ms(),
+                slow_member_fail_after_s: default_slow_fail_after(),
+                scrub_interval_hours: 0,
+                scrub_rate: default_scrub_rate(),
             }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
             metrics: MetricsSection { address: Some(DEFAULT_METRICS.into()) },
@@ -417,6 +465,12 @@ impl Config {
             let strip = v.strip_size.0;
             if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
                 return Err(invalid(f("strip_size"), "must be a power of two from 4K to 1M"));
+            }
+            if !(v.slow_member_factor >= 1.5 && v.slow_member_factor <= 1000.0) {
+                return Err(invalid(f("slow_member_factor"), "must be from 1.5 to 1000"));
+            }
+            if !(v.slow_member_min_ms >= 0.0 && v.slow_member_min_ms <= 60_000.0) {
+                return Err(invalid(f("slow_member_min_ms"), "must be from 0 to 60000"));
             }
             let sizes = vec![u64::MAX / 1024; v.members.len()];
             Layout::new(v.level, &sizes, v.group_size, strip / 512).map_err(|e| invalid(f("members"), e.to_string()))?;

@@ -170,6 +170,21 @@ fn volume_families(o: &mut String, volumes: &[Arc<RaidBdev>]) {
             let _ = writeln!(o, "nvmf_raid_member_state{{volume=\"{}\",slot=\"{slot}\",device=\"{}\",state=\"{}\"}} 1", label(v.name()), label(dev.bdev.name()), h.state_name(slot));
         }
     }
+    family(o, "nvmf_raid_member_slow", "gauge", "1 while the member is far slower than its peers (reads are served around it).");
+    for v in volumes {
+        let h = v.health();
+        for slot in 0..h.slots() {
+            let _ = writeln!(o, "nvmf_raid_member_slow{{volume=\"{}\",slot=\"{slot}\",device=\"{}\"}} {}", label(v.name()), label(h.slot_device(slot).bdev.name()), h.slow.report(slot).slow as u8);
+        }
+    }
+    family(o, "nvmf_raid_member_recent_latency_seconds", "gauge", "Mean member I/O latency over the last second with I/O.");
+    for v in volumes {
+        let h = v.health();
+        for slot in 0..h.slots() {
+            let secs = h.slow.report(slot).latency_us as f64 / 1e6;
+            let _ = writeln!(o, "nvmf_raid_member_recent_latency_seconds{{volume=\"{}\",slot=\"{slot}\",device=\"{}\"}} {secs}", label(v.name()), label(h.slot_device(slot).bdev.name()));
+        }
+    }
     family(o, "nvmf_raid_volume_spares", "gauge", "Hot spares ready.");
     for v in volumes {
         let _ = writeln!(o, "nvmf_raid_volume_spares{{volume=\"{}\"}} {}", label(v.name()), v.health().spares().len());

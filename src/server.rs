@@ -205,6 +205,8 @@ impl Server {
                 group_size: v.group_size,
                 strip_bytes: v.strip_size.0,
                 rebuild_rate: v.rebuild_rate.0,
+                member_order: v.members.clone(),
+                slow_policy: v.slow_policy(),
             };
             let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");

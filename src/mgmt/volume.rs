@@ -54,7 +54,12 @@ impl Managed {
 
     fn status_of(&self, v: &RaidBdev) -> Value {
         let h = v.health();
-        let members: Vec<Value> = (0..h.slots()).map(|slot| json!({"slot": slot, "device": h.slot_device(slot).bdev.name(), "state": h.state_name(slot)})).collect();
+        let members: Vec<Value> = (0..h.slots())
+            .map(|slot| {
+                let r = h.slow.report(slot);
+                json!({"slot": slot, "device": h.slot_device(slot).bdev.name(), "state": h.state_name(slot), "slow": r.slow, "slow_for_secs": r.slow_for_secs, "latency_us": r.latency_us})
+            })
+            .collect();
         let spares: Vec<Value> = h.spares().iter().map(|d| json!(d.bdev.name())).collect();
         let (synced, stripes) = v.resync().progress();
         json!({

@@ -14,6 +14,8 @@ pub struct Candidate {
     pub sb: Option<Superblock>,
     /// Listed as a hot spare in the configuration (else as a member).
     pub spare: bool,
+    /// Position in the configuration's member list (members only).
+    pub position: Option<usize>,
 }
 
 /// The geometry the configuration asks for.
@@ -59,7 +61,7 @@ pub struct Assembly {
 pub enum AssemblyError {
     #[error("device '{device}' belongs to another volume ('{other}')")]
     Foreign { device: String, other: String },
-    #[error("device '{0}' has no superblock but the other members do: list it under spares to rebuild onto it")]
+    #[error("device '{0}' has no superblock and no slot of the volume is clearly its own (several lack a device): list it under spares to rebuild onto it")]
     Blank(String),
     #[error("devices '{0}' and '{1}' both claim slot {2}")]
     SlotTwice(String, String, u16),
@@ -104,8 +106,16 @@ pub fn assemble(w: &Wanted, cands: &[Candidate], new_uuid: [u8; 16]) -> Result<A
         unclean: !auth.clean,
         notes: Vec::new(),
     };
+    let mut blanks = Vec::new();
     for ci in 0..cands.len() {
-        place(&mut a, auth, cands, ci)?;
+        if cands[ci].sb.is_none() && !cands[ci].spare {
+            blanks.push(ci);
+        } else {
+            place(&mut a, auth, cands, ci)?;
+        }
+    }
+    for ci in blanks {
+        place_blank(&mut a, cands, ci)?;
     }
     for (slot, fill) in a.slots.iter_mut().enumerate() {
         if fill.device.is_none() && matches!(fill.state, SlotState::Active | SlotState::Rebuilding) {
@@ -136,11 +146,9 @@ fn create(w: &Wanted, cands: &[Candidate], uuid: [u8; 16]) -> Assembly {
 fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) -> Result<(), AssemblyError> {
     let c = &cands[ci];
     let Some(sb) = c.sb.as_ref() else {
-        if c.spare {
-            a.spares.push((ci, spare_id(&a.volume_uuid, &c.name)));
-            return Ok(());
-        }
-        return Err(AssemblyError::Blank(c.name.clone()));
+        debug_assert!(c.spare, "blank members are placed by place_blank");
+        a.spares.push((ci, spare_id(&a.volume_uuid, &c.name)));
+        return Ok(());
     };
     if sb.volume_uuid != auth.volume_uuid {
         return Err(AssemblyError::Foreign { device: c.name.clone(), other: sb.volume_name.clone() });
@@ -185,6 +193,26 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// A member without a superblock while the others have one: a replaced disk or a
+/// recreated file. It takes the slot left without a device (the one at its configured
+/// position when several are) and is rebuilt there, like a spare.
+fn place_blank(a: &mut Assembly, cands: &[Candidate], ci: usize) -> Result<(), AssemblyError> {
+    let c = &cands[ci];
+    let open: Vec<usize> = (0..a.slots.len()).filter(|&s| a.slots[s].device.is_none()).collect();
+    let slot = match (c.position.filter(|p| open.contains(p)), open.as_slice()) {
+        (Some(p), _) => p,
+        (None, [only]) => *only,
+        _ => return Err(AssemblyError::Blank(c.name.clone())),
+    };
+    let fill = &mut a.slots[slot];
+    fill.device = Some(ci);
+    fill.state = SlotState::Rebuilding;
+    fill.id = spare_id(&a.volume_uuid, &c.name);
+    a.rebuild_from = 0;
+    a.notes.push(format!("device '{}' has no superblock: it replaces the device of slot {slot} and is rebuilt", c.name));
     Ok(())
 }
 
@@ -239,7 +267,7 @@ mod tests {
     }
 
     fn cands(sbs: Vec<Option<Superblock>>) -> Vec<Candidate> {
-        sbs.into_iter().enumerate().map(|(i, sb)| Candidate { name: format!("d{i}"), sb, spare: false }).collect()
+        sbs.into_iter().enumerate().map(|(i, sb)| Candidate { name: format!("d{i}"), sb, spare: false, position: Some(i) }).collect()
     }
 
     fn devices(a: &Assembly) -> Vec<Option<usize>> {
@@ -327,14 +355,30 @@ mod tests {
     }
 
     #[test]
+    fn a_blank_device_replaces_the_failed_member_and_is_rebuilt() {
+        // Slot 2 was failed; its device came back blank (a replaced disk).
+        let c = cands(vec![Some(sb(0, 7, &[2])), Some(sb(1, 7, &[2])), None, Some(sb(3, 7, &[2]))]);
+        let a = assemble(&wanted(), &c, [1; 16]).unwrap();
+        assert_eq!(devices(&a), vec![Some(0), Some(1), Some(2), Some(3)]);
+        assert_eq!(states(&a)[2], SlotState::Rebuilding);
+        assert_ne!(a.slots[2].id, sb(0, 7, &[2]).slots[2].device, "the new device gets an identity of its own");
+        assert!(a.notes.iter().any(|n| n.contains("'d2' has no superblock")), "{:?}", a.notes);
+        // An active member's disk swapped while the target was down: the same.
+        let c = cands(vec![Some(sb(0, 7, &[])), None, Some(sb(2, 7, &[])), Some(sb(3, 7, &[]))]);
+        let a = assemble(&wanted(), &c, [1; 16]).unwrap();
+        assert_eq!(states(&a)[1], SlotState::Rebuilding);
+    }
+
+    #[test]
     fn refuses_foreign_blank_and_mismatched_devices() {
         let mut foreign = sb(1, 5, &[]);
         foreign.volume_uuid = [3; 16];
         foreign.volume_name = "other".into();
         let e = assemble(&wanted(), &cands(vec![Some(sb(0, 5, &[])), Some(foreign)]), [1; 16]).unwrap_err();
         assert!(matches!(e, AssemblyError::Foreign { .. }), "{e}");
-        let e = assemble(&wanted(), &cands(vec![Some(sb(0, 5, &[])), None]), [1; 16]).unwrap_err();
-        assert_eq!(e, AssemblyError::Blank("d1".into()));
+        // A blank device whose configured slot is taken while several others are open.
+        let e = assemble(&wanted(), &cands(vec![None, Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();
+        assert_eq!(e, AssemblyError::Blank("d0".into()));
         let e = assemble(&Wanted { level: Level::Raid6, ..wanted() }, &cands(vec![Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();
         assert!(e.to_string().contains("level"), "{e}");
         let e = assemble(&wanted(), &cands(vec![Some(sb(0, 5, &[])), Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();

@@ -14,6 +14,7 @@ use crossbeam::channel::Sender;
 use tracing::{info, warn};
 
 use super::metadata::{Epochs, MetaMsg};
+use super::slow::{SlowPolicy, SlowWatch};
 pub use super::superblock::SlotState;
 use crate::bdev::Bdev;
 
@@ -168,6 +169,8 @@ pub struct Members {
     pub rebuild: RebuildState,
     /// Bytes of one member strip row.
     row_bytes: u64,
+    /// Members far slower than their peers.
+    pub slow: SlowWatch,
 }
 
 const ACTIVE: u8 = SlotState::Active as u8;
@@ -195,6 +198,7 @@ pub struct MembersInit {
     pub rebuild_rate: u64,
     /// Frontier of a rebuild interrupted by a restart.
     pub rebuild_from: u64,
+    pub slow_policy: SlowPolicy,
 }
 
 impl Members {
@@ -216,11 +220,16 @@ impl Members {
             update_requested: AtomicBool::new(false),
             rebuild: RebuildState::new(init.rows, init.rebuild_rate),
             row_bytes: init.row_bytes,
+            slow: SlowWatch::new(init.slots.len(), init.slow_policy),
         };
         if m.rebuilding() {
             m.rebuild.restart(init.rebuild_from);
         }
         m
+    }
+
+    pub fn volume_name(&self) -> &str {
+        &self.volume
     }
 
     pub(super) fn set_notifier(&self, tx: Sender<MetaMsg>) {
@@ -520,6 +529,7 @@ mod tests {
             row_bytes: 4096,
             rebuild_rate: 0,
             rebuild_from: 0,
+            slow_policy: Default::default(),
         });
         let (tx, rx) = crossbeam::channel::bounded(1);
         m.set_notifier(tx);

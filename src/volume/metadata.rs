@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::bitmap::{WriteIntent, BITMAP_OFFSET};
 use super::layout::Layout;
 use super::members::{Device, Members, SlotState};
+use super::slow::SlowDetector;
 use super::superblock::{Slot, Superblock, NO_REBUILD, SB_BYTES, SPARE_SLOT};
 use crate::bdev::{Bdev, BdevOp};
 use crate::util::aligned::AlignedRegion;
@@ -210,6 +211,7 @@ impl Metadata {
     pub fn run(self: Arc<Self>, rx: Receiver<MetaMsg>) {
         let mut last_sweep = std::time::Instant::now();
         let mut last_tick = std::time::Instant::now();
+        let mut slow = SlowDetector::new(self.members.slots());
         loop {
             // Coalesce a burst of wake-ups into one write of each kind; a close runs last.
             let mut close = None;
@@ -230,6 +232,7 @@ impl Metadata {
             }
             if last_tick.elapsed() >= CHECKPOINT_INTERVAL {
                 self.tick(&mut last_sweep);
+                slow.tick(&self.members.slow, &self.members);
                 last_tick = std::time::Instant::now();
             }
         }

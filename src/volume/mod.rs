@@ -10,3 +10,4 @@ pub mod bitmap;
 pub mod superblock;
 pub mod assemble;
 pub mod metadata;
+pub mod slow;

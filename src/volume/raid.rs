@@ -24,6 +24,7 @@ use super::members::{Device, Members, MembersInit};
 use super::layout::{Layout, LayoutError, Level, Location};
 use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
+use super::slow::{LatencyCells, SlowPolicy, PROBE_EVERY};
 use super::rebuild::RebuildDriver;
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
@@ -191,6 +192,10 @@ pub struct VolumeSpec {
     pub strip_bytes: u64,
     /// Rebuild rate limit in bytes per second; 0 = unlimited.
     pub rebuild_rate: u64,
+    /// Configured member names in order (a blank device's position tells which slot it
+    /// replaces when several have no device); may be empty.
+    pub member_order: Vec<String>,
+    pub slow_policy: SlowPolicy,
 }
 
 pub struct RaidBdev {
@@ -221,7 +226,7 @@ impl RaidBdev {
     /// slot), or create it when none carries a superblock. Writes the next generation of
     /// superblocks before returning.
     pub fn new(spec: VolumeSpec) -> Result<Self, VolumeError> {
-        let VolumeSpec { name, level, members: member_devs, absent, spares: spare_devs, group_size, strip_bytes, rebuild_rate } = spec;
+        let VolumeSpec { name, level, members: member_devs, absent, spares: spare_devs, group_size, strip_bytes, rebuild_rate, member_order, slow_policy } = spec;
         let name = name.as_str();
         let all: Vec<Arc<dyn Bdev>> = member_devs.iter().chain(&spare_devs).cloned().collect();
         let block_size = all.first().map_or(512, |m| m.block_size());
@@ -240,7 +245,8 @@ impl RaidBdev {
         for (i, d) in all.iter().enumerate() {
             match read_superblock(d.as_ref()) {
                 Ok(Ok(sb)) => {
-                    candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len() });
+                    let position = member_order.iter().position(|n| n == d.name()).or((i < member_devs.len()).then_some(i));
+                    candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len(), position });
                     readable.push(d.clone());
                 }
                 Ok(Err(e)) if i < member_devs.len() => return Err(superblock_error(d.name(), e)),
@@ -301,6 +307,7 @@ impl RaidBdev {
             row_bytes: strip_bytes,
             rebuild_rate,
             rebuild_from: asm.rebuild_from,
+            slow_policy,
         }));
         if asm.created {
             info!(volume = name, level = ?level, "new volume: superblocks written");
@@ -581,6 +588,8 @@ impl Bdev for RaidBdev {
             scratch: Scratch::new(if redundant { strip_bytes } else { 0 }, self.layout.group_size, parity)?,
             zeroes: AlignedRegion::new(if parity { strip_bytes } else { 0 })?,
             next_copy: 0,
+            latency: self.health.slow.register(),
+            probe: 0,
         }))
     }
 }
@@ -745,6 +754,10 @@ pub(super) struct RaidChannel {
     pub(super) zeroes: AlignedRegion,
     /// Round-robin choice among mirror copies for reads.
     next_copy: usize,
+    /// Per-slot member latency for the slow-member watch (written only here).
+    latency: Arc<LatencyCells>,
+    /// Counts reads; every PROBE_EVERY-th goes to a slow member anyway.
+    probe: u32,
 }
 
 /// A member I/O in flight.
@@ -800,6 +813,7 @@ impl RaidChannel {
         let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
         let c = Child { owner, expect, slot: slot as u16, device: dev as u16, class: OpClass::of(io.op), started: Stamp::now() };
         let tag = self.children.insert(c).expect("member I/O table sized for the worst case");
+        self.latency.begin(slot);
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
@@ -868,8 +882,10 @@ impl RaidChannel {
 
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
         let Child { owner, expect, slot, device: dev, class, started } = self.children.remove(tag);
+        let micros = started.elapsed_micros();
+        self.latency.end(slot as usize, micros);
         if let Some(ops) = self.member_ops.get_mut(dev as usize) {
-            ops.record(class, started.elapsed_micros(), res.max(0) as u64);
+            ops.record(class, micros, res.max(0) as u64);
         }
         if res != expect {
             self.health.fail_device(slot as usize, dev as usize, if res < 0 { "I/O error" } else { "short transfer" });
@@ -923,11 +939,30 @@ impl RaidChannel {
     }
 
     /// A copy of `n` blocks at `lba` that holds valid data (one location for non-mirrored
-    /// levels), in preference order starting from `first`.
-    fn valid_copy(&self, lba: u64, n: u64, first: usize) -> Option<Location> {
+    /// levels), in preference order starting from `first`; one on a member that is not
+    /// slow when there is one and `avoid_slow`.
+    fn valid_copy(&self, lba: u64, n: u64, first: usize, avoid_slow: bool) -> Option<Location> {
         let (base, copies) = (self.layout.locate(lba), self.layout.copy_count());
         let valid = |l: &Location| !self.health.is_missing(l.member, (l.member_lba + n - 1) / self.layout.strip_blocks);
-        (0..copies).map(|c| base.copy((first + c) % copies)).find(valid)
+        let mut candidates = (0..copies).map(|c| base.copy((first + c) % copies)).filter(valid);
+        let first_valid = candidates.next()?;
+        if !avoid_slow || !self.health.slow.is_slow(first_valid.member) {
+            return Some(first_valid);
+        }
+        candidates.find(|l| !self.health.slow.is_slow(l.member)).or(Some(first_valid))
+    }
+
+    /// Whether this read should keep off slow members: all but every PROBE_EVERY-th, which
+    /// keeps a slow member's latency measured.
+    fn avoid_slow(&mut self) -> bool {
+        self.probe = self.probe.wrapping_add(1);
+        !self.probe.is_multiple_of(PROBE_EVERY)
+    }
+
+    /// A parity level's read of a strip on a slow member is served by reconstruction
+    /// instead, while its group can do without the member.
+    fn read_around(&self, loc: &Location, avoid_slow: bool) -> bool {
+        avoid_slow && self.parity() > 0 && self.health.slow.is_slow(loc.member) && self.health.can_lose(loc.member)
     }
 
     pub(super) fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
@@ -942,7 +977,13 @@ impl RaidChannel {
             }
             BdevOp::Read => self.for_each_run(io, |ch, lba, n, off| {
                 ch.next_copy = ch.next_copy.wrapping_add(1);
-                match ch.valid_copy(lba, n, ch.next_copy) {
+                let avoid_slow = ch.avoid_slow();
+                match ch.valid_copy(lba, n, ch.next_copy, avoid_slow) {
+                    Some(loc) if ch.read_around(&loc, avoid_slow) => {
+                        let start = io.offset >> ch.block_shift;
+                        let (w, _) = plan::next_stripe(&ch.layout, start, lba, lba + n);
+                        ch.start_stripe_op(p, w, StripeKind::Read, sq);
+                    }
                     Some(loc) => {
                         let mio = ch.member_io(BdevOp::Read, loc, n, sub(io, off), io.buf_index);
                         ch.child(Owner::Parent(p), loc.member, mio, sq);
@@ -1142,7 +1183,7 @@ mod tests {
 
     fn volume(level: Level, members: usize, group: usize) -> (RaidBdev, Vec<Arc<dyn Bdev>>) {
         let m: Vec<Arc<dyn Bdev>> = (0..members).map(|i| Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>).collect();
-        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), absent: vec![], spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0 };
+        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), absent: vec![], spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0, member_order: vec![], slow_policy: SlowPolicy::default() };
         (RaidBdev::new(spec).unwrap(), m)
     }
 
@@ -1238,6 +1279,8 @@ mod tests {
             group_size: group,
             strip_bytes: 16384,
             rebuild_rate: 0,
+            member_order: vec![],
+            slow_policy: SlowPolicy::default(),
         };
         let v = RaidBdev::new(spec).unwrap();
         let model = vec![0u8; (v.num_blocks() * 512) as usize];

@@ -84,6 +84,17 @@ impl RaidChannel {
         (0..self.layout.group_size).filter(|&slot| self.health.is_missing(self.member(w, slot), w.stripe)).fold(0, |m, slot| m | 1 << slot)
     }
 
+    /// A reconstructing read also leaves out slow members, as far as parity allows.
+    fn around_slow(&self, w: &StripeWrite, missing: u64) -> u64 {
+        let slow = (0..self.layout.group_size).filter(|&slot| self.health.slow.is_slow(self.member(w, slot))).fold(0u64, |m, slot| m | 1 << slot);
+        let both = missing | slow;
+        if both.count_ones() as usize <= self.parity() {
+            both
+        } else {
+            missing
+        }
+    }
+
     /// The member held no valid data at the op's row when the op started.
     fn missing(&self, op: &StripeOp, member: usize) -> bool {
         op.missing >> (member - self.member(&op.w, 0)) & 1 == 1
@@ -106,6 +117,9 @@ impl RaidChannel {
         }
         let mut op = *self.stripes.get(s);
         op.missing = self.missing_slots(&op.w);
+        if op.kind == StripeKind::Read {
+            op.missing = self.around_slow(&op.w, op.missing);
+        }
         op.strategy = match op.kind {
             StripeKind::Write if op.missing == 0 => plan::choose(&op.w, self.parity()),
             // Parity from all of the data: read every strip, write P and Q.
