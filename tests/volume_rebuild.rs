@@ -238,3 +238,39 @@ fn absent_member_is_rebuilt_when_it_returns() {
     drop(m);
     server.stop();
 }
+
+/// A member the volume failed comes back blank (a replaced disk, a recreated file): the
+/// target starts with the volume degraded and rebuilds onto the blank device in its slot.
+#[test]
+fn failed_member_back_blank_is_rebuilt_as_its_replacement() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = Config::parse(&config(dir.path(), "raid5", 4, 0, 0, "6M", "0", "127.0.0.1:0")).unwrap();
+    let server = Server::start(&cfg).unwrap();
+    let (c, mut m) = connect(server.ports[0].addr, 21);
+    m.exercise(150, "healthy");
+    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m1"})).unwrap();
+    m.exercise(150, "m1 failed");
+    let data = std::mem::take(&mut m.data);
+    drop((m, c));
+    server.stop();
+
+    // The disk is replaced: a new, empty file of the same size.
+    let img = dir.path().join("m1.img");
+    let len = std::fs::metadata(&img).unwrap().len();
+    std::fs::remove_file(&img).unwrap();
+    std::fs::File::create(&img).unwrap().set_len(len).unwrap();
+    let server = Server::start(&cfg).expect("a blank device in the failed slot is accepted");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while status(dir.path())["state"] != "online" {
+        assert!(Instant::now() < deadline, "the blank replacement was not rebuilt: {}", status(dir.path()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(member_devices(&status(dir.path()))[1], "m1");
+    // Lean on the rebuilt member: with m0 failed, every read needs m1's strips.
+    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m0"})).unwrap();
+    let (_c, mut m) = connect(server.ports[0].addr, 22);
+    m.data = data;
+    m.verify_all("m1 rebuilt from blank, m0 failed");
+    drop(m);
+    server.stop();
+}

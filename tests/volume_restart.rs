@@ -76,7 +76,7 @@ fn reassembles_in_superblock_order_and_remembers_failures() {
 }
 
 #[test]
-fn refuses_foreign_blank_and_mismatched_devices() {
+fn refuses_foreign_and_mismatched_devices_and_takes_a_blank_replacement() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(&config(dir.path(), "raid1", &["a", "b"], &["a", "b"])).unwrap();
     s.stop();
@@ -88,8 +88,12 @@ fn refuses_foreign_blank_and_mismatched_devices() {
     let foreign = start(&config(dir.path(), "raid1", &["a", "x"], &["a", "x"])).err().expect("foreign device accepted");
     assert!(foreign.to_string().contains("belongs to another volume"), "{foreign}");
 
-    let blank = start(&config(dir.path(), "raid1", &["a", "new"], &["a", "new"])).err().expect("blank device accepted");
-    assert!(blank.to_string().contains("no superblock"), "{blank}");
+    // A blank device where 'b' was (a replaced disk) is taken as b's replacement.
+    let replaced = start(&config(dir.path(), "raid1", &["a", "new"], &["a", "new"])).expect("a blank replacement is accepted");
+    let v = replaced.volume("vol").unwrap();
+    assert_eq!(v.member_names(), ["a", "new"]);
+    assert_ne!(v.state(), "online", "the replacement is rebuilt before it serves reads");
+    replaced.stop();
 
     let mismatch = start(&config(dir.path(), "raid0", &["a", "b"], &["a", "b"])).err().expect("level change accepted");
     assert!(mismatch.to_string().contains("level"), "{mismatch}");
