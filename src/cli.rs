@@ -46,6 +46,24 @@ pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
             follow(socket, &volume, wait)
         }
         VolumeCmd::RemoveMember { volume, member } => print_volumes(&json!([call("volume_remove_member", json!({"volume": volume, "member": member}))?]), None),
+        VolumeCmd::Scrub { volume, repair, stop, rate, wait } => {
+            let mut p = json!({"volume": volume, "repair": repair, "action": if stop { "stop" } else { "start" }});
+            if let Some(r) = rate {
+                p["bytes_per_sec"] = json!(nvmf_raid::config::parse_size(&r).map_err(|e| format!("rate: {e}"))?);
+            }
+            let r = call("volume_scrub", p)?;
+            print_volumes(&json!([r]), None)?;
+            if !wait {
+                return Ok(());
+            }
+            watch(socket, Some(&volume), true)?;
+            let sc = &call("volume_status", json!({"name": volume}))?[0]["scrub"];
+            println!("{volume}: {}", scrub_summary(sc));
+            if sc["mismatches"].as_u64().unwrap_or(0) > sc["repaired"].as_u64().unwrap_or(0) {
+                return Err(format!("{volume}: the scrub found mismatches it did not repair (run it with --repair to rewrite them)"));
+            }
+            Ok(())
+        }
         VolumeCmd::RebuildRate { volume, rate } => {
             let bytes = nvmf_raid::config::parse_size(&rate).map_err(|e| format!("rate: {e}"))?;
             call("volume_rebuild_rate", json!({"volume": volume, "bytes_per_sec": bytes}))?;
@@ -82,13 +100,25 @@ fn print_volumes(r: &Value, name: Option<&str>) -> Result<(), String> {
             println!("  {line}");
         }
         for m in v["members"].as_array().into_iter().flatten() {
-            println!("  slot {:<3} {:<20} {}", m["slot"], m["device"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?"));
+            let slow = if m["slow"] == true { format!("  SLOW ({:.1} ms, for {:.0} s)", m["latency_us"].as_f64().unwrap_or(0.0) / 1e3, m["slow_for_secs"].as_f64().unwrap_or(0.0)) } else { String::new() };
+            println!("  slot {:<3} {:<20} {}{slow}", m["slot"], m["device"].as_str().unwrap_or("?"), m["state"].as_str().unwrap_or("?"));
+        }
+        if v["scrub"]["completed"].as_u64().unwrap_or(0) > 0 && v["scrub"]["active"] == false {
+            println!("  last {}", scrub_summary(&v["scrub"]));
         }
         for sp in v["spares"].as_array().into_iter().flatten() {
             println!("  spare    {:<20} ready", sp.as_str().unwrap_or("?"));
         }
     }
     Ok(())
+}
+
+/// "scrub of 1024 rows: 3 mismatches, 3 repaired, 0 skipped, 2.1 s".
+fn scrub_summary(sc: &Value) -> String {
+    format!(
+        "scrub of {} rows: {} mismatches, {} repaired, {} skipped, {:.1} s",
+        sc["rows_done"], sc["mismatches"], sc["repaired"], sc["skipped"], sc["elapsed_secs"].as_f64().unwrap_or(0.0)
+    )
 }
 
 fn bar(fraction: f64) -> String {
@@ -117,6 +147,13 @@ fn progress_line(v: &Value) -> Option<String> {
         let limit = if limit == 0 { "unlimited".to_string() } else { format!("limit {}/s", human_bytes(limit)) };
         return Some(format!("rebuild {} {pct:5.1}%  {}/s  ETA {}  ({limit})", bar(pct / 100.0), human_bytes(rate as u64), eta(rb["eta_secs"].as_f64())));
     }
+    let sc = &v["scrub"];
+    if sc["active"].as_bool() == Some(true) {
+        let (done, total) = (sc["rows_done"].as_u64().unwrap_or(0), sc["rows"].as_u64().unwrap_or(1).max(1));
+        let f = done as f64 / total as f64;
+        let mode = if sc["repair"] == true { "repair" } else { "check" };
+        return Some(format!("scrub   {} {:5.1}%  {done}/{total} rows  {mode}  mismatches {}", bar(f), 100.0 * f, sc["mismatches"]));
+    }
     if v["resync"]["active"].as_bool() == Some(true) {
         let (done, total) = (v["resync"]["stripes_done"].as_u64().unwrap_or(0), v["resync"]["stripes"].as_u64().unwrap_or(1).max(1));
         let f = done as f64 / total as f64;
@@ -126,7 +163,7 @@ fn progress_line(v: &Value) -> Option<String> {
 }
 
 /// Follow volume state every second until interrupted (or, with `until_idle`, until no
-/// rebuild or resync runs).
+/// rebuild, resync or scrub runs).
 fn watch(socket: &Path, name: Option<&str>, until_idle: bool) -> Result<(), String> {
     loop {
         let r = nvmf_raid::mgmt::call(socket, "volume_status", json!({"name": name}))?;

@@ -195,6 +195,22 @@ enum VolumeCmd {
     },
     /// Detach a failed member so its device can be reused.
     RemoveMember { volume: String, member: String },
+    /// Check every row's parity or mirror copies while the volume serves (md's check);
+    /// --repair rewrites the rows that disagree (parity from the data, copies from the first).
+    Scrub {
+        volume: String,
+        #[arg(long)]
+        repair: bool,
+        /// Stop the running scrub.
+        #[arg(long, conflicts_with = "repair")]
+        stop: bool,
+        /// Rate limit in bytes per second of member data read ("50M"; 0 = unlimited).
+        #[arg(long)]
+        rate: Option<String>,
+        /// Follow the scrub until it ends and print its result (exit 1 if mismatches remain).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Set the rebuild rate limit in bytes per second ("100M"; 0 = unlimited).
     RebuildRate { volume: String, rate: String },
     /// Fail a member now (refused if it would take the volume offline, unless --force).

@@ -190,7 +190,12 @@ fn volume_families(o: &mut String, volumes: &[Arc<RaidBdev>]) {
         let _ = writeln!(o, "nvmf_raid_volume_spares{{volume=\"{}\"}} {}", label(v.name()), v.health().spares().len());
     }
     type Value = fn(&RaidBdev) -> f64;
-    let per_volume: [(&str, &str, Value); 3] = [
+    let per_volume: [(&str, &str, Value); 5] = [
+        ("nvmf_raid_volume_scrub_ratio", "Fraction of the running scrub done (1 when none runs).", |v| {
+            let r = v.scrub().report();
+            if r.active { r.rows_done as f64 / r.rows.max(1) as f64 } else { 1.0 }
+        }),
+        ("nvmf_raid_volume_scrub_mismatches", "Rows whose parity or copies disagreed in the running or last scrub.", |v| v.scrub().report().mismatches as f64),
         ("nvmf_raid_volume_rebuild_ratio", "Fraction of the running rebuild done (1 when none runs).", |v| v.health().rebuild_progress().percent / 100.0),
         ("nvmf_raid_volume_rebuild_rate_bytes_per_second", "Rate of the running rebuild.", |v| v.health().rebuild_progress().bytes_per_sec),
         ("nvmf_raid_volume_resync_ratio", "Fraction of the running resync done (1 when none runs).", |v| {

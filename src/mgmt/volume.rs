@@ -34,6 +34,18 @@ impl Managed {
                 v.remove_member(param(p, "member")?).map_err(refused)?;
                 Ok(self.status_of(v))
             }
+            "volume_scrub" => {
+                let v = self.volume(param(p, "volume")?)?;
+                match p.get("action").and_then(Value::as_str).unwrap_or("start") {
+                    "start" => v.start_scrub(p.get("repair").and_then(Value::as_bool).unwrap_or(false)).map_err(refused)?,
+                    "stop" => v.scrub().stop(),
+                    other => return Err(invalid_params(format!("action '{other}': use start or stop"))),
+                }
+                if let Some(rate) = p.get("bytes_per_sec").and_then(Value::as_u64) {
+                    v.scrub().set_rate(rate);
+                }
+                Ok(self.status_of(v))
+            }
             "volume_rebuild_rate" => {
                 let v = self.volume(param(p, "volume")?)?;
                 let rate = p.get("bytes_per_sec").and_then(Value::as_u64).ok_or_else(|| invalid_params("missing number parameter 'bytes_per_sec'"))?;
@@ -68,6 +80,7 @@ impl Managed {
             "state": v.state(),
             "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
             "rebuild": h.rebuild_progress(),
+            "scrub": v.scrub().report(),
             "block_size": v.block_size(),
             "blocks": v.num_blocks(),
             "strip_bytes": v.layout().strip_blocks * v.block_size() as u64,

@@ -14,6 +14,7 @@ use tracing::{info, warn};
 use super::bitmap::{WriteIntent, BITMAP_OFFSET};
 use super::layout::Layout;
 use super::members::{Device, Members, SlotState};
+use super::scrub::Scrub;
 use super::slow::SlowDetector;
 use super::superblock::{Slot, Superblock, NO_REBUILD, SB_BYTES, SPARE_SLOT};
 use crate::bdev::{Bdev, BdevOp};
@@ -53,6 +54,15 @@ pub struct Metadata {
     intent: Option<Arc<WriteIntent>>,
     /// Whether regions may be cleared (not while a resync still needs them).
     may_sweep: Box<dyn Fn() -> bool + Send + Sync>,
+    schedule: Option<ScrubSchedule>,
+    started: std::time::Instant,
+}
+
+/// Scheduled scrubs: every `every` seconds (0: none) while `may_start` (no resync).
+struct ScrubSchedule {
+    scrub: Arc<Scrub>,
+    every: Arc<AtomicU64>,
+    may_start: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 pub fn now_unix() -> u64 {
@@ -88,6 +98,27 @@ impl Metadata {
             checkpointed: AtomicU64::new(NO_REBUILD),
             intent: None,
             may_sweep: Box::new(|| true),
+            schedule: None,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Start scrubs on a schedule (see `RaidBdev::set_scrub_schedule`).
+    pub fn with_scrub_schedule(mut self, scrub: Arc<Scrub>, every: Arc<AtomicU64>, may_start: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
+        self.schedule = Some(ScrubSchedule { scrub, every, may_start });
+        self
+    }
+
+    /// Start a scheduled scrub when one is due and the volume has every member.
+    fn maybe_scrub(&self) {
+        let Some(s) = &self.schedule else { return };
+        let every = s.every.load(Ordering::Relaxed);
+        let since = s.scrub.last_started().unwrap_or(self.started);
+        if every == 0 || since.elapsed().as_secs() < every || s.scrub.active() || !(s.may_start)() {
+            return;
+        }
+        if (0..self.members.slots()).all(|slot| self.members.state(slot) == SlotState::Active) && s.scrub.start(false).is_ok() {
+            info!(volume = self.identity.name, every_secs = every, "scheduled scrub started");
         }
     }
 
@@ -233,6 +264,7 @@ impl Metadata {
             if last_tick.elapsed() >= CHECKPOINT_INTERVAL {
                 self.tick(&mut last_sweep);
                 slow.tick(&self.members.slow, &self.members);
+                self.maybe_scrub();
                 last_tick = std::time::Instant::now();
             }
         }

@@ -5,6 +5,7 @@ pub mod plan;
 pub mod raid;
 mod stripe;
 mod rebuild;
+pub mod scrub;
 pub mod members;
 pub mod bitmap;
 pub mod superblock;

@@ -24,6 +24,7 @@ use super::members::{Device, Members, MembersInit};
 use super::layout::{Layout, LayoutError, Level, Location};
 use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
+use super::scrub::{Scrub, ScrubDriver};
 use super::slow::{LatencyCells, SlowPolicy, PROBE_EVERY};
 use super::rebuild::RebuildDriver;
 use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
@@ -45,6 +46,8 @@ pub(super) const STRIPE_WINDOW: u32 = 4;
 const MAX_CHILDREN: usize = 1 << 19;
 /// Stripe locks shared by the reactors (hashed; unrelated stripes rarely collide).
 const LOCK_BUCKETS: usize = 1 << 16;
+/// Scrub rate until the configuration sets one: bytes per second of member data read.
+pub const DEFAULT_SCRUB_RATE: u64 = 100 << 20;
 /// Scratch memory per channel for old data and parity.
 const SCRATCH_BYTES: usize = 32 << 20;
 
@@ -208,6 +211,9 @@ pub struct RaidBdev {
     meta_tx: Sender<MetaMsg>,
     meta_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     resync: Arc<Resync>,
+    scrub: Arc<Scrub>,
+    /// Seconds between scheduled scrubs; 0: none.
+    scrub_every: Arc<AtomicU64>,
     volume_uuid: [u8; 16],
     intent: Option<Arc<WriteIntent>>,
 }
@@ -333,6 +339,12 @@ impl RaidBdev {
             let r = resync.clone();
             meta = meta.with_intent(intent.clone(), Box::new(move || !r.active()));
         }
+        let scrub = Arc::new(Scrub::new(layout.stripes_per_group(), layout.groups(), DEFAULT_SCRUB_RATE));
+        let scrub_every = Arc::new(AtomicU64::new(0));
+        if redundant {
+            let r = resync.clone();
+            meta = meta.with_scrub_schedule(scrub.clone(), scrub_every.clone(), Box::new(move || !r.active()));
+        }
         let meta = Arc::new(meta);
         meta.write_all(false);
         meta.write_bitmap();
@@ -355,6 +367,8 @@ impl RaidBdev {
             meta_tx: tx,
             meta_thread: Mutex::new(Some(thread)),
             resync,
+            scrub,
+            scrub_every,
             volume_uuid: asm.volume_uuid,
             intent,
         })
@@ -443,6 +457,28 @@ impl RaidBdev {
 
     pub fn resync(&self) -> &Arc<Resync> {
         &self.resync
+    }
+
+    pub fn scrub(&self) -> &Arc<Scrub> {
+        &self.scrub
+    }
+
+    /// Scrub (check only) every `every`, counted from the target's start or the last
+    /// scrub's start; None: no schedule.
+    pub fn set_scrub_schedule(&self, every: Option<std::time::Duration>) {
+        self.scrub_every.store(every.map_or(0, |d| d.as_secs().max(1)), Ordering::Relaxed);
+    }
+
+    /// Start a scrub: check every row (and repair mismatches when `repair`). Refused while
+    /// the volume lacks a member, resynchronises or already scrubs.
+    pub fn start_scrub(&self, repair: bool) -> Result<(), VolumeError> {
+        if !self.redundant() {
+            return Err(VolumeError::Refused(format!("a {:?} volume has no parity or copies to check", self.layout.level)));
+        }
+        if self.state() != "online" || self.resync.active() {
+            return Err(VolumeError::Refused(format!("volume '{}' is {}{}: a scrub needs every member", self.info.name, self.state(), if self.resync.active() { " and resynchronising" } else { "" })));
+        }
+        self.scrub.start(repair).map_err(VolumeError::Refused)
     }
 
     /// Member device names in slot order.
@@ -588,6 +624,8 @@ impl Bdev for RaidBdev {
             scratch: Scratch::new(if redundant { strip_bytes } else { 0 }, self.layout.group_size, parity)?,
             zeroes: AlignedRegion::new(if parity { strip_bytes } else { 0 })?,
             next_copy: 0,
+            scrub: self.scrub.clone(),
+            scrub_state: ScrubDriver::default(),
             latency: self.health.slow.register(),
             probe: 0,
         }))
@@ -659,6 +697,8 @@ pub(super) enum Job {
     Resync,
     /// A row of a rebuild onto spares: the rebuild's epoch and the op's sequence number.
     Rebuild { epoch: u64, seq: u64 },
+    /// A row of a scrub.
+    Scrub,
 }
 
 impl Parent {
@@ -692,6 +732,8 @@ pub(super) enum StripeKind {
     Resync,
     /// Write a row of the rebuilding members from the others.
     Rebuild,
+    /// Check a row's parity or mirror copies (and repair it when asked).
+    Scrub,
 }
 
 /// Slot of P and Q in `StripeOp::chunks`, after the data strips.
@@ -754,6 +796,8 @@ pub(super) struct RaidChannel {
     pub(super) zeroes: AlignedRegion,
     /// Round-robin choice among mirror copies for reads.
     next_copy: usize,
+    pub(super) scrub: Arc<Scrub>,
+    pub(super) scrub_state: ScrubDriver,
     /// Per-slot member latency for the slow-member watch (written only here).
     latency: Arc<LatencyCells>,
     /// Counts reads; every PROBE_EVERY-th goes to a slow member anyway.
@@ -783,6 +827,10 @@ impl FileRegistry for NoFixedFiles {
 impl RaidChannel {
     pub(super) fn parity(&self) -> usize {
         self.layout.level.parity_count()
+    }
+
+    pub(super) fn volume_name(&self) -> &str {
+        &self.volume
     }
 
     pub(super) fn bytes(&self, blocks: u64) -> usize {
@@ -861,6 +909,7 @@ impl RaidChannel {
             Job::Host => {}
             Job::Resync => return self.resync_stripe_done(),
             Job::Rebuild { epoch, seq } => return self.rebuild_op_done(epoch, seq),
+            Job::Scrub => return self.scrub_row_done(),
         }
         if parent.op != BdevOp::Read && !self.health.recorded() {
             // Written around a member whose failure is not yet in the superblocks: the
@@ -1146,6 +1195,7 @@ impl BdevChannel for RaidChannel {
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
         self.drive_resync(sq);
         self.drive_rebuild(sq);
+        self.drive_scrub(sq);
         if !self.gated.is_empty() {
             self.retry_gated(sq);
         }

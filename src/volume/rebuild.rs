@@ -191,6 +191,11 @@ impl RaidChannel {
         let op = *self.stripes.get(s);
         match op.state {
             StripeState::Reading if op.failed => self.replan(s, sq),
+            StripeState::Reading if op.kind == StripeKind::Scrub => {
+                if !self.scrub_check_copies(s, sq) {
+                    self.finish_stripe(s, sq);
+                }
+            }
             StripeState::Reading => {
                 self.stripes.get_mut(s).state = StripeState::Writing;
                 let source = self.copy_source(&op.w);

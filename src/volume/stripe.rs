@@ -113,10 +113,19 @@ impl RaidChannel {
     /// Take the stripe lock and scratch, then issue the reads. False: try again later.
     pub(super) fn try_start(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
         if self.parity() == 0 {
+            if self.stripes.get(s).kind == StripeKind::Scrub {
+                return self.try_start_scrub_copy(s, sq);
+            }
             return self.try_start_copy(s, sq);
         }
         let mut op = *self.stripes.get(s);
         op.missing = self.missing_slots(&op.w);
+        if op.kind == StripeKind::Scrub && op.missing != 0 {
+            // A row without all its members cannot be checked.
+            self.scrub_skip();
+            self.finish_stripe_released(s, sq);
+            return true;
+        }
         if op.kind == StripeKind::Read {
             op.missing = self.around_slow(&op.w, op.missing);
         }
@@ -396,6 +405,11 @@ impl RaidChannel {
                 self.copy_out(&op);
                 self.finish_stripe(s, sq);
             }
+            (StripeState::Reading, StripeKind::Scrub) => {
+                if !self.scrub_check_parity(s, sq) {
+                    self.finish_stripe(s, sq);
+                }
+            }
             (StripeState::Writing, _) => self.finish_stripe(s, sq),
             (StripeState::Waiting, _) => unreachable!("a waiting stripe op has no member I/O"),
         }
@@ -429,7 +443,7 @@ impl RaidChannel {
         self.finish_stripe_released(s, sq);
     }
 
-    fn finish_stripe_released(&mut self, s: u32, sq: &mut dyn SqeSink) {
+    pub(super) fn finish_stripe_released(&mut self, s: u32, sq: &mut dyn SqeSink) {
         let op = self.stripes.remove(s);
         // Write failures only fail the host I/O when redundancy is gone.
         if op.failed && !self.health.online() {
