@@ -3,11 +3,14 @@
 # with a RAID-5 volume (4 members + 1 hot spare, namespace 1) and a RAID-6 volume
 # (6 members + 2 hot spares, namespace 2) over sparse files, boot the Debian test guest and
 # run tests/e2e/guest-rebuild.sh in it (fio with verify=crc32c on both namespaces).  While
-# the guest's fio runs, fail one RAID-5 member and two RAID-6 members through the fault
-# injector (every I/O to them then errors, so the volumes fail them on the I/O-error path
-# and rebuild onto the spares), follow the rebuilds with `volume status --watch
-# --until-idle`, then tell the guest (over a tiny HTTP file server) that the rebuilds are
-# done.  Passes only if the guest's fio saw no error, the rebuilds finished, both volumes
+# the guest's fio runs, slow one RAID-5 member down (30 ms per I/O through the fault
+# injector: the volume must report it slow, serve reads around it, and fail it after
+# slow_member_fail_after_s) and fail two RAID-6 members (every I/O to them errors, so the
+# volume fails them on the I/O-error path); both volumes rebuild onto their spares.
+# Follow the rebuilds with `volume status --watch --until-idle`, then tell the guest (over
+# a tiny HTTP file server) that the rebuilds are done.  Passes only if the guest's fio saw
+# no error, the slow member was reported slow and kept off the read path before it was
+# failed, the rebuilds finished, both volumes
 # end `online` with every slot `active` and the spares in the failed slots, the target
 # logged no ERROR and stopped cleanly on SIGTERM, and an offline parity check of the
 # member files (P, and Q for RAID-6) finds every stripe consistent.
@@ -37,9 +40,12 @@ TLOG="$OUT/target.log"
 GLOG="$OUT/guest.log"
 WLOG="$OUT/watch.log"
 CTL="$OUT/ctl"
-# Failed members: one of the RAID-5 volume, two of the RAID-6 volume.
+# Failed members: one of the RAID-5 volume (slowed, then failed for being slow), two of
+# the RAID-6 volume (failing every I/O).
 FAIL_R5=(r5d1)
 FAIL_R6=(r6d2 r6d4)
+SLOW_US=${E2E_REBUILD_SLOW_US:-30000}
+SLOW_FAIL_AFTER=${E2E_REBUILD_SLOW_FAIL_AFTER:-15}
 
 say() { echo "e2e-rebuild: $*"; }
 die() { echo "e2e-rebuild: FAIL: $*" >&2; exit 1; }
@@ -88,6 +94,7 @@ members = ["r5d0", "r5d1", "r5d2", "r5d3"]
 spares = ["r5s0"]
 strip_size = "64K"
 rebuild_rate = "$RATE"
+slow_member_fail_after_s = $SLOW_FAIL_AFTER
 
 [[volume]]
 name = "r6"
@@ -176,10 +183,45 @@ done
 grep -q '^MARK: io-running' "$GLOG" || guest_failed "no 'MARK: io-running' from the guest in 15 minutes"
 
 T_FAULT=$(date +%s.%N)
-for d in "${FAIL_R5[@]}" "${FAIL_R6[@]}"; do
+for d in "${FAIL_R5[@]}"; do
+    nvmf fault "$d" delay --us "$SLOW_US" || die "fault $d delay"
+done
+for d in "${FAIL_R6[@]}"; do
     nvmf fault "$d" fail || die "fault $d fail"
 done
-say "fault injected on ${FAIL_R5[*]} (r5) and ${FAIL_R6[*]} (r6) at $(date +%T): every I/O to them now fails"
+say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6) fails"
+
+# --- the slow member: reported, kept off the read path, then failed ---------------------------
+member_field() { # VOLUME DEVICE FIELD: from volume status
+    status_json | python3 -c '
+import json, sys
+for v in json.load(sys.stdin):
+    for m in v["members"]:
+        if v["name"] == sys.argv[1] and m["device"] == sys.argv[2]:
+            print(str(m[sys.argv[3]]).lower())' "$1" "$2" "$3"
+}
+SLOW=${FAIL_R5[0]}
+for _ in $(seq 300); do
+    [[ $(member_field r5 "$SLOW" slow) == true ]] && break
+    [[ $(member_field r5 "$SLOW" state) != active ]] && die "$SLOW was failed before it was ever reported slow"
+    kill -0 "$GUEST_PID" 2>/dev/null || guest_failed "the guest ended before $SLOW was found slow"
+    sleep 0.2
+done
+[[ $(member_field r5 "$SLOW" slow) == true ]] || { nvmf volume status; die "$SLOW was not reported slow within 60 s"; }
+T_SLOW=$(date +%s.%N)
+say "$SLOW reported slow $(awk -v a="$T_FAULT" -v b="$T_SLOW" 'BEGIN{printf "%.1f", b-a}') s after the delay began ($(member_field r5 "$SLOW" latency_us) us):"
+nvmf volume status r5
+# Over a few seconds of the guest's reads, host reads of the slow member's strips are
+# reconstructed from its peers; only the probes (one in 32) still go to it. (Its member
+# reads also include the old data and parity that partial-stripe writes read: those
+# cannot go around it.)
+a0=$(member_field r5 "$SLOW" reads_around) d0=$(member_field r5 "$SLOW" reads_direct)
+sleep 4
+a1=$(member_field r5 "$SLOW" reads_around) d1=$(member_field r5 "$SLOW" reads_direct)
+say "host reads of $SLOW's strips while it is slow: $((a1 - a0)) served around it, $((d1 - d0)) sent to it (probes)"
+[[ $(member_field r5 "$SLOW" state) == active ]] || die "$SLOW was failed before its reads could be measured (slow_member_fail_after_s too short)"
+((a1 - a0 >= 10)) || die "too few host reads were served around $SLOW ($((a1 - a0)))"
+(((d1 - d0) * 4 < a1 - a0)) || die "reads were not steered around the slow member: $((d1 - d0)) sent to it, $((a1 - a0)) around it"
 
 # The volumes fail the members on their next I/O error and start rebuilding onto spares.
 expect_failed() { # JSON: every failed member is out of its volume's active set
@@ -200,6 +242,8 @@ for _ in $(seq 300); do
     sleep 0.2
 done
 status_json | expect_failed || { nvmf volume status; die "the volumes did not fail the faulty members within 60 s"; }
+grep -q "member slow.*$SLOW\|$SLOW.*member slow" "$TLOG" || die "the target log does not say $SLOW is slow"
+grep -q "slow for" "$TLOG" || die "the target log does not say $SLOW was failed for being slow"
 T_DETECT=$(date +%s.%N)
 say "members failed by the volumes after $(awk -v a="$T_FAULT" -v b="$T_DETECT" 'BEGIN{printf "%.1f", b-a}') s:"
 nvmf volume status

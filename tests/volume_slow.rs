@@ -73,6 +73,7 @@ fn slow_member_is_steered_around_and_failed(level: &str, members: usize) {
     assert!(st["members"].as_array().unwrap().iter().enumerate().all(|(i, x)| i == 1 || x["slow"] == false), "only m1 is slow: {st}");
 
     // While slow, reads keep off it: only the probes (one read in 32) reach it.
+    let around0 = status(dir.path())["members"][1]["reads_around"].as_u64().unwrap();
     let before = member_reads(dir.path());
     let mut reads = 0;
     for i in 0..400u64 {
@@ -87,6 +88,9 @@ fn slow_member_is_steered_around_and_failed(level: &str, members: usize) {
     let peer_reads = reads_of(&after, "m0") - reads_of(&before, "m0");
     assert!(slow_reads * 8 < reads, "{level}: {slow_reads} of {reads} reads still went to the slow member");
     assert!(peer_reads > slow_reads * 2, "{level}: peers served {peer_reads} reads, the slow member {slow_reads}");
+    let st = status(dir.path());
+    let (around, direct) = (st["members"][1]["reads_around"].as_u64().unwrap() - around0, st["members"][1]["reads_direct"].as_u64().unwrap());
+    assert!(around > 0 && direct * 8 < around, "{level}: status counts {around} reads served around m1 and {direct} sent to it");
 
     // Slow beyond the limit: failed, and the spare takes over; no I/O error meanwhile.
     exercise_until(&mut m, "m1 failed for being slow", Duration::from_secs(FAIL_AFTER_S * 10), || status(dir.path())["members"][1]["state"] != "active");

@@ -661,3 +661,55 @@ fn property_set(q: &mut Queue, offset: u32, value: u32) -> io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A scripted controller that answers one read the way SPDK's target does: C2HData with
+    /// LAST_PDU and SUCCESS although SQ flow control is on, and no response capsule.
+    fn spdk_like_controller(listener: std::net::TcpListener, payload: Vec<u8>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut icreq = [0u8; pdu::IC_LEN];
+            s.read_exact(&mut icreq).unwrap();
+            let mut icresp = [0u8; pdu::IC_LEN];
+            pdu::encode_ic_resp(&mut icresp, &pdu::IcResp { pfv: 0, cpda: 0, hdgst: false, ddgst: false, maxh2cdata: 128 * 1024 });
+            s.write_all(&icresp).unwrap();
+            let mut capsule = [0u8; pdu::CAPSULE_CMD_HLEN];
+            s.read_exact(&mut capsule).unwrap();
+            let cid = u16::from_le_bytes([capsule[8 + 2], capsule[8 + 3]]);
+            let h = pdu::DataHeader { cccid: cid, ttag: 0, datao: 0, datal: payload.len() as u32, last: true, success: true };
+            let mut hdr = [0u8; 32];
+            let n = pdu::encode_data_header(&mut hdr, true, &h, false, false);
+            s.write_all(&hdr[..n]).unwrap();
+            s.write_all(&payload).unwrap();
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest);
+        })
+    }
+
+    #[test]
+    fn success_flag_with_sq_flow_control_on_completes_the_read_and_is_counted() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let controller = spdk_like_controller(listener, payload.clone());
+        let mut q = Queue::open(addr, &QueueOptions::default()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let sqe = command::rw_sqe(io_op::READ, 0, 1, 0, 8, 4096, false);
+        q.submit(sqe, Data::FromController(buf.as_mut_ptr(), buf.len())).unwrap();
+        let mut completed = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while completed.is_empty() {
+            assert!(Instant::now() < deadline, "the read never completed");
+            q.poll(&mut |cid, cqe, _| completed.push((cid, cqe))).unwrap();
+        }
+        assert!(completed[0].1.is_success());
+        assert_eq!(buf, payload);
+        assert_eq!((q.completed_in_data, q.success_with_sq_flow), (1, 1));
+        drop(q);
+        controller.join().unwrap();
+    }
+}

@@ -69,7 +69,7 @@ impl Managed {
         let members: Vec<Value> = (0..h.slots())
             .map(|slot| {
                 let r = h.slow.report(slot);
-                json!({"slot": slot, "device": h.slot_device(slot).bdev.name(), "state": h.state_name(slot), "slow": r.slow, "slow_for_secs": r.slow_for_secs, "latency_us": r.latency_us})
+                json!({"slot": slot, "device": h.slot_device(slot).bdev.name(), "state": h.state_name(slot), "slow": r.slow, "slow_for_secs": r.slow_for_secs, "latency_us": r.latency_us, "reads_around": r.reads_around, "reads_direct": r.reads_direct})
             })
             .collect();
         let spares: Vec<Value> = h.spares().iter().map(|d| json!(d.bdev.name())).collect();

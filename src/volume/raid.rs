@@ -1001,6 +1001,23 @@ impl RaidChannel {
         candidates.find(|l| !self.health.slow.is_slow(l.member)).or(Some(first_valid))
     }
 
+    /// Count a host read of `lba` against the slow members it concerns: kept off them
+    /// (another copy, or reconstruction when `around`), or sent to one anyway.
+    fn note_slow_read(&self, lba: u64, chosen: &Location, around: bool) {
+        let base = self.layout.locate(lba);
+        for c in 0..self.layout.copy_count() {
+            let m = base.copy(c).member;
+            if !self.health.slow.is_slow(m) {
+                continue;
+            }
+            if around || m != chosen.member {
+                self.latency.read_around(m);
+            } else {
+                self.latency.read_direct(m);
+            }
+        }
+    }
+
     /// Whether this read should keep off slow members: all but every PROBE_EVERY-th, which
     /// keeps a slow member's latency measured.
     fn avoid_slow(&mut self) -> bool {
@@ -1027,7 +1044,13 @@ impl RaidChannel {
             BdevOp::Read => self.for_each_run(io, |ch, lba, n, off| {
                 ch.next_copy = ch.next_copy.wrapping_add(1);
                 let avoid_slow = ch.avoid_slow();
-                match ch.valid_copy(lba, n, ch.next_copy, avoid_slow) {
+                let copy = ch.valid_copy(lba, n, ch.next_copy, avoid_slow);
+                if let Some(loc) = &copy {
+                    if ch.health.slow.any() {
+                        ch.note_slow_read(lba, loc, ch.read_around(loc, avoid_slow));
+                    }
+                }
+                match copy {
                     Some(loc) if ch.read_around(&loc, avoid_slow) => {
                         let start = io.offset >> ch.block_shift;
                         let (w, _) = plan::next_stripe(&ch.layout, start, lba, lba + n);

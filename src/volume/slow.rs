@@ -49,6 +49,13 @@ struct Cell {
     ios: AtomicU64,
     sum_us: AtomicU64,
     inflight: AtomicU64,
+    /// Host reads served around the slot while it was slow, and sent to it anyway.
+    around: AtomicU64,
+    direct: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.store(c.load(Relaxed) + 1, Relaxed);
 }
 
 /// One channel's counters per slot. Only that channel writes them (plain load and store,
@@ -61,6 +68,16 @@ impl LatencyCells {
     pub fn begin(&self, slot: usize) {
         let c = &self.0[slot];
         c.inflight.store(c.inflight.load(Relaxed) + 1, Relaxed);
+    }
+
+    /// A host read kept off slow `slot`.
+    pub fn read_around(&self, slot: usize) {
+        bump(&self.0[slot].around);
+    }
+
+    /// A host read that went to slow `slot` (a probe, or no redundancy to spare).
+    pub fn read_direct(&self, slot: usize) {
+        bump(&self.0[slot].direct);
     }
 
     #[inline]
@@ -80,6 +97,10 @@ pub struct SlotReport {
     pub slow_for_secs: f64,
     /// Mean member I/O latency over the last measured interval, microseconds.
     pub latency_us: u64,
+    /// Host reads served around the member while it was slow, and sent to it anyway
+    /// (probes), since the target started.
+    pub reads_around: u64,
+    pub reads_direct: u64,
 }
 
 /// The volume's slow-member state, shared by its channels (reads look at `is_slow`),
@@ -91,6 +112,7 @@ pub struct SlowWatch {
     slow: Box<[AtomicBool]>,
     latency_us: Box<[AtomicU64]>,
     since: Mutex<Vec<Option<Instant>>>,
+    slow_count: AtomicU64,
 }
 
 impl SlowWatch {
@@ -101,6 +123,7 @@ impl SlowWatch {
             slow: (0..slots).map(|_| AtomicBool::new(false)).collect(),
             latency_us: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             since: Mutex::new(vec![None; slots]),
+            slow_count: AtomicU64::new(0),
         }
     }
 
@@ -116,12 +139,21 @@ impl SlowWatch {
         self.slow[slot].load(Relaxed)
     }
 
+    /// Whether any slot is slow (one load on the read path in the common case).
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.slow_count.load(Relaxed) > 0
+    }
+
     pub fn report(&self, slot: usize) -> SlotReport {
         let since = self.since.lock().unwrap()[slot];
+        let sum = |f: fn(&Cell) -> &AtomicU64| self.channels.lock().unwrap().iter().map(|ch| f(&ch.0[slot]).load(Relaxed)).sum();
         SlotReport {
             slow: self.is_slow(slot),
             slow_for_secs: since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
             latency_us: self.latency_us[slot].load(Relaxed),
+            reads_around: sum(|c| &c.around),
+            reads_direct: sum(|c| &c.direct),
         }
     }
 
@@ -139,7 +171,13 @@ impl SlowWatch {
     }
 
     fn set(&self, slot: usize, slow: bool) {
-        self.slow[slot].store(slow, Relaxed);
+        if self.slow[slot].swap(slow, Relaxed) != slow {
+            if slow {
+                self.slow_count.fetch_add(1, Relaxed);
+            } else {
+                self.slow_count.fetch_sub(1, Relaxed);
+            }
+        }
         self.since.lock().unwrap()[slot] = slow.then(Instant::now);
     }
 }
