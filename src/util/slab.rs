@@ -27,6 +27,10 @@ impl<T> Slab<T> {
         v
     }
 
+    pub fn contains(&self, k: u32) -> bool {
+        self.entries.get(k as usize).is_some_and(Option::is_some)
+    }
+
     pub fn get(&self, k: u32) -> &T {
         self.entries[k as usize].as_ref().expect("slab key not live")
     }

@@ -1457,4 +1457,31 @@ mod tests {
             v.close();
         }
     }
+
+    /// A member fails during a scrub: the rows of its group that are left are counted as
+    /// skipped (they cannot be checked), the scrub still ends, and it found nothing wrong.
+    #[test]
+    fn scrub_skips_rows_once_a_member_is_lost_and_still_ends() {
+        let (v, _members) = volume(Level::Raid5, 4, 0);
+        v.scrub().set_rate(0);
+        let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
+        v.start_scrub(false).unwrap();
+        assert!(v.start_scrub(false).is_err(), "one scrub at a time");
+        let mut done = Vec::new();
+        while v.scrub().report().rows_done < 20 {
+            ch.poll(&mut NoRing, &mut done);
+        }
+        v.health().fail(2, "test");
+        let t = std::time::Instant::now();
+        while v.scrub().active() {
+            assert!(t.elapsed().as_secs() < 10, "the scrub did not end: {:?}", v.scrub().report());
+            ch.poll(&mut NoRing, &mut done);
+        }
+        let r = v.scrub().report();
+        assert_eq!(r.rows_done, r.rows);
+        assert!(r.skipped > 0 && r.skipped < r.rows, "{r:?}");
+        assert_eq!(r.mismatches, 0, "{r:?}");
+        assert!(v.start_scrub(false).is_err(), "a degraded volume cannot be scrubbed");
+        v.close();
+    }
 }

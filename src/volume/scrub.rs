@@ -213,10 +213,16 @@ impl RaidChannel {
             return;
         }
         let Some((group, row)) = self.scrub.claim() else { return };
+        if (0..self.layout.group_size).any(|i| self.health.is_missing(self.layout.member_of(group, i), row)) {
+            // A row without all its members cannot be checked.
+            self.scrub_skip();
+            return self.scrub.row_done(self.volume_name());
+        }
         let w = self.whole_row(group, row);
-        if self.start_internal(Job::Scrub, w, StripeKind::Scrub, sq) {
-            self.scrub_state.inflight = true;
-        } else {
+        // In flight before the start: a row that cannot be checked finishes inside it.
+        self.scrub_state.inflight = true;
+        if !self.start_internal(Job::Scrub, w, StripeKind::Scrub, sq) {
+            self.scrub_state.inflight = false;
             self.scrub.next.store(self.scrub.next.load(Relaxed) - 1, Relaxed);
         }
     }

@@ -501,7 +501,11 @@ impl RaidChannel {
         };
         let Some(p) = self.parents.insert(parent) else { return false };
         self.start_stripe_op(p, w, kind, sq);
-        self.finish_parent_if_done(p, sq);
+        // A row op that had nothing to do (a scrub row it cannot check) finished its
+        // parent already.
+        if self.parents.contains(p) {
+            self.finish_parent_if_done(p, sq);
+        }
         true
     }
 
