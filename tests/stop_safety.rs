@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
@@ -19,9 +19,7 @@ use nvmf_raid::mgmt::call;
 use nvmf_raid::nvmf::command;
 use nvmf_raid::nvmf::pdu::{self, IcReq};
 use nvmf_raid::nvmf::spec::io;
-use nvmf_raid::parity;
-use nvmf_raid::volume::layout::{Layout, Level};
-use nvmf_raid::volume::raid::RESERVED_BYTES;
+use nvmf_raid::volume::layout::Level;
 use serde_json::{json, Value};
 
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:stop";
@@ -275,27 +273,7 @@ fn write_load(q: &mut Queue, run: Duration) -> Load {
 /// Stripes whose parity on the member files does not match their data (the target must
 /// be stopped).
 fn torn_stripes(dir: &Path) -> (Vec<u64>, u64) {
-    let files: Vec<std::fs::File> = (0..MEMBERS).map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap()).collect();
-    let blocks_per_member = (files[0].metadata().unwrap().len() - RESERVED_BYTES) / 512;
-    let l = Layout::new(Level::Raid5, &[blocks_per_member; MEMBERS], 0, STRIP / 512).unwrap();
-    let read = |member: usize, stripe: u64| {
-        let mut f = &files[member];
-        f.seek(SeekFrom::Start(RESERVED_BYTES + stripe * STRIP)).unwrap();
-        let mut b = vec![0u8; STRIP as usize];
-        f.read_exact(&mut b).unwrap();
-        b
-    };
-    let mut torn = Vec::new();
-    for s in 0..l.stripes_per_group() {
-        let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.data_slot(s, i), s)).collect();
-        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-        let mut p = vec![0u8; STRIP as usize];
-        parity::xor_gen(&refs, &mut p);
-        if read(l.p_slot(s), s) != p {
-            torn.push(s);
-        }
-    }
-    (torn, l.stripes_per_group())
+    common::inconsistent_rows(dir, Level::Raid5, MEMBERS, STRIP)
 }
 
 // ------------------------------------------------------------------ 1. drain limit

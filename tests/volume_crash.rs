@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use common::{free_port, spawn_target};
@@ -13,9 +12,7 @@ use nvmf_raid::host::{Data, HostController, QueueOptions};
 use nvmf_raid::mgmt::call;
 use nvmf_raid::nvmf::command;
 use nvmf_raid::nvmf::spec::io;
-use nvmf_raid::parity;
-use nvmf_raid::volume::layout::{Layout, Level};
-use nvmf_raid::volume::raid::RESERVED_BYTES;
+use nvmf_raid::volume::layout::Level;
 use serde_json::json;
 
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:crash";
@@ -136,21 +133,6 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     assert!(child.wait().unwrap().success(), "clean stop after resync");
 
     // Parity straight from the member files.
-    let files: Vec<std::fs::File> = (0..MEMBERS).map(|m| std::fs::File::open(dir.path().join(format!("m{m}.img"))).unwrap()).collect();
-    let blocks_per_member = (files[0].metadata().unwrap().len() - RESERVED_BYTES) / 512;
-    let l = Layout::new(Level::Raid5, &[blocks_per_member; MEMBERS], 0, STRIP / 512).unwrap();
-    let read = |member: usize, stripe: u64| {
-        let mut f = &files[member];
-        f.seek(SeekFrom::Start(RESERVED_BYTES + stripe * STRIP)).unwrap();
-        let mut b = vec![0u8; STRIP as usize];
-        f.read_exact(&mut b).unwrap();
-        b
-    };
-    for s in 0..l.stripes_per_group() {
-        let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.data_slot(s, i), s)).collect();
-        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-        let mut p = vec![0u8; STRIP as usize];
-        parity::xor_gen(&refs, &mut p);
-        assert!(read(l.p_slot(s), s) == p, "stripe {s}: parity inconsistent after resync");
-    }
+    let (torn, rows) = common::inconsistent_rows(dir.path(), Level::Raid5, MEMBERS, STRIP);
+    assert!(torn.is_empty(), "{} of {rows} stripes have parity inconsistent after resync: {:?}", torn.len(), &torn[..torn.len().min(8)]);
 }

@@ -224,19 +224,23 @@ fn absent_member_is_rebuilt_when_it_returns() {
     std::fs::remove_dir(&img).unwrap();
     std::fs::rename(&away, &img).unwrap();
     let server = Server::start(&cfg).unwrap();
+    lean_on_rebuilt_member(&server, dir.path(), 2, data, 13);
+    server.stop();
+}
+
+/// Wait until the volume is online again with device m`slot` rebuilt in `slot`, then fail
+/// m0 and read everything back: every read now needs the rebuilt member's strips.
+fn lean_on_rebuilt_member(server: &Server, dir: &std::path::Path, slot: usize, data: Vec<u8>, seed: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while status(dir.path())["state"] != "online" {
-        assert!(Instant::now() < deadline, "the returning member was not rebuilt: {}", status(dir.path()));
+    while status(dir)["state"] != "online" {
+        assert!(Instant::now() < deadline, "m{slot} was not rebuilt: {}", status(dir));
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(member_devices(&status(dir.path()))[2], "m2");
-    // Lean on the rebuilt member: with m0 failed, every read needs m2's strips.
-    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m0"})).unwrap();
-    let (_c, mut m) = connect(server.ports[0].addr, 13);
+    assert_eq!(member_devices(&status(dir))[slot], format!("m{slot}"));
+    call(&dir.join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m0"})).unwrap();
+    let (_c, mut m) = connect(server.ports[0].addr, seed);
     m.data = data;
-    m.verify_all("m2 rebuilt, m0 failed");
-    drop(m);
-    server.stop();
+    m.verify_all(&format!("m{slot} rebuilt, m0 failed"));
 }
 
 /// A member the volume failed comes back blank (a replaced disk, a recreated file): the
@@ -260,17 +264,6 @@ fn failed_member_back_blank_is_rebuilt_as_its_replacement() {
     std::fs::remove_file(&img).unwrap();
     std::fs::File::create(&img).unwrap().set_len(len).unwrap();
     let server = Server::start(&cfg).expect("a blank device in the failed slot is accepted");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while status(dir.path())["state"] != "online" {
-        assert!(Instant::now() < deadline, "the blank replacement was not rebuilt: {}", status(dir.path()));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(member_devices(&status(dir.path()))[1], "m1");
-    // Lean on the rebuilt member: with m0 failed, every read needs m1's strips.
-    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m0"})).unwrap();
-    let (_c, mut m) = connect(server.ports[0].addr, 22);
-    m.data = data;
-    m.verify_all("m1 rebuilt from blank, m0 failed");
-    drop(m);
+    lean_on_rebuilt_member(&server, dir.path(), 1, data, 22);
     server.stop();
 }

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::{free_port, spawn_target, Model};
 use nvmf_raid::host::{HostController, QueueOptions};
 use nvmf_raid::mgmt::call;
-use nvmf_raid::parity;
 use nvmf_raid::volume::layout::{Layout, Level};
 use nvmf_raid::volume::raid::RESERVED_BYTES;
 use serde_json::{json, Value};
@@ -78,20 +77,7 @@ fn layout(level: Level, members: usize) -> Layout {
 
 /// Rows whose parity (or copies) disagree, read straight from the member files.
 fn inconsistent_rows(dir: &std::path::Path, level: Level, members: usize) -> Vec<u64> {
-    let l = layout(level, members);
-    (0..l.stripes_per_group())
-        .filter(|&row| {
-            if l.level.parity_count() == 0 {
-                let first = read_strip(dir, 0, row);
-                return (1..members).any(|m| read_strip(dir, m, row) != first);
-            }
-            let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read_strip(dir, l.data_slot(row, i), row)).collect();
-            let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-            let (mut p, mut q) = (vec![0u8; STRIP as usize], vec![0u8; STRIP as usize]);
-            parity::pq_gen(&refs, &mut p, &mut q);
-            read_strip(dir, l.p_slot(row), row) != p || l.q_slot(row).is_some_and(|qs| read_strip(dir, qs, row) != q)
-        })
-        .collect()
+    common::inconsistent_rows(dir, level, members, STRIP).0
 }
 
 struct Target {

@@ -1,6 +1,7 @@
 //! Small building blocks shared by the data path.
 
 pub mod aligned;
+pub mod bucket;
 pub mod clock;
 pub mod le;
 pub mod ratelimit;

@@ -11,11 +11,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use super::members::SlotState;
 use super::raid::{Job, Owner, RaidChannel, StripeKind, StripeState, P_CHUNK, Q_CHUNK};
 use crate::bdev::{BdevOp, SqeSink};
+use crate::util::bucket::TokenBucket;
 use crate::volume::layout::Location;
 
 /// Row ops of a rebuild in flight at once.
@@ -34,9 +34,8 @@ pub(super) struct RebuildDriver {
     /// Row ops issued and not yet retired, in issue order: (seq, row, finished).
     inflight: VecDeque<(u64, u64, bool)>,
     next_seq: u64,
-    /// Rate limiting: bytes that may still be issued, as of `credit_at`.
-    credit: f64,
-    credit_at: Option<Instant>,
+    /// Rate limiting of the rebuilt bytes.
+    bucket: TokenBucket,
 }
 
 impl RaidChannel {
@@ -95,21 +94,8 @@ impl RaidChannel {
 
     /// One row op's worth of rate-limit credit, if there is that much.
     fn take_credit(&mut self) -> bool {
-        let rate = self.health.rebuild.rate() as f64;
         let cost = self.bytes(self.layout.strip_blocks) as f64;
-        if rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let d = &mut self.rebuild;
-        let elapsed = d.credit_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        d.credit = (d.credit + elapsed * rate).min((rate * BURST_SECS).max(cost));
-        d.credit_at = Some(now);
-        if d.credit < cost {
-            return false;
-        }
-        d.credit -= cost;
-        true
+        self.rebuild.bucket.take(self.health.rebuild.rate() as f64, cost, BURST_SECS)
     }
 
     /// A rebuild row op finished (its writes to the rebuilding members are done).

@@ -18,6 +18,7 @@ use super::raid::{Job, Owner, RaidChannel, StripeKind, StripeState, P_CHUNK, Q_C
 use crate::bdev::{BdevOp, SqeSink};
 use crate::parity;
 use crate::util::aligned::AlignedRegion;
+use crate::util::bucket::TokenBucket;
 use crate::volume::layout::Location;
 
 /// Rows listed in the status as examples of mismatches.
@@ -184,8 +185,7 @@ pub(super) struct ScrubDriver {
     inflight: bool,
     /// Two strips for the parity computed from the data (allocated at the first scrub).
     scratch: Option<AlignedRegion>,
-    credit: f64,
-    credit_at: Option<Instant>,
+    bucket: TokenBucket,
 }
 
 impl RaidChannel {
@@ -229,21 +229,8 @@ impl RaidChannel {
 
     /// Credit for one row's reads (every member of the group), if the rate allows.
     fn take_scrub_credit(&mut self) -> bool {
-        let rate = self.scrub.rate.load(Relaxed) as f64;
         let cost = (self.bytes(self.layout.strip_blocks) * self.layout.group_size) as f64;
-        if rate == 0.0 {
-            return true;
-        }
-        let now = Instant::now();
-        let d = &mut self.scrub_state;
-        let elapsed = d.credit_at.map_or(0.0, |t| now.duration_since(t).as_secs_f64());
-        d.credit = (d.credit + elapsed * rate).min((rate * BURST_SECS).max(cost));
-        d.credit_at = Some(now);
-        if d.credit < cost {
-            return false;
-        }
-        d.credit -= cost;
-        true
+        self.scrub_state.bucket.take(self.scrub.rate.load(Relaxed) as f64, cost, BURST_SECS)
     }
 
     pub(super) fn scrub_row_done(&mut self) {

@@ -80,3 +80,32 @@ impl Model {
     }
 }
 
+
+/// Stripes (rows) whose parity does not match their data, or whose mirror copies differ,
+/// read straight from the member files DIR/m0.img.. of a stopped target; and the row count.
+pub fn inconsistent_rows(dir: &std::path::Path, level: nvmf_raid::volume::layout::Level, members: usize, strip: u64) -> (Vec<u64>, u64) {
+    use std::io::{Read, Seek, SeekFrom};
+    use nvmf_raid::volume::raid::RESERVED_BYTES;
+    let files: Vec<std::fs::File> = (0..members).map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap()).collect();
+    let blocks_per_member = (files[0].metadata().unwrap().len() - RESERVED_BYTES) / 512;
+    let l = nvmf_raid::volume::layout::Layout::new(level, &vec![blocks_per_member; members], 0, strip / 512).unwrap();
+    let read = |member: usize, row: u64| {
+        let mut f = &files[member];
+        f.seek(SeekFrom::Start(RESERVED_BYTES + row * strip)).unwrap();
+        let mut b = vec![0u8; strip as usize];
+        f.read_exact(&mut b).unwrap();
+        b
+    };
+    let bad = |row: u64| {
+        if l.level.parity_count() == 0 {
+            let first = read(0, row);
+            return (1..members).any(|m| read(m, row) != first);
+        }
+        let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.data_slot(row, i), row)).collect();
+        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+        let (mut p, mut q) = (vec![0u8; strip as usize], vec![0u8; strip as usize]);
+        nvmf_raid::parity::pq_gen(&refs, &mut p, &mut q);
+        read(l.p_slot(row), row) != p || l.q_slot(row).is_some_and(|qs| read(qs, row) != q)
+    };
+    ((0..l.stripes_per_group()).filter(|&r| bad(r)).collect(), l.stripes_per_group())
+}
