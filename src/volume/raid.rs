@@ -1043,15 +1043,16 @@ impl RaidChannel {
             }
             BdevOp::Read => self.for_each_run(io, |ch, lba, n, off| {
                 ch.next_copy = ch.next_copy.wrapping_add(1);
-                let avoid_slow = ch.avoid_slow();
+                // Slow members matter only while there are any: one load in the common case.
+                let any_slow = ch.health.slow.any();
+                let avoid_slow = any_slow && ch.avoid_slow();
                 let copy = ch.valid_copy(lba, n, ch.next_copy, avoid_slow);
-                if let Some(loc) = &copy {
-                    if ch.health.slow.any() {
-                        ch.note_slow_read(lba, loc, ch.read_around(loc, avoid_slow));
-                    }
+                let around = copy.as_ref().is_some_and(|loc| ch.read_around(loc, avoid_slow));
+                if let (true, Some(loc)) = (any_slow, &copy) {
+                    ch.note_slow_read(lba, loc, around);
                 }
                 match copy {
-                    Some(loc) if ch.read_around(&loc, avoid_slow) => {
+                    Some(_) if around => {
                         let start = io.offset >> ch.block_shift;
                         let (w, _) = plan::next_stripe(&ch.layout, start, lba, lba + n);
                         ch.start_stripe_op(p, w, StripeKind::Read, sq);
