@@ -9,6 +9,7 @@ pub mod nvmf;
 pub mod metrics;
 pub mod parity;
 pub mod plot;
+pub mod relay;
 pub mod reactor;
 pub mod server;
 pub mod stats;

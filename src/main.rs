@@ -118,6 +118,37 @@ enum Cmd {
         #[arg(long, value_parser = ["busy", "adaptive"], default_value = "busy")]
         poll: String,
     },
+    /// Run a site-link relay: forward TCP connections from --listen to --to with a delay
+    /// and a bandwidth limit, and cut the link on command (`relay-ctl`).
+    Relay {
+        #[arg(long)]
+        listen: String,
+        #[arg(long)]
+        to: SocketAddr,
+        /// One-way delay in milliseconds (each direction).
+        #[arg(long, default_value_t = 0.0)]
+        delay_ms: f64,
+        /// Bandwidth per direction in bytes per second ("100M"; 0 = unlimited).
+        #[arg(long, default_value = "0")]
+        rate: String,
+        /// Control socket for relay-ctl.
+        #[arg(long)]
+        control: PathBuf,
+    },
+    /// Control a running relay: status, cut [--blackhole], heal, set [--delay-ms] [--rate].
+    RelayCtl {
+        #[arg(long)]
+        control: PathBuf,
+        #[arg(value_parser = ["status", "cut", "heal", "set"])]
+        action: String,
+        /// With cut: hold every byte instead of resetting the connections.
+        #[arg(long)]
+        blackhole: bool,
+        #[arg(long)]
+        delay_ms: Option<f64>,
+        #[arg(long)]
+        rate: Option<String>,
+    },
     /// Latency percentiles and I/O counters per namespace, member device and reactor.
     Stats {
         #[arg(long)]
@@ -255,6 +286,23 @@ fn main() {
             };
             p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
+        Cmd::Relay { listen, to, delay_ms, rate, control } => relay(&listen, to, delay_ms, &rate, &control),
+        Cmd::RelayCtl { control, action, blackhole, delay_ms, rate } => {
+            let (method, mut p) = match action.as_str() {
+                "cut" => ("relay_cut", json!({"mode": if blackhole { "blackhole" } else { "drop" }})),
+                "heal" => ("relay_heal", json!({})),
+                "set" => ("relay_set", json!({"delay_ms": delay_ms})),
+                _ => ("relay_status", json!({})),
+            };
+            let rate = rate.map(|r| nvmf_raid::config::parse_size(&r)).transpose().map_err(|e| format!("rate: {e}"));
+            rate.and_then(|r| {
+                if let Some(r) = r {
+                    p["rate"] = json!(r);
+                }
+                rpc(&control, method, p)
+            })
+            .map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
+        }
         Cmd::Stats { json, buckets, reset, plot } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
         Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, disable_sqflow, hostnqn, core, plot, poll } => {
             if let Some(c) = core {
@@ -278,6 +326,24 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// Run a site-link relay until SIGINT or SIGTERM.
+fn relay(listen: &str, to: SocketAddr, delay_ms: f64, rate: &str, control: &std::path::Path) -> Result<(), String> {
+    let rate = nvmf_raid::config::parse_size(rate).map_err(|e| format!("rate: {e}"))?;
+    if !(0.0..=10_000.0).contains(&delay_ms) {
+        return Err(format!("delay-ms {delay_ms}: must be 0..=10000"));
+    }
+    let mut mask = nix::sys::signal::SigSet::empty();
+    mask.add(nix::sys::signal::SIGINT);
+    mask.add(nix::sys::signal::SIGTERM);
+    mask.thread_block().map_err(|e| e.to_string())?;
+    let r = std::sync::Arc::new(nvmf_raid::relay::Relay::start(listen, to, Duration::from_micros((delay_ms * 1000.0) as u64), rate).map_err(|e| e.to_string())?);
+    let ctl = nvmf_raid::mgmt::serve(control, r.clone()).map_err(|e| format!("control socket {}: {e}", control.display()))?;
+    println!("relay {} -> {to}: delay {delay_ms} ms each way, rate {}; control {}", r.listen, if rate == 0 { "unlimited".to_string() } else { format!("{rate} B/s") }, control.display());
+    mask.wait().map_err(|e| e.to_string())?;
+    ctl.stop();
+    Ok(())
 }
 
 fn rpc(socket: &std::path::Path, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {

@@ -59,6 +59,33 @@ pub(crate) fn param<'a>(p: &'a Value, name: &str) -> Result<&'a str, RpcError> {
     p.get(name).and_then(Value::as_str).ok_or_else(|| invalid_params(format!("missing string parameter '{name}'")))
 }
 
+/// What a JSON-RPC socket serves: the target's management, or a site-link relay's control.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError>;
+
+    /// Answer one JSON-RPC request line.
+    fn handle_line(&self, line: &str) -> Value {
+        let req: Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}}),
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let Some(method) = req.get("method").and_then(Value::as_str) else {
+            return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "request has no method"}});
+        };
+        match self.call(method, req.get("params").unwrap_or(&Value::Null)) {
+            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+            Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}}),
+        }
+    }
+}
+
+impl Handler for Managed {
+    fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
+        Managed::call(self, method, params)
+    }
+}
+
 impl Managed {
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         match method {
@@ -133,22 +160,6 @@ impl Managed {
         info!(subsystem = nqn, host, add, "host allow-list changed");
         Ok(json!({"subsystem": nqn, "hosts": *hosts}))
     }
-
-    /// Answer one JSON-RPC request line.
-    pub fn handle_line(&self, line: &str) -> Value {
-        let req: Value = match serde_json::from_str(line) {
-            Ok(v) => v,
-            Err(e) => return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}}),
-        };
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let Some(method) = req.get("method").and_then(Value::as_str) else {
-            return json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32600, "message": "request has no method"}});
-        };
-        match self.call(method, req.get("params").unwrap_or(&Value::Null)) {
-            Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}}),
-        }
-    }
 }
 
 /// Serve JSON-RPC on `path` until the process exits. The socket is created mode 0600.
@@ -170,7 +181,7 @@ impl MgmtServer {
     }
 }
 
-pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> {
+pub fn serve(path: &Path, managed: Arc<dyn Handler>) -> std::io::Result<MgmtServer> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{} is in use by another target", path.display())));
@@ -195,7 +206,7 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> 
             let (m, active) = (managed.clone(), active.clone());
             active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = std::thread::Builder::new().name("mgmt-client".into()).spawn(move || {
-                serve_client(conn, &m);
+                serve_client(conn, m.as_ref());
                 active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             });
         });
@@ -203,7 +214,7 @@ pub fn serve(path: &Path, managed: Arc<Managed>) -> std::io::Result<MgmtServer> 
     Ok(MgmtServer { path: path.to_path_buf(), stopper, thread: Some(thread) })
 }
 
-fn serve_client(conn: UnixStream, m: &Managed) {
+fn serve_client(conn: UnixStream, m: &dyn Handler) {
     let Ok(mut out) = conn.try_clone() else { return };
     let mut reader = BufReader::new(std::io::Read::take(conn, MAX_CLIENT_BYTES));
     let mut line = String::new();
