@@ -275,6 +275,11 @@ impl SlowDetector {
             None => {}
         }
         let was = watch.is_slow(slot);
+        if was && members.is_failed(slot) {
+            // Failed (for being slow or otherwise): no longer a member to steer around.
+            *streak = (0, 0);
+            return watch.set(slot, false);
+        }
         if !was && streak.0 >= SET_AFTER {
             warn!(volume = members.volume_name(), member = name, latency_ms = latency_us as f64 / 1e3, peers_ms = peers_us as f64 / 1e3, "member slow: reads are served around it while redundancy allows");
             watch.set(slot, true);
