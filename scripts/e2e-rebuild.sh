@@ -120,11 +120,11 @@ EOF
 "$BIN" check-config "$CFG" || die "generated configuration $CFG rejected"
 
 # --- processes ---------------------------------------------------------------------------
-TARGET_PID='' HTTPD_PID='' GUEST_PID='' TAIL_PID=''
+TARGET_PID='' HTTPD_PID='' GUEST_PID='' TAIL_PID='' EARLY_WATCH_PID=''
 # shellcheck disable=SC2317  # invoked by trap
 cleanup() {
     local p
-    for p in $GUEST_PID $HTTPD_PID $TAIL_PID $TARGET_PID; do
+    for p in $EARLY_WATCH_PID $GUEST_PID $HTTPD_PID $TAIL_PID $TARGET_PID; do
         kill "$p" 2>/dev/null || true
         wait "$p" 2>/dev/null || true
     done
@@ -190,6 +190,9 @@ for d in "${FAIL_R6[@]}"; do
     nvmf fault "$d" fail || die "fault $d fail"
 done
 say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6) fails"
+# The r6 rebuild starts now, before the watch below: record its progress from the start.
+"$BIN" --socket "$SOCK" volume status --watch >>"$WLOG" 2>&1 &
+EARLY_WATCH_PID=$!
 
 # --- the slow member: reported, kept off the read path, then failed ---------------------------
 member_field() { # VOLUME DEVICE FIELD: from volume status
@@ -283,6 +286,8 @@ PY
 healthy() { python3 -c "$HEALTHY_PY" "${FAIL_R5[*]}" "${FAIL_R6[*]}"; }
 
 # --- follow the rebuilds -------------------------------------------------------------------
+kill "$EARLY_WATCH_PID" 2>/dev/null || true
+wait "$EARLY_WATCH_PID" 2>/dev/null || true
 say "following the rebuilds (volume status --watch --until-idle, limit ${REBUILD_TIMEOUT}s):"
 deadline=$((SECONDS + REBUILD_TIMEOUT))
 while :; do
