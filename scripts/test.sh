@@ -31,13 +31,15 @@ skip() {
 export CARGO_TERM_COLOR=never
 # ISA-L is installed below: its absence must fail the build, not leave comparisons out.
 export NVMF_RAID_REQUIRE_ISAL=1
-# Debian packages the tests use: ISA-L (tests/parity.rs and bench/parity.rs link it to
+# Debian packages the tests use: etcd (below), ISA-L (tests/parity.rs and bench/parity.rs link it to
 # check and race the parity kernels), promtool from prometheus (tests/metrics.rs checks
 # the exposition with it) and rsvg-convert from librsvg2-bin (renders the plots to PNG).
 need=()
 [[ -f /usr/include/isa-l/raid.h ]] || need+=(libisal-dev)
 command -v promtool >/dev/null || need+=(prometheus)
 command -v rsvg-convert >/dev/null || need+=(librsvg2-bin)
+# etcd-server: tests/witness.rs starts a real etcd on loopback (the site witness).
+command -v etcd >/dev/null || need+=(etcd-server)
 if ((${#need[@]})); then
     echo "=== installing ${need[*]}"
     if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}"; }; then

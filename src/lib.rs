@@ -14,4 +14,5 @@ pub mod reactor;
 pub mod server;
 pub mod stats;
 pub mod util;
+pub mod witness;
 pub mod volume;

@@ -1,0 +1,114 @@
+//! The witness state machine against a real etcd (Debian's etcd-server, started here on
+//! loopback): two sites that lose each other, one wins and one fences; a witness that is
+//! gone fences both; a dead site's claim lapses with its lease; the winner gives the
+//! volume back when its peer returns. Needs the etcd binary (scripts/test.sh installs
+//! it); NVMF_RAID_SKIP_ETCD=1 skips these tests and says so.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nvmf_raid::witness::{Etcd, Role, Witness};
+
+struct EtcdServer {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A fresh single-member etcd on loopback, or None when skipping is asked for.
+fn etcd() -> Option<EtcdServer> {
+    if std::env::var("NVMF_RAID_SKIP_ETCD").is_ok_and(|v| v == "1") {
+        println!("SKIPPED: NVMF_RAID_SKIP_ETCD=1");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args(["--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args(["--listen-client-urls", &url(client), "--advertise-client-urls", &url(client), "--listen-peer-urls", &url(peer)])
+        .args(["--initial-advertise-peer-urls", &url(peer), "--initial-cluster", &format!("default={}", url(peer))])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+        .spawn()
+        .expect("the etcd binary is needed (Debian package etcd-server; scripts/test.sh installs it), or set NVMF_RAID_SKIP_ETCD=1");
+    let server = EtcdServer { child, addr: format!("127.0.0.1:{client}").parse().unwrap(), _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Etcd::new(server.addr).grant(5).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some(server)
+}
+
+#[test]
+fn when_the_sites_lose_each_other_exactly_one_goes_on() {
+    let Some(e) = etcd() else { return };
+    let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol0", 5);
+    let mut b = Witness::new(Etcd::new(e.addr), "site-b", "vol0", 5);
+    a.heartbeat().unwrap();
+    b.heartbeat().unwrap();
+    assert_eq!(a.role, Role::Mirrored, "while the sites see each other nothing is claimed");
+    assert_eq!(Etcd::new(e.addr).get(&a.key).unwrap(), None);
+    assert_eq!(*a.peer_lost(), Role::Sole);
+    assert!(matches!(b.peer_lost(), Role::Fenced { why } if why.contains("site-a")), "{:?}", b.role);
+    // Asking again changes nothing: the winner keeps it, the loser stays fenced.
+    assert_eq!(*a.peer_lost(), Role::Sole);
+    assert!(matches!(b.peer_lost(), Role::Fenced { .. }));
+    // The peer is back and resynchronised: the volume is given back and both mirror again.
+    assert_eq!(*a.peer_back().unwrap(), Role::Mirrored);
+    assert_eq!(Etcd::new(e.addr).get(&a.key).unwrap(), None);
+    // Next time the other site may win.
+    assert_eq!(*b.peer_lost(), Role::Sole);
+    assert!(matches!(a.peer_lost(), Role::Fenced { .. }));
+}
+
+#[test]
+fn a_dead_sites_claim_lapses_with_its_lease() {
+    let Some(e) = etcd() else { return };
+    let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol1", 2);
+    let mut b = Witness::new(Etcd::new(e.addr), "site-b", "vol1", 2);
+    assert_eq!(*a.peer_lost(), Role::Sole);
+    // Site A dies: its lease is no longer renewed. B is fenced until the lease expires,
+    // then wins.
+    assert!(matches!(b.peer_lost(), Role::Fenced { .. }));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.peer_lost() != &Role::Sole {
+        assert!(Instant::now() < deadline, "the dead site's claim never lapsed: {:?}", b.role);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // A comes back, renews: its old lease is gone, so it knows it no longer holds the volume.
+    a.heartbeat().unwrap();
+    assert!(matches!(a.role, Role::Fenced { .. }), "{:?}", a.role);
+}
+
+#[test]
+fn a_site_that_reaches_neither_peer_nor_witness_fences_itself() {
+    let Some(e) = etcd() else { return };
+    let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol2", 5);
+    a.heartbeat().unwrap();
+    drop(e); // the witness is gone
+    assert!(matches!(a.peer_lost(), Role::Fenced { why } if why.contains("witness")), "{:?}", a.role);
+}
+
+#[test]
+fn an_orderly_shutdown_gives_the_claim_back() {
+    let Some(e) = etcd() else { return };
+    let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol3", 30);
+    let mut b = Witness::new(Etcd::new(e.addr), "site-b", "vol3", 30);
+    assert_eq!(*a.peer_lost(), Role::Sole);
+    a.shutdown().unwrap();
+    assert_eq!(*b.peer_lost(), Role::Sole, "the revoked lease took the claim with it");
+}
