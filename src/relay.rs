@@ -72,12 +72,7 @@ pub struct RelayStatus {
 
 pub struct Relay {
     pub listen: SocketAddr,
-    upstream: SocketAddr,
-    shape: Arc<Shape>,
-    connections: Arc<AtomicUsize>,
-    forwarded: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+    link: Arc<Link>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -87,63 +82,57 @@ impl Relay {
     pub fn start(listen: &str, upstream: SocketAddr, delay: Duration, rate: u64) -> std::io::Result<Relay> {
         let listener = TcpListener::bind(listen).map_err(|e| std::io::Error::new(e.kind(), format!("relay listen on {listen}: {e}")))?;
         listener.set_nonblocking(true)?;
+        let listener_addr = listener.local_addr()?;
         let shape = Arc::new(Shape { delay_us: AtomicU64::new(delay.as_micros() as u64), rate: AtomicU64::new(rate), state: AtomicU8::new(0), cuts: AtomicU64::new(0) });
-        let mut r = Relay {
-            listen: listener.local_addr()?,
+        let link = Arc::new(Link {
             upstream,
             shape,
             connections: Arc::new(AtomicUsize::new(0)),
             forwarded: Arc::new(AtomicU64::new(0)),
-            refused: Arc::new(AtomicU64::new(0)),
-            stop: Arc::new(AtomicBool::new(false)),
-            thread: None,
-        };
-        let acceptor = Acceptor {
-            upstream,
-            shape: r.shape.clone(),
-            connections: r.connections.clone(),
-            forwarded: r.forwarded.clone(),
-            refused: r.refused.clone(),
-            stop: r.stop.clone(),
-        };
-        r.thread = Some(std::thread::Builder::new().name("relay".into()).spawn(move || acceptor.run(listener))?);
-        Ok(r)
+            refused: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+        });
+        let l = link.clone();
+        let thread = std::thread::Builder::new().name("relay".into()).spawn(move || l.run(listener))?;
+        Ok(Relay { listen: listener_addr, link, thread: Some(thread) })
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.shape.delay_us.store(delay.as_micros() as u64, Relaxed);
+        self.link.shape.delay_us.store(delay.as_micros() as u64, Relaxed);
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
-        self.shape.rate.store(bytes_per_sec, Relaxed);
+        self.link.shape.rate.store(bytes_per_sec, Relaxed);
     }
 
     /// Cut the link: `Dropped` resets every connection and refuses new ones, `Blackhole`
     /// holds every byte; `Up` heals it.
     pub fn set_state(&self, state: LinkState) {
+        let shape = &self.link.shape;
         if state != LinkState::Up {
-            self.shape.cuts.fetch_add(1, Relaxed);
+            shape.cuts.fetch_add(1, Relaxed);
         }
-        self.shape.state.store(state as u8, Relaxed);
+        shape.state.store(state as u8, Relaxed);
     }
 
     pub fn status(&self) -> RelayStatus {
+        let l = &self.link;
         RelayStatus {
             listen: self.listen,
-            upstream: self.upstream,
-            state: LinkState::from_u8(self.shape.state.load(Relaxed)),
-            delay_ms: self.shape.delay_us.load(Relaxed) as f64 / 1000.0,
-            rate_bytes_per_sec: self.shape.rate.load(Relaxed),
-            connections: self.connections.load(Relaxed),
-            bytes_forwarded: self.forwarded.load(Relaxed),
-            refused: self.refused.load(Relaxed),
+            upstream: l.upstream,
+            state: LinkState::from_u8(l.shape.state.load(Relaxed)),
+            delay_ms: l.shape.delay_us.load(Relaxed) as f64 / 1000.0,
+            rate_bytes_per_sec: l.shape.rate.load(Relaxed),
+            connections: l.connections.load(Relaxed),
+            bytes_forwarded: l.forwarded.load(Relaxed),
+            refused: l.refused.load(Relaxed),
         }
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.stop.store(true, Relaxed);
+        self.link.stop.store(true, Relaxed);
         self.set_state(LinkState::Dropped);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -151,17 +140,18 @@ impl Drop for Relay {
     }
 }
 
-struct Acceptor {
+/// What the relay's threads share.
+struct Link {
     upstream: SocketAddr,
     shape: Arc<Shape>,
     connections: Arc<AtomicUsize>,
     forwarded: Arc<AtomicU64>,
-    refused: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
+    refused: AtomicU64,
+    stop: AtomicBool,
 }
 
-impl Acceptor {
-    fn run(self, listener: TcpListener) {
+impl Link {
+    fn run(&self, listener: TcpListener) {
         while !self.stop.load(Relaxed) {
             match listener.accept() {
                 Ok((client, _)) => self.admit(client),
