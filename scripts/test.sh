@@ -29,8 +29,9 @@ skip() {
 }
 
 export CARGO_TERM_COLOR=never
-# ISA-L is installed below: its absence must fail the build, not leave comparisons out.
-export NVMF_RAID_REQUIRE_ISAL=1
+# ISA-L and etcd are installed below: their absence must fail the build, not leave the
+# comparisons with ISA-L or the witness tests out (build.rs).
+export NVMF_RAID_REQUIRE_ISAL=1 NVMF_RAID_REQUIRE_ETCD=1
 # Debian packages the tests use: etcd (below), ISA-L (tests/parity.rs and bench/parity.rs link it to
 # check and race the parity kernels), promtool from prometheus (tests/metrics.rs checks
 # the exposition with it) and rsvg-convert from librsvg2-bin (renders the plots to PNG).

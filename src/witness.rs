@@ -13,42 +13,18 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 /// Largest response accepted from etcd.
 const MAX_RESPONSE: u64 = 1 << 20;
 
 fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::with_capacity(b.len().div_ceil(3) * 4);
-    for c in b.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        for i in 0..4 {
-            out.push(if i <= c.len() { T[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
+    base64::engine::general_purpose::STANDARD.encode(s)
 }
 
 fn unb64(s: &str) -> Option<String> {
-    let val = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let mut out = Vec::new();
-    for c in s.trim_end_matches('=').as_bytes().chunks(4) {
-        let mut n = 0u32;
-        for (i, &ch) in c.iter().enumerate() {
-            n |= (val(ch)? as u32) << (18 - 6 * i);
-        }
-        out.extend_from_slice(&n.to_be_bytes()[1..c.len()]);
-    }
-    String::from_utf8(out).ok()
+    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(s).ok()?).ok()
 }
 
 /// etcd's JSON numbers come as strings.

@@ -64,20 +64,12 @@ impl Mailbox {
     }
 
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
-        unsafe { libc::write(self.eventfd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        crate::util::stopper::signal(&self.eventfd);
     }
 }
 
 pub fn mailbox() -> std::io::Result<(Mailbox, Receiver<Msg>)> {
-    // SAFETY: eventfd returns a new descriptor or -1.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a freshly created descriptor we own.
-    let eventfd = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+    let eventfd = Arc::new(crate::util::stopper::eventfd()?);
     let (tx, rx) = crossbeam::channel::bounded(1024);
     Ok((Mailbox { tx, eventfd }, rx))
 }

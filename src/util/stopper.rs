@@ -5,26 +5,36 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// A non-blocking eventfd (also the reactors' wake-up).
+pub fn eventfd() -> std::io::Result<OwnedFd> {
+    // SAFETY: eventfd returns a new descriptor or -1.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Make an eventfd readable.
+pub fn signal(fd: &OwnedFd) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
+    unsafe { libc::write(fd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+}
+
 pub struct Stopper {
     eventfd: OwnedFd,
 }
 
 impl Stopper {
     pub fn new() -> std::io::Result<Stopper> {
-        // SAFETY: eventfd returns a new descriptor or -1.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: fd is a freshly created descriptor we own.
-        Ok(Stopper { eventfd: unsafe { OwnedFd::from_raw_fd(fd) } })
+        Ok(Stopper { eventfd: eventfd()? })
     }
 
     /// Wake every waiter, now and later.
     pub fn stop(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to an eventfd we own.
-        unsafe { libc::write(self.eventfd.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        signal(&self.eventfd);
     }
 
     /// Wait until `fd` is readable (true) or the stop is signalled (false).
