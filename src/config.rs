@@ -226,7 +226,7 @@ pub struct VolumeSection {
     /// Hours between scheduled scrubs (a check of every row's parity or mirror copies,
     /// reported, not repaired); 0 = none.
     #[serde(default)]
-    pub scrub_interval_hours: u64,
+    pub scrub_interval_hours: f64,
     /// Scrub rate limit in bytes per second of member data read ("50M"); 0 = unlimited.
     #[serde(default = "default_scrub_rate")]
     pub scrub_rate: Size,
@@ -326,7 +326,7 @@ impl Config {
                 slow_member_factor: default_slow_factor(),
                 slow_member_min_ms: default_slow_floor_ms(),
                 slow_member_fail_after_s: default_slow_fail_after(),
-                scrub_interval_hours: 0,
+                scrub_interval_hours: 0.0,
                 scrub_rate: default_scrub_rate(),
             }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
@@ -465,6 +465,9 @@ impl Config {
             let strip = v.strip_size.0;
             if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
                 return Err(invalid(f("strip_size"), "must be a power of two from 4K to 1M"));
+            }
+            if !(v.scrub_interval_hours >= 0.0 && v.scrub_interval_hours <= 24.0 * 366.0) {
+                return Err(invalid(f("scrub_interval_hours"), "must be from 0 (none) to 8784 (a year)"));
             }
             if !(v.slow_member_factor >= 1.5 && v.slow_member_factor <= 1000.0) {
                 return Err(invalid(f("slow_member_factor"), "must be from 1.5 to 1000"));

@@ -211,7 +211,7 @@ impl Server {
             let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
             vol.scrub().set_rate(v.scrub_rate.0);
-            vol.set_scrub_schedule((v.scrub_interval_hours > 0).then(|| std::time::Duration::from_secs(v.scrub_interval_hours * 3600)));
+            vol.set_scrub_schedule((v.scrub_interval_hours > 0.0).then(|| std::time::Duration::from_secs_f64(v.scrub_interval_hours * 3600.0)));
             volumes.push(vol.clone());
             close_on_error.0.push(vol.clone());
             opened.push(Some(vol));

@@ -98,3 +98,16 @@ fn refuses_foreign_and_mismatched_devices_and_takes_a_blank_replacement() {
     let mismatch = start(&config(dir.path(), "raid0", &["a", "b"], &["a", "b"])).err().expect("level change accepted");
     assert!(mismatch.to_string().contains("level"), "{mismatch}");
 }
+
+/// A member smaller than the member size the superblocks record is refused, and the
+/// message gives both sizes.
+#[test]
+fn a_too_small_member_is_refused_with_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&config(dir.path(), "raid1", &["a", "b"], &["a", "b"])).unwrap();
+    s.stop();
+    let small = config(dir.path(), "raid1", &["a", "small"], &["a", "small"]).replace("small.img\"\nsize = \"6M\"", "small.img\"\nsize = \"4M\"");
+    let e = start(&small).err().expect("a member smaller than the volume's was accepted").to_string();
+    assert!(e.contains("'small' has 4194304 bytes; it needs 6291456 bytes"), "{e}");
+    assert!(e.contains("member size"), "the message says what the size is: {e}");
+}

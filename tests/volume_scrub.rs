@@ -20,12 +20,17 @@ const STRIP: u64 = 16384;
 const MEMBER_BYTES: u64 = 16 << 20;
 
 fn write_config(dir: &std::path::Path, port: u16, level: &str, members: usize) -> std::path::PathBuf {
+    write_config_with(dir, port, level, members, "")
+}
+
+/// `extra`: more fields of the volume section.
+fn write_config_with(dir: &std::path::Path, port: u16, level: &str, members: usize, extra: &str) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..members {
         c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = {MEMBER_BYTES}\n", dir.join(format!("m{m}.img")).display());
     }
     let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
-    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = {STRIP}\nscrub_rate = 0\n", names.join(", "));
+    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = {STRIP}\nscrub_rate = 0\n{extra}", names.join(", "));
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
     let path = dir.join("target.toml");
     std::fs::write(&path, c).unwrap();
@@ -170,4 +175,31 @@ fn raid1_scrub_counts_and_repairs_differing_copies() {
         corrupt(dir, 1, 800);
         vec![4, 800]
     });
+}
+
+/// A scheduled scrub starts by itself (here every 2 s) and finds what was planted.
+#[test]
+fn scheduled_scrub_runs_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let every_hours = 2.0 / 3600.0;
+    let cfg = write_config_with(dir.path(), port, "raid5", 4, &format!("scrub_interval_hours = {every_hours}\n"));
+    let t = Target::start(&cfg, dir.path(), port);
+    t.stop();
+    let l = layout(Level::Raid5, 4);
+    corrupt(dir.path(), l.p_slot(6), 6);
+    let t = Target::start(&cfg, dir.path(), port);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let sc = loop {
+        let sc = call(&sock(dir.path()), "volume_status", json!({})).unwrap()[0]["scrub"].clone();
+        if sc["completed"].as_u64().unwrap() >= 1 {
+            break sc;
+        }
+        assert!(Instant::now() < deadline, "no scheduled scrub finished: {sc}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(sc["mismatches"], 1, "{sc}");
+    assert_eq!(sc["repaired"], 0, "a scheduled scrub only checks: {sc}");
+    t.stop();
+    assert!(std::fs::read_to_string(dir.path().join("target.log")).unwrap().contains("scheduled scrub started"));
 }
