@@ -14,7 +14,8 @@ use tracing::{info, warn};
 use super::bitmap::{WriteIntent, BITMAP_OFFSET};
 use super::layout::Layout;
 use super::members::{Device, Members, SlotState};
-use super::scrub::Scrub;
+use super::raid::Resync;
+use super::scrub::{self, Scrub};
 use super::slow::SlowDetector;
 use super::superblock::{Slot, Superblock, NO_REBUILD, SB_BYTES, SPARE_SLOT};
 use crate::bdev::{Bdev, BdevOp};
@@ -58,11 +59,11 @@ pub struct Metadata {
     started: std::time::Instant,
 }
 
-/// Scheduled scrubs: every `every` seconds (0: none) while `may_start` (no resync).
+/// Scheduled scrubs: every `every` seconds (0: none), when the volume is ready for one.
 struct ScrubSchedule {
     scrub: Arc<Scrub>,
     every: Arc<AtomicU64>,
-    may_start: Box<dyn Fn() -> bool + Send + Sync>,
+    resync: Arc<Resync>,
 }
 
 pub fn now_unix() -> u64 {
@@ -104,8 +105,8 @@ impl Metadata {
     }
 
     /// Start scrubs on a schedule (see `RaidBdev::set_scrub_schedule`).
-    pub fn with_scrub_schedule(mut self, scrub: Arc<Scrub>, every: Arc<AtomicU64>, may_start: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
-        self.schedule = Some(ScrubSchedule { scrub, every, may_start });
+    pub fn with_scrub_schedule(mut self, scrub: Arc<Scrub>, every: Arc<AtomicU64>, resync: Arc<Resync>) -> Self {
+        self.schedule = Some(ScrubSchedule { scrub, every, resync });
         self
     }
 
@@ -114,10 +115,10 @@ impl Metadata {
         let Some(s) = &self.schedule else { return };
         let every = s.every.load(Ordering::Relaxed);
         let since = s.scrub.last_started().unwrap_or(self.started);
-        if every == 0 || since.elapsed().as_secs() < every || s.scrub.active() || !(s.may_start)() {
+        if every == 0 || since.elapsed().as_secs() < every || s.scrub.active() {
             return;
         }
-        if (0..self.members.slots()).all(|slot| self.members.state(slot) == SlotState::Active) && s.scrub.start(false).is_ok() {
+        if scrub::ready(&self.members, &s.resync).is_ok() && s.scrub.start(false).is_ok() {
             info!(volume = self.identity.name, every_secs = every, "scheduled scrub started");
         }
     }

@@ -342,8 +342,7 @@ impl RaidBdev {
         let scrub = Arc::new(Scrub::new(layout.stripes_per_group(), layout.groups(), DEFAULT_SCRUB_RATE));
         let scrub_every = Arc::new(AtomicU64::new(0));
         if redundant {
-            let r = resync.clone();
-            meta = meta.with_scrub_schedule(scrub.clone(), scrub_every.clone(), Box::new(move || !r.active()));
+            meta = meta.with_scrub_schedule(scrub.clone(), scrub_every.clone(), resync.clone());
         }
         let meta = Arc::new(meta);
         meta.write_all(false);
@@ -413,8 +412,7 @@ impl RaidBdev {
     /// Orderly shutdown: flush the members, write the superblocks and stop the metadata
     /// thread. The volume is marked clean only when no resync is unfinished and every
     /// write it started has completed on every member; otherwise its write-intent bits
-    /// stay set and the next start resynchronises those regions. Returns whether it was
-    /// marked clean.
+    /// stay set and the next start resynchronises those regions. Returns how it was left.
     pub fn close(&self) -> Closed {
         for slot in (0..self.health.slots()).filter(|&s| !self.health.is_failed(s)) {
             let dev = self.health.slot_device(slot);
@@ -475,9 +473,7 @@ impl RaidBdev {
         if !self.redundant() {
             return Err(VolumeError::Refused(format!("a {:?} volume has no parity or copies to check", self.layout.level)));
         }
-        if self.state() != "online" || self.resync.active() {
-            return Err(VolumeError::Refused(format!("volume '{}' is {}{}: a scrub needs every member", self.info.name, self.state(), if self.resync.active() { " and resynchronising" } else { "" })));
-        }
+        super::scrub::ready(&self.health, &self.resync).map_err(VolumeError::Refused)?;
         self.scrub.start(repair).map_err(VolumeError::Refused)
     }
 

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use super::raid::{Job, Owner, RaidChannel, StripeKind, StripeState, P_CHUNK, Q_CHUNK};
+use super::members::{Members, SlotState};
+use super::raid::{Job, Owner, RaidChannel, Resync, StripeKind, StripeState, P_CHUNK, Q_CHUNK};
 use crate::bdev::{BdevOp, SqeSink};
 use crate::parity;
 use crate::util::aligned::AlignedRegion;
@@ -175,6 +176,17 @@ impl Scrub {
         }
         drop(run);
         crate::warn_limited!(volume, group, row, what, repair = self.repair.load(Relaxed), "scrub: mismatch");
+    }
+}
+
+/// Whether a scrub may start now: every member active and no resync running. Err says why
+/// not.
+pub fn ready(members: &Members, resync: &Resync) -> Result<(), String> {
+    let inactive = (0..members.slots()).filter(|&s| members.state(s) != SlotState::Active).count();
+    match (inactive, resync.active()) {
+        (0, false) => Ok(()),
+        (0, true) => Err(format!("volume '{}' is resynchronising: a scrub needs consistent rows to compare", members.volume_name())),
+        (n, _) => Err(format!("volume '{}' has {n} member(s) failed or rebuilding: a scrub needs every member", members.volume_name())),
     }
 }
 
