@@ -235,7 +235,9 @@ vols = {v["name"]: v for v in json.load(sys.stdin)}
 for name, devs in fails.items():
     v = vols[name]
     states = {m["device"]: m["state"] for m in v["members"]}
-    if v["state"] == "online" or any(states.get(d) == "active" for d in devs):
+    # Failed, rebuilding in its place, or already replaced by a rebuilt spare (a RAID-6
+    # rebuild can finish while the slow RAID-5 member is still being timed).
+    if any(states.get(d) == "active" for d in devs):
         sys.exit(1)
 ' "${FAIL_R5[*]}" "${FAIL_R6[*]}"
 }
