@@ -13,19 +13,18 @@
 use std::collections::VecDeque;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use super::admin::{self, AdminCtx, AdminResult};
-use super::command::{self, ConnectCmd, Cqe, DataDir, Sqe};
+use super::command::{self, Cqe, DataDir, Sqe};
+use super::exec::{self, ExecEnv, Outcome, Request, Session};
 use super::pdu::{self, DataHeader, DecodeParams, Decoded, Fes, IcResp, Pdu, PduError, R2t};
-use super::spec::{self, connect_data, fabrics, io, status};
-use super::subsystem::{ConnectError, Controller, Namespace, Target};
+use super::spec::{io, status};
+use super::subsystem::Target;
 use super::TransportLimits;
-use crate::bdev::{BdevChannel, BdevIo, BdevOp, SqeSink, Submitted};
+use crate::bdev::{BdevChannel, SqeSink};
 use crate::reactor::bufpool::{BufferPool, PoolBuf};
 use crate::reactor::token::{Kind, Token};
 use crate::stats::{OpClass, ReactorRecorder};
@@ -162,14 +161,6 @@ impl TxItem {
     }
 }
 
-struct Binding {
-    ctrl: Arc<Controller>,
-    qid: u16,
-    depth: u16,
-    /// The host disabled SQ flow control at connect (see `CATTR_DISABLE_SQFLOW`).
-    no_sq_flow: bool,
-}
-
 /// An H2CData PDU whose payload goes straight into slot `slot`'s buffer; `got` bytes of it
 /// are there.
 #[derive(Debug, Clone, Copy)]
@@ -189,7 +180,6 @@ pub struct Conn {
     sock: TcpStream,
     pub index: u16,
     pub generation: u16,
-    port_id: u16,
     phase: Phase,
     hdgst: bool,
     ddgst: bool,
@@ -212,7 +202,8 @@ pub struct Conn {
     ic_resp: [u8; pdu::IC_LEN],
     term_req: [u8; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
     term_len: usize,
-    queue: Option<Binding>,
+    /// What the commands of this queue mean: its controller binding, admin and I/O.
+    session: Session,
     sqhd: u16,
     slots: Box<[Slot]>,
     free_slots: Vec<u16>,
@@ -222,7 +213,6 @@ pub struct Conn {
     /// The in-capsule region's entry in the ring's registered buffer table.
     inline_reg_index: Option<u16>,
     ops_in_flight: u32,
-    aers: usize,
     /// A command arrived since the last tick (traffic-based keep-alive).
     active_since_tick: bool,
     created: Instant,
@@ -242,7 +232,6 @@ impl Conn {
             sock,
             index,
             generation,
-            port_id,
             phase: Phase::AwaitingIcReq,
             hdgst: false,
             ddgst: false,
@@ -262,7 +251,7 @@ impl Conn {
             ic_resp: [0; pdu::IC_LEN],
             term_req: [0; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
             term_len: 0,
-            queue: None,
+            session: Session::new(port_id),
             sqhd: 0,
             slots: (0..depth).map(|_| Slot::new()).collect(),
             free_slots: (0..depth as u16).rev().collect(),
@@ -271,7 +260,6 @@ impl Conn {
             inline_size: lim.inline_data,
             inline_reg_index: None,
             ops_in_flight: 0,
-            aers: 0,
             active_since_tick: false,
             created: Instant::now(),
             handshake_deadline: Instant::now() + HANDSHAKE_TIMEOUT,
@@ -300,7 +288,7 @@ impl Conn {
     /// Still before its Fabrics Connect (or its ICReq), and not closing: what a host that
     /// connects and says nothing holds.
     pub fn in_handshake(&self) -> bool {
-        self.queue.is_none() && matches!(self.phase, Phase::AwaitingIcReq | Phase::Ready)
+        !self.session.is_bound() && matches!(self.phase, Phase::AwaitingIcReq | Phase::Ready)
     }
 
     pub fn created(&self) -> Instant {
@@ -348,7 +336,7 @@ impl Conn {
         }
         let first: Vec<String> =
             self.slots.iter().filter(busy).take(4).map(|s| format!("cid {} opcode {:#04x} {:?}", s.sqe.cid, s.sqe.opcode, s.state)).collect();
-        let qid = self.queue.as_ref().map(|b| b.qid);
+        let qid = self.session.binding().map(|b| b.qid);
         info!(conn = self.index, qid, why, in_flight = n, first = ?first, "connection closing with commands in flight");
     }
 
@@ -360,15 +348,9 @@ impl Conn {
                 self.free_slot(i as u16, env);
             }
         }
-        if let Some(b) = self.queue.take() {
-            if b.qid == 0 {
-                info!(cntlid = b.ctrl.cntlid, host = %b.ctrl.hostnqn, "controller association ended");
-                env.target.remove_controller(b.ctrl.cntlid);
-            } else {
-                b.ctrl.release_queue(b.qid);
-            }
-        }
+        self.session.release(env.target);
     }
+
 
     /// Periodic check: keep-alive expiry, a dead association, a silent new connection.
     pub fn tick(&mut self) {
@@ -380,18 +362,8 @@ impl Conn {
         if self.phase == Phase::Terminating && self.terminated_at.is_some_and(|t| t.elapsed() > TERM_LINGER) {
             self.close("C2HTermReq not accepted in time");
         }
-        let Some(b) = &self.queue else { return };
-        // Any command on any queue counts as a keep-alive (CTRATT.TBKAS); noted once per
-        // tick so the I/O path never touches the shared controller.
-        if std::mem::take(&mut self.active_since_tick) {
-            b.ctrl.touch_keepalive();
-        }
-        if b.ctrl.is_dead() {
-            self.close("association ended");
-        } else if b.qid == 0 && b.ctrl.keepalive_expired() {
-            warn!(cntlid = b.ctrl.cntlid, host = %b.ctrl.hostnqn, "keep-alive timeout: ending association");
-            b.ctrl.kill();
-            self.close("keep-alive timeout");
+        if let Some(why) = self.session.tick(std::mem::take(&mut self.active_since_tick)) {
+            self.close(why);
         }
     }
 
@@ -659,7 +631,7 @@ impl Conn {
     // ----------------------------------------------------------------- commands
 
     fn depth(&self) -> usize {
-        self.queue.as_ref().map_or(self.slots.len(), |b| b.depth as usize)
+        self.session.binding().map_or(self.slots.len(), |b| b.depth as usize)
     }
 
     fn on_command(&mut self, sqe_bytes: &[u8; 64], data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
@@ -809,200 +781,35 @@ impl Conn {
         unsafe { std::slice::from_raw_parts_mut(p, len) }
     }
 
+    /// Hand a command whose data is in to the execution layer and act on its outcome.
     fn execute(&mut self, s: u16, env: &mut Env) {
-        let sqe = self.slots[s as usize].sqe;
-        let is_connect = sqe.is_fabrics() && sqe.fctype == fabrics::CONNECT;
-        let admin_queue = self.queue.as_ref().map(|b| b.qid == 0);
-        match admin_queue {
-            None if is_connect => self.on_connect(s, env),
-            None => self.complete(s, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0, env),
-            Some(_) if is_connect => self.complete(s, status::COMMAND_SEQUENCE_ERROR | status::DNR, 0, env),
-            Some(true) => self.execute_admin(s, env),
-            Some(false) if sqe.is_fabrics() => self.complete(s, status::INVALID_OPCODE | status::DNR, 0, env),
-            Some(false) => self.execute_io(s, env),
-        }
-    }
-
-    fn execute_admin(&mut self, s: u16, env: &mut Env) {
-        let ctrl = self.queue.as_ref().unwrap().ctrl.clone();
-        let sqe = self.slots[s as usize].sqe;
-        let cx = AdminCtx { target: env.target, ctrl: &ctrl, limits: env.limits, outstanding_aers: self.aers };
-        let data = self.data_mut(s, env);
-        match admin::execute(&cx, &sqe, data) {
-            AdminResult::Done { status, result, data_len } => {
-                self.slots[s as usize].data_out = data_len as u32;
-                self.complete(s, status, result, env);
-            }
-            AdminResult::Deferred => {
-                self.slots[s as usize].state = SlotState::AsyncEvent;
-                self.aers += 1;
-            }
-        }
-    }
-
-    fn on_connect(&mut self, s: u16, env: &mut Env) {
-        let sqe = self.slots[s as usize].sqe;
-        let c = ConnectCmd::from_sqe(&sqe);
-        let data = self.data_mut(s, env);
-        if data.len() != fabrics::CONNECT_DATA_LEN {
-            return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
-        }
-        let nqn = |off: usize| -> String {
-            let f = &data[off..off + connect_data::NQN_LEN];
-            let end = f.iter().position(|b| *b == 0).unwrap_or(f.len());
-            String::from_utf8_lossy(&f[..end]).into_owned()
-        };
-        let (subnqn, hostnqn) = (nqn(connect_data::SUBNQN), nqn(connect_data::HOSTNQN));
-        let hostid: [u8; 16] = data[..16].try_into().unwrap();
-        let cntlid = u16::from_le_bytes([data[connect_data::CNTLID], data[connect_data::CNTLID + 1]]);
-        match self.bind_queue(&c, &subnqn, &hostnqn, hostid, cntlid, env) {
-            Ok(ctrl_id) => self.complete(s, status::SUCCESS, ctrl_id as u64, env),
-            Err((sc, result)) => {
-                info!(subnqn, hostnqn, qid = c.qid, status = format_args!("{sc:#x}"), "connect refused");
-                self.complete(s, sc | status::DNR, result as u64, env)
-            }
-        }
-    }
-
-    /// Attach this connection to a controller; Err carries (status, result dw0).
-    fn bind_queue(&mut self, c: &ConnectCmd, subnqn: &str, hostnqn: &str, hostid: [u8; 16], cntlid: u16, env: &Env) -> Result<u16, (u16, u32)> {
-        let invalid = |off: usize| (status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_data_field(off as u16));
-        if c.recfmt != 0 {
-            return Err((status::CONNECT_INCOMPATIBLE_FORMAT, 0));
-        }
-        let max_depth = if c.qid == 0 { env.limits.admin_queue_depth } else { env.limits.queue_depth };
-        if c.sqsize == 0 || c.sqsize >= max_depth {
-            return Err((status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_cmd_field(44)));
-        }
-        let map_err = |e: ConnectError| match e {
-            ConnectError::UnknownSubsystem => invalid(connect_data::SUBNQN),
-            ConnectError::HostNotAllowed => (status::CONNECT_INVALID_HOST, spec::connect_invalid_data_field(connect_data::HOSTNQN as u16)),
-            ConnectError::UnknownController => invalid(connect_data::CNTLID),
-            ConnectError::QueueInUse | ConnectError::TooManyControllers => (status::CONNECT_CONTROLLER_BUSY, 0),
-        };
-        let ctrl = if c.qid == 0 {
-            if cntlid != 0xFFFF {
-                return Err(invalid(connect_data::CNTLID));
-            }
-            let ctrl = env.target.create_controller(subnqn, hostnqn, hostid, self.port_id, c.kato_ms).map_err(map_err)?;
-            info!(cntlid = ctrl.cntlid, subnqn, hostnqn, kato_ms = c.kato_ms, "controller created");
-            ctrl
-        } else {
-            env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
-        };
-        let id = ctrl.cntlid;
-        let no_sq_flow = c.sq_flow_control_disabled();
-        if no_sq_flow {
-            info!(cntlid = id, qid = c.qid, "queue without SQ flow control: clean reads complete in their data PDU");
-        }
-        self.queue = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow });
-        Ok(id)
-    }
-
-    /// The bound subsystem's namespace `nsid`.
-    fn namespace<'n>(&self, nsid: u32) -> Option<&'n Namespace> {
-        let ns = self.queue.as_ref()?.ctrl.subsys.namespace(nsid)?;
-        // SAFETY: the binding's Arc<Controller> keeps the subsystem and its namespaces
-        // alive; the binding is dropped only by `release`, never while a command runs.
-        Some(unsafe { &*(ns as *const Namespace) })
-    }
-
-    fn execute_io(&mut self, s: u16, env: &mut Env) {
-        let sqe = self.slots[s as usize].sqe;
-        let Some(ns) = self.namespace(sqe.nsid) else {
-            return self.complete(s, status::INVALID_NAMESPACE | status::DNR, 0, env);
-        };
-        let lba_range_ok = |slba: u64, nlb: u64| slba.checked_add(nlb).is_some_and(|end| end <= ns.num_blocks);
-        let shift = ns.lba_shift();
-        let (op, offset, len) = match sqe.opcode {
-            io::READ | io::WRITE => {
-                let (slba, nlb) = (sqe.slba(), sqe.nlb() as u64);
-                if !lba_range_ok(slba, nlb) {
-                    return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
-                }
-                if nlb << shift != self.slots[s as usize].xfer_len as u64 {
-                    return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
-                }
-                let op = if sqe.opcode == io::READ { BdevOp::Read } else { BdevOp::Write };
-                ns.counters.record(op == BdevOp::Write, nlb << shift);
-                (op, slba << shift, nlb << shift)
-            }
-            io::FLUSH => (BdevOp::Flush, 0, 0),
-            io::WRITE_ZEROES => {
-                let (slba, nlb) = (sqe.slba(), sqe.nlb() as u64);
-                if !lba_range_ok(slba, nlb) {
-                    return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
-                }
-                (BdevOp::WriteZeroes, slba << shift, nlb << shift)
-            }
-            io::DATASET_MANAGEMENT => return self.dataset_management(s, ns, env),
-            _ => return self.complete(s, status::INVALID_OPCODE | status::DNR, 0, env),
-        };
-        self.slots[s as usize].stat = Some((ns.stats_index as u32, OpClass::of(op), len as u32));
-        self.submit_bdev(s, ns.device, op, offset, len as u32, env);
-        self.finish_if_done(s, env);
-    }
-
-    /// Deallocate each range; other DSM attributes are hints we may ignore.
-    fn dataset_management(&mut self, s: u16, ns: &Namespace, env: &mut Env) {
-        let sqe = self.slots[s as usize].sqe;
-        if sqe.cdw11() & (1 << 2) == 0 {
-            return self.complete(s, status::SUCCESS, 0, env);
-        }
-        let nr = (sqe.cdw10() & 0xFF) as usize + 1;
-        let mut ranges = [(0u64, 0u64); 256];
-        let data = self.data_mut(s, env);
-        if data.len() < nr * 16 {
-            return self.complete(s, status::SGL_DATA_LENGTH_INVALID | status::DNR, 0, env);
-        }
-        for (i, r) in data.chunks_exact(16).take(nr).enumerate() {
-            ranges[i] = (u64::from_le_bytes(r[8..16].try_into().unwrap()), u32::from_le_bytes(r[4..8].try_into().unwrap()) as u64);
-        }
-        if ranges[..nr].iter().any(|&(slba, nlb)| slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks)) {
-            return self.complete(s, status::LBA_OUT_OF_RANGE | status::DNR, 0, env);
-        }
-        let shift = ns.lba_shift();
-        for &(slba, nlb) in &ranges[..nr] {
-            if nlb > 0 {
-                self.submit_bdev(s, ns.device, BdevOp::Discard, slba << shift, (nlb << shift) as u32, env);
-            }
-        }
-        self.finish_if_done(s, env);
-    }
-
-    fn submit_bdev(&mut self, s: u16, device: usize, op: BdevOp, offset: u64, len: u32, env: &mut Env) {
-        let slot = &self.slots[s as usize];
-        let buf_index = match slot.buf {
+        let buf_index = match self.slots[s as usize].buf {
             DataBuf::Pool(b) => env.pool.reg_index(b),
             DataBuf::Inline => self.inline_reg_index,
             DataBuf::None => None,
         };
-        let buf = if matches!(op, BdevOp::Read | BdevOp::Write) { self.data_ptr(s, env) } else { std::ptr::null_mut() };
-        let bio = BdevIo { op, offset, len, buf, buf_index, user_data: self.token(Kind::Bdev, s as u32) };
-        match env.channels[device].submit(&bio, env.sq) {
-            Submitted::Queued => {
-                self.slots[s as usize].pending_ops += 1;
-                self.ops_in_flight += 1;
+        let user_data = self.token(Kind::Bdev, s as u32);
+        let sqe = self.slots[s as usize].sqe;
+        let data = self.data_mut(s, env);
+        // SAFETY: the slot owns its data buffer until it is freed, which cannot happen
+        // while the execution layer runs; the borrow only spans that call.
+        let data = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr(), data.len()) };
+        let mut x = ExecEnv { sq: &mut *env.sq, channels: &mut *env.channels, target: env.target, limits: env.limits };
+        let outcome = self.session.execute(Request { sqe, data, buf_index, user_data }, &mut x);
+        match outcome {
+            Outcome::Done { status, result, data_out } => {
+                self.slots[s as usize].data_out = data_out;
+                self.complete(s, status, result, env);
             }
-            Submitted::Done(res) => self.note_bdev_result(s, res),
-        }
-    }
-
-    fn note_bdev_result(&mut self, s: u16, res: i32) {
-        let slot = &mut self.slots[s as usize];
-        let expect = match slot.sqe.opcode {
-            io::READ | io::WRITE => slot.xfer_len as i32,
-            _ => 0,
-        };
-        if res != expect && slot.status == status::SUCCESS {
-            slot.status = match slot.sqe.opcode {
-                // A volume that lost more members than it tolerates serves nothing.
-                _ if res == -libc::ENXIO => status::NAMESPACE_NOT_READY | status::DNR,
-                io::READ => status::UNRECOVERED_READ_ERROR,
-                io::WRITE => status::WRITE_FAULT,
-                _ => status::INTERNAL_ERROR,
-            };
-            crate::warn_limited!(conn = self.index, opcode = slot.sqe.opcode, res, "block I/O failed");
+            Outcome::Io { pending, status, stat } => {
+                let slot = &mut self.slots[s as usize];
+                slot.pending_ops += pending;
+                slot.status = status;
+                slot.stat = stat;
+                self.ops_in_flight += pending as u32;
+                self.finish_if_done(s, env);
+            }
+            Outcome::Parked => self.slots[s as usize].state = SlotState::AsyncEvent,
         }
     }
 
@@ -1011,7 +818,8 @@ impl Conn {
         let slot = &mut self.slots[s as usize];
         debug_assert!(slot.pending_ops > 0);
         slot.pending_ops -= 1;
-        self.note_bdev_result(s, res);
+        let slot = &mut self.slots[s as usize];
+        slot.status = exec::io_status(slot.sqe.opcode, slot.xfer_len, res, slot.status);
         self.finish_if_done(s, env);
     }
 
@@ -1033,7 +841,7 @@ impl Conn {
         if matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return self.free_slot(s, env);
         }
-        let (qid, no_sq_flow) = self.queue.as_ref().map_or((0, false), |b| (b.qid, b.no_sq_flow));
+        let (qid, no_sq_flow) = self.session.binding().map_or((0, false), |b| (b.qid, b.no_sq_flow));
         let (hdgst, ddgst) = (self.hdgst, self.ddgst);
         let sqhd = self.sqhd;
         let data_out = if sc & 0x7FF == 0 { self.slots[s as usize].data_out } else { 0 };
@@ -1068,7 +876,7 @@ impl Conn {
     fn free_slot(&mut self, s: u16, env: &mut Env) {
         let slot = &mut self.slots[s as usize];
         if slot.state == SlotState::AsyncEvent {
-            self.aers -= 1;
+            self.session.aer_released();
         }
         if let DataBuf::Pool(b) = slot.buf {
             env.pool.put(b);

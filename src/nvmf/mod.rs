@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod command;
 pub mod conn;
+pub mod exec;
 pub mod identify;
 pub mod pdu;
 pub mod spec;
