@@ -134,6 +134,8 @@ pub enum DeviceKind {
     File,
     Ram,
     Null,
+    /// A namespace on another NVMe/TCP target (the peer site, a remote member).
+    Nvmf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +152,113 @@ pub struct DeviceSection {
     /// Wrap the device in a fault injector that operators and tests can switch at run time.
     #[serde(default)]
     pub fault_injection: bool,
+    /// kind = "nvmf": the remote target ("host:port"), its subsystem and namespace.
+    pub address: Option<String>,
+    pub subnqn: Option<String>,
+    #[serde(default = "default_nsid")]
+    pub nsid: u32,
+    /// The host NQN this target presents to the remote one (default: derived from the
+    /// device name).
+    pub hostnqn: Option<String>,
+    /// Commands in flight per I/O queue to the remote target (one queue per reactor).
+    #[serde(default = "default_remote_queue_depth")]
+    pub queue_depth: u16,
+    /// A remote command outstanding this long fails its queue (the device's I/O errors).
+    #[serde(default = "default_remote_io_timeout_ms")]
+    pub io_timeout_ms: u64,
+    /// Keep-alive timeout of the association; a Keep Alive goes out every third of it.
+    #[serde(default = "default_remote_keep_alive_ms")]
+    pub keep_alive_ms: u64,
+    /// Deadline for connecting and for each admin command.
+    #[serde(default = "default_remote_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Longest wait between reconnection attempts (the wait doubles from 100 ms).
+    #[serde(default = "default_remote_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+fn default_nsid() -> u32 {
+    1
+}
+fn default_remote_queue_depth() -> u16 {
+    64
+}
+fn default_remote_io_timeout_ms() -> u64 {
+    5000
+}
+fn default_remote_keep_alive_ms() -> u64 {
+    5000
+}
+fn default_remote_connect_timeout_ms() -> u64 {
+    3000
+}
+fn default_remote_reconnect_max_ms() -> u64 {
+    2000
+}
+
+fn validate_remote(d: &DeviceSection, f: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
+    let addr = d.address.as_deref().ok_or_else(|| invalid(f("address"), "an nvmf device needs the remote target's address (host:port)"))?;
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(f("address"), format!("'{addr}' is not an IP address and port")));
+    }
+    match d.subnqn.as_deref() {
+        Some(n) if n.starts_with("nqn.") && n.len() <= 223 => {}
+        _ => return Err(invalid(f("subnqn"), "an nvmf device needs the remote subsystem's NQN (nqn..., at most 223 bytes)")),
+    }
+    if d.path.is_some() {
+        return Err(invalid(f("path"), "an nvmf device has an address, not a path"));
+    }
+    if d.nsid == 0 || d.nsid == u32::MAX {
+        return Err(invalid(f("nsid"), "must be a namespace ID (1 to 0xFFFFFFFE)"));
+    }
+    if !(2..=1024).contains(&d.queue_depth) {
+        return Err(invalid(f("queue_depth"), "must be 2 to 1024"));
+    }
+    for (name, v, min) in [("io_timeout_ms", d.io_timeout_ms, 100), ("keep_alive_ms", d.keep_alive_ms, 1000), ("connect_timeout_ms", d.connect_timeout_ms, 100), ("reconnect_max_ms", d.reconnect_max_ms, 100)] {
+        if v < min || v > 3_600_000 {
+            return Err(invalid(f(name), format!("must be {min} to 3600000 ms")));
+        }
+    }
+    Ok(())
+}
+
+impl DeviceSection {
+    /// A file device with every other setting at its default.
+    pub fn file(name: &str, path: PathBuf, size: Size) -> DeviceSection {
+        DeviceSection {
+            name: name.to_string(),
+            kind: DeviceKind::File,
+            path: Some(path),
+            size: Some(size),
+            block_size: default_block_size(),
+            fault_injection: false,
+            address: None,
+            subnqn: None,
+            nsid: default_nsid(),
+            hostnqn: None,
+            queue_depth: default_remote_queue_depth(),
+            io_timeout_ms: default_remote_io_timeout_ms(),
+            keep_alive_ms: default_remote_keep_alive_ms(),
+            connect_timeout_ms: default_remote_connect_timeout_ms(),
+            reconnect_max_ms: default_remote_reconnect_max_ms(),
+        }
+    }
+
+    /// The remote namespace of an nvmf device.
+    pub fn remote_config(&self) -> Option<crate::bdev::remote::RemoteConfig> {
+        let ms = std::time::Duration::from_millis;
+        Some(crate::bdev::remote::RemoteConfig {
+            addr: self.address.as_deref()?.parse().ok()?,
+            subnqn: self.subnqn.clone()?,
+            nsid: self.nsid,
+            hostnqn: self.hostnqn.clone().unwrap_or_else(|| format!("nqn.2026-01.io.nvmf-raid:remote:{}", self.name)),
+            queue_depth: self.queue_depth,
+            io_timeout: ms(self.io_timeout_ms),
+            keep_alive: ms(self.keep_alive_ms),
+            connect_timeout: ms(self.connect_timeout_ms),
+            reconnect_max: ms(self.reconnect_max_ms),
+        })
+    }
 }
 
 fn default_block_size() -> u32 {
@@ -333,14 +442,7 @@ impl Config {
             metrics: MetricsSection { address: Some(DEFAULT_METRICS.into()) },
             devices: names
                 .iter()
-                .map(|n| DeviceSection {
-                    name: n.clone(),
-                    kind: DeviceKind::File,
-                    path: Some(data_dir.join(format!("{n}.img"))),
-                    size: Some(Size(1 << 30)),
-                    block_size: 512,
-                    fault_injection: false,
-                })
+                .map(|n| DeviceSection::file(n, data_dir.join(format!("{n}.img")), Size(1 << 30)))
                 .collect(),
             subsystems: vec![SubsystemSection {
                 nqn: DEFAULT_NQN.into(),
@@ -433,7 +535,11 @@ impl Config {
                 DeviceKind::Ram | DeviceKind::Null if d.size.is_none() => {
                     return Err(invalid(f("size"), "ram and null devices need a size"))
                 }
+                DeviceKind::Nvmf => validate_remote(d, &f)?,
                 _ => {}
+            }
+            if d.kind != DeviceKind::Nvmf && (d.address.is_some() || d.subnqn.is_some()) {
+                return Err(invalid(f("address"), "only nvmf devices have an address and subnqn"));
             }
             if let Some(Size(s)) = d.size {
                 if s < d.block_size as u64 || s % d.block_size as u64 != 0 {

@@ -41,6 +41,10 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
         }
         DeviceKind::Ram => Arc::new(RamBdev::new(&d.name, d.block_size, size.unwrap())?),
         DeviceKind::Null => Arc::new(NullBdev::new(&d.name, d.block_size, size.unwrap())),
+        DeviceKind::Nvmf => {
+            let cfg = d.remote_config().expect("validated: nvmf devices have an address and subnqn");
+            Arc::new(crate::bdev::remote::RemoteBdev::open(&d.name, cfg, d.block_size, size)?)
+        }
     };
     Ok(dev)
 }

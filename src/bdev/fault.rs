@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
+use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
 
 /// The switches, shared by every reactor's channel of the device.
@@ -115,9 +115,12 @@ impl Bdev for FaultBdev {
     fn sync(&self) -> std::io::Result<()> {
         self.inner.sync()
     }
-    fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn remote(&self) -> Option<&super::remote::RemoteBdev> {
+        self.inner.remote()
+    }
+    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(FaultChannel {
-            inner: self.inner.open_channel(files, index)?,
+            inner: self.inner.open_channel(files, route)?,
             control: self.control.clone(),
             block_shift: self.inner.block_size().trailing_zeros(),
             delay: Box::new(types::Timespec::new()),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, types};
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 
 #[derive(Debug)]
 pub struct FileBdev {
@@ -84,7 +84,7 @@ impl Bdev for FileBdev {
     fn sync(&self) -> std::io::Result<()> {
         open_rw(&self.path, false)?.sync_all()
     }
-    fn open_channel(&self, files: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, files: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;
         let fixed = files.register(file.as_raw_fd());
         Ok(Box::new(FileChannel { file, fixed, is_block_device: self.is_block_device }))

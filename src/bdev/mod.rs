@@ -6,6 +6,7 @@ pub mod fault;
 pub mod file;
 pub mod null;
 pub mod ram;
+pub mod remote;
 
 use std::fmt::Debug;
 use std::os::fd::RawFd;
@@ -51,6 +52,50 @@ pub trait FileRegistry {
     fn register(&mut self, fd: RawFd) -> Option<u32>;
 }
 
+/// Where the completions of a channel's own ring operations go: `Kind::Child` tokens for
+/// the reactor's channel `index`, with tags at or above `tag_base`. A top-level device has
+/// base 0; a volume gives each member device a base of its own and routes the member's
+/// completions back to it (see `ChildRoute::member`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildRoute {
+    pub index: u16,
+    pub tag_base: u32,
+}
+
+/// Tags with this bit belong to a member device of a volume: bits 20..27 name the
+/// device, bits 0..20 are the member's own tag.
+const MEMBER_ROUTE: u32 = 1 << 27;
+const MEMBER_SHIFT: u32 = 20;
+/// Member devices a volume can route completions to.
+pub const MAX_ROUTED_DEVICES: usize = 128;
+
+impl ChildRoute {
+    pub fn top(index: u16) -> ChildRoute {
+        ChildRoute { index, tag_base: 0 }
+    }
+
+    /// The `user_data` of an operation with the channel's own `tag`.
+    pub fn token(&self, tag: u32) -> u64 {
+        debug_assert!(tag < 1 << MEMBER_SHIFT || self.tag_base == 0);
+        crate::reactor::token::Token::new(crate::reactor::token::Kind::Child, self.index, 0, self.tag_base | tag).encode()
+    }
+
+    /// The route a volume (itself top-level) gives its member device `device`.
+    pub fn member(&self, device: usize) -> ChildRoute {
+        assert_eq!(self.tag_base, 0, "volumes are not nested");
+        assert!(device < MAX_ROUTED_DEVICES);
+        ChildRoute { index: self.index, tag_base: MEMBER_ROUTE | (device as u32) << MEMBER_SHIFT }
+    }
+
+    /// A tag of a member device's own operation: (device, the member's tag).
+    pub fn member_of(tag: u32) -> Option<(usize, u32)> {
+        (tag & MEMBER_ROUTE != 0).then(|| (((tag & !MEMBER_ROUTE) >> MEMBER_SHIFT) as usize, tag & ((1 << MEMBER_SHIFT) - 1)))
+    }
+
+    /// Tags a volume may use for its own member I/O (below the member routes).
+    pub const OWN_TAGS: u32 = MEMBER_ROUTE;
+}
+
 /// What every device reports about itself.
 #[derive(Debug, Clone)]
 pub struct BdevInfo {
@@ -78,15 +123,20 @@ pub trait Bdev: Send + Sync + Debug {
         Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("{} has no metadata I/O", self.name())))
     }
 
+    /// The remote namespace behind this device, if it is one (status and metrics).
+    fn remote(&self) -> Option<&remote::RemoteBdev> {
+        None
+    }
+
     /// Make every completed write durable (a flush outside any reactor, at shutdown).
     fn sync(&self) -> std::io::Result<()> {
         Ok(())
     }
 
-    /// Open this reactor's handle to the device. `index` is the channel's position in the
-    /// reactor's channel table, which a composite device uses to route its members'
-    /// completions back to itself (see `BdevChannel::child_complete`).
-    fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>>;
+    /// Open this reactor's handle to the device. `route` addresses the completions of the
+    /// channel's own ring operations (a composite device's member I/O, a remote device's
+    /// socket operations) back to it (see `BdevChannel::child_complete`).
+    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>>;
 }
 
 /// Completions a composite channel hands back to the reactor: (parent user_data, result).

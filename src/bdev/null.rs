@@ -1,7 +1,7 @@
 //! The null device: every I/O succeeds at once and moves no data. For benchmarks of the
 //! fabric and the target's own overhead.
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 
 #[derive(Debug)]
 pub struct NullBdev {
@@ -26,7 +26,7 @@ impl Bdev for NullBdev {
         }
         Ok(())
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, _: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(NullChannel))
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
 use crate::util::aligned::AlignedRegion;
 
 #[derive(Debug)]
@@ -32,7 +32,7 @@ impl Bdev for RamBdev {
             _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry, _: u16) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, _: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(RamChannel { mem: self.mem.clone() }))
     }
 }

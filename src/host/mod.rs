@@ -512,6 +512,16 @@ impl Queue {
         self.execute(sqe, Data::ToController(buf.as_ptr(), buf.len()))
     }
 
+    /// Give the connected socket to a caller that drives it itself (a remote device on a
+    /// reactor's ring): (socket, MAXH2CDATA, largest in-capsule write). Only between
+    /// commands: refused while a command is outstanding or bytes are buffered.
+    pub fn into_stream(self) -> io::Result<(TcpStream, u32, usize)> {
+        if self.outstanding() > 0 || self.rx_head != self.rx_tail || self.tx_off != self.tx_len {
+            return Err(err("queue handed over with I/O in progress"));
+        }
+        Ok((self.sock, self.maxh2cdata, self.in_capsule_max))
+    }
+
     pub fn raw_fd(&self) -> i32 {
         self.sock.as_raw_fd()
     }

@@ -95,6 +95,7 @@ impl Managed {
             "stats_reset" => self.stats(&json!({"reset": true})),
             "device_fault" => self.device_fault(params),
             "subsystem_list" => Ok(self.subsystem_list()),
+            "remote_status" => Ok(self.remote_status()),
             "controller_list" => Ok(self.controller_list()),
             "host_add" | "host_remove" => self.host_change(method == "host_add", params),
             _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
@@ -116,6 +117,21 @@ impl Managed {
             other => return Err(invalid_params(format!("unknown action '{other}' (fail, heal, fail_reads, fail_writes, fail_range, fail_after, delay)"))),
         }
         Ok(json!({"device": dev, "injected": c.injected()}))
+    }
+
+    /// Every device that is a namespace on another target: link state, round trip, failures.
+    fn remote_status(&self) -> Value {
+        let devices: Vec<Value> = self
+            .devices
+            .iter()
+            .filter_map(|(name, d)| d.remote().map(|r| (name, r.status())))
+            .map(|(name, s)| {
+                let mut v = serde_json::to_value(s).unwrap_or_default();
+                v["name"] = json!(name);
+                v
+            })
+            .collect();
+        json!({ "devices": devices })
     }
 
     fn subsystem_list(&self) -> Value {

@@ -285,7 +285,7 @@ impl Reactor {
         let mut channels = Vec::with_capacity(devices.len());
         for (i, d) in devices.iter().enumerate() {
             // A device that cannot be opened any more (a volume left it out) fails its I/O.
-            channels.push(d.open_channel(&mut files, i as u16).unwrap_or_else(|e| {
+            channels.push(d.open_channel(&mut files, crate::bdev::ChildRoute::top(i as u16)).unwrap_or_else(|e| {
                 warn!(device = d.name(), error = %e, "cannot open device");
                 Box::new(crate::bdev::FailingChannel)
             }));

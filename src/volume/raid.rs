@@ -27,7 +27,7 @@ use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
 use super::scrub::{Scrub, ScrubDriver};
 use super::slow::{LatencyCells, SlowPolicy, PROBE_EVERY};
 use super::rebuild::RebuildDriver;
-use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, Completions, FileRegistry, SqeSink, Submitted};
+use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
 use crate::reactor::token::{Kind, Token};
 use crate::stats::{MemberStats, OpClass, OpSet};
 use crate::util::clock::Stamp;
@@ -585,15 +585,20 @@ impl Bdev for RaidBdev {
         &self.info
     }
 
-    fn open_channel(&self, files: &mut dyn FileRegistry, index: u16) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         // Device channels are private to this volume channel: their completions come back
-        // as Child tokens of the volume and are routed here by the reactor.
-        let devs = (0..self.health.device_count()).map(|d| self.health.device(d).bdev.open_channel(files, index)).collect::<Result<_, _>>()?;
+        // as Child tokens of the volume and are routed here by the reactor; those of a
+        // device's own ring operations (a remote device's sockets) carry the device's route.
+        let devs: Vec<Box<dyn BdevChannel>> =
+            (0..self.health.device_count()).map(|d| self.health.device(d).bdev.open_channel(files, route.member(d))).collect::<Result<_, _>>()?;
+        let polled_devs = (0..devs.len()).filter(|&d| devs[d].needs_polling()).collect();
         let strip_bytes = (self.layout.strip_blocks as usize) << self.info.block_size.trailing_zeros();
         let parity = self.layout.level.parity_count() > 0;
         let redundant = self.redundant();
         Ok(Box::new(RaidChannel {
-            index,
+            route,
+            polled_devs,
+            member_done: Vec::with_capacity(4096),
             volume: self.info.name.clone(),
             layout: self.layout.clone(),
             devs,
@@ -755,11 +760,15 @@ pub(super) struct StripeOp {
 }
 
 pub(super) struct RaidChannel {
-    index: u16,
+    route: ChildRoute,
     volume: String,
     pub(super) layout: Arc<Layout>,
     /// One channel per device of the volume (members, spares), by device index.
     devs: Vec<Box<dyn BdevChannel>>,
+    /// Devices whose channels must be polled every turn (remote devices).
+    polled_devs: Vec<usize>,
+    /// Completions devices hand back from their own operations (remote devices).
+    member_done: Completions,
     block_shift: u32,
     data_offset: u64,
     pub(super) locks: Arc<StripeLocks>,
@@ -837,10 +846,13 @@ impl RaidChannel {
     fn open_new_devices(&mut self) {
         for d in self.devs.len()..self.health.device_count() {
             let bdev = self.health.device(d).bdev;
-            let ch = bdev.open_channel(&mut NoFixedFiles, self.index).unwrap_or_else(|e| {
+            let ch = bdev.open_channel(&mut NoFixedFiles, self.route.member(d)).unwrap_or_else(|e| {
                 warn!(device = bdev.name(), error = %e, "cannot open device");
                 Box::new(crate::bdev::FailingChannel)
             });
+            if ch.needs_polling() {
+                self.polled_devs.push(d);
+            }
             self.devs.push(ch);
             self.member_ops.push(OpSet::default());
         }
@@ -862,7 +874,8 @@ impl RaidChannel {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
         }
-        io.user_data = Token::new(Kind::Child, self.index, 0, tag).encode();
+        debug_assert!(tag < ChildRoute::OWN_TAGS);
+        io.user_data = self.route.token(tag);
         if let Submitted::Done(res) = self.devs[dev].submit(&io, sq) {
             self.sync_done.push_back((tag, res));
         }
@@ -1203,7 +1216,15 @@ impl BdevChannel for RaidChannel {
     }
 
     fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
-        self.on_child(tag, res, sq);
+        match ChildRoute::member_of(tag) {
+            Some((dev, dev_tag)) => {
+                let mut out = std::mem::take(&mut self.member_done);
+                self.devs[dev].child_complete(dev_tag, res, sq, &mut out);
+                self.take_member_completions(&mut out);
+                self.member_done = out;
+            }
+            None => self.on_child(tag, res, sq),
+        }
         self.drain(sq);
         done.append(&mut self.completed);
     }
@@ -1213,6 +1234,15 @@ impl BdevChannel for RaidChannel {
     }
 
     fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
+        let mut devs_waiting = false;
+        if !self.polled_devs.is_empty() {
+            let mut out = std::mem::take(&mut self.member_done);
+            for i in 0..self.polled_devs.len() {
+                devs_waiting |= self.devs[self.polled_devs[i]].poll(sq, &mut out);
+            }
+            self.take_member_completions(&mut out);
+            self.member_done = out;
+        }
         self.drive_resync(sq);
         self.drive_rebuild(sq);
         self.drive_scrub(sq);
@@ -1227,7 +1257,19 @@ impl BdevChannel for RaidChannel {
             done.append(&mut self.held);
         }
         done.append(&mut self.completed);
-        !self.waiting.is_empty() || !self.gated.is_empty() || !self.held.is_empty()
+        devs_waiting || !self.waiting.is_empty() || !self.gated.is_empty() || !self.held.is_empty()
+    }
+}
+
+impl RaidChannel {
+    /// Member I/Os a device finished from its own completions or polling: they carry this
+    /// volume's tokens and join the other member completions.
+    fn take_member_completions(&mut self, out: &mut Completions) {
+        for (user_data, res) in out.drain(..) {
+            let t = Token::decode(user_data).expect("a member completes only I/O this volume submitted");
+            debug_assert!(t.kind == Kind::Child && t.aux < ChildRoute::OWN_TAGS);
+            self.sync_done.push_back((t.aux, res));
+        }
     }
 }
 
@@ -1277,7 +1319,7 @@ mod tests {
     }
 
     fn read_member(m: &Arc<dyn Bdev>, lba: u64, blocks: usize) -> Vec<u8> {
-        let mut ch = m.open_channel(&mut NoFiles, 0).unwrap();
+        let mut ch = m.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
         let mut b = vec![0u8; blocks * 512];
         rw(&mut *ch, BdevOp::Read, lba * 512, &mut b);
         b
@@ -1287,7 +1329,7 @@ mod tests {
     fn writes_read_back_and_land_where_the_layout_says() {
         for (level, n, g) in [(Level::Raid0, 3, 0), (Level::Raid1, 3, 0), (Level::Raid10, 4, 2), (Level::Concat, 2, 0), (Level::Raid5, 4, 0), (Level::Raid6, 5, 0), (Level::Raid50, 6, 3)] {
             let (v, members) = volume(level, n, g);
-            let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
+            let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let len = 200_192;
             let mut data: Vec<u8> = (0..len as u32).map(|i| (i * 7 + 3) as u8).collect();
             let offset = 512 * 37;
@@ -1309,7 +1351,7 @@ mod tests {
     fn parity_stays_consistent_under_partial_writes() {
         for (level, n, g) in [(Level::Raid4, 4, 0), (Level::Raid5, 5, 0), (Level::Raid6, 6, 0), (Level::Raid60, 8, 4)] {
             let (v, members) = volume(level, n, g);
-            let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
+            let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let mut x = 12345u64;
             for _ in 0..200 {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1418,7 +1460,7 @@ mod tests {
     fn spares_rebuild_during_io() {
         for (level, n, g, fail) in [(Level::Raid5, 4, 0, vec![1]), (Level::Raid6, 6, 0, vec![0, 4]), (Level::Raid1, 3, 0, vec![2]), (Level::Raid10, 4, 2, vec![1, 2]), (Level::Raid50, 6, 3, vec![4]), (Level::Raid60, 8, 4, vec![1, 6]), (Level::Raid4, 4, 0, vec![3])] {
             let (v, mut model) = volume_with_spares(level, n, g, fail.len());
-            let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
+            let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let mut x = 99u64;
             for _ in 0..100 {
                 random_write(&mut *ch, &mut model, &mut x);
@@ -1461,7 +1503,7 @@ mod tests {
     fn scrub_skips_rows_once_a_member_is_lost_and_still_ends() {
         let (v, _members) = volume(Level::Raid5, 4, 0);
         v.scrub().set_rate(0);
-        let mut ch = v.open_channel(&mut NoFiles, 0).unwrap();
+        let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
         v.start_scrub(false).unwrap();
         assert!(v.start_scrub(false).is_err(), "one scrub at a time");
         let mut done = Vec::new();
