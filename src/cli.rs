@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::VolumeCmd;
+use super::{AnaCmd, VolumeCmd};
 
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -284,4 +284,52 @@ pub fn write_perf_plot(path: &Path, latency: &hdrhistogram::Histogram<u64>, o: &
     std::fs::write(path, svg).map_err(|e| format!("{}: {e}", path.display()))?;
     eprintln!("plot written to {}", path.display());
     Ok(())
+}
+
+/// `nvmf-raid ana set|status`.
+pub fn ana(socket: &Path, cmd: AnaCmd) -> Result<(), String> {
+    match cmd {
+        AnaCmd::Set { listener, state, subsystem } => {
+            let port = listener.trim().parse::<u64>().map_or_else(|_| json!(listener), |id| json!(id));
+            let r = nvmf_raid::mgmt::call(socket, "ana_set", json!({"port": port, "subsystem": subsystem, "state": state}))?;
+            let changed = r["changed"].as_array().cloned().unwrap_or_default();
+            if changed.is_empty() {
+                println!("{listener}: already {state}, nothing changed");
+            }
+            for c in &changed {
+                println!(
+                    "{listener}: {} group {} {} -> {} (change count {}, {} controllers notified)",
+                    c["subsystem"].as_str().unwrap_or("?"),
+                    c["anagrpid"],
+                    c["from"].as_str().unwrap_or("?"),
+                    c["to"].as_str().unwrap_or("?"),
+                    c["change_count"],
+                    c["notified"]
+                );
+            }
+            Ok(())
+        }
+        AnaCmd::Status { json } => {
+            let r = nvmf_raid::mgmt::call(socket, "ana_status", json!({}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap());
+                return Ok(());
+            }
+            println!("change count {}", r["change_count"]);
+            println!("{:<4} {:<22} {:<44} {:<5} {:<16} {:>7} {:>11}", "PORT", "LISTENER", "SUBSYSTEM", "GROUP", "STATE", "CHGCNT", "CONTROLLERS");
+            for g in r["groups"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<4} {:<22} {:<44} {:<5} {:<16} {:>7} {:>11}",
+                    g["port"],
+                    g["listener"].as_str().unwrap_or("?"),
+                    g["subsystem"].as_str().unwrap_or("?"),
+                    g["anagrpid"],
+                    g["state"].as_str().unwrap_or("?"),
+                    g["change_count"],
+                    g["controllers"]
+                );
+            }
+            Ok(())
+        }
+    }
 }

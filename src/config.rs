@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::nvmf::ana::AnaState;
+use crate::nvmf::subsystem::{CNTLID_MAX, CNTLID_MIN};
 use crate::reactor::PollMode;
 use crate::volume::layout::{Layout, Level};
 
@@ -126,6 +128,20 @@ impl Default for LimitsSection {
 #[serde(deny_unknown_fields)]
 pub struct ListenerSection {
     pub address: String,
+    /// The ANA state this listener reports for every subsystem at start:
+    /// "optimized" (default), "non-optimized" or "inaccessible".
+    #[serde(default)]
+    pub ana_state: Option<String>,
+}
+
+impl ListenerSection {
+    /// The validated initial ANA state (optimized when not given).
+    pub fn initial_ana_state(&self) -> Result<AnaState, String> {
+        let Some(name) = &self.ana_state else { return Ok(AnaState::Optimized) };
+        AnaState::parse(name)
+            .filter(|s| AnaState::INITIAL.contains(s))
+            .ok_or_else(|| format!("'{name}' is not an initial ANA state (use one of {})", AnaState::names(&AnaState::INITIAL)))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -389,6 +405,19 @@ pub struct SubsystemSection {
     pub hosts: Vec<String>,
     #[serde(rename = "namespace", default)]
     pub namespaces: Vec<NamespaceSection>,
+    /// Controller IDs handed out to this subsystem's hosts. Two targets exporting the same
+    /// subsystem (one per site) must be given disjoint ranges.
+    #[serde(default = "default_cntlid_min")]
+    pub cntlid_min: u32,
+    #[serde(default = "default_cntlid_max")]
+    pub cntlid_max: u32,
+}
+
+fn default_cntlid_min() -> u32 {
+    CNTLID_MIN as u32
+}
+fn default_cntlid_max() -> u32 {
+    CNTLID_MAX as u32
 }
 
 fn default_model() -> String {
@@ -423,7 +452,7 @@ impl Config {
         Config {
             reactor: ReactorSection::default(),
             limits: LimitsSection::default(),
-            listeners: vec![ListenerSection { address: listen.into() }],
+            listeners: vec![ListenerSection { address: listen.into(), ana_state: None }],
             volumes: vec![VolumeSection {
                 name: "vol0".into(),
                 level: Level::Raid5,
@@ -451,6 +480,8 @@ impl Config {
                 allow_any_host: true,
                 hosts: vec![],
                 namespaces: vec![NamespaceSection { nsid: Some(1), device: "vol0".into(), uuid: None }],
+                cntlid_min: default_cntlid_min(),
+                cntlid_max: default_cntlid_max(),
             }],
         }
     }
@@ -463,6 +494,7 @@ impl Config {
         }
         for (i, l) in self.listeners.iter().enumerate() {
             l.address.parse::<SocketAddr>().map_err(|e| invalid(format!("listener[{i}].address"), format!("'{}': {e}", l.address)))?;
+            l.initial_ana_state().map_err(|e| invalid(format!("listener[{i}].ana_state"), e))?;
         }
         let mut names = self.validate_devices()?;
         self.validate_volumes(&mut names)?;
@@ -614,6 +646,16 @@ impl Config {
             if let Some(h) = s.hosts.iter().find(|h| !valid_nqn(h)) {
                 return Err(invalid(f("hosts"), format!("'{h}' is not a valid NQN")));
             }
+            let (lo, hi) = (CNTLID_MIN as u32, CNTLID_MAX as u32);
+            if !(lo..=hi).contains(&s.cntlid_min) {
+                return Err(invalid(f("cntlid_min"), format!("{} is outside {lo}..={hi}", s.cntlid_min)));
+            }
+            if !(lo..=hi).contains(&s.cntlid_max) {
+                return Err(invalid(f("cntlid_max"), format!("{} is outside {lo}..={hi} (0xFFF0 and above are reserved)", s.cntlid_max)));
+            }
+            if s.cntlid_min > s.cntlid_max {
+                return Err(invalid(f("cntlid_max"), format!("{} is below cntlid_min {}", s.cntlid_max, s.cntlid_min)));
+            }
             self.validate_namespaces(i, s, devices)?;
         }
         Ok(())
@@ -705,6 +747,37 @@ device = "r0"
         assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));
         let used_twice = vol("level = \"raid0\"\nmembers = [\"a\", \"r0\"]");
         assert!(err_of(&used_twice).starts_with("subsystem[0].namespace[0].device"));
+    }
+
+    #[test]
+    fn listener_ana_state_is_checked() {
+        let with = |state: &str| GOOD.replace("address = \"127.0.0.1:4420\"", &format!("address = \"127.0.0.1:4420\"\nana_state = \"{state}\""));
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.listeners[0].initial_ana_state(), Ok(AnaState::Optimized), "default");
+        for (name, state) in [("optimized", AnaState::Optimized), ("non-optimized", AnaState::NonOptimized), ("inaccessible", AnaState::Inaccessible)] {
+            assert_eq!(Config::parse(&with(name)).unwrap().listeners[0].initial_ana_state(), Ok(state));
+        }
+        for bad in ["fast", "change", "persistent-loss", ""] {
+            let e = err_of(&with(bad));
+            assert!(e.starts_with("listener[0].ana_state") && e.contains("non-optimized"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn cntlid_range_is_checked() {
+        let with = |extra: &str| GOOD.replace("hosts = [", &format!("{extra}\nhosts = ["));
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!((c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max), (1, 0xFFEF), "defaults");
+        let c = Config::parse(&with("cntlid_min = 100\ncntlid_max = 199")).unwrap();
+        assert_eq!((c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max), (100, 199));
+        Config::parse(&with("cntlid_min = 7\ncntlid_max = 7")).unwrap();
+        Config::parse(&with("cntlid_max = 65519")).unwrap();
+        assert!(err_of(&with("cntlid_min = 0")).starts_with("subsystem[0].cntlid_min"));
+        assert!(err_of(&with("cntlid_min = 65520")).starts_with("subsystem[0].cntlid_min"));
+        assert!(err_of(&with("cntlid_max = 65520")).starts_with("subsystem[0].cntlid_max"));
+        assert!(err_of(&with("cntlid_max = 0")).starts_with("subsystem[0].cntlid_max"));
+        let e = err_of(&with("cntlid_min = 200\ncntlid_max = 100"));
+        assert!(e.starts_with("subsystem[0].cntlid_max") && e.contains("cntlid_min"), "{e}");
     }
 
     #[test]

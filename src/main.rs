@@ -61,6 +61,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Asymmetric Namespace Access: the state each listener reports to multipath hosts.
+    #[command(subcommand)]
+    Ana(AnaCmd),
     /// Allow (add) or disallow (remove) a host NQN on a subsystem, at run time.
     Host {
         #[arg(value_parser = ["add", "remove"])]
@@ -256,6 +259,27 @@ enum VolumeCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum AnaCmd {
+    /// Set the ANA state a listener reports, for every subsystem or one. Hosts connected
+    /// through it that enabled ANA change notices are told.
+    Set {
+        /// The listener: its address (127.0.0.1:4420) or port id (1 = first listener).
+        #[arg(long)]
+        listener: String,
+        #[arg(long, value_parser = ["optimized", "non-optimized", "inaccessible", "persistent-loss", "change"])]
+        state: String,
+        /// Only this subsystem (default: every subsystem on the listener).
+        #[arg(long)]
+        subsystem: Option<String>,
+    },
+    /// The ANA state of every listener and subsystem, and the change count.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PollArg {
     Busy,
@@ -273,6 +297,7 @@ fn main() {
             let p = json!({"device": device, "action": action, "start": start, "end": end, "ios": ios, "us": us});
             rpc(&cli.socket, "device_fault", p).map(|r| println!("{device}: {action} (failed I/Os so far: {})", r["injected"]))
         }
+        Cmd::Ana(a) => cli::ana(&cli.socket, a),
         Cmd::Subsystems { json } => rpc(&cli.socket, "subsystem_list", json!({})).map(|r| cli::print_subsystems(&r, json)),
         Cmd::Controllers { json } => rpc(&cli.socket, "controller_list", json!({})).map(|r| cli::print_controllers(&r, json)),
         Cmd::Host { action, subsystem, host } => {

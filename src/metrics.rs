@@ -1,6 +1,6 @@
 //! Prometheus text exposition over HTTP (GET /metrics): I/O and byte counters and latency
 //! histograms per namespace, member and reactor, volume and member states, rebuild and
-//! resync progress, connections. One small thread; every scrape asks the reactors for
+//! resync progress, ANA states, connections. One small thread; every scrape asks the reactors for
 //! their statistics, as the management API does.
 
 use std::fmt::Write as _;
@@ -140,6 +140,7 @@ pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
     let reactors: Vec<(String, &OpSet)> = per_reactor.iter().enumerate().map(|(i, s)| (format!("reactor=\"{i}\""), &s.reactor)).collect();
     op_families(&mut o, "nvmf_raid_reactor", "reactor", &reactors);
     volume_families(&mut o, volumes);
+    ana_families(&mut o, &shared.target);
     let turns = shared.utilisation();
     family(&mut o, "nvmf_raid_reactor_busy_seconds_total", "counter", "Time of event-loop turns that did work (events or submissions).");
     for (i, (busy, _)) in turns.iter().enumerate() {
@@ -155,6 +156,16 @@ pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
     family(&mut o, "nvmf_raid_pool_buffers_in_use", "gauge", "Data buffers of the reactors' pools in use.");
     let _ = writeln!(o, "nvmf_raid_pool_buffers_in_use {buffers}");
     o
+}
+
+/// ANA state per listener and subsystem, and the change count.
+fn ana_families(o: &mut String, target: &crate::nvmf::subsystem::Target) {
+    family(o, "nvmf_raid_ana_state", "gauge", "ANA state a listener reports for a subsystem: 1 optimized, 2 non-optimized, 3 inaccessible, 4 persistent loss, 15 change.");
+    for g in target.ana_report() {
+        let _ = writeln!(o, "nvmf_raid_ana_state{{listener=\"{}\",subsystem=\"{}\"}} {}", label(&g.addr.to_string()), label(&g.subsystem), g.state.code());
+    }
+    family(o, "nvmf_raid_ana_changes_total", "counter", "ANA state changes since the start (the ANA log page's change count).");
+    let _ = writeln!(o, "nvmf_raid_ana_changes_total {}", target.ana.change_count());
 }
 
 fn volume_families(o: &mut String, volumes: &[Arc<RaidBdev>]) {

@@ -110,6 +110,8 @@ fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<
             allow_any_host: s.allow_any_host,
             hosts: RwLock::new(s.hosts.clone()),
             namespaces,
+            cntlid_min: s.cntlid_min as u16,
+            cntlid_max: s.cntlid_max as u16,
         }));
     }
     Ok(out)
@@ -233,6 +235,13 @@ impl Server {
             listeners.push((sock, port.id));
         }
         let target = Arc::new(Target::new(subsystems, ports.clone(), cfg.limits.max_io_queues, cfg.limits.max_controllers));
+        for (l, port) in cfg.listeners.iter().zip(&ports) {
+            let state = l.initial_ana_state().map_err(|e| std::io::Error::other(format!("listener {}: {e}", l.address)))?;
+            target.ana.set_initial(port.id, state);
+            if state != crate::nvmf::ana::AnaState::Optimized {
+                info!(listener = %port.addr, ana_state = %state, "listener starts with a non-optimized ANA state");
+            }
+        }
         let mut mailboxes = Vec::new();
         let mut inboxes = Vec::new();
         for _ in &cfg.reactor.cores {

@@ -160,6 +160,8 @@ pub fn make_target(cfg: &Config) -> Target {
         allow_any_host: false,
         hosts: RwLock::new(vec![HOSTNQN.into()]),
         namespaces: vec![namespace(1, 0, &d.ram512), namespace(2, 1, &d.null4k), namespace(3, 2, &d.ram4k)],
+        cntlid_min: nvmf_raid::nvmf::subsystem::CNTLID_MIN,
+        cntlid_max: nvmf_raid::nvmf::subsystem::CNTLID_MAX,
     };
     let port = Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() };
     Target::new(vec![Arc::new(s)], vec![port], 4, if cfg.one_controller { 1 } else { 2 })

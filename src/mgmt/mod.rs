@@ -18,6 +18,7 @@ use crate::bdev::Bdev;
 use crate::nvmf::subsystem::{SubsystemKind, Target};
 use crate::volume::raid::RaidBdev;
 
+mod ana;
 pub mod stats;
 mod volume;
 
@@ -90,6 +91,7 @@ impl Managed {
     pub fn call(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
         match method {
             m if m.starts_with("volume_") => self.volume_call(m, params),
+            m if m.starts_with("ana_") => self.ana_call(m, params),
             "stats" => self.stats(params),
             "hosts_reload" => crate::server::reload_hosts_from(&self.target, self.config_path.as_deref()).map(|s| json!({"reloaded": s})).map_err(failed),
             "stats_reset" => self.stats(&json!({"reset": true})),

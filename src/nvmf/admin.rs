@@ -163,7 +163,13 @@ fn get_log_page(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
         log::FIRMWARE_SLOT => identify::firmware_log(&mut page),
         log::CHANGED_NS => page.resize(4096, 0),
         log::COMMAND_EFFECTS => identify::command_effects_log(&mut page, true),
-        log::ANA => identify::ana_log(&mut page, subsys),
+        log::ANA => {
+            // LSP bit 0 (cdw10 bit 8): return groups only; RAE (bit 15): keep the event.
+            identify::ana_log(&mut page, cx.target, cx.ctrl, sqe.cdw10() & (1 << 8) != 0);
+            if sqe.cdw10() & (1 << 15) == 0 {
+                cx.ctrl.ana_log_read();
+            }
+        }
         _ => return AdminResult::err(status::INVALID_LOG_PAGE),
     }
     copy_out(&page, offset.min(usize::MAX as u64) as usize, data)
@@ -242,9 +248,46 @@ mod tests {
             allow_any_host: false,
             hosts: RwLock::new(vec!["nqn.host:1".into()]),
             namespaces: vec![ns],
+            cntlid_min: crate::nvmf::subsystem::CNTLID_MIN,
+            cntlid_max: crate::nvmf::subsystem::CNTLID_MAX,
         };
         let port = Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() };
         Target::new(vec![Arc::new(s)], vec![port], 8, 16)
+    }
+
+    /// Two ports, one subsystem with namespaces 3, 1 and 7 (in that order).
+    fn two_port_target() -> Target {
+        let nqn = "nqn.test:ana";
+        let s = Subsystem {
+            nqn: nqn.into(),
+            kind: SubsystemKind::Nvm,
+            serial: "SN2".into(),
+            model: "M".into(),
+            allow_any_host: true,
+            hosts: RwLock::new(vec![]),
+            namespaces: [3, 1, 7].iter().map(|&id| Namespace::new(nqn, id, 0, 512, 2048)).collect(),
+            cntlid_min: 0x10,
+            cntlid_max: 0x1F,
+        };
+        let ports = vec![Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() }, Port { id: 2, addr: "127.0.0.1:4421".parse().unwrap() }];
+        Target::new(vec![Arc::new(s)], ports, 8, 16)
+    }
+
+    fn ana_log_sqe(len: usize, offset: u64, rgo: bool, rae: bool) -> Sqe {
+        let mut s = Sqe { opcode: admin::GET_LOG_PAGE, nsid: u32::MAX, ..Default::default() };
+        let numd = (len / 4 - 1) as u32;
+        s.cdw[0] = log::ANA as u32 | (rgo as u32) << 8 | (rae as u32) << 15 | (numd & 0xFFFF) << 16;
+        s.cdw[1] = numd >> 16;
+        s.cdw[2] = offset as u32;
+        s.cdw[3] = (offset >> 32) as u32;
+        s
+    }
+
+    fn le32(d: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(d[at..at + 4].try_into().unwrap())
+    }
+    fn le64(d: &[u8], at: usize) -> u64 {
+        u64::from_le_bytes(d[at..at + 8].try_into().unwrap())
     }
 
     fn run(t: &Target, c: &Controller, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
@@ -270,6 +313,98 @@ mod tests {
         assert_eq!(u16::from_le_bytes([d[514], d[515]]), 128, "maxcmd");
         assert_eq!(d[77], 8, "MDTS 1 MiB");
         assert_eq!(&d[768..778], b"nqn.test:a");
+    }
+
+    #[test]
+    fn identify_reports_ana_for_nvm_subsystems_only() {
+        let t = two_port_target();
+        let c = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0).unwrap();
+        assert!((0x10..=0x1F).contains(&c.cntlid), "cntlid {} from the subsystem's range", c.cntlid);
+        let mut d = vec![0u8; 4096];
+        run(&t, &c, &identify_sqe(1, 0), &mut d);
+        assert_eq!(u16::from_le_bytes([d[78], d[79]]), c.cntlid);
+        assert_eq!(d[76], 0b1010, "CMIC: several controllers, ANA reporting");
+        assert_eq!(le32(&d, 92) & (1 << 11), 1 << 11, "OAES: ANA change notices");
+        assert_eq!(le32(&d, 92) & (1 << 8), 1 << 8, "OAES: namespace attribute notices");
+        assert_eq!(d[342], 10, "ANATT");
+        assert_eq!(d[343], 0xDF, "ANACAP: all five states, constant and non-zero ANAGRPID");
+        assert_eq!(le32(&d, 344), 1, "ANAGRPMAX");
+        assert_eq!(le32(&d, 348), 1, "NANAGRPID");
+        assert_eq!(le32(&d, 540), 7, "MNAN");
+
+        run(&t, &c, &identify_sqe(0, 7), &mut d);
+        assert_eq!(d[30] & 1, 1, "NMIC shared");
+        assert_eq!(le32(&d, 92), 1, "ANAGRPID");
+        run(&t, &c, &identify_sqe(cns::NS_CS_INDEPENDENT, 7), &mut d);
+        assert_eq!((d[1], le32(&d, 4)), (1, 1), "NMIC and ANAGRPID of the I/O command set independent page");
+
+        let disc = t.create_controller(crate::nvmf::spec::DISCOVERY_NQN, "nqn.host:1", [0; 16], 1, 0).unwrap();
+        run(&t, &disc, &identify_sqe(1, 0), &mut d);
+        assert_eq!((d[76], d[342], d[343], le32(&d, 344), le32(&d, 92)), (0, 0, 0, 0, 0), "no ANA on discovery");
+    }
+
+    #[test]
+    fn ana_log_page_layout_follows_the_port() {
+        let t = two_port_target();
+        t.ana.set_initial(2, crate::nvmf::ana::AnaState::NonOptimized);
+        let c1 = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let c2 = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0).unwrap();
+        let mut d = vec![0xEEu8; 64];
+        assert_eq!(run(&t, &c1, &ana_log_sqe(64, 0, false, false), &mut d), AdminResult::data(64));
+        assert_eq!(le64(&d, 0), 0, "header change count");
+        assert_eq!(u16::from_le_bytes([d[8], d[9]]), 1, "one group descriptor");
+        assert!(d[10..16].iter().all(|b| *b == 0), "reserved");
+        assert_eq!(le32(&d, 16), 1, "ANAGRPID");
+        assert_eq!(le32(&d, 20), 3, "NSIDs in the group");
+        assert_eq!(le64(&d, 24), 0, "group change count");
+        assert_eq!(d[32], 0x01, "optimized on port 1");
+        assert!(d[33..48].iter().all(|b| *b == 0), "reserved");
+        assert_eq!([le32(&d, 48), le32(&d, 52), le32(&d, 56)], [1, 3, 7], "NSIDs, ascending");
+        assert_eq!(le32(&d, 60), 0, "zero past the page");
+        run(&t, &c2, &ana_log_sqe(64, 0, false, false), &mut d);
+        assert_eq!(d[32], 0x02, "non-optimized on port 2");
+
+        let ch = t.set_ana_state(1, None, crate::nvmf::ana::AnaState::Inaccessible).unwrap();
+        assert_eq!(ch.len(), 1);
+        run(&t, &c1, &ana_log_sqe(64, 0, false, false), &mut d);
+        assert_eq!((le64(&d, 0), le64(&d, 24), d[32]), (1, 1, 0x03), "port 1 changed");
+        run(&t, &c2, &ana_log_sqe(64, 0, false, false), &mut d);
+        assert_eq!((le64(&d, 0), le64(&d, 24), d[32]), (1, 0, 0x02), "port 2: only the global count moved");
+
+        // Return Groups Only: the descriptor without its NSIDs.
+        run(&t, &c1, &ana_log_sqe(64, 0, true, false), &mut d);
+        assert_eq!((le32(&d, 16), le32(&d, 20), d[32]), (1, 0, 0x03));
+        assert!(d[48..].iter().all(|b| *b == 0), "no NSIDs after RGO");
+
+        // Offset and length: a window into the same page.
+        let mut w = vec![0u8; 8];
+        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 48, false, false), &mut w), AdminResult::data(8));
+        assert_eq!([le32(&w, 0), le32(&w, 4)], [1, 3]);
+        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 64, false, false), &mut w), AdminResult::err(status::INVALID_FIELD), "past the end");
+        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 2, false, false), &mut w), AdminResult::err(status::INVALID_FIELD), "unaligned");
+    }
+
+    #[test]
+    fn reading_the_ana_log_rearms_the_notice_unless_retained() {
+        let t = two_port_target();
+        let c = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let mut s = Sqe { opcode: admin::SET_FEATURES, ..Default::default() };
+        s.cdw[0] = feature::ASYNC_EVENT_CONFIG as u32;
+        s.cdw[1] = 1 << 11;
+        assert_eq!(run(&t, &c, &s, &mut []), AdminResult::ok(0));
+        use crate::nvmf::ana::AnaState::*;
+        t.set_ana_state(1, None, Inaccessible).unwrap();
+        assert!(c.take_ana_change_event());
+        t.set_ana_state(1, None, Optimized).unwrap();
+        assert!(!c.take_ana_change_event(), "masked until the log page is read");
+        let mut d = vec![0u8; 64];
+        run(&t, &c, &ana_log_sqe(64, 0, false, true), &mut d);
+        t.set_ana_state(1, None, Inaccessible).unwrap();
+        assert!(!c.take_ana_change_event(), "RAE keeps it masked");
+        run(&t, &c, &ana_log_sqe(64, 0, false, false), &mut d);
+        assert_eq!(d[32], 0x03);
+        t.set_ana_state(1, None, Optimized).unwrap();
+        assert!(c.take_ana_change_event(), "read without RAE: notices again");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Identify data structures and log pages, built into caller-provided buffers.
 
+use super::ana;
 use super::subsystem::{Controller, Namespace, Subsystem, SubsystemKind, Target};
 use super::TransportLimits;
 
@@ -49,12 +50,13 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put_str(out, 64, 8, env!("CARGO_PKG_VERSION"));
     out[72] = 6; // rab
     out[73..76].copy_from_slice(&IEEE_OUI);
-    // cmic: may be reached through several controllers (multipath-ready).
-    out[76] = if nvm { 1 << 1 } else { 0 };
+    // cmic: may be reached through several controllers, reports ANA (multipath).
+    out[76] = if nvm { (1 << 1) | (1 << 3) } else { 0 };
     out[77] = lim.mdts_shift();
     put16(out, 78, ctrl.cntlid);
     put32(out, 80, VERSION_1_3);
-    put32(out, 92, if nvm { 1 << 8 } else { 0 }); // oaes: namespace attribute notices
+    // oaes: namespace attribute and ANA change notices.
+    put32(out, 92, if nvm { (1 << 8) | ana::AEC_ANA_CHANGE } else { 0 });
     put32(out, 96, 1 | (1 << 6)); // ctratt: 128-bit host identifier, traffic-based keep-alive
     out[111] = if nvm { 1 } else { 2 }; // cntrltype
     out[258] = 3; // acl
@@ -65,6 +67,12 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put16(out, 266, 0x0157); // wctemp
     put16(out, 268, 0x0175); // cctemp
     put16(out, 320, 10); // kas: 100 ms units -> 1 s granularity
+    if nvm {
+        out[342] = ana::ANATT_SECS; // anatt
+        out[343] = ana::ANACAP; // anacap
+        put32(out, 344, ana::GROUPS_PER_SUBSYSTEM); // anagrpmax: largest ANAGRPID
+        put32(out, 348, ana::GROUPS_PER_SUBSYSTEM); // nanagrpid: groups in the subsystem
+    }
     out[512] = 0x66; // sqes
     out[513] = 0x44; // cqes
     put16(out, 514, lim.queue_depth);
@@ -97,6 +105,7 @@ pub fn namespace(out: &mut [u8; IDENTIFY_LEN], ns: Option<&Namespace>) {
     out[25] = 0; // nlbaf: one format
     out[26] = 0; // flbas
     out[30] = 1; // nmic: may be shared between controllers
+    put32(out, 92, ns.anagrpid); // anagrpid
     out[104..120].copy_from_slice(&ns.nguid);
     out[120..128].copy_from_slice(&ns.eui64);
     out[128 + 2] = ns.lba_shift() as u8; // lbaf0.lbads
@@ -131,8 +140,9 @@ pub fn ns_descriptors(out: &mut [u8; IDENTIFY_LEN], ns: &Namespace) {
 /// CNS 08h: I/O command set independent namespace data.
 pub fn ns_cs_independent(out: &mut [u8; IDENTIFY_LEN], ns: Option<&Namespace>) {
     out.fill(0);
-    if ns.is_some() {
+    if let Some(ns) = ns {
         out[1] = 1; // nmic
+        put32(out, 4, ns.anagrpid); // anagrpid
         out[14] = 1; // nstat: ready
     }
 }
@@ -176,19 +186,31 @@ pub fn command_effects_log(page: &mut Vec<u8>, nvm: bool) {
     }
 }
 
-/// ANA log: one group, optimized, holding every namespace.
-pub fn ana_log(page: &mut Vec<u8>, subsys: &Subsystem) {
-    page.resize(16, 0);
-    put64(page, 0, 1); // change count
-    put16(page, 8, 1); // one group descriptor
-    let mut g = [0u8; 32];
-    put32(&mut g, 0, 1);
-    put32(&mut g, 4, subsys.namespaces.len() as u32);
-    put64(&mut g, 8, 1);
-    g[16] = 0x01; // optimized
-    page.extend_from_slice(&g);
-    for ns in &subsys.namespaces {
-        page.extend_from_slice(&ns.nsid.to_le_bytes());
+/// Size of the ANA log page header and of a group descriptor without its NSIDs.
+pub const ANA_LOG_HEADER: usize = 16;
+pub const ANA_GROUP_DESCRIPTOR: usize = 32;
+
+/// ANA log (0Ch) as `ctrl` reports it: the state of each of its subsystem's groups on
+/// the port it is connected through. `groups_only` (RGO) leaves out the NSID lists.
+pub fn ana_log(page: &mut Vec<u8>, target: &Target, ctrl: &Controller, groups_only: bool) {
+    let subsys = &ctrl.subsys;
+    let groups = subsys.ana_groups();
+    page.resize(ANA_LOG_HEADER, 0);
+    put64(page, 0, target.ana.change_count());
+    put16(page, 8, groups.len() as u16);
+    for g in groups {
+        let st = target.ana_group(ctrl, g);
+        let mut nsids: Vec<u32> = if groups_only { Vec::new() } else { subsys.namespaces.iter().filter(|n| n.anagrpid == g).map(|n| n.nsid).collect() };
+        nsids.sort_unstable();
+        let mut d = [0u8; ANA_GROUP_DESCRIPTOR];
+        put32(&mut d, 0, g); // anagrpid
+        put32(&mut d, 4, nsids.len() as u32); // number of NSIDs
+        put64(&mut d, 8, st.change_count);
+        d[16] = st.state.code();
+        page.extend_from_slice(&d);
+        for id in nsids {
+            page.extend_from_slice(&id.to_le_bytes());
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The NVMe/TCP target: PDU codec, queue-pair state machine, admin and I/O commands.
 
 pub mod admin;
+pub mod ana;
 pub mod command;
 pub mod conn;
 pub mod exec;

@@ -98,6 +98,10 @@ pub mod status {
     // Media and data integrity errors (SCT 2).
     pub const WRITE_FAULT: u16 = 0x0280;
     pub const UNRECOVERED_READ_ERROR: u16 = 0x0281;
+    // Path related (SCT 3): the host retries these on another path.
+    pub const ANA_PERSISTENT_LOSS: u16 = 0x0301;
+    pub const ANA_INACCESSIBLE: u16 = 0x0302;
+    pub const ANA_TRANSITION: u16 = 0x0303;
     /// Do Not Retry, as it sits in the 15-bit status field.
     pub const DNR: u16 = 0x4000;
 }
