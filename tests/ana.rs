@@ -240,3 +240,58 @@ fn an_ana_change_raises_a_notice_on_that_port_only() {
     drop(silent);
     server.stop();
 }
+
+/// Wait for the completion of command `cid` on the admin queue.
+fn wait_admin_completion(c: &mut HostController, cid: u16, limit: std::time::Duration) -> Option<nvmf_raid::nvmf::command::Cqe> {
+    let deadline = std::time::Instant::now() + limit;
+    let mut got = None;
+    while got.is_none() && std::time::Instant::now() < deadline {
+        c.admin
+            .poll(&mut |id, cqe, _| {
+                if id == cid {
+                    got = Some(cqe);
+                }
+            })
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    got
+}
+
+#[test]
+fn an_inaccessible_path_refuses_io_and_a_parked_event_request_reports_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = config(dir.path(), [0, 0], 0).replace("cntlid_max = 257", "cntlid_max = 300");
+    let server = Server::start(&Config::parse(&c).unwrap()).unwrap();
+    let sock = dir.path().join("mgmt.sock");
+    let (a1, a2) = (server.ports[0].addr, server.ports[1].addr);
+    let mut h1 = HostController::connect(a1, NQN, &QueueOptions::default()).unwrap();
+    let mut h2 = HostController::connect(a2, NQN, &QueueOptions::default()).unwrap();
+    h1.set_queue_count(1).unwrap();
+    h2.set_queue_count(1).unwrap();
+    enable_ana_notices(&mut h1);
+    let aer = h1.admin.submit(Sqe { opcode: admin::ASYNC_EVENT_REQUEST, ..Default::default() }, Data::None).unwrap();
+    let (shift, _) = h1.namespace_geometry(1).unwrap();
+    let (mut q1, mut q2) = (h1.io_queue(1).unwrap(), h2.io_queue(1).unwrap());
+    let block = vec![0x5Au8; 1 << shift];
+    assert!(q1.write(1, 0, shift, &block).unwrap().is_success(), "port 1 starts optimized");
+    assert!(wait_admin_completion(&mut h1, aer, std::time::Duration::from_millis(300)).is_none(), "no event before a change");
+
+    call(&sock, "ana_set", json!({"port": a1.to_string(), "state": "inaccessible"})).unwrap();
+    let ev = wait_admin_completion(&mut h1, aer, std::time::Duration::from_secs(5)).expect("the parked event request completes after the change");
+    assert!(ev.is_success(), "{ev:?}");
+    assert_eq!(ev.dw0, 0x000C_0302, "notice, ANA change, log page 0Ch");
+
+    for (what, cqe) in [("write", q1.write(1, 0, shift, &block).unwrap()), ("read", q1.read(1, 0, shift, &mut vec![0u8; 1 << shift]).unwrap())] {
+        assert_eq!(cqe.status_code(), 0x302, "{what} on the inaccessible path: ANA Inaccessible, {cqe:?}");
+        assert_eq!(cqe.status & (1 << 14), 0, "{what}: no DNR, the host retries on another path");
+    }
+    let mut back = vec![0u8; 1 << shift];
+    assert!(q2.write(1, 1, shift, &block).unwrap().is_success(), "port 2 still serves");
+    assert!(q2.read(1, 0, shift, &mut back).unwrap().is_success() && back == block);
+
+    call(&sock, "ana_set", json!({"port": a1.to_string(), "state": "optimized"})).unwrap();
+    assert!(q1.read(1, 1, shift, &mut back).unwrap().is_success() && back == block, "port 1 serves again");
+    drop((q1, q2));
+    server.stop();
+}

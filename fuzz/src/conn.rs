@@ -425,7 +425,7 @@ impl Driver<'_, '_> {
         for c in self.env.target.controllers() {
             c.kill();
         }
-        self.conn.tick();
+        self.conn.tick(self.env);
     }
 
     /// One turn: deliver a chunk, then completions as the schedule byte says, flushing

@@ -352,8 +352,9 @@ impl Conn {
     }
 
 
-    /// Periodic check: keep-alive expiry, a dead association, a silent new connection.
-    pub fn tick(&mut self) {
+    /// Periodic check: keep-alive expiry, a dead association, a silent new connection,
+    /// and asynchronous events for the parked event requests.
+    pub fn tick(&mut self, env: &mut Env) {
         if self.in_handshake() && Instant::now() > self.handshake_deadline {
             let why = if self.phase == Phase::AwaitingIcReq { "no ICReq in time" } else { "no Fabrics Connect in time" };
             crate::warn_limited!(conn = self.index, why, "handshake deadline passed: closing connection");
@@ -365,6 +366,18 @@ impl Conn {
         if let Some(why) = self.session.tick(std::mem::take(&mut self.active_since_tick)) {
             self.close(why);
         }
+        if self.phase == Phase::Ready {
+            self.deliver_async_event(env);
+        }
+    }
+
+    /// Complete one parked Asynchronous Event Request with the event the session has.
+    fn deliver_async_event(&mut self, env: &mut Env) {
+        let Some(parked) = self.slots.iter().position(|s| s.state == SlotState::AsyncEvent) else { return };
+        let Some(dw0) = self.session.take_event() else { return };
+        self.session.aer_released();
+        self.slots[parked].state = SlotState::Executing;
+        self.complete(parked as u16, status::SUCCESS, dw0 as u64, env);
     }
 
     /// End-of-turn work: start a send if output is queued, retry buffer waiters.

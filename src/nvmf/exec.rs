@@ -125,6 +125,13 @@ impl Session {
         None
     }
 
+    /// An asynchronous event to report on a parked Asynchronous Event Request (its
+    /// completion dword 0), taken from the controller: today the ANA change notice.
+    pub fn take_event(&self) -> Option<u32> {
+        let b = self.binding.as_ref().filter(|b| b.qid == 0 && self.aers > 0)?;
+        b.ctrl.take_ana_change_event().then(super::ana::aen_completion_dw0)
+    }
+
     /// The queue is gone: the admin queue ends its controller, an I/O queue frees its qid.
     pub fn release(&mut self, target: &Target) {
         if let Some(b) = self.binding.take() {
@@ -226,6 +233,12 @@ impl Session {
         let Some(ns) = self.namespace(sqe.nsid) else {
             return Outcome::done(status::INVALID_NAMESPACE | status::DNR);
         };
+        // The path's ANA state: an inaccessible or transitioning path executes nothing, and
+        // the host retries on another path (no DNR).
+        let ctrl = &self.binding.as_ref().expect("I/O queue is bound").ctrl;
+        if let Some(refused) = env.target.ana_io_status(ctrl, ns) {
+            return Outcome::done(refused);
+        }
         let lba_range_ok = |slba: u64, nlb: u64| slba.checked_add(nlb).is_some_and(|end| end <= ns.num_blocks);
         let shift = ns.lba_shift();
         let (op, offset, len) = match sqe.opcode {

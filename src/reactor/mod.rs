@@ -450,7 +450,7 @@ impl Reactor {
             Kind::Tick => {
                 for i in 0..self.active.len() {
                     let id = self.active[i];
-                    self.with_conn(id, None, |c, _| c.tick());
+                    self.with_conn(id, None, |c, env| c.tick(env));
                 }
                 let st = &self.shared.stats[self.index];
                 st.connections.store(self.active.len(), Ordering::Relaxed);
