@@ -169,7 +169,7 @@ impl BdevChannel for FaultChannel {
         self.inner.submit(io, &mut delayed)
     }
 
-    fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+    fn child_complete(&mut self, tag: u64, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
         self.inner.child_complete(tag, res, sq, done)
     }
 

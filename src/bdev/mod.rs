@@ -53,47 +53,57 @@ pub trait FileRegistry {
 }
 
 /// Where the completions of a channel's own ring operations go: `Kind::Child` tokens for
-/// the reactor's channel `index`, with tags at or above `tag_base`. A top-level device has
-/// base 0; a volume gives each member device a base of its own and routes the member's
-/// completions back to it (see `ChildRoute::member`).
+/// the reactor's channel `index`, carrying a tag of up to 44 bits. A channel owns the tags
+/// `base | t` for `t` below `1 << (bits - 1)`; a composite device (a volume, a stretched
+/// volume) gives each device inside it a route of its own in the upper half of its range
+/// (`member`), and hands the completions that arrive there back to that device
+/// (`member_of`), so devices nest without knowing where they sit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChildRoute {
     pub index: u16,
-    pub tag_base: u32,
+    pub base: u64,
+    /// Tag bits this channel and everything inside it may use.
+    pub bits: u32,
 }
 
-/// Tags with this bit belong to a member device of a volume: bits 20..27 name the
-/// device, bits 0..20 are the member's own tag.
-const MEMBER_ROUTE: u32 = 1 << 27;
-const MEMBER_SHIFT: u32 = 20;
-/// Member devices a volume can route completions to.
-pub const MAX_ROUTED_DEVICES: usize = 128;
+/// Bits naming a device inside a composite: up to 128 devices.
+const DEVICE_BITS: u32 = 7;
+/// Member devices a composite can route completions to.
+pub const MAX_ROUTED_DEVICES: usize = 1 << DEVICE_BITS;
 
 impl ChildRoute {
     pub fn top(index: u16) -> ChildRoute {
-        ChildRoute { index, tag_base: 0 }
+        ChildRoute { index, base: 0, bits: crate::reactor::token::CHILD_TAG_BITS }
+    }
+
+    /// Tags the channel may use for its own operations: 0 up to this.
+    pub fn own_tags(&self) -> u64 {
+        1 << (self.bits - 1)
     }
 
     /// The `user_data` of an operation with the channel's own `tag`.
-    pub fn token(&self, tag: u32) -> u64 {
-        debug_assert!(tag < 1 << MEMBER_SHIFT || self.tag_base == 0);
-        crate::reactor::token::Token::new(crate::reactor::token::Kind::Child, self.index, 0, self.tag_base | tag).encode()
+    pub fn token(&self, tag: u64) -> u64 {
+        debug_assert!(tag < self.own_tags());
+        crate::reactor::token::Token::child(self.index, self.base | tag)
     }
 
-    /// The route a volume (itself top-level) gives its member device `device`.
+    /// The route of device `device` inside this channel's device.
     pub fn member(&self, device: usize) -> ChildRoute {
-        assert_eq!(self.tag_base, 0, "volumes are not nested");
         assert!(device < MAX_ROUTED_DEVICES);
-        ChildRoute { index: self.index, tag_base: MEMBER_ROUTE | (device as u32) << MEMBER_SHIFT }
+        let bits = self.bits - 1 - DEVICE_BITS;
+        assert!(bits >= 8, "devices nested too deep for the completion tag");
+        ChildRoute { index: self.index, base: self.base | self.own_tags() | (device as u64) << bits, bits }
     }
 
-    /// A tag of a member device's own operation: (device, the member's tag).
-    pub fn member_of(tag: u32) -> Option<(usize, u32)> {
-        (tag & MEMBER_ROUTE != 0).then(|| (((tag & !MEMBER_ROUTE) >> MEMBER_SHIFT) as usize, tag & ((1 << MEMBER_SHIFT) - 1)))
+    /// A completion tag (relative to this channel) that belongs to a device inside it:
+    /// (device, the tag relative to that device).
+    pub fn member_of(&self, tag: u64) -> Option<(usize, u64)> {
+        if tag < self.own_tags() {
+            return None;
+        }
+        let bits = self.bits - 1 - DEVICE_BITS;
+        Some((((tag - self.own_tags()) >> bits) as usize, tag & ((1 << bits) - 1)))
     }
-
-    /// Tags a volume may use for its own member I/O (below the member routes).
-    pub const OWN_TAGS: u32 = MEMBER_ROUTE;
 }
 
 /// What every device reports about itself.
@@ -145,9 +155,10 @@ pub type Completions = Vec<(u64, i32)>;
 pub trait BdevChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted;
 
-    /// A completion for one of this channel's own child I/Os (submitted with a
-    /// `Kind::Child` token). Parent I/Os that finish are pushed to `done`.
-    fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+    /// A completion for one of this channel's own ring operations or child I/Os (submitted
+    /// with a `Kind::Child` token of its route); `tag` is relative to the route's base.
+    /// Parent I/Os that finish are pushed to `done`.
+    fn child_complete(&mut self, tag: u64, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
         let _ = (tag, res, sq, done);
         unreachable!("this device submits no child I/O");
     }

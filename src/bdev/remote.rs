@@ -47,8 +47,8 @@ const MAX_IOV: usize = 64;
 /// Commands that may wait for a slot or for the queue to come up, per channel.
 const MAX_WAITING: usize = 4096;
 /// Tags of the channel's own ring operations.
-const TAG_RECV: u32 = 0;
-const TAG_SEND: u32 = 1;
+const TAG_RECV: u64 = 0;
+const TAG_SEND: u64 = 1;
 /// First and longest wait between association attempts.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 
@@ -830,7 +830,7 @@ impl BdevChannel for RemoteChannel {
         }
     }
 
-    fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+    fn child_complete(&mut self, tag: u64, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
         match tag {
             TAG_RECV => self.on_recv(res, sq, done),
             TAG_SEND => self.on_send(res, sq, done),

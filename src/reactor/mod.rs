@@ -462,7 +462,7 @@ impl Reactor {
             Kind::Recv => self.conn_event(t, |c, env| c.on_recv(res, env)),
             Kind::Send => self.conn_event(t, |c, env| c.on_send(res, env)),
             Kind::Bdev => self.conn_event(t, |c, env| c.on_bdev_complete(t.aux as u16, res, env)),
-            Kind::Child => self.on_child(t.conn as usize, t.aux, res),
+            Kind::Child => self.on_child(t.conn as usize, t.child_tag(), res),
             Kind::Ignore => {}
         }
     }
@@ -485,7 +485,7 @@ impl Reactor {
 
     /// A composite device's member I/O finished; dispatch the parents it completes. The
     /// shared stack handles nested composites without allocating.
-    fn on_child(&mut self, device: usize, tag: u32, res: i32) {
+    fn on_child(&mut self, device: usize, tag: u64, res: i32) {
         let base = self.child_done.len();
         let Reactor { ring, channels, child_done, .. } = self;
         channels[device].child_complete(tag, res, &mut RingSq(ring), child_done);

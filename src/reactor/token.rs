@@ -43,6 +43,8 @@ pub struct Token {
 }
 
 const AUX_BITS: u32 = 28;
+/// A `Kind::Child` token carries a 44-bit tag in place of (generation, aux).
+pub const CHILD_TAG_BITS: u32 = 44;
 
 impl Token {
     pub fn new(kind: Kind, conn: u16, generation: u16, aux: u32) -> Token {
@@ -52,6 +54,17 @@ impl Token {
 
     pub fn encode(self) -> u64 {
         (self.kind as u64) << 60 | (self.conn as u64) << 44 | (self.generation as u64) << AUX_BITS | self.aux as u64
+    }
+
+    /// The token of a composite device's child operation: channel `index`, `tag`.
+    pub fn child(index: u16, tag: u64) -> u64 {
+        debug_assert!(tag < 1 << CHILD_TAG_BITS);
+        (Kind::Child as u64) << 60 | (index as u64) << 44 | tag
+    }
+
+    /// The 44-bit tag of a `Kind::Child` token.
+    pub fn child_tag(&self) -> u64 {
+        (self.generation as u64) << AUX_BITS | self.aux as u64
     }
 
     pub fn decode(v: u64) -> Option<Token> {

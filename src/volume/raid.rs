@@ -874,8 +874,7 @@ impl RaidChannel {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
             Owner::Stripe(s) => self.stripes.get_mut(s).pending += 1,
         }
-        debug_assert!(tag < ChildRoute::OWN_TAGS);
-        io.user_data = self.route.token(tag);
+        io.user_data = self.route.token(tag as u64);
         if let Submitted::Done(res) = self.devs[dev].submit(&io, sq) {
             self.sync_done.push_back((tag, res));
         }
@@ -1215,15 +1214,15 @@ impl BdevChannel for RaidChannel {
         }
     }
 
-    fn child_complete(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
-        match ChildRoute::member_of(tag) {
+    fn child_complete(&mut self, tag: u64, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+        match self.route.member_of(tag) {
             Some((dev, dev_tag)) => {
                 let mut out = std::mem::take(&mut self.member_done);
                 self.devs[dev].child_complete(dev_tag, res, sq, &mut out);
                 self.take_member_completions(&mut out);
                 self.member_done = out;
             }
-            None => self.on_child(tag, res, sq),
+            None => self.on_child(tag as u32, res, sq),
         }
         self.drain(sq);
         done.append(&mut self.completed);
@@ -1267,8 +1266,9 @@ impl RaidChannel {
     fn take_member_completions(&mut self, out: &mut Completions) {
         for (user_data, res) in out.drain(..) {
             let t = Token::decode(user_data).expect("a member completes only I/O this volume submitted");
-            debug_assert!(t.kind == Kind::Child && t.aux < ChildRoute::OWN_TAGS);
-            self.sync_done.push_back((t.aux, res));
+            let tag = t.child_tag() - self.route.base;
+            debug_assert!(t.kind == Kind::Child && tag < self.route.own_tags());
+            self.sync_done.push_back((tag as u32, res));
         }
     }
 }
