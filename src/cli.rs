@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
-use super::{AnaCmd, VolumeCmd};
+use super::{AnaCmd, SiteCmd, VolumeCmd};
 
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -329,6 +329,40 @@ pub fn ana(socket: &Path, cmd: AnaCmd) -> Result<(), String> {
                     g["controllers"]
                 );
             }
+            Ok(())
+        }
+    }
+}
+
+/// `nvmf-raid site status|handover|takeover`.
+pub fn site(socket: &Path, cmd: SiteCmd) -> Result<(), String> {
+    match cmd {
+        SiteCmd::Status { json } => {
+            let r = nvmf_raid::mgmt::call(socket, "site_status", json!({}))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap());
+                return Ok(());
+            }
+            for v in r.as_array().into_iter().flatten() {
+                let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
+                println!("{}: site {} ({}), {}", s("volume"), s("site"), if v["leader"] == true { "leader" } else { "follower" }, s("mode"));
+                println!("  peer {}: {}, mode {}, link round trip {} us", s("peer_site"), if v["peer_reachable"] == true { "reachable" } else { "unreachable" }, s("peer_mode"), v["link_rtt_us"]);
+                println!("  witness {}: {}", s("witness"), s("witness_role"));
+                let eta = v["resync_eta_secs"].as_u64().map_or(String::new(), |e| format!(", about {e} s left"));
+                println!("  dirty regions {} (1 MiB each), resync copied {} bytes{eta}", v["dirty_regions"], v["resync_bytes"]);
+                println!("  writes: {} on both sites (mean {} us), {} alone, {} refused", v["mirrored_writes"], v["mirrored_write_avg_us"], v["solo_writes"], v["refused"]);
+                println!("  last change: {}", s("last_change"));
+            }
+            Ok(())
+        }
+        SiteCmd::Handover { volume } => {
+            nvmf_raid::mgmt::call(socket, "site_handover", json!({"volume": volume}))?;
+            println!("{volume}: hand-over requested; `nvmf-raid site status` shows the mode");
+            Ok(())
+        }
+        SiteCmd::Takeover { volume, force } => {
+            nvmf_raid::mgmt::call(socket, "site_takeover", json!({"volume": volume, "force": force}))?;
+            println!("{volume}: takeover requested");
             Ok(())
         }
     }

@@ -45,6 +45,54 @@ pub struct Config {
     pub management: ManagementSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    /// Volumes served from two sites (synchronous mirroring between them).
+    #[serde(rename = "stretch", default)]
+    pub stretches: Vec<StretchSection>,
+}
+
+/// One site's half of a stretched volume.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StretchSection {
+    /// The stretched volume's name: the device namespaces use, the same at both sites.
+    pub name: String,
+    /// The local volume (or device) holding this site's copy.
+    pub volume: String,
+    pub site: String,
+    pub peer_site: String,
+    /// The site that orders writes while both are in sync (the same at both sites).
+    pub leader: String,
+    /// Where this site accepts its peer's link ("ip:port"); not a host path.
+    pub link_listener: String,
+    /// The peer site's link listener (or a relay in front of it).
+    pub peer_link: String,
+    /// The witness: an etcd endpoint ("ip:port") at a third site.
+    pub witness: Option<String>,
+    #[serde(default = "default_witness_ttl")]
+    pub witness_ttl_s: u64,
+    /// Without an exchange with the peer for this long, the peer is lost.
+    #[serde(default = "default_link_timeout")]
+    pub link_timeout_ms: u64,
+    /// Background copy to a returning peer, bytes per second (0: unlimited).
+    #[serde(default = "default_rebuild_rate")]
+    pub resync_rate: Size,
+    /// Where the site keeps its state across restarts (mode, dirty regions).
+    pub state_file: PathBuf,
+}
+
+fn default_witness_ttl() -> u64 {
+    5
+}
+fn default_link_timeout() -> u64 {
+    2000
+}
+
+impl StretchSection {
+    /// The link subsystem: the local copy (nsid 1, the replica the peer writes) and the
+    /// stretched volume (nsid 2, where the peer forwards writes this site orders).
+    pub fn link_nqn(&self) -> String {
+        format!("nqn.2026-01.io.nvmf-raid:link:{}", self.name)
+    }
 }
 
 /// Prometheus metrics over HTTP; off unless an address is given.
@@ -469,6 +517,7 @@ impl Config {
             }],
             management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
             metrics: MetricsSection { address: Some(DEFAULT_METRICS.into()) },
+            stretches: vec![],
             devices: names
                 .iter()
                 .map(|n| DeviceSection::file(n, data_dir.join(format!("{n}.img")), Size(1 << 30)))
@@ -498,7 +547,41 @@ impl Config {
         }
         let mut names = self.validate_devices()?;
         self.validate_volumes(&mut names)?;
+        self.validate_stretches(&mut names)?;
         self.validate_subsystems(&names)
+    }
+
+    fn validate_stretches<'a>(&'a self, names: &mut HashSet<&'a str>) -> Result<(), ConfigError> {
+        for (i, s) in self.stretches.iter().enumerate() {
+            let f = |field: &str| format!("stretch[{i}].{field}");
+            if !names.contains(s.volume.as_str()) {
+                return Err(invalid(f("volume"), format!("'{}' is not a configured volume or device", s.volume)));
+            }
+            if s.name.is_empty() || !names.insert(s.name.as_str()) {
+                return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", s.name)));
+            }
+            if s.site.is_empty() || s.peer_site.is_empty() || s.site == s.peer_site {
+                return Err(invalid(f("peer_site"), "site and peer_site must be two different non-empty names"));
+            }
+            if s.leader != s.site && s.leader != s.peer_site {
+                return Err(invalid(f("leader"), format!("'{}' is neither '{}' nor '{}'", s.leader, s.site, s.peer_site)));
+            }
+            for (field, v) in [("link_listener", Some(&s.link_listener)), ("peer_link", Some(&s.peer_link)), ("witness", s.witness.as_ref())] {
+                if let Some(v) = v {
+                    v.parse::<SocketAddr>().map_err(|e| invalid(f(field), format!("'{v}': {e}")))?;
+                }
+            }
+            if self.listeners.iter().any(|l| l.address == s.link_listener) {
+                return Err(invalid(f("link_listener"), "must not be a host listener"));
+            }
+            if !(200..=60_000).contains(&s.link_timeout_ms) {
+                return Err(invalid(f("link_timeout_ms"), "must be 200 to 60000"));
+            }
+            if !(1..=3600).contains(&s.witness_ttl_s) {
+                return Err(invalid(f("witness_ttl_s"), "must be 1 to 3600"));
+            }
+        }
+        Ok(())
     }
 
     fn validate_reactors(&self) -> Result<(), ConfigError> {

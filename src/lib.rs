@@ -12,6 +12,7 @@ pub mod plot;
 pub mod relay;
 pub mod reactor;
 pub mod server;
+pub mod site;
 pub mod stats;
 pub mod util;
 pub mod witness;

@@ -64,6 +64,9 @@ enum Cmd {
     /// Asymmetric Namespace Access: the state each listener reports to multipath hosts.
     #[command(subcommand)]
     Ana(AnaCmd),
+    /// Stretched volumes served from two sites: status, planned hand-over, takeover.
+    #[command(subcommand)]
+    Site(SiteCmd),
     /// Allow (add) or disallow (remove) a host NQN on a subsystem, at run time.
     Host {
         #[arg(value_parser = ["add", "remove"])]
@@ -280,6 +283,26 @@ enum AnaCmd {
     },
 }
 
+#[derive(Subcommand)]
+enum SiteCmd {
+    /// Mode, peer and link, witness, dirty regions and resync progress of every stretched
+    /// volume.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Planned maintenance: this site stops serving the volume and hands it to the peer
+    /// (hosts move to the peer's paths); it resynchronises by itself when it returns.
+    Handover { volume: String },
+    /// Serve the volume alone without asking the witness (the witness is gone too). Only
+    /// when the peer site is known not to serve it.
+    Takeover {
+        volume: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum PollArg {
     Busy,
@@ -298,6 +321,7 @@ fn main() {
             rpc(&cli.socket, "device_fault", p).map(|r| println!("{device}: {action} (failed I/Os so far: {})", r["injected"]))
         }
         Cmd::Ana(a) => cli::ana(&cli.socket, a),
+        Cmd::Site(c) => cli::site(&cli.socket, c),
         Cmd::Subsystems { json } => rpc(&cli.socket, "subsystem_list", json!({})).map(|r| cli::print_subsystems(&r, json)),
         Cmd::Controllers { json } => rpc(&cli.socket, "controller_list", json!({})).map(|r| cli::print_controllers(&r, json)),
         Cmd::Host { action, subsystem, host } => {

@@ -28,6 +28,50 @@ pub struct Server {
     config_path: Option<std::path::PathBuf>,
     /// Every device and volume, for the flush at shutdown.
     devices: Arc<Vec<Arc<dyn Bdev>>>,
+    /// The site controllers of the stretched volumes.
+    sites: Vec<(crate::site::control::SiteHandle, JoinHandle<()>)>,
+}
+
+/// Start the site controller of every stretched volume. Host paths of the subsystems that
+/// export a stretched volume follow its mode; its link listener is never a host path.
+fn start_sites(cfg: &Config, target: &Arc<Target>, ports: &[Port], stretches: &[crate::site::setup::Stretch]) -> std::io::Result<Vec<(crate::site::control::SiteHandle, JoinHandle<()>)>> {
+    use crate::nvmf::ana::AnaState;
+    use crate::site::control::{SiteConfig, SiteController, SiteInbox};
+    if stretches.is_empty() {
+        return Ok(vec![]);
+    }
+    let inbox = Arc::new(SiteInbox::default());
+    let _ = target.site_messages.set(inbox.clone());
+    let link_ports: Vec<u16> = cfg.listeners.iter().zip(ports).filter(|(l, _)| cfg.stretches.iter().any(|s| s.link_listener == l.address)).map(|(_, p)| p.id).collect();
+    let mut out = Vec::new();
+    for st in stretches {
+        let s = &st.cfg;
+        let exporting: Vec<&String> = cfg.subsystems.iter().filter(|sub| sub.namespaces.iter().any(|n| n.device == s.name) && sub.nqn != s.link_nqn()).map(|sub| &sub.nqn).collect();
+        let mut host_paths = Vec::new();
+        for p in ports {
+            for nqn in &exporting {
+                if link_ports.contains(&p.id) {
+                    let _ = target.set_ana_state(p.id, Some(nqn), AnaState::Inaccessible);
+                } else {
+                    host_paths.push((p.id, nqn.to_string()));
+                }
+            }
+        }
+        inbox.add(&s.name, st.bdev.shared.clone(), st.inbox.clone());
+        let sc = SiteConfig {
+            volume: s.name.clone(),
+            site: s.site.clone(),
+            peer_site: s.peer_site.clone(),
+            leader: s.leader.clone(),
+            witness: s.witness.as_ref().map(|w| w.parse().expect("validated witness")),
+            witness_ttl_s: s.witness_ttl_s,
+            link_timeout: std::time::Duration::from_millis(s.link_timeout_ms),
+            state_file: s.state_file.clone(),
+            host_paths,
+        };
+        out.push(SiteController::start(sc, st.bdev.shared.clone(), st.replica.clone(), target.clone(), st.inbox.clone())?);
+    }
+    Ok(out)
 }
 
 fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
@@ -73,6 +117,7 @@ fn device_index(cfg: &Config, name: &str) -> usize {
         .iter()
         .map(|d| &d.name)
         .chain(cfg.volumes.iter().map(|v| &v.name))
+        .chain(cfg.stretches.iter().map(|s| &s.name))
         .position(|n| n == name)
         .expect("validated device name")
 }
@@ -174,6 +219,7 @@ impl Server {
 
     /// Start from `cfg`, which was read from `path` (reloaded on SIGHUP or by RPC).
     pub fn start_with_path(cfg: &Config, config_path: Option<&std::path::Path>) -> std::io::Result<Server> {
+        let cfg = &crate::site::setup::with_site_links(cfg);
         let in_volumes: Vec<&String> = cfg.volumes.iter().flat_map(|v| v.members.iter().chain(&v.spares)).collect();
         let mut opened: Vec<Option<Arc<dyn Bdev>>> = Vec::new();
         let mut faults = Vec::new();
@@ -222,6 +268,13 @@ impl Server {
             close_on_error.0.push(vol.clone());
             opened.push(Some(vol));
         }
+        let mut stretches = Vec::new();
+        for st in &cfg.stretches {
+            let local = opened[device_index(cfg, &st.volume)].clone().ok_or_else(|| std::io::Error::other(format!("stretch '{}': its volume is missing", st.name)))?;
+            let parts = crate::site::setup::build(st, local).map_err(|e| std::io::Error::other(format!("stretch '{}': {e}", st.name)))?;
+            opened.push(Some(parts.bdev.clone()));
+            stretches.push(parts);
+        }
         // Only volume members can be absent, and namespaces never use them directly.
         let placeholder = |i: usize| -> Arc<dyn Bdev> { Arc::new(NullBdev::new(&format!("absent-{i}"), 512, 0)) };
         let devices: Vec<Arc<dyn Bdev>> = opened.into_iter().enumerate().map(|(i, d)| d.unwrap_or_else(|| placeholder(i))).collect();
@@ -242,6 +295,7 @@ impl Server {
                 info!(listener = %port.addr, ana_state = %state, "listener starts with a non-optimized ANA state");
             }
         }
+        let sites = start_sites(cfg, &target, &ports, &stretches)?;
         let mut mailboxes = Vec::new();
         let mut inboxes = Vec::new();
         for _ in &cfg.reactor.cores {
@@ -297,7 +351,14 @@ impl Server {
                 shared: shared.clone(),
                 volumes: volumes.clone(),
                 faults: faults.clone(),
-                devices: cfg.devices.iter().map(|d| d.name.clone()).zip(devices.iter().cloned()).collect(),
+                devices: cfg
+                    .devices
+                    .iter()
+                    .map(|d| d.name.clone())
+                    .zip(devices.iter().cloned())
+                    .chain(stretches.iter().flat_map(|s| [(s.replica.name().to_string(), s.replica.clone() as Arc<dyn Bdev>), (s.forward.name().to_string(), s.forward.clone() as Arc<dyn Bdev>)]))
+                    .collect(),
+                sites: sites.iter().map(|(h, _)| h.clone()).collect(),
                 namespace_devices: cfg.subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.device.clone())).collect(),
                 config_path: config_path.map(|p| p.to_path_buf()),
             };
@@ -330,7 +391,7 @@ impl Server {
             None => None,
         };
         close_on_error.disarm();
-        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server, metrics, config_path: config_path.map(|p| p.to_path_buf()), devices })
+        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server, metrics, config_path: config_path.map(|p| p.to_path_buf()), devices, sites })
     }
 
     /// The volume named `name`.
@@ -363,6 +424,10 @@ impl Server {
     pub fn stop(self) -> Vec<String> {
         if let Some(m) = self.mgmt {
             m.stop();
+        }
+        for (h, t) in self.sites {
+            h.stop();
+            let _ = t.join();
         }
         if let Some(m) = self.metrics {
             m.stop();

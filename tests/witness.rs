@@ -5,50 +5,13 @@
 //! the tests are reported as ignored with the reason; scripts/test.sh installs it and makes
 //! its absence a build error.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nvmf_raid::witness::{Etcd, Role, Witness};
 
-struct EtcdServer {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _dir: tempfile::TempDir,
-}
+mod common;
 
-impl Drop for EtcdServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A fresh single-member etcd on loopback.
-fn etcd() -> EtcdServer {
-    let dir = tempfile::tempdir().unwrap();
-    let (client, peer) = (free_port(), free_port());
-    let url = |p: u16| format!("http://127.0.0.1:{p}");
-    let child = Command::new("etcd")
-        .args(["--data-dir"])
-        .arg(dir.path().join("etcd"))
-        .args(["--listen-client-urls", &url(client), "--advertise-client-urls", &url(client), "--listen-peer-urls", &url(peer)])
-        .args(["--initial-advertise-peer-urls", &url(peer), "--initial-cluster", &format!("default={}", url(peer))])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
-        .spawn()
-        .expect("the etcd binary (Debian package etcd-server; scripts/test.sh installs it)");
-    let server = EtcdServer { child, addr: format!("127.0.0.1:{client}").parse().unwrap(), _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Etcd::new(server.addr).grant(5).is_err() {
-        assert!(Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    server
-}
+use common::etcd;
 
 #[test]
 #[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd")]

@@ -134,6 +134,8 @@ struct ReadyQueue {
 
 enum Request {
     Queue { generation: u32, reply: Sender<Result<ReadyQueue, String>> },
+    /// A site message on the admin queue; the answer's completion dwords 0 and 1.
+    Message { data: Vec<u8>, reply: Sender<Result<(u32, u32), String>> },
     /// A channel's queue failed: end the association so nothing sent on it can land later.
     Reset { generation: u32, why: &'static str },
     Stop,
@@ -209,6 +211,17 @@ impl RemoteBdev {
 
     pub fn is_connected(&self) -> bool {
         self.link.connected.load(Ordering::Acquire)
+    }
+
+    /// Send a site message over the association's admin queue and wait for the answer
+    /// (at most the connect timeout, as every admin command).
+    pub fn site_message(&self, data: &[u8]) -> Result<(u32, u32), String> {
+        if !self.is_connected() {
+            return Err("remote target not connected".into());
+        }
+        let (tx, rx) = channel::bounded(1);
+        self.link.requests.send(Request::Message { data: data.to_vec(), reply: tx }).map_err(|_| "link stopped".to_string())?;
+        rx.recv_timeout(self.link.cfg.connect_timeout * 2).map_err(|_| "no answer in time".to_string())?
     }
 }
 
@@ -289,6 +302,18 @@ fn supervise(link: Arc<Link>, requests: Receiver<Request>, mut assoc: Option<Ass
                 let current = link.generation.load(Ordering::Acquire);
                 let _ = reply.send(open_queue(a, generation, current));
             }
+            Ok(Request::Message { data, reply }) => match site_message(&mut a.ctrl, &data) {
+                Ok(answer) => {
+                    let _ = reply.send(Ok(answer));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.to_string()));
+                    if e.kind() != std::io::ErrorKind::Other {
+                        assoc = None;
+                        lose(&link, &format!("site message failed: {e}"));
+                    }
+                }
+            },
             Ok(Request::Reset { generation, why }) => {
                 if generation == link.generation.load(Ordering::Acquire) {
                     assoc = None;
@@ -326,11 +351,25 @@ fn answer_while_down(requests: &Receiver<Request>, wait: Duration) -> bool {
             Ok(Request::Queue { reply, .. }) => {
                 let _ = reply.send(Err("remote namespace not connected".into()));
             }
+            Ok(Request::Message { reply, .. }) => {
+                let _ = reply.send(Err("remote target not connected".into()));
+            }
             Ok(Request::Reset { .. }) => {}
             Ok(Request::Stop) | Err(RecvTimeoutError::Disconnected) => return false,
             Err(RecvTimeoutError::Timeout) => return true,
         }
     }
+}
+
+/// One SITE_MESSAGE admin command; a refusal by the remote is `ErrorKind::Other`, a
+/// transport failure anything else.
+fn site_message(ctrl: &mut HostController, data: &[u8]) -> std::io::Result<(u32, u32)> {
+    let sqe = Sqe { opcode: crate::nvmf::spec::admin::SITE_MESSAGE, ..Sqe::default() };
+    let cqe = ctrl.admin_command(sqe, Data::ToController(data.as_ptr(), data.len()))?;
+    if !cqe.is_success() {
+        return Err(std::io::Error::other(format!("the peer refused the site message: status {:#x}", cqe.status)));
+    }
+    Ok((cqe.dw0, cqe.dw1))
 }
 
 fn open_queue(a: &mut Association, generation: u32, current: u32) -> Result<ReadyQueue, String> {

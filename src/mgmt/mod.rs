@@ -38,6 +38,8 @@ pub struct Managed {
     pub devices: Vec<(String, Arc<dyn Bdev>)>,
     /// Devices that back namespaces directly, so never spares.
     pub namespace_devices: Vec<String>,
+    /// The site controllers of the stretched volumes.
+    pub sites: Vec<crate::site::control::SiteHandle>,
     /// The configuration file the target was started from (for reloads).
     pub config_path: Option<PathBuf>,
 }
@@ -98,6 +100,8 @@ impl Managed {
             "device_fault" => self.device_fault(params),
             "subsystem_list" => Ok(self.subsystem_list()),
             "remote_status" => Ok(self.remote_status()),
+            "site_status" => Ok(json!(self.sites.iter().map(|s| s.status()).collect::<Vec<_>>())),
+            "site_handover" | "site_takeover" => self.site_command(method, params),
             "controller_list" => Ok(self.controller_list()),
             "host_add" | "host_remove" => self.host_change(method == "host_add", params),
             _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
@@ -119,6 +123,22 @@ impl Managed {
             other => return Err(invalid_params(format!("unknown action '{other}' (fail, heal, fail_reads, fail_writes, fail_range, fail_after, delay)"))),
         }
         Ok(json!({"device": dev, "injected": c.injected()}))
+    }
+
+    /// Planned hand-over to the peer, or a forced takeover (only with `force: true`).
+    fn site_command(&self, method: &str, p: &Value) -> Result<Value, RpcError> {
+        use crate::site::control::Command;
+        let name = param(p, "volume")?;
+        let site = self.sites.iter().find(|s| s.volume == name).ok_or_else(|| invalid_params(format!("no stretched volume '{name}'")))?;
+        let cmd = if method == "site_handover" {
+            Command::Handover
+        } else if p.get("force").and_then(Value::as_bool) == Some(true) {
+            Command::ForceTakeover
+        } else {
+            return Err(invalid_params("a takeover without the witness needs force: true (make sure the peer site does not serve)"));
+        };
+        site.command(cmd);
+        Ok(json!({"volume": name, "requested": method}))
     }
 
     /// Every device that is a namespace on another target: link state, round trip, failures.

@@ -42,6 +42,12 @@ pub struct AdminCtx<'a> {
 
 pub const MAX_OUTSTANDING_AERS: usize = 4;
 
+/// Receives the messages a peer site sends over its link (admin opcode SITE_MESSAGE).
+pub trait SiteMessages: Send + Sync + std::fmt::Debug {
+    /// Answer one message: the two completion dwords, or a status.
+    fn message(&self, data: &[u8]) -> Result<(u32, u32), u16>;
+}
+
 pub fn execute(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
     if sqe.is_fabrics() {
         return fabrics_property(cx, sqe);
@@ -60,6 +66,13 @@ pub fn execute(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
             AdminResult::err(status::ASYNC_EVENT_LIMIT_EXCEEDED)
         }
         admin::ASYNC_EVENT_REQUEST => AdminResult::Deferred,
+        admin::SITE_MESSAGE if !discovery => match cx.target.site_messages.get() {
+            Some(h) => match h.message(data) {
+                Ok((dw0, dw1)) => AdminResult::Done { status: status::SUCCESS, result: dw0 as u64 | (dw1 as u64) << 32, data_len: 0 },
+                Err(sc) => AdminResult::err(sc),
+            },
+            None => AdminResult::err(status::INVALID_OPCODE),
+        },
         // Commands finish quickly here; report "not aborted" (dw0 bit 0).
         admin::ABORT if !discovery => AdminResult::ok(1),
         _ => AdminResult::err(status::INVALID_OPCODE),

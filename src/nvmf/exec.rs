@@ -336,10 +336,14 @@ pub fn io_status(opcode: u8, xfer_len: u32, res: i32, current: u16) -> u16 {
     if res == expect || current != status::SUCCESS {
         return current;
     }
-    crate::warn_limited!(opcode, res, "block I/O failed");
+    if res != crate::site::stretch::REFUSED {
+        crate::warn_limited!(opcode, res, "block I/O failed");
+    }
     match opcode {
         // A volume that lost more members than it tolerates serves nothing.
         _ if res == -libc::ENXIO => status::NAMESPACE_NOT_READY | status::DNR,
+        // A stretched volume this site may not serve: the host retries on the other path.
+        _ if res == crate::site::stretch::REFUSED => status::ANA_INACCESSIBLE,
         io::READ => status::UNRECOVERED_READ_ERROR,
         io::WRITE => status::WRITE_FAULT,
         _ => status::INTERNAL_ERROR,
@@ -361,5 +365,6 @@ mod tests {
         assert_eq!(io_status(io::READ, 4096, -libc::ENXIO, status::SUCCESS), status::NAMESPACE_NOT_READY | status::DNR);
         assert_eq!(io_status(io::FLUSH, 0, -libc::EIO, status::SUCCESS), status::INTERNAL_ERROR);
         assert_eq!(io_status(io::DATASET_MANAGEMENT, 16, 0, status::SUCCESS), status::SUCCESS);
+        assert_eq!(io_status(io::WRITE, 4096, crate::site::stretch::REFUSED, status::SUCCESS), status::ANA_INACCESSIBLE, "no DNR: the host tries the other site");
     }
 }

@@ -14,6 +14,9 @@ pub mod admin {
     pub const GET_FEATURES: u8 = 0x0A;
     pub const ASYNC_EVENT_REQUEST: u8 = 0x0C;
     pub const KEEP_ALIVE: u8 = 0x18;
+    /// Vendor specific: a message between the two sites of a stretched volume (data to
+    /// the controller; the answer in the completion's dwords 0 and 1).
+    pub const SITE_MESSAGE: u8 = 0xC1;
     pub const FABRICS: u8 = 0x7F;
 }
 

@@ -336,6 +336,8 @@ pub struct Target {
     cntlid_cursors: Vec<AtomicU32>,
     /// Bumped whenever the discovery log's content changes.
     pub discovery_genctr: AtomicU64,
+    /// Where messages from a peer site go (stretched volumes), once set up.
+    pub site_messages: std::sync::OnceLock<Arc<dyn super::admin::SiteMessages>>,
 }
 
 impl Target {
@@ -353,6 +355,7 @@ impl Target {
             max_controllers,
             controllers: Mutex::new(HashMap::new()),
             discovery_genctr: AtomicU64::new(1),
+            site_messages: std::sync::OnceLock::new(),
         }
     }
 

@@ -3,6 +3,7 @@
 pub mod aligned;
 pub mod bucket;
 pub mod clock;
+pub mod locks;
 pub mod le;
 pub mod ratelimit;
 pub mod slab;

@@ -135,40 +135,8 @@ impl Resync {
     }
 }
 
-/// One lock per hashed stripe, shared by every reactor's channel of a volume.
-#[derive(Debug)]
-pub(super) struct StripeLocks(Box<[AtomicBool]>);
-
-impl StripeLocks {
-    fn new() -> Self {
-        StripeLocks((0..LOCK_BUCKETS).map(|_| AtomicBool::new(false)).collect())
-    }
-    pub(super) fn try_lock(&self, key: usize) -> bool {
-        self.0[key].compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
-    }
-    pub(super) fn unlock(&self, key: usize) {
-        let was = self.0[key].swap(false, Ordering::Release);
-        debug_assert!(was, "unlocking a free stripe lock");
-    }
-    pub(super) fn buckets(&self) -> usize {
-        self.0.len()
-    }
-    /// Lock keys `first .. first + count` (mod the bucket count), all or none.
-    fn try_lock_range(&self, first: u64, count: u32) -> bool {
-        debug_assert!((count as usize) < self.buckets(), "a range never wraps onto itself");
-        let key = |i: u32| ((first + i as u64) % self.buckets() as u64) as usize;
-        for i in 0..count {
-            if !self.try_lock(key(i)) {
-                (0..i).for_each(|j| self.unlock(key(j)));
-                return false;
-            }
-        }
-        true
-    }
-    fn unlock_range(&self, first: u64, count: u32) {
-        (0..count).for_each(|i| self.unlock(((first + i as u64) % self.buckets() as u64) as usize));
-    }
-}
+/// The stripe locks: one bucket per stripe, hashed (see `RangeLocks`).
+pub(super) type StripeLocks = crate::util::locks::RangeLocks;
 
 /// How a volume was left by `close`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -361,7 +329,7 @@ impl RaidBdev {
             info,
             layout,
             data_offset,
-            locks: Arc::new(StripeLocks::new()),
+            locks: Arc::new(StripeLocks::new(LOCK_BUCKETS)),
             health,
             meta_tx: tx,
             meta_thread: Mutex::new(Some(thread)),

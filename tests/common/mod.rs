@@ -109,3 +109,41 @@ pub fn inconsistent_rows(dir: &std::path::Path, level: nvmf_raid::volume::layout
     };
     ((0..l.stripes_per_group()).filter(|&r| bad(r)).collect(), l.stripes_per_group())
 }
+
+/// A single-member etcd on loopback, stopped when dropped.
+pub struct EtcdServer {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh single-member etcd on loopback (the witness).
+pub fn etcd() -> EtcdServer {
+    use nvmf_raid::witness::Etcd;
+    let dir = tempfile::tempdir().unwrap();
+    let (client, peer) = (free_port(), free_port());
+    let url = |p: u16| format!("http://127.0.0.1:{p}");
+    let child = Command::new("etcd")
+        .args(["--data-dir"])
+        .arg(dir.path().join("etcd"))
+        .args(["--listen-client-urls", &url(client), "--advertise-client-urls", &url(client), "--listen-peer-urls", &url(peer)])
+        .args(["--initial-advertise-peer-urls", &url(peer), "--initial-cluster", &format!("default={}", url(peer))])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
+        .spawn()
+        .expect("the etcd binary (Debian package etcd-server; scripts/test.sh installs it)");
+    let server = EtcdServer { child, addr: format!("127.0.0.1:{client}").parse().unwrap(), _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Etcd::new(server.addr).grant(5).is_err() {
+        assert!(Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}

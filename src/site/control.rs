@@ -1,0 +1,588 @@
+//! The site controller: one thread per stretched volume that decides the site's mode.
+//!
+//! Every 100 ms it exchanges its state with the peer over the site link (a SITE_MESSAGE
+//! admin command on the replica association) and acts:
+//!
+//! ```text
+//! Starting --peer serves alone--> (send our dirty regions) Target
+//! Starting --both clean, not serving--> Mirrored       (else the leader: Source, all dirty)
+//! Starting --peer unreachable for the link timeout--> Suspended
+//! Mirrored --peer lost or a peer write failed--> Suspended
+//! Suspended --witness won, then the fence delay--> Solo
+//! Suspended --witness lost or unreachable--> Fenced
+//! Solo --peer back and reported its dirty regions--> Source
+//! Source --every dirty region copied: quiesce, tell the peer--> Mirrored
+//! Fenced --peer serves alone--> (send our dirty regions) Target
+//! Target --peer says in sync--> Mirrored
+//! ```
+//!
+//! The fence delay: a site that loses the link stops serving (Suspended) within the link
+//! timeout, so the witness's winner waits that long before it acknowledges a write alone,
+//! and no host can read stale data from the loser meanwhile.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use super::{Mode, SiteShared};
+use crate::bdev::remote::RemoteBdev;
+use crate::nvmf::admin::SiteMessages;
+use crate::nvmf::ana::AnaState;
+use crate::nvmf::subsystem::Target;
+use crate::witness::{Etcd, Role, Witness};
+
+const TICK: Duration = Duration::from_millis(100);
+/// Dirty regions per message.
+const REGIONS_PER_MESSAGE: usize = 512;
+
+/// How one site runs one stretched volume.
+#[derive(Debug, Clone)]
+pub struct SiteConfig {
+    /// The stretched volume's name (the same at both sites).
+    pub volume: String,
+    pub site: String,
+    pub peer_site: String,
+    /// The site that orders writes while mirrored.
+    pub leader: String,
+    pub witness: Option<SocketAddr>,
+    pub witness_ttl_s: u64,
+    /// No exchange with the peer for this long: the peer is lost.
+    pub link_timeout: Duration,
+    pub state_file: PathBuf,
+    /// Host-facing (port id, subsystem NQN) pairs whose ANA state follows the mode.
+    pub host_paths: Vec<(u16, String)>,
+}
+
+/// What the peer last told us, written by the message handler.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    peer_mode: AtomicU8,
+    peer_seen: Mutex<Option<Instant>>,
+    /// Regions the peer reported as possibly different from our copy.
+    peer_dirty: Mutex<Vec<u64>>,
+    /// The peer reported all its dirty regions (or asked for a full copy).
+    peer_dirty_done: AtomicBool,
+    peer_wants_full: AtomicBool,
+    /// The peer (resync source) says our copy is in sync.
+    in_sync: AtomicBool,
+    /// The peer hands over: it stopped serving and we may serve alone.
+    handed_over: AtomicBool,
+}
+
+/// Answers the peer's site messages for every stretched volume of this target.
+#[derive(Debug, Default)]
+pub struct SiteInbox {
+    volumes: Mutex<HashMap<String, (Arc<SiteShared>, Arc<Inbox>)>>,
+}
+
+impl SiteInbox {
+    pub fn add(&self, volume: &str, shared: Arc<SiteShared>, inbox: Arc<Inbox>) {
+        self.volumes.lock().unwrap().insert(volume.to_string(), (shared, inbox));
+    }
+}
+
+impl SiteMessages for SiteInbox {
+    fn message(&self, data: &[u8]) -> Result<(u32, u32), u16> {
+        let invalid = crate::nvmf::spec::status::INVALID_FIELD | crate::nvmf::spec::status::DNR;
+        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+        let m: Value = serde_json::from_slice(&data[..end]).map_err(|_| invalid)?;
+        let volume = m["volume"].as_str().ok_or(invalid)?;
+        let (shared, inbox) = self.volumes.lock().unwrap().get(volume).cloned().ok_or(invalid)?;
+        inbox.peer_mode.store(m["mode"].as_u64().unwrap_or(0) as u8, Ordering::Release);
+        *inbox.peer_seen.lock().unwrap() = Some(Instant::now());
+        if let Some(regions) = m["dirty"].as_array() {
+            inbox.peer_dirty.lock().unwrap().extend(regions.iter().filter_map(Value::as_u64));
+        }
+        if m["full"].as_bool() == Some(true) {
+            inbox.peer_wants_full.store(true, Ordering::Release);
+        }
+        if m["dirty_done"].as_bool() == Some(true) {
+            inbox.peer_dirty_done.store(true, Ordering::Release);
+        }
+        if m["in_sync"].as_bool() == Some(true) {
+            inbox.in_sync.store(true, Ordering::Release);
+        }
+        if m["handover"].as_bool() == Some(true) {
+            inbox.handed_over.store(true, Ordering::Release);
+        }
+        Ok((shared.mode() as u32, shared.dirty.count() as u32))
+    }
+}
+
+/// What `site_status` reports.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct SiteStatus {
+    pub volume: String,
+    pub site: String,
+    pub peer_site: String,
+    pub mode: String,
+    pub leader: bool,
+    pub peer_reachable: bool,
+    pub peer_mode: String,
+    pub link_rtt_us: u64,
+    pub witness: String,
+    pub witness_role: String,
+    pub dirty_regions: u64,
+    pub resync_bytes: u64,
+    pub resync_eta_secs: Option<u64>,
+    pub mirrored_writes: u64,
+    pub mirrored_write_avg_us: u64,
+    pub solo_writes: u64,
+    pub refused: u64,
+    pub last_change: String,
+}
+
+/// Operator requests to the controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Planned maintenance: stop serving, hand the volume to the peer.
+    Handover,
+    /// Serve alone without the witness (the witness is gone too): the operator vouches
+    /// that the peer does not serve.
+    ForceTakeover,
+}
+
+pub struct SiteController {
+    cfg: SiteConfig,
+    pub shared: Arc<SiteShared>,
+    inbox: Arc<Inbox>,
+    replica: Arc<RemoteBdev>,
+    target: Arc<Target>,
+    witness: Option<Witness>,
+    status: Arc<Mutex<SiteStatus>>,
+    commands: crossbeam::channel::Receiver<Command>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+    /// Last successful exchange with the peer, and the peer's mode then.
+    last_exchange: Option<Instant>,
+    peer_mode: Mode,
+    last_witness_beat: Instant,
+    rtt_us: Arc<AtomicU64>,
+    /// Whether this start followed a clean stop (the state file said so).
+    clean_start: bool,
+    dirty_sent: bool,
+    resync_started: Option<(Instant, u64)>,
+}
+
+/// The handle the server keeps: status, operator commands, stop.
+#[derive(Clone)]
+pub struct SiteHandle {
+    pub volume: String,
+    pub shared: Arc<SiteShared>,
+    status: Arc<Mutex<SiteStatus>>,
+    commands: crossbeam::channel::Sender<Command>,
+    stop: Arc<AtomicBool>,
+}
+
+impl SiteHandle {
+    pub fn status(&self) -> SiteStatus {
+        let mut s = self.status.lock().unwrap().clone();
+        let sh = &self.shared;
+        s.mode = sh.mode().name().into();
+        s.dirty_regions = sh.dirty.count();
+        s.resync_bytes = sh.resync_bytes.load(Ordering::Relaxed);
+        let writes = sh.mirrored_writes.load(Ordering::Relaxed);
+        s.mirrored_writes = writes;
+        s.mirrored_write_avg_us = sh.mirrored_write_us.load(Ordering::Relaxed).checked_div(writes).unwrap_or(0);
+        s.solo_writes = sh.solo_writes.load(Ordering::Relaxed);
+        s.refused = sh.refused.load(Ordering::Relaxed);
+        s
+    }
+
+    pub fn command(&self, c: Command) {
+        let _ = self.commands.send(c);
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// What the state file keeps across restarts.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct SavedState {
+    /// The site stopped in order: `dirty` is complete.
+    clean: bool,
+    mode: String,
+    dirty: Vec<u64>,
+}
+
+impl SiteController {
+    pub fn start(cfg: SiteConfig, shared: Arc<SiteShared>, replica: Arc<RemoteBdev>, target: Arc<Target>, inbox: Arc<Inbox>) -> std::io::Result<(SiteHandle, std::thread::JoinHandle<()>)> {
+        let saved: SavedState = std::fs::read(&cfg.state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        if saved.clean {
+            for r in &saved.dirty {
+                shared.dirty.set(*r);
+            }
+        }
+        // Until the next clean stop, a crash leaves the file saying "unknown".
+        write_state(&cfg.state_file, &SavedState { clean: false, mode: "starting".into(), dirty: vec![] })?;
+        let witness = cfg.witness.map(|w| Witness::new(Etcd::new(w), &cfg.site, &cfg.volume, cfg.witness_ttl_s));
+        let status = SiteStatus {
+            volume: cfg.volume.clone(),
+            site: cfg.site.clone(),
+            peer_site: cfg.peer_site.clone(),
+            leader: shared.is_leader(),
+            witness: cfg.witness.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
+            ..SiteStatus::default()
+        };
+        let status = Arc::new(Mutex::new(status));
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = SiteHandle { volume: cfg.volume.clone(), shared: shared.clone(), status: status.clone(), commands: tx, stop: stop.clone() };
+        info!(volume = cfg.volume, site = cfg.site, peer = cfg.peer_site, leader = shared.is_leader(), clean_start = saved.clean, "site controller starting");
+        let c = SiteController {
+            cfg,
+            shared,
+            inbox,
+            replica,
+            target,
+            witness,
+            status,
+            commands: rx,
+            stop,
+            started: Instant::now(),
+            last_exchange: None,
+            peer_mode: Mode::Starting,
+            last_witness_beat: Instant::now(),
+            rtt_us: Arc::new(AtomicU64::new(0)),
+            clean_start: saved.clean,
+            dirty_sent: false,
+            resync_started: None,
+        };
+        c.apply_ana();
+        let t = std::thread::Builder::new().name(format!("site-{}", c.cfg.volume)).spawn(move || c.run())?;
+        Ok((handle, t))
+    }
+
+    fn run(mut self) {
+        while !self.stop.load(Ordering::Acquire) {
+            let t = Instant::now();
+            self.exchange(json!({}));
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.on_command(cmd);
+            }
+            self.step();
+            self.heartbeat_witness();
+            self.publish();
+            std::thread::sleep(TICK.saturating_sub(t.elapsed()));
+        }
+        self.save_on_stop();
+    }
+
+    fn mode(&self) -> Mode {
+        self.shared.mode()
+    }
+
+    fn set_mode(&mut self, m: Mode, why: &str) {
+        let old = self.mode();
+        if old == m {
+            return;
+        }
+        self.shared.set_mode(m);
+        info!(volume = self.cfg.volume, site = self.cfg.site, from = old.name(), to = m.name(), why, "site mode changed");
+        if m == Mode::Mirrored {
+            // From here on this copy is known: only what changes later needs copying.
+            self.clean_start = true;
+        }
+        self.status.lock().unwrap().last_change = format!("{} -> {}: {why}", old.name(), m.name());
+        self.apply_ana();
+    }
+
+    /// Host paths are optimized while this site serves, inaccessible otherwise.
+    fn apply_ana(&self) {
+        let state = if self.mode().serves_hosts() { AnaState::Optimized } else { AnaState::Inaccessible };
+        for (port, nqn) in &self.cfg.host_paths {
+            if let Err(e) = self.target.set_ana_state(*port, Some(nqn), state) {
+                warn!(volume = self.cfg.volume, port, error = %e, "cannot set the ANA state");
+            }
+        }
+    }
+
+    fn peer_reachable(&self) -> bool {
+        self.last_exchange.is_some_and(|t| t.elapsed() < self.cfg.link_timeout)
+    }
+
+    /// Send our state (plus `extra` fields) to the peer; note its answer.
+    fn exchange(&mut self, extra: Value) -> bool {
+        let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8});
+        if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
+            o.extend(e.clone());
+        }
+        let t = Instant::now();
+        match self.replica.site_message(m.to_string().as_bytes()) {
+            Ok((mode, _dirty)) if t.elapsed() < self.cfg.link_timeout => {
+                self.rtt_us.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.last_exchange = Some(Instant::now());
+                self.peer_mode = Mode::from_u8(mode as u8);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn step(&mut self) {
+        if matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) && self.inbox.in_sync.swap(false, Ordering::AcqRel) {
+            self.shared.dirty.clear_all();
+            self.shared.peer_failed.store(false, Ordering::Release);
+            self.dirty_sent = false;
+            return self.set_mode(Mode::Mirrored, "the peer resynchronised this site");
+        }
+        let reachable = self.peer_reachable();
+        let peer = self.peer_mode;
+        let peer_serves_alone = reachable && matches!(peer, Mode::Solo | Mode::Source);
+        match self.mode() {
+            Mode::Starting => self.step_starting(reachable, peer),
+            Mode::Mirrored => {
+                if self.inbox.handed_over.swap(false, Ordering::AcqRel) {
+                    self.take_over_from_peer();
+                } else if !reachable || self.shared.peer_failed.load(Ordering::Acquire) {
+                    self.lose_peer(if reachable { "a write to the peer failed" } else { "the peer is unreachable" });
+                } else if peer_serves_alone {
+                    self.become_target("the peer serves alone");
+                }
+            }
+            Mode::Suspended => self.decide(),
+            Mode::Solo => {
+                if reachable && self.inbox.peer_dirty_done.load(Ordering::Acquire) && matches!(peer, Mode::Target) {
+                    self.start_resync();
+                }
+            }
+            Mode::Source => {
+                if !reachable || self.shared.peer_failed.load(Ordering::Acquire) {
+                    self.lose_peer("the peer was lost during the resync");
+                } else {
+                    self.merge_peer_dirty();
+                    let copying = self.shared.copying.load(Ordering::Acquire);
+                    if self.shared.dirty.count() == 0 && !copying && peer == Mode::Target {
+                        self.finish_resync();
+                    }
+                }
+            }
+            Mode::Fenced => {
+                if peer_serves_alone {
+                    self.become_target("the peer serves alone");
+                }
+            }
+            Mode::Target => {
+                if !reachable {
+                    self.set_mode(Mode::Fenced, "the peer was lost during the resync");
+                } else if !self.dirty_sent {
+                    self.send_dirty();
+                }
+            }
+        }
+    }
+
+    fn step_starting(&mut self, reachable: bool, peer: Mode) {
+        if !reachable {
+            if self.started.elapsed() > self.cfg.link_timeout * 2 {
+                if !self.clean_start {
+                    self.shared.dirty.set_all();
+                }
+                self.lose_peer("the peer is unreachable at start");
+            }
+            return;
+        }
+        match peer {
+            Mode::Solo | Mode::Source => self.become_target("the peer serves alone"),
+            Mode::Mirrored | Mode::Suspended => {} // it will notice it lost us
+            Mode::Starting | Mode::Fenced | Mode::Target => {
+                let both_clean = self.clean_start && self.inbox.peer_dirty_done.load(Ordering::Acquire) && !self.inbox.peer_wants_full.load(Ordering::Acquire);
+                if !self.dirty_sent {
+                    self.send_dirty();
+                }
+                if self.shared.is_leader() && self.inbox.peer_dirty_done.load(Ordering::Acquire) {
+                    if !both_clean {
+                        self.shared.dirty.set_all();
+                    }
+                    self.start_resync();
+                }
+            }
+        }
+    }
+
+    /// Report to the peer which regions of our copy may differ from its own.
+    fn send_dirty(&mut self) {
+        let regions = self.shared.dirty.list();
+        for chunk in regions.chunks(REGIONS_PER_MESSAGE) {
+            if !self.exchange(json!({"dirty": chunk})) {
+                return;
+            }
+        }
+        if self.exchange(json!({"dirty_done": true, "full": !self.clean_start})) {
+            self.dirty_sent = true;
+        }
+    }
+
+    fn become_target(&mut self, why: &str) {
+        self.dirty_sent = false;
+        self.set_mode(Mode::Target, why);
+        self.send_dirty();
+    }
+
+    fn merge_peer_dirty(&mut self) {
+        if self.inbox.peer_wants_full.swap(false, Ordering::AcqRel) {
+            self.shared.dirty.set_all();
+        }
+        for r in std::mem::take(&mut *self.inbox.peer_dirty.lock().unwrap()) {
+            self.shared.dirty.set(r);
+        }
+    }
+
+    fn start_resync(&mut self) {
+        self.merge_peer_dirty();
+        self.shared.peer_failed.store(false, Ordering::Release);
+        self.resync_started = Some((Instant::now(), self.shared.resync_bytes.load(Ordering::Relaxed)));
+        let dirty = self.shared.dirty.count();
+        self.set_mode(Mode::Source, &format!("the peer is back: copying {dirty} dirty regions"));
+    }
+
+    /// The peer stopped serving and handed the volume over (planned maintenance): serve
+    /// alone at once, no fence delay to wait.
+    fn take_over_from_peer(&mut self) {
+        if let Some(w) = self.witness.as_mut() {
+            if let Role::Fenced { why } = w.peer_lost().clone() {
+                warn!(volume = self.cfg.volume, why, "the witness refused the hand-over");
+                return self.set_mode(Mode::Fenced, &why);
+            }
+        }
+        self.inbox.peer_dirty_done.store(false, Ordering::Release);
+        self.set_mode(Mode::Solo, "the peer handed over");
+    }
+
+    /// Every dirty region is copied: stop new writes, let the ordered ones finish, tell
+    /// the peer, and go back to mirroring with the configured leader.
+    fn finish_resync(&mut self) {
+        self.shared.set_quiesce(true);
+        let deadline = Instant::now() + self.cfg.link_timeout;
+        while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0 && self.shared.dirty.count() == 0 && self.exchange(json!({"in_sync": true}));
+        if ok {
+            self.inbox.peer_dirty_done.store(false, Ordering::Release);
+            self.dirty_sent = false;
+            if let Some(w) = self.witness.as_mut() {
+                let _ = w.peer_back();
+            }
+            self.set_mode(Mode::Mirrored, "the peer is in sync");
+        }
+        self.shared.set_quiesce(false);
+    }
+
+    /// The peer is lost: hold host I/O and ask the witness.
+    fn lose_peer(&mut self, why: &str) {
+        warn!(volume = self.cfg.volume, site = self.cfg.site, why, "peer site lost");
+        self.set_mode(Mode::Suspended, why);
+        self.decide();
+    }
+
+    fn decide(&mut self) {
+        let role = match self.witness.as_mut() {
+            Some(w) => w.peer_lost().clone(),
+            None => Role::Fenced { why: "no witness is configured".into() },
+        };
+        self.status.lock().unwrap().witness_role = format!("{role:?}");
+        match role {
+            Role::Sole => {
+                // The loser stops serving within the link timeout: wait it out.
+                std::thread::sleep(self.cfg.link_timeout + TICK * 2);
+                if self.inbox.in_sync.swap(false, Ordering::AcqRel) {
+                    warn!(volume = self.cfg.volume, "stale in-sync notice ignored");
+                }
+                self.inbox.peer_dirty_done.store(false, Ordering::Release);
+                self.set_mode(Mode::Solo, "won the witness");
+            }
+            Role::Fenced { why } => {
+                self.dirty_sent = false;
+                self.set_mode(Mode::Fenced, &why);
+            }
+            Role::Mirrored => {}
+        }
+    }
+
+    fn heartbeat_witness(&mut self) {
+        let ttl = Duration::from_secs(self.cfg.witness_ttl_s.max(1));
+        if self.last_witness_beat.elapsed() < ttl / 3 {
+            return;
+        }
+        self.last_witness_beat = Instant::now();
+        let Some(w) = self.witness.as_mut() else { return };
+        let r = w.heartbeat();
+        let role = w.role.clone();
+        if let Err(e) = r {
+            crate::warn_limited!(volume = self.cfg.volume, error = %e, "witness unreachable");
+        }
+        if let (Role::Fenced { why }, Mode::Solo | Mode::Source) = (&role, self.mode()) {
+            let why = why.clone();
+            self.set_mode(Mode::Fenced, &why);
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Handover => {
+                // Hold host I/O, let the writes involving the peer finish, tell the peer
+                // (it serves alone from then on), then refuse what was held: the hosts
+                // retry it on the peer's paths.
+                self.shared.set_quiesce(true);
+                let deadline = Instant::now() + self.cfg.link_timeout;
+                while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                self.shared.set_mode(Mode::Suspended);
+                let told = self.exchange(json!({"handover": true}));
+                self.shared.set_quiesce(false);
+                self.dirty_sent = false;
+                self.set_mode(Mode::Fenced, if told { "handed over to the peer" } else { "handed over (the peer did not answer)" });
+            }
+            Command::ForceTakeover => {
+                warn!(volume = self.cfg.volume, "forced takeover: serving alone without the witness");
+                self.set_mode(Mode::Solo, "forced takeover");
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let reachable = self.peer_reachable();
+        let eta = self.resync_started.and_then(|(t, base)| {
+            let done = self.shared.resync_bytes.load(Ordering::Relaxed).saturating_sub(base);
+            let left = self.shared.dirty.count() * super::dirty::REGION;
+            (done > 0 && self.mode() == Mode::Source).then(|| (left as f64 / (done as f64 / t.elapsed().as_secs_f64().max(1e-3))) as u64)
+        });
+        let mut s = self.status.lock().unwrap();
+        s.peer_reachable = reachable;
+        s.peer_mode = if reachable { self.peer_mode.name().into() } else { "unknown".into() };
+        s.link_rtt_us = self.rtt_us.load(Ordering::Relaxed);
+        s.resync_eta_secs = eta;
+        if let Some(w) = &self.witness {
+            s.witness_role = format!("{:?}", w.role);
+        }
+    }
+
+    fn save_on_stop(&mut self) {
+        let mode = self.mode();
+        let state = SavedState { clean: true, mode: mode.name().into(), dirty: self.shared.dirty.list() };
+        if let Err(e) = write_state(&self.cfg.state_file, &state) {
+            warn!(volume = self.cfg.volume, error = %e, "cannot save the site state");
+        }
+        if let Some(w) = self.witness.as_mut() {
+            let _ = w.shutdown();
+        }
+        info!(volume = self.cfg.volume, mode = mode.name(), dirty = state.dirty.len(), "site controller stopped");
+    }
+}
+
+fn write_state(path: &std::path::Path, s: &SavedState) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(s).map_err(std::io::Error::other)?)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
