@@ -428,7 +428,8 @@ fn serve(args: ServeArgs, socket: &std::path::Path) -> Result<(), String> {
     }
     mask.thread_block().map_err(|e| e.to_string())?;
     let server = Server::start_with_path(&cfg, args.config.as_deref()).map_err(|e| e.to_string())?;
-    for port in &server.ports {
+    // Site links are for the peer site, not for hosts.
+    for port in server.ports.iter().filter(|p| !cfg.stretches.iter().any(|s| s.link_listener == p.addr.to_string())) {
         for s in cfg.subsystems.iter() {
             println!("nvme connect -t tcp -a {} -s {} -n {}", port.addr.ip(), port.addr.port(), s.nqn);
         }

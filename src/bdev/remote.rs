@@ -213,15 +213,15 @@ impl RemoteBdev {
         self.link.connected.load(Ordering::Acquire)
     }
 
-    /// Send a site message over the association's admin queue and wait for the answer
-    /// (at most the connect timeout, as every admin command).
-    pub fn site_message(&self, data: &[u8]) -> Result<(u32, u32), String> {
+    /// Send a site message over the association's admin queue and wait at most `wait`
+    /// for the answer.
+    pub fn site_message(&self, data: &[u8], wait: Duration) -> Result<(u32, u32), String> {
         if !self.is_connected() {
             return Err("remote target not connected".into());
         }
         let (tx, rx) = channel::bounded(1);
         self.link.requests.send(Request::Message { data: data.to_vec(), reply: tx }).map_err(|_| "link stopped".to_string())?;
-        rx.recv_timeout(self.link.cfg.connect_timeout * 2).map_err(|_| "no answer in time".to_string())?
+        rx.recv_timeout(wait).map_err(|_| "no answer in time".to_string())?
     }
 }
 

@@ -17,8 +17,11 @@
 //! ```
 //!
 //! The fence delay: a site that loses the link stops serving (Suspended) within the link
-//! timeout, so the witness's winner waits that long before it acknowledges a write alone,
-//! and no host can read stale data from the loser meanwhile.
+//! timeout, plus half of it for an exchange that hangs, plus a tick; the witness's winner
+//! waits longer than that (`fence_delay`) before it acknowledges a write alone, so no host
+//! can read stale data from the loser meanwhile. A site serving alone that cannot renew
+//! its witness lease for two thirds of its TTL fences itself before the lease can lapse
+//! and the key go to the peer.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -163,6 +166,7 @@ pub struct SiteController {
     last_exchange: Option<Instant>,
     peer_mode: Mode,
     last_witness_beat: Instant,
+    last_witness_ok: Instant,
     rtt_us: Arc<AtomicU64>,
     /// Whether this start followed a clean stop (the state file said so).
     clean_start: bool,
@@ -251,6 +255,7 @@ impl SiteController {
             last_exchange: None,
             peer_mode: Mode::Starting,
             last_witness_beat: Instant::now(),
+            last_witness_ok: Instant::now(),
             rtt_us: Arc::new(AtomicU64::new(0)),
             clean_start: saved.clean,
             dirty_sent: false,
@@ -316,7 +321,7 @@ impl SiteController {
             o.extend(e.clone());
         }
         let t = Instant::now();
-        match self.replica.site_message(m.to_string().as_bytes()) {
+        match self.replica.site_message(m.to_string().as_bytes(), self.cfg.link_timeout / 2) {
             Ok((mode, _dirty)) if t.elapsed() < self.cfg.link_timeout => {
                 self.rtt_us.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.last_exchange = Some(Instant::now());
@@ -493,7 +498,7 @@ impl SiteController {
         match role {
             Role::Sole => {
                 // The loser stops serving within the link timeout: wait it out.
-                std::thread::sleep(self.cfg.link_timeout + TICK * 2);
+                std::thread::sleep(self.fence_delay());
                 if self.inbox.in_sync.swap(false, Ordering::AcqRel) {
                     warn!(volume = self.cfg.volume, "stale in-sync notice ignored");
                 }
@@ -508,8 +513,19 @@ impl SiteController {
         }
     }
 
+    /// How long the loser of the witness may still serve after losing the link.
+    fn fence_delay(&self) -> Duration {
+        self.cfg.link_timeout * 3 / 2 + TICK * 3
+    }
+
+    /// Keep the lease that holds the volume's claim alive while serving alone. Not while
+    /// mirrored: nothing is held then, and the link watch must never wait on the witness.
     fn heartbeat_witness(&mut self) {
         let ttl = Duration::from_secs(self.cfg.witness_ttl_s.max(1));
+        if !matches!(self.mode(), Mode::Solo | Mode::Source) {
+            self.last_witness_ok = Instant::now();
+            return;
+        }
         if self.last_witness_beat.elapsed() < ttl / 3 {
             return;
         }
@@ -517,8 +533,12 @@ impl SiteController {
         let Some(w) = self.witness.as_mut() else { return };
         let r = w.heartbeat();
         let role = w.role.clone();
-        if let Err(e) = r {
-            crate::warn_limited!(volume = self.cfg.volume, error = %e, "witness unreachable");
+        match r {
+            Ok(()) => self.last_witness_ok = Instant::now(),
+            Err(e) => crate::warn_limited!(volume = self.cfg.volume, error = %e, "witness unreachable"),
+        }
+        if matches!(self.mode(), Mode::Solo | Mode::Source) && self.last_witness_ok.elapsed() > ttl * 2 / 3 {
+            return self.set_mode(Mode::Fenced, "the witness lease could not be renewed");
         }
         if let (Role::Fenced { why }, Mode::Solo | Mode::Source) = (&role, self.mode()) {
             let why = why.clone();
@@ -545,6 +565,7 @@ impl SiteController {
             }
             Command::ForceTakeover => {
                 warn!(volume = self.cfg.volume, "forced takeover: serving alone without the witness");
+                self.witness = None;
                 self.set_mode(Mode::Solo, "forced takeover");
             }
         }
