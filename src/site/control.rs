@@ -426,10 +426,13 @@ impl SiteController {
         }
     }
 
+    /// The peer serves alone: receive its resync. Our dirty regions go to it once per
+    /// round (a Fenced site's round starts when it fences, a new site's at its start).
     fn become_target(&mut self, why: &str) {
-        self.dirty_sent = false;
         self.set_mode(Mode::Target, why);
-        self.send_dirty();
+        if !self.dirty_sent {
+            self.send_dirty();
+        }
     }
 
     fn merge_peer_dirty(&mut self) {
