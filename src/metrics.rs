@@ -16,10 +16,11 @@ use crate::util::stopper::{accept_until_stopped, Stopper};
 use crate::mgmt::stats::{merged, namespace_names};
 use crate::reactor::Shared;
 use crate::stats::{OpSet, OP_CLASSES};
+use crate::site::control::SiteHandle;
 use crate::volume::raid::RaidBdev;
 
 /// Upper bounds of the exported latency buckets, in seconds.
-const BUCKETS_S: [f64; 20] = [
+pub const BUCKETS_S: [f64; 20] = [
     10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3, 250e-3, 500e-3, 1.0, 2.5, 5.0, 10.0, 60.0,
 ];
 /// Longest request line and headers read from a scraper.
@@ -41,7 +42,7 @@ impl MetricsServer {
 }
 
 /// Serve /metrics on `address` until stopped.
-pub fn serve(address: &str, shared: Arc<Shared>, volumes: Vec<Arc<RaidBdev>>) -> std::io::Result<MetricsServer> {
+pub fn serve(address: &str, shared: Arc<Shared>, volumes: Vec<Arc<RaidBdev>>, sites: Vec<SiteHandle>) -> std::io::Result<MetricsServer> {
     let listener = TcpListener::bind(address).map_err(|e| std::io::Error::new(e.kind(), format!("metrics listener {address}: {e}")))?;
     let addr = listener.local_addr()?;
     listener.set_nonblocking(true)?;
@@ -49,7 +50,7 @@ pub fn serve(address: &str, shared: Arc<Shared>, volumes: Vec<Arc<RaidBdev>>) ->
     let stopping = stopper.clone();
     let thread = std::thread::Builder::new().name("metrics".into()).spawn(move || {
         accept_until_stopped(&listener, &stopping, |l| l.accept().map(|(c, _)| c), |conn| {
-            if let Err(e) = answer(conn, &shared, &volumes) {
+            if let Err(e) = answer(conn, &shared, &volumes, &sites) {
                 warn!(error = %e, "metrics request failed");
             }
         });
@@ -58,7 +59,7 @@ pub fn serve(address: &str, shared: Arc<Shared>, volumes: Vec<Arc<RaidBdev>>) ->
     Ok(MetricsServer { addr, stopper, thread: Some(thread) })
 }
 
-fn answer(conn: TcpStream, shared: &Shared, volumes: &[Arc<RaidBdev>]) -> std::io::Result<()> {
+fn answer(conn: TcpStream, shared: &Shared, volumes: &[Arc<RaidBdev>], sites: &[SiteHandle]) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut reader = BufReader::new(std::io::Read::take(conn.try_clone()?, MAX_REQUEST));
     let mut request = String::new();
@@ -73,7 +74,7 @@ fn answer(conn: TcpStream, shared: &Shared, volumes: &[Arc<RaidBdev>]) -> std::i
     if !request.starts_with("GET ") || !(path == "/metrics" || path.starts_with("/metrics?")) {
         return write!(out, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     }
-    let body = render(shared, volumes);
+    let body = render(shared, volumes, sites);
     write!(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
 }
 
@@ -120,7 +121,7 @@ fn op_families(o: &mut String, prefix: &str, what: &str, objects: &[(String, &Op
 }
 
 /// The whole exposition.
-pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
+pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>], sites: &[SiteHandle]) -> String {
     let per_reactor = shared.collect_stats(false);
     let all = merged(&per_reactor);
     let names = namespace_names(&shared.target);
@@ -141,6 +142,7 @@ pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
     op_families(&mut o, "nvmf_raid_reactor", "reactor", &reactors);
     volume_families(&mut o, volumes);
     ana_families(&mut o, &shared.target);
+    site_families(&mut o, sites);
     let turns = shared.utilisation();
     family(&mut o, "nvmf_raid_reactor_busy_seconds_total", "counter", "Time of event-loop turns that did work (events or submissions).");
     for (i, (busy, _)) in turns.iter().enumerate() {
@@ -156,6 +158,50 @@ pub fn render(shared: &Shared, volumes: &[Arc<RaidBdev>]) -> String {
     family(&mut o, "nvmf_raid_pool_buffers_in_use", "gauge", "Data buffers of the reactors' pools in use.");
     let _ = writeln!(o, "nvmf_raid_pool_buffers_in_use {buffers}");
     o
+}
+
+/// Stretched volumes: mode, peer, dirty regions and resync, write and link latency.
+fn site_families(o: &mut String, sites: &[SiteHandle]) {
+    if sites.is_empty() {
+        return;
+    }
+    let st: Vec<(String, crate::site::control::SiteStatus)> = sites.iter().map(|h| h.status()).map(|s| (format!("volume=\"{}\",site=\"{}\"", label(&s.volume), label(&s.site)), s)).collect();
+    family(o, "nvmf_raid_site_mode", "gauge", "1 for the site's current mode (starting, mirrored, suspended, solo, fenced, source, target).");
+    for (l, s) in &st {
+        let _ = writeln!(o, "nvmf_raid_site_mode{{{l},mode=\"{}\"}} 1", s.mode);
+    }
+    type Value = fn(&crate::site::control::SiteStatus) -> f64;
+    let gauges: [(&str, &str, &str, Value); 5] = [
+        ("nvmf_raid_site_peer_reachable", "gauge", "1 while the peer site answers over the site link.", |s| s.peer_reachable as u8 as f64),
+        ("nvmf_raid_site_dirty_regions", "gauge", "1 MiB regions the peer site misses (copied by the resync).", |s| s.dirty_regions as f64),
+        ("nvmf_raid_site_resync_bytes_total", "counter", "Bytes copied to the peer site by resyncs.", |s| s.resync_bytes as f64),
+        ("nvmf_raid_site_resync_eta_seconds", "gauge", "Estimated time left of the running resync (0 when none runs).", |s| s.resync_eta_secs.unwrap_or(0) as f64),
+        ("nvmf_raid_site_solo_writes_total", "counter", "Writes acknowledged while serving alone (their regions marked dirty).", |s| s.solo_writes as f64),
+    ];
+    for (name, kind, help, value) in gauges {
+        family(o, name, kind, help);
+        for (l, s) in &st {
+            let _ = writeln!(o, "{name}{{{l}}} {}", value(s));
+        }
+    }
+    let hists: [(&str, &str, fn(&crate::site::SiteShared) -> &crate::site::LatencyHistogram); 2] = [
+        ("nvmf_raid_site_mirrored_write_seconds", "Latency of writes acknowledged once both sites had them.", |s| &s.mirrored_writes),
+        ("nvmf_raid_site_link_rtt_seconds", "Round trip of the state exchanges with the peer over the site link.", |s| &s.link_rtt),
+    ];
+    for (name, help, hist) in hists {
+        family(o, name, "histogram", help);
+        for (h, (l, _)) in sites.iter().zip(&st) {
+            let (buckets, sum_us, count) = hist(&h.shared).snapshot();
+            let mut cumulative = 0;
+            for (b, n) in BUCKETS_S.iter().zip(buckets) {
+                cumulative += n;
+                let _ = writeln!(o, "{name}_bucket{{{l},le=\"{b}\"}} {cumulative}");
+            }
+            let _ = writeln!(o, "{name}_bucket{{{l},le=\"+Inf\"}} {count}");
+            let _ = writeln!(o, "{name}_sum{{{l}}} {}", sum_us as f64 / 1e6);
+            let _ = writeln!(o, "{name}_count{{{l}}} {count}");
+        }
+    }
 }
 
 /// ANA state per listener and subsystem, and the change count.

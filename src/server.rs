@@ -375,7 +375,7 @@ impl Server {
             info!(socket = %path.display(), "management socket ready");
         }
         let metrics = match cfg.metrics.address.as_deref().filter(|a| !a.is_empty()) {
-            Some(address) => match crate::metrics::serve(address, shared.clone(), volumes.clone()) {
+            Some(address) => match crate::metrics::serve(address, shared.clone(), volumes.clone(), sites.iter().map(|(h, _)| h.clone()).collect()) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     shared.request_stop();

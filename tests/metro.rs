@@ -38,6 +38,7 @@ struct Site {
     dir: PathBuf,
     host_port: u16,
     link_port: u16,
+    metrics_port: u16,
 }
 
 impl Site {
@@ -58,8 +59,8 @@ impl Site {
 fn config(s: &Site, peer: &str, peer_link: u16, witness: Option<std::net::SocketAddr>) -> String {
     let d = s.dir.display();
     let mut c = format!(
-        "[reactor]\ncores = [0]\n[management]\nsocket = \"{d}/mgmt.sock\"\n[metrics]\naddress = \"\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\n",
-        s.host_port
+        "[reactor]\ncores = [0]\n[management]\nsocket = \"{d}/mgmt.sock\"\n[metrics]\naddress = \"127.0.0.1:{}\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\n",
+        s.metrics_port, s.host_port
     );
     for m in 0..2 {
         c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{d}/m{m}.img\"\nsize = \"{}M\"\n", VOLUME_BYTES / MIB + 2);
@@ -112,7 +113,7 @@ impl Metro {
         let site = |name: &'static str| {
             let d = dir.path().join(name);
             std::fs::create_dir_all(&d).unwrap();
-            Site { name, dir: d, host_port: free_port(), link_port: free_port() }
+            Site { name, dir: d, host_port: free_port(), link_port: free_port(), metrics_port: free_port() }
         };
         let (a, b) = (site("a"), site("b"));
         let (relay_to_a, relay_to_b) = (free_port(), free_port());
@@ -230,6 +231,27 @@ fn concurrent_overlapping_writes_through_both_sites_leave_identical_copies() {
     let (sa, sb) = (m.a.status(), m.b.status());
     assert!(sa["mirrored_writes"].as_u64() >= Some(600) && sb["mirrored_writes"].as_u64() >= Some(600), "{sa}\n{sb}");
     assert_eq!((sa["mode"].as_str(), sb["mode"].as_str()), (Some("mirrored"), Some("mirrored")));
+
+    // The metrics say the same, and promtool accepts them.
+    let metrics = scrape(m.a.metrics_port);
+    for line in ["nvmf_raid_site_mode{volume=\"metro\",site=\"a\",mode=\"mirrored\"} 1", "nvmf_raid_site_peer_reachable{volume=\"metro\",site=\"a\"} 1", "nvmf_raid_site_dirty_regions{volume=\"metro\",site=\"a\"} 0"] {
+        assert!(metrics.lines().any(|l| l == line), "no '{line}' in the metrics");
+    }
+    let count = |name: &str| metrics.lines().find(|l| l.starts_with(&format!("{name}_count{{volume=\"metro\",site=\"a\"}}"))).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).unwrap_or(0);
+    assert!(count("nvmf_raid_site_mirrored_write_seconds") >= 600 && count("nvmf_raid_site_link_rtt_seconds") > 0, "histograms count the writes and the link round trips");
+    let path = m.dir.path().join("metrics.txt");
+    std::fs::write(&path, metrics.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap();
+    let out = Command::new("promtool").args(["check", "metrics"]).stdin(std::fs::File::open(&path).unwrap()).output().expect("promtool (Debian package prometheus; scripts/test.sh installs it)");
+    assert!(out.status.success() && out.stderr.is_empty(), "promtool: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
 }
 
 /// What a writer saw: the acknowledged (block, data) in order, and the write that failed,

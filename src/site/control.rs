@@ -191,9 +191,9 @@ impl SiteHandle {
         s.mode = sh.mode().name().into();
         s.dirty_regions = sh.dirty.count();
         s.resync_bytes = sh.resync_bytes.load(Ordering::Relaxed);
-        let writes = sh.mirrored_writes.load(Ordering::Relaxed);
+        let (_, sum, writes) = sh.mirrored_writes.snapshot();
         s.mirrored_writes = writes;
-        s.mirrored_write_avg_us = sh.mirrored_write_us.load(Ordering::Relaxed).checked_div(writes).unwrap_or(0);
+        s.mirrored_write_avg_us = sum.checked_div(writes).unwrap_or(0);
         s.solo_writes = sh.solo_writes.load(Ordering::Relaxed);
         s.refused = sh.refused.load(Ordering::Relaxed);
         s
@@ -324,6 +324,7 @@ impl SiteController {
         match self.replica.site_message(m.to_string().as_bytes(), self.cfg.link_timeout / 2) {
             Ok((mode, _dirty)) if t.elapsed() < self.cfg.link_timeout => {
                 self.rtt_us.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.shared.link_rtt.record(t.elapsed().as_micros() as u64);
                 self.last_exchange = Some(Instant::now());
                 self.peer_mode = Mode::from_u8(mode as u8);
                 true

@@ -78,6 +78,30 @@ impl Mode {
 pub const LOCK_UNIT: u64 = 64 * 1024;
 const LOCK_BUCKETS: usize = 1 << 16;
 
+/// Latencies counted in the metrics' buckets (`metrics::BUCKETS_S`), from any thread.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    buckets: [AtomicU64; 20],
+    pub sum_us: AtomicU64,
+    pub count: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, us: u64) {
+        let secs = us as f64 / 1e6;
+        if let Some(i) = crate::metrics::BUCKETS_S.iter().position(|&b| secs <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Per-bucket counts (not cumulative), the sum in microseconds and the count.
+    pub fn snapshot(&self) -> ([u64; 20], u64, u64) {
+        (self.buckets.each_ref().map(|b| b.load(Ordering::Relaxed)), self.sum_us.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed))
+    }
+}
+
 /// State of one stretched volume shared by its channels (one per reactor) and its site
 /// controller.
 #[derive(Debug)]
@@ -100,9 +124,10 @@ pub struct SiteShared {
     pub copy_driver: AtomicBool,
     /// A region copy is in flight (its bit is clear but it is not at the peer yet).
     pub copying: AtomicBool,
-    /// Writes acknowledged by both sites, and their total latency (for the metrics).
-    pub mirrored_writes: AtomicU64,
-    pub mirrored_write_us: AtomicU64,
+    /// Writes acknowledged once both sites had them: their latency at this site.
+    pub mirrored_writes: LatencyHistogram,
+    /// Round trips of the state exchanges with the peer over the site link.
+    pub link_rtt: LatencyHistogram,
     pub solo_writes: AtomicU64,
     pub refused: AtomicU64,
 }
@@ -122,8 +147,8 @@ impl SiteShared {
             resync_bytes: AtomicU64::new(0),
             copy_driver: AtomicBool::new(false),
             copying: AtomicBool::new(false),
-            mirrored_writes: AtomicU64::new(0),
-            mirrored_write_us: AtomicU64::new(0),
+            mirrored_writes: LatencyHistogram::default(),
+            link_rtt: LatencyHistogram::default(),
             solo_writes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
         }

@@ -295,13 +295,11 @@ impl StretchChannel {
         match op.route {
             Route::Ordered if op.local_res != expect => self.finish(id, -libc::EIO, done),
             Route::Ordered if peer_ok => {
-                sh.mirrored_writes.fetch_add(1, Ordering::Relaxed);
-                sh.mirrored_write_us.fetch_add(op.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                sh.mirrored_writes.record(op.started.elapsed().as_micros() as u64);
                 self.finish(id, expect, done)
             }
             Route::Forward if peer_ok => {
-                sh.mirrored_writes.fetch_add(1, Ordering::Relaxed);
-                sh.mirrored_write_us.fetch_add(op.started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                sh.mirrored_writes.record(op.started.elapsed().as_micros() as u64);
                 self.finish(id, expect, done)
             }
             Route::Ordered | Route::Forward => {
