@@ -117,7 +117,7 @@ fn device_index(cfg: &Config, name: &str) -> usize {
         .iter()
         .map(|d| &d.name)
         .chain(cfg.volumes.iter().map(|v| &v.name))
-        .chain(cfg.stretches.iter().map(|s| &s.name))
+        .chain(cfg.stretches.iter().flat_map(|s| [s.name.clone(), format!("{}:replica", s.name), format!("{}:forward", s.name)]).collect::<Vec<_>>().iter())
         .position(|n| n == name)
         .expect("validated device name")
 }
@@ -273,6 +273,8 @@ impl Server {
             let local = opened[device_index(cfg, &st.volume)].clone().ok_or_else(|| std::io::Error::other(format!("stretch '{}': its volume is missing", st.name)))?;
             let parts = crate::site::setup::build(st, local).map_err(|e| std::io::Error::other(format!("stretch '{}': {e}", st.name)))?;
             opened.push(Some(parts.bdev.clone()));
+            opened.push(Some(Arc::new(crate::site::stretch::ReplicaView::new(&parts.bdev))));
+            opened.push(Some(Arc::new(parts.bdev.peer_view())));
             stretches.push(parts);
         }
         // Only volume members can be absent, and namespaces never use them directly.

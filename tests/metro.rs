@@ -351,6 +351,16 @@ fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions(
     let refused = ql.write(1, 0, shift, &block).unwrap();
     assert_eq!(refused.status_code(), 0x302, "the fenced site refuses writes with ANA Inaccessible: {refused:?}");
     assert_eq!(winner.status()["dirty_regions"], 5, "{}", winner.status());
+    // A write the loser sent before the cut and the link delivers late must not land: the
+    // winner's link namespaces refuse writes while it serves alone (reads still work).
+    let (_cs, mut stale, _) = connect(winner.link_port, LINK_NQN);
+    for nsid in [1, 2] {
+        let sqe = nvmf_raid::nvmf::command::rw_sqe(nvmf_raid::nvmf::spec::io::WRITE, 0, nsid, (3 * MIB as u64) >> shift, (4096 >> shift) as u32, 4096, false);
+        let cqe = stale.execute(sqe, nvmf_raid::host::Data::ToController(block.as_ptr(), 4096)).unwrap();
+        assert_eq!(cqe.status_code(), 0x302, "a peer write to link namespace {nsid} of a site serving alone is refused: {cqe:?}");
+    }
+    let mut back = vec![0u8; 4096];
+    assert!(stale.read(1, (3 * MIB as u64) >> shift, shift, &mut back).unwrap().is_success() && back == block);
 
     m.relay(None);
     wait_for("both sites mirrored again", Duration::from_secs(30), || m.a.mode() == "mirrored" && m.b.mode() == "mirrored");

@@ -76,6 +76,8 @@ pub struct Inbox {
     in_sync: AtomicBool,
     /// The peer hands over: it stopped serving and we may serve alone.
     handed_over: AtomicBool,
+    /// The site the peer believes leads (must be ours).
+    peer_leader: Mutex<String>,
 }
 
 /// Answers the peer's site messages for every stretched volume of this target.
@@ -101,6 +103,9 @@ impl SiteMessages for SiteInbox {
         *inbox.peer_seen.lock().unwrap() = Some(Instant::now());
         if let Some(regions) = m["dirty"].as_array() {
             inbox.peer_dirty.lock().unwrap().extend(regions.iter().filter_map(Value::as_u64));
+        }
+        if let Some(l) = m["leader"].as_str() {
+            *inbox.peer_leader.lock().unwrap() = l.to_string();
         }
         if m["full"].as_bool() == Some(true) {
             inbox.peer_wants_full.store(true, Ordering::Release);
@@ -316,7 +321,7 @@ impl SiteController {
 
     /// Send our state (plus `extra` fields) to the peer; note its answer.
     fn exchange(&mut self, extra: Value) -> bool {
-        let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8});
+        let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8, "leader": self.cfg.leader});
         if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
@@ -387,6 +392,13 @@ impl SiteController {
     }
 
     fn step_starting(&mut self, reachable: bool, peer: Mode) {
+        let peer_leader = self.inbox.peer_leader.lock().unwrap().clone();
+        if reachable && !peer_leader.is_empty() && peer_leader != self.cfg.leader {
+            // Two sites that both order (or both forward) would corrupt or loop: refuse.
+            crate::warn_limited!(volume = self.cfg.volume, ours = self.cfg.leader, peer = peer_leader, "the sites disagree on the leader: fix the configuration");
+            self.status.lock().unwrap().last_change = format!("waiting: the peer says the leader is '{peer_leader}', this site says '{}'", self.cfg.leader);
+            return;
+        }
         if !reachable {
             if self.started.elapsed() > self.cfg.link_timeout * 2 {
                 if !self.clean_start {

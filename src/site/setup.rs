@@ -33,8 +33,8 @@ pub fn with_site_links(cfg: &Config) -> Config {
             allow_any_host: true,
             hosts: vec![],
             namespaces: vec![
-                NamespaceSection { nsid: Some(1), device: s.volume.clone(), uuid: None },
-                NamespaceSection { nsid: Some(2), device: s.name.clone(), uuid: None },
+                NamespaceSection { nsid: Some(1), device: format!("{}:replica", s.name), uuid: None },
+                NamespaceSection { nsid: Some(2), device: format!("{}:forward", s.name), uuid: None },
             ],
             cntlid_min: crate::nvmf::subsystem::CNTLID_MIN as u32,
             cntlid_max: crate::nvmf::subsystem::CNTLID_MAX as u32,

@@ -38,6 +38,7 @@ const FORWARD: usize = 2;
 
 pub struct StretchBdev {
     info: BdevInfo,
+    origin: Origin,
     local: Arc<dyn Bdev>,
     replica: Arc<dyn Bdev>,
     forward: Arc<dyn Bdev>,
@@ -67,7 +68,14 @@ impl StretchBdev {
             }
         }
         let info = BdevInfo { name: name.to_string(), block_size: local.block_size(), num_blocks: local.num_blocks() };
-        Ok(StretchBdev { info, local, replica, forward, shared })
+        Ok(StretchBdev { info, origin: Origin::Host, local, replica, forward, shared })
+    }
+
+    /// The same volume as the peer sees it through the link (namespace 2): it takes the
+    /// writes the peer forwards for this site to order, and nothing else.
+    pub fn peer_view(&self) -> StretchBdev {
+        let info = BdevInfo { name: format!("{}:forward", self.info.name), ..self.info.clone() };
+        StretchBdev { info, origin: Origin::Peer, local: self.local.clone(), replica: self.replica.clone(), forward: self.forward.clone(), shared: self.shared.clone() }
     }
 }
 
@@ -80,6 +88,7 @@ impl Bdev for StretchBdev {
         let legs = [&self.local, &self.replica, &self.forward];
         let legs: Vec<Box<dyn BdevChannel>> = legs.iter().enumerate().map(|(i, d)| d.open_channel(files, route.member(i))).collect::<Result<_, _>>()?;
         Ok(Box::new(StretchChannel {
+            origin: self.origin,
             route,
             bytes: self.info.num_blocks * self.info.block_size as u64,
             shared: self.shared.clone(),
@@ -109,8 +118,29 @@ enum Route {
     Refuse,
 }
 
-fn route_of(op: BdevOp, mode: Mode, leader: bool, quiesced: bool) -> Route {
+/// Who sent an I/O to the stretched volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A host, through this site's subsystem.
+    Host,
+    /// The peer site forwarding a write for this site to order (link namespace 2).
+    Peer,
+}
+
+fn route_of(op: BdevOp, mode: Mode, leader: bool, quiesced: bool, origin: Origin) -> Route {
     let writes = op != BdevOp::Read;
+    if origin == Origin::Peer {
+        // Only a site that orders takes the peer's writes; a late one from an association
+        // that was given up (after a cut) finds this site alone or fenced and is refused.
+        return match mode {
+            Mode::Suspended => Route::Hold,
+            _ if !writes => Route::Refuse,
+            _ if quiesced => Route::Hold,
+            Mode::Mirrored if leader => Route::Ordered,
+            Mode::Source => Route::Ordered,
+            _ => Route::Refuse,
+        };
+    }
     match mode {
         Mode::Suspended => Route::Hold,
         Mode::Starting | Mode::Fenced | Mode::Target => Route::Refuse,
@@ -167,6 +197,7 @@ fn leg_tag(op: u32, leg: usize) -> u64 {
 }
 
 pub struct StretchChannel {
+    origin: Origin,
     route: ChildRoute,
     bytes: u64,
     shared: Arc<SiteShared>,
@@ -213,7 +244,7 @@ impl StretchChannel {
     fn start(&mut self, id: u32, sq: &mut dyn SqeSink) -> bool {
         let sh = &self.shared;
         let op = self.ops.get_mut(id);
-        let route = route_of(op.io.op, sh.mode(), sh.is_leader(), sh.quiesced());
+        let route = route_of(op.io.op, sh.mode(), sh.is_leader(), sh.quiesced(), self.origin);
         match route {
             Route::Hold => return false,
             Route::Refuse => {
@@ -508,18 +539,22 @@ mod tests {
     #[test]
     fn routes_follow_the_mode() {
         use BdevOp::*;
-        assert_eq!(route_of(Read, Mode::Mirrored, false, false), Route::Local);
-        assert_eq!(route_of(Write, Mode::Mirrored, true, false), Route::Ordered);
-        assert_eq!(route_of(Write, Mode::Mirrored, false, false), Route::Forward);
-        assert_eq!(route_of(Write, Mode::Mirrored, true, true), Route::Hold, "a hand-over holds writes");
-        assert_eq!(route_of(Read, Mode::Mirrored, true, true), Route::Local, "but not reads");
-        assert_eq!(route_of(Write, Mode::Source, false, false), Route::Ordered, "the resync source orders");
-        assert_eq!(route_of(Discard, Mode::Solo, false, false), Route::Solo);
+        assert_eq!(route_of(Read, Mode::Mirrored, false, false, Origin::Host), Route::Local);
+        assert_eq!(route_of(Write, Mode::Mirrored, true, false, Origin::Host), Route::Ordered);
+        assert_eq!(route_of(Write, Mode::Mirrored, false, false, Origin::Host), Route::Forward);
+        assert_eq!(route_of(Write, Mode::Mirrored, true, true, Origin::Host), Route::Hold, "a hand-over holds writes");
+        assert_eq!(route_of(Read, Mode::Mirrored, true, true, Origin::Host), Route::Local, "but not reads");
+        assert_eq!(route_of(Write, Mode::Source, false, false, Origin::Host), Route::Ordered, "the resync source orders");
+        assert_eq!(route_of(Discard, Mode::Solo, false, false, Origin::Host), Route::Solo);
         for m in [Mode::Starting, Mode::Fenced, Mode::Target] {
-            assert_eq!(route_of(Read, m, true, false), Route::Refuse, "{m:?}");
-            assert_eq!(route_of(Write, m, true, false), Route::Refuse, "{m:?}");
+            assert_eq!(route_of(Read, m, true, false, Origin::Host), Route::Refuse, "{m:?}");
+            assert_eq!(route_of(Write, m, true, false, Origin::Host), Route::Refuse, "{m:?}");
         }
-        assert_eq!(route_of(Read, Mode::Suspended, true, false), Route::Hold, "no stale reads while the witness decides");
+        assert_eq!(route_of(Read, Mode::Suspended, true, false, Origin::Host), Route::Hold, "no stale reads while the witness decides");
+        assert_eq!(route_of(Write, Mode::Mirrored, true, false, Origin::Peer), Route::Ordered, "the leader orders forwarded writes");
+        assert_eq!(route_of(Write, Mode::Mirrored, false, false, Origin::Peer), Route::Refuse, "a follower never forwards again");
+        assert_eq!(route_of(Write, Mode::Solo, false, false, Origin::Peer), Route::Refuse, "a late forwarded write after a cut is refused");
+        assert_eq!(route_of(Read, Mode::Mirrored, true, false, Origin::Peer), Route::Refuse);
     }
 
     #[test]
@@ -529,5 +564,89 @@ mod tests {
         assert_eq!(StretchChannel::lock_range(&io(LOCK_UNIT - 512, 1024)), (0, 2));
         assert_eq!(StretchChannel::lock_range(&io(3 * LOCK_UNIT, LOCK_UNIT as u32)), (3, 1));
         assert_eq!(DirtyMap::span(0, REGION), 0..1);
+    }
+}
+
+/// This site's copy as the peer writes it (link namespace 1): reads always, writes only
+/// while the peer orders this site's writes (mirrored follower) or resyncs it (target).
+/// A write that a given-up association delivers late (after a cut, with this site alone)
+/// is refused, so it cannot overwrite newer data.
+pub struct ReplicaView {
+    info: BdevInfo,
+    local: Arc<dyn Bdev>,
+    shared: Arc<SiteShared>,
+}
+
+impl std::fmt::Debug for ReplicaView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReplicaView({})", self.info.name)
+    }
+}
+
+impl ReplicaView {
+    pub fn new(stretch: &StretchBdev) -> ReplicaView {
+        let info = BdevInfo { name: format!("{}:replica", stretch.info.name), ..stretch.info.clone() };
+        ReplicaView { info, local: stretch.local.clone(), shared: stretch.shared.clone() }
+    }
+}
+
+/// Whether the peer may write this site's copy now.
+fn replica_writable(mode: Mode, leader: bool) -> bool {
+    matches!(mode, Mode::Target) || (mode == Mode::Mirrored && !leader)
+}
+
+impl Bdev for ReplicaView {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+        Ok(Box::new(ReplicaChannel { inner: self.local.open_channel(files, route)?, shared: self.shared.clone() }))
+    }
+}
+
+struct ReplicaChannel {
+    inner: Box<dyn BdevChannel>,
+    shared: Arc<SiteShared>,
+}
+
+impl BdevChannel for ReplicaChannel {
+    fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
+        if io.op != BdevOp::Read && !replica_writable(self.shared.mode(), self.shared.is_leader()) {
+            self.shared.refused.fetch_add(1, Ordering::Relaxed);
+            return Submitted::Done(REFUSED);
+        }
+        self.inner.submit(io, sq)
+    }
+
+    fn child_complete(&mut self, tag: u64, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
+        self.inner.child_complete(tag, res, sq, done)
+    }
+
+    fn needs_polling(&self) -> bool {
+        self.inner.needs_polling()
+    }
+
+    fn poll(&mut self, sq: &mut dyn SqeSink, done: &mut Completions) -> bool {
+        self.inner.poll(sq, done)
+    }
+
+    fn member_stats(&mut self, out: &mut Vec<crate::stats::MemberStats>, reset: bool) {
+        self.inner.member_stats(out, reset)
+    }
+}
+
+#[cfg(test)]
+mod replica_tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_writes_this_copy_only_while_it_orders_or_resyncs_it() {
+        assert!(replica_writable(Mode::Mirrored, false));
+        assert!(replica_writable(Mode::Target, true));
+        for m in [Mode::Starting, Mode::Suspended, Mode::Solo, Mode::Fenced, Mode::Source] {
+            assert!(!replica_writable(m, false), "{m:?}");
+        }
+        assert!(!replica_writable(Mode::Mirrored, true), "the leader's copy is written by the leader only");
     }
 }
