@@ -109,6 +109,12 @@ struct Metro {
 
 impl Metro {
     fn new(witness: Option<std::net::SocketAddr>) -> Metro {
+        let m = Metro::start_a(witness);
+        m.start_b_and_wait()
+    }
+
+    /// Site A alone (site B not started yet), with the relays in place.
+    fn start_a(witness: Option<std::net::SocketAddr>) -> Metro {
         let dir = tempfile::tempdir().unwrap();
         let site = |name: &'static str| {
             let d = dir.path().join(name);
@@ -122,9 +128,13 @@ impl Metro {
         m.procs.push(("relay-to-a".into(), ra));
         m.procs.push(("relay-to-b".into(), rb));
         m.start("a");
-        m.start("b");
-        wait_for("both sites mirrored", Duration::from_secs(30), || m.a.mode() == "mirrored" && m.b.mode() == "mirrored");
         m
+    }
+
+    fn start_b_and_wait(mut self) -> Metro {
+        self.start("b");
+        self.wait_mirrored("both sites mirrored after the start");
+        self
     }
 
     fn site(&self, name: &str) -> &Site {
@@ -157,6 +167,14 @@ impl Metro {
                 Some(m) => call(&ctl, "relay_cut", json!({"mode": m})).unwrap(),
                 None => call(&ctl, "relay_heal", json!({})).unwrap(),
             };
+        }
+    }
+
+    fn wait_mirrored(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(self.a.mode() == "mirrored" && self.b.mode() == "mirrored") {
+            assert!(Instant::now() < deadline, "{what}:\n{}\n{}\n--- a ---\n{}\n--- b ---\n{}", self.a.status(), self.b.status(), self.log("a"), self.log("b"));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -363,10 +381,26 @@ fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions(
     assert!(stale.read(1, (3 * MIB as u64) >> shift, shift, &mut back).unwrap().is_success() && back == block);
 
     m.relay(None);
-    wait_for("both sites mirrored again", Duration::from_secs(30), || m.a.mode() == "mirrored" && m.b.mode() == "mirrored");
+    m.wait_mirrored("both sites mirrored again after the heal");
     let copied = winner.status()["resync_bytes"].as_u64().unwrap() - base;
-    assert_eq!(copied, 5 * MIB as u64, "the resync copies the 5 regions written during the partition, and nothing else");
+    let modes = |site: &str| m.log(site).lines().filter(|l| l.contains("site mode changed")).map(|l| l.split("site mode changed").nth(1).unwrap_or("").to_string()).collect::<Vec<_>>().join("\n");
+    assert_eq!(copied, 5 * MIB as u64, "the resync copies the 5 regions written during the partition, and nothing else\n--- a ---\n{}\n--- b ---\n{}", modes("a"), modes("b"));
     assert_identical(&m);
     let mut back = vec![0u8; 4096];
     assert!(ql.read(1, (20 * MIB as u64) >> shift, shift, &mut back).unwrap().is_success() && back == block, "the rejoined site serves the data written without it");
+}
+
+#[test]
+#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
+fn a_site_that_starts_while_the_other_decides_alone_joins_it() {
+    let e = etcd();
+    let m = Metro::start_a(Some(e.addr));
+    // Site A, alone, gives up waiting for its peer and asks the witness; site B starts
+    // right then (the moment both sites' state machines are furthest apart).
+    wait_for("site A suspended", Duration::from_secs(20), || m.a.mode() == "suspended");
+    let m = m.start_b_and_wait();
+    let (_c, mut q, shift) = connect(m.b.host_port, NQN);
+    let d = pattern(99, 65536);
+    assert!(q.write(1, 0, shift, &d).unwrap().is_success());
+    assert_identical(&m);
 }

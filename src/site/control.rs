@@ -68,16 +68,24 @@ pub struct Inbox {
     peer_mode: AtomicU8,
     peer_seen: Mutex<Option<Instant>>,
     /// Regions the peer reported as possibly different from our copy.
-    peer_dirty: Mutex<Vec<u64>>,
-    /// The peer reported all its dirty regions (or asked for a full copy).
-    peer_dirty_done: AtomicBool,
-    peer_wants_full: AtomicBool,
-    /// The peer (resync source) says our copy is in sync.
-    in_sync: AtomicBool,
+    /// Reports are per round: (round, regions) of the latest one.
+    peer_dirty: Mutex<(u64, Vec<u64>)>,
+    /// The round of the last complete report of the peer's dirty regions, and whether it
+    /// asked for a full copy.
+    peer_dirty_round: AtomicU64,
+    /// The round of a report that asked for a full copy (the peer started after a crash).
+    peer_full_round: AtomicU64,
+    /// The round for which the peer asks us to report our dirty regions (0: none).
+    dirty_request: AtomicU64,
+    /// The peer (resync source) says our copy is in sync, as of its round (the one we
+    /// reported our dirty regions for).
+    in_sync: AtomicU64,
     /// The peer hands over: it stopped serving and we may serve alone.
     handed_over: AtomicBool,
     /// The site the peer believes leads (must be ours).
     peer_leader: Mutex<String>,
+    /// Whether the peer's copy holds every acknowledged write.
+    peer_fresh: AtomicBool,
 }
 
 /// Answers the peer's site messages for every stretched volume of this target.
@@ -101,20 +109,30 @@ impl SiteMessages for SiteInbox {
         let (shared, inbox) = self.volumes.lock().unwrap().get(volume).cloned().ok_or(invalid)?;
         inbox.peer_mode.store(m["mode"].as_u64().unwrap_or(0) as u8, Ordering::Release);
         *inbox.peer_seen.lock().unwrap() = Some(Instant::now());
-        if let Some(regions) = m["dirty"].as_array() {
-            inbox.peer_dirty.lock().unwrap().extend(regions.iter().filter_map(Value::as_u64));
+        if let (Some(regions), Some(round)) = (m["dirty"].as_array(), m["round"].as_u64()) {
+            let mut d = inbox.peer_dirty.lock().unwrap();
+            if d.0 != round {
+                *d = (round, Vec::new());
+            }
+            d.1.extend(regions.iter().filter_map(Value::as_u64));
+        }
+        if let Some(f) = m["fresh"].as_bool() {
+            inbox.peer_fresh.store(f, Ordering::Release);
         }
         if let Some(l) = m["leader"].as_str() {
             *inbox.peer_leader.lock().unwrap() = l.to_string();
         }
         if m["full"].as_bool() == Some(true) {
-            inbox.peer_wants_full.store(true, Ordering::Release);
+            inbox.peer_full_round.store(m["dirty_done"].as_u64().unwrap_or(0), Ordering::Release);
         }
-        if m["dirty_done"].as_bool() == Some(true) {
-            inbox.peer_dirty_done.store(true, Ordering::Release);
+        if let Some(round) = m["want_dirty"].as_u64() {
+            inbox.dirty_request.store(round, Ordering::Release);
         }
-        if m["in_sync"].as_bool() == Some(true) {
-            inbox.in_sync.store(true, Ordering::Release);
+        if let Some(round) = m["dirty_done"].as_u64() {
+            inbox.peer_dirty_round.store(round, Ordering::Release);
+        }
+        if let Some(round) = m["in_sync"].as_u64() {
+            inbox.in_sync.store(round, Ordering::Release);
         }
         if m["handover"].as_bool() == Some(true) {
             inbox.handed_over.store(true, Ordering::Release);
@@ -175,7 +193,14 @@ pub struct SiteController {
     rtt_us: Arc<AtomicU64>,
     /// Whether this start followed a clean stop (the state file said so).
     clean_start: bool,
-    dirty_sent: bool,
+    /// Whether this copy holds every acknowledged write: false once the peer went on
+    /// without this site (it lost the witness, handed over, or is being resynced), true
+    /// again once in sync. A stale copy never serves alone and is never a resync source.
+    fresh: bool,
+    /// The current round of asking the peer for its dirty regions (serving alone, or
+    /// leading a start), and the last round this site answered.
+    round: u64,
+    dirty_answered: u64,
     resync_started: Option<(Instant, u64)>,
 }
 
@@ -220,18 +245,28 @@ struct SavedState {
     clean: bool,
     mode: String,
     dirty: Vec<u64>,
+    /// This copy holds every acknowledged write (see `SiteController::fresh`). Written at
+    /// every mode change, so a crash keeps it.
+    #[serde(default = "yes")]
+    fresh: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl SiteController {
     pub fn start(cfg: SiteConfig, shared: Arc<SiteShared>, replica: Arc<RemoteBdev>, target: Arc<Target>, inbox: Arc<Inbox>) -> std::io::Result<(SiteHandle, std::thread::JoinHandle<()>)> {
-        let saved: SavedState = std::fs::read(&cfg.state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        // No state yet: a new site, whose copy is as good as any (the first resync sets it).
+        let new_site = SavedState { fresh: true, ..SavedState::default() };
+        let saved: SavedState = std::fs::read(&cfg.state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(new_site);
         if saved.clean {
             for r in &saved.dirty {
                 shared.dirty.set(*r);
             }
         }
         // Until the next clean stop, a crash leaves the file saying "unknown".
-        write_state(&cfg.state_file, &SavedState { clean: false, mode: "starting".into(), dirty: vec![] })?;
+        write_state(&cfg.state_file, &SavedState { clean: false, mode: "starting".into(), dirty: vec![], fresh: saved.fresh })?;
         let witness = cfg.witness.map(|w| Witness::new(Etcd::new(w), &cfg.site, &cfg.volume, cfg.witness_ttl_s));
         let status = SiteStatus {
             volume: cfg.volume.clone(),
@@ -263,7 +298,9 @@ impl SiteController {
             last_witness_ok: Instant::now(),
             rtt_us: Arc::new(AtomicU64::new(0)),
             clean_start: saved.clean,
-            dirty_sent: false,
+            fresh: saved.fresh,
+            round: new_round(0),
+            dirty_answered: 0,
             resync_started: None,
         };
         c.apply_ana();
@@ -297,9 +334,25 @@ impl SiteController {
         }
         self.shared.set_mode(m);
         info!(volume = self.cfg.volume, site = self.cfg.site, from = old.name(), to = m.name(), why, "site mode changed");
-        if m == Mode::Mirrored {
+        if matches!(m, Mode::Fenced | Mode::Starting) {
+            // A new round of agreeing with the peer on who resyncs whom.
+            self.round = new_round(self.round);
+        }
+        match m {
             // From here on this copy is known: only what changes later needs copying.
-            self.clean_start = true;
+            Mode::Mirrored | Mode::Solo | Mode::Source => {
+                self.clean_start |= m == Mode::Mirrored;
+                self.fresh = true;
+            }
+            // Fenced after serving alone (the lease could not be renewed) keeps the newest
+            // data; fenced after losing the witness or handing over does not.
+            Mode::Fenced if matches!(old, Mode::Solo | Mode::Source) => {}
+            Mode::Fenced | Mode::Target => self.fresh = false,
+            Mode::Starting | Mode::Suspended => {}
+        }
+        let state = SavedState { clean: false, mode: m.name().into(), dirty: vec![], fresh: self.fresh };
+        if let Err(e) = write_state(&self.cfg.state_file, &state) {
+            warn!(volume = self.cfg.volume, error = %e, "cannot save the site state");
         }
         self.status.lock().unwrap().last_change = format!("{} -> {}: {why}", old.name(), m.name());
         self.apply_ana();
@@ -321,7 +374,10 @@ impl SiteController {
 
     /// Send our state (plus `extra` fields) to the peer; note its answer.
     fn exchange(&mut self, extra: Value) -> bool {
-        let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8, "leader": self.cfg.leader});
+        let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8, "leader": self.cfg.leader, "fresh": self.fresh});
+        if self.mode() == Mode::Solo || (matches!(self.mode(), Mode::Starting | Mode::Fenced) && self.fresh) {
+            m["want_dirty"] = json!(self.round);
+        }
         if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
@@ -339,11 +395,19 @@ impl SiteController {
     }
 
     fn step(&mut self) {
-        if matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) && self.inbox.in_sync.swap(false, Ordering::AcqRel) {
+        if self.mode() != Mode::Mirrored {
+            // A hand-over counts only while mirrored; a late one is void.
+            self.inbox.handed_over.store(false, Ordering::Release);
+        }
+        let in_sync = self.inbox.in_sync.swap(0, Ordering::AcqRel);
+        if matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) && in_sync != 0 && in_sync == self.dirty_answered {
             self.shared.dirty.clear_all();
             self.shared.peer_failed.store(false, Ordering::Release);
-            self.dirty_sent = false;
             return self.set_mode(Mode::Mirrored, "the peer resynchronised this site");
+        }
+        let asked = self.inbox.dirty_request.load(Ordering::Acquire);
+        if asked != 0 && asked != self.dirty_answered && matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) {
+            self.send_dirty(asked);
         }
         let reachable = self.peer_reachable();
         let peer = self.peer_mode;
@@ -361,7 +425,7 @@ impl SiteController {
             }
             Mode::Suspended => self.decide(),
             Mode::Solo => {
-                if reachable && self.inbox.peer_dirty_done.load(Ordering::Acquire) && matches!(peer, Mode::Target) {
+                if reachable && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round && matches!(peer, Mode::Target) {
                     self.start_resync();
                 }
             }
@@ -376,16 +440,10 @@ impl SiteController {
                     }
                 }
             }
-            Mode::Fenced => {
-                if peer_serves_alone {
-                    self.become_target("the peer serves alone");
-                }
-            }
+            Mode::Fenced => self.negotiate(reachable, peer),
             Mode::Target => {
                 if !reachable {
                     self.set_mode(Mode::Fenced, "the peer was lost during the resync");
-                } else if !self.dirty_sent {
-                    self.send_dirty();
                 }
             }
         }
@@ -401,6 +459,11 @@ impl SiteController {
         }
         if !reachable {
             if self.started.elapsed() > self.cfg.link_timeout * 2 {
+                if !self.fresh {
+                    // The peer went on without this copy: it must not serve alone.
+                    self.status.lock().unwrap().last_change = "waiting for the peer: this copy is behind it".into();
+                    return;
+                }
                 if !self.clean_start {
                     self.shared.dirty.set_all();
                 }
@@ -408,51 +471,66 @@ impl SiteController {
             }
             return;
         }
+        self.negotiate(reachable, peer);
+    }
+
+    /// Neither this site nor, maybe, the peer serves: agree who resyncs whom. The fresh
+    /// copy is the source (the leader if both are); the other reports its dirty regions
+    /// and becomes the target.
+    fn negotiate(&mut self, reachable: bool, peer: Mode) {
+        // Both directions must work: the peer's own messages tell whether its copy is fresh.
+        if !reachable || self.inbox.peer_seen.lock().unwrap().is_none_or(|t| t.elapsed() > self.cfg.link_timeout) {
+            return;
+        }
         match peer {
             Mode::Solo | Mode::Source => self.become_target("the peer serves alone"),
             Mode::Mirrored | Mode::Suspended => {} // it will notice it lost us
             Mode::Starting | Mode::Fenced | Mode::Target => {
-                let both_clean = self.clean_start && self.inbox.peer_dirty_done.load(Ordering::Acquire) && !self.inbox.peer_wants_full.load(Ordering::Acquire);
-                if !self.dirty_sent {
-                    self.send_dirty();
+                let peer_fresh = self.inbox.peer_fresh.load(Ordering::Acquire);
+                let source = if self.fresh != peer_fresh { self.fresh } else { self.fresh && self.shared.is_leader() };
+                if !self.fresh && !peer_fresh {
+                    self.status.lock().unwrap().last_change = "neither copy is known to hold every write: `site takeover --force` at the site to keep".into();
+                    return;
                 }
-                if self.shared.is_leader() && self.inbox.peer_dirty_done.load(Ordering::Acquire) {
-                    if !both_clean {
-                        self.shared.dirty.set_all();
+                if source {
+                    if peer == Mode::Target && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round {
+                        if !self.clean_start {
+                            self.shared.dirty.set_all();
+                        }
+                        self.start_resync();
                     }
-                    self.start_resync();
+                } else if self.dirty_answered != 0 && self.dirty_answered == self.inbox.dirty_request.load(Ordering::Acquire) && self.mode() != Mode::Target {
+                    self.become_target("the peer will resynchronise this site");
                 }
             }
         }
     }
 
-    /// Report to the peer which regions of our copy may differ from its own.
-    fn send_dirty(&mut self) {
+    /// Report to the peer, for its `round`, which regions of our copy may differ from its
+    /// own (all of them after a crash).
+    fn send_dirty(&mut self, round: u64) {
         let regions = self.shared.dirty.list();
         for chunk in regions.chunks(REGIONS_PER_MESSAGE) {
-            if !self.exchange(json!({"dirty": chunk})) {
+            if !self.exchange(json!({"dirty": chunk, "round": round})) {
                 return;
             }
         }
-        if self.exchange(json!({"dirty_done": true, "full": !self.clean_start})) {
-            self.dirty_sent = true;
+        if self.exchange(json!({"dirty_done": round, "full": !self.clean_start})) {
+            self.dirty_answered = round;
         }
     }
 
-    /// The peer serves alone: receive its resync. Our dirty regions go to it once per
-    /// round (a Fenced site's round starts when it fences, a new site's at its start).
+    /// The peer serves alone: receive its resync (it asks for our dirty regions first).
     fn become_target(&mut self, why: &str) {
         self.set_mode(Mode::Target, why);
-        if !self.dirty_sent {
-            self.send_dirty();
-        }
     }
 
     fn merge_peer_dirty(&mut self) {
-        if self.inbox.peer_wants_full.swap(false, Ordering::AcqRel) {
+        if self.inbox.peer_full_round.compare_exchange(self.round, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             self.shared.dirty.set_all();
         }
-        for r in std::mem::take(&mut *self.inbox.peer_dirty.lock().unwrap()) {
+        let (round, regions) = std::mem::take(&mut *self.inbox.peer_dirty.lock().unwrap());
+        for r in regions.into_iter().filter(|_| round == self.round) {
             self.shared.dirty.set(r);
         }
     }
@@ -474,7 +552,7 @@ impl SiteController {
                 return self.set_mode(Mode::Fenced, &why);
             }
         }
-        self.inbox.peer_dirty_done.store(false, Ordering::Release);
+        self.round = new_round(self.round);
         self.set_mode(Mode::Solo, "the peer handed over");
     }
 
@@ -486,10 +564,8 @@ impl SiteController {
         while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0 && self.shared.dirty.count() == 0 && self.exchange(json!({"in_sync": true}));
+        let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0 && self.shared.dirty.count() == 0 && self.exchange(json!({"in_sync": self.round}));
         if ok {
-            self.inbox.peer_dirty_done.store(false, Ordering::Release);
-            self.dirty_sent = false;
             if let Some(w) = self.witness.as_mut() {
                 let _ = w.peer_back();
             }
@@ -515,14 +591,10 @@ impl SiteController {
             Role::Sole => {
                 // The loser stops serving within the link timeout: wait it out.
                 std::thread::sleep(self.fence_delay());
-                if self.inbox.in_sync.swap(false, Ordering::AcqRel) {
-                    warn!(volume = self.cfg.volume, "stale in-sync notice ignored");
-                }
-                self.inbox.peer_dirty_done.store(false, Ordering::Release);
+                self.round = new_round(self.round);
                 self.set_mode(Mode::Solo, "won the witness");
             }
             Role::Fenced { why } => {
-                self.dirty_sent = false;
                 self.set_mode(Mode::Fenced, &why);
             }
             Role::Mirrored => {}
@@ -576,7 +648,6 @@ impl SiteController {
                 self.shared.set_mode(Mode::Suspended);
                 let told = self.exchange(json!({"handover": true}));
                 self.shared.set_quiesce(false);
-                self.dirty_sent = false;
                 self.set_mode(Mode::Fenced, if told { "handed over to the peer" } else { "handed over (the peer did not answer)" });
             }
             Command::ForceTakeover => {
@@ -606,7 +677,7 @@ impl SiteController {
 
     fn save_on_stop(&mut self) {
         let mode = self.mode();
-        let state = SavedState { clean: true, mode: mode.name().into(), dirty: self.shared.dirty.list() };
+        let state = SavedState { clean: true, mode: mode.name().into(), dirty: self.shared.dirty.list(), fresh: self.fresh };
         if let Err(e) = write_state(&self.cfg.state_file, &state) {
             warn!(volume = self.cfg.volume, error = %e, "cannot save the site state");
         }
@@ -615,6 +686,12 @@ impl SiteController {
         }
         info!(volume = self.cfg.volume, mode = mode.name(), dirty = state.dirty.len(), "site controller stopped");
     }
+}
+
+/// A round number not used before: milliseconds since the epoch, always increasing.
+fn new_round(previous: u64) -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    now.max(previous + 1)
 }
 
 fn write_state(path: &std::path::Path, s: &SavedState) -> std::io::Result<()> {
