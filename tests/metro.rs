@@ -184,8 +184,14 @@ impl Metro {
 }
 
 fn connect(port: u16, nqn: &str) -> (HostController, Queue, u32) {
+    connect_as(port, nqn, &QueueOptions::default().hostnqn)
+}
+
+/// Connect presenting `hostnqn` (a site's link admits only its peer site).
+fn connect_as(port: u16, nqn: &str, hostnqn: &str) -> (HostController, Queue, u32) {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut c = HostController::connect(addr, nqn, &QueueOptions { timeout: Duration::from_secs(15), ..QueueOptions::default() }).unwrap();
+    let opts = QueueOptions { timeout: Duration::from_secs(15), hostnqn: hostnqn.to_string(), ..QueueOptions::default() };
+    let mut c = HostController::connect(addr, nqn, &opts).unwrap();
     c.set_queue_count(1).unwrap();
     let (shift, _) = c.namespace_geometry(1).unwrap();
     let q = c.io_queue(1).unwrap();
@@ -194,7 +200,8 @@ fn connect(port: u16, nqn: &str) -> (HostController, Queue, u32) {
 
 /// A site's own copy, read through its link subsystem (namespace 1: the local volume).
 fn copy_of(s: &Site) -> Vec<u8> {
-    let (_c, mut q, shift) = connect(s.link_port, LINK_NQN);
+    let peer = if s.name == "a" { "b" } else { "a" };
+    let (_c, mut q, shift) = connect_as(s.link_port, LINK_NQN, &format!("nqn.2026-01.io.nvmf-raid:site:{peer}"));
     let mut out = vec![0u8; VOLUME_BYTES];
     for (i, chunk) in out.chunks_mut(MIB).enumerate() {
         assert!(q.read(1, ((i * MIB) >> shift) as u64, shift, chunk).unwrap().is_success());
@@ -371,7 +378,9 @@ fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions(
     assert_eq!(winner.status()["dirty_regions"], 5, "{}", winner.status());
     // A write the loser sent before the cut and the link delivers late must not land: the
     // winner's link namespaces refuse writes while it serves alone (reads still work).
-    let (_cs, mut stale, _) = connect(winner.link_port, LINK_NQN);
+    let host = QueueOptions::default();
+    assert!(HostController::connect(format!("127.0.0.1:{}", winner.link_port).parse().unwrap(), LINK_NQN, &host).is_err(), "a host may not use a site's link");
+    let (_cs, mut stale, _) = connect_as(winner.link_port, LINK_NQN, &format!("nqn.2026-01.io.nvmf-raid:site:{}", loser.name));
     for nsid in [1, 2] {
         let sqe = nvmf_raid::nvmf::command::rw_sqe(nvmf_raid::nvmf::spec::io::WRITE, 0, nsid, (3 * MIB as u64) >> shift, (4096 >> shift) as u32, 4096, false);
         let cqe = stale.execute(sqe, nvmf_raid::host::Data::ToController(block.as_ptr(), 4096)).unwrap();

@@ -30,8 +30,9 @@ pub fn with_site_links(cfg: &Config) -> Config {
             nqn: s.link_nqn(),
             serial: None,
             model: "nvmf-raid site link".into(),
-            allow_any_host: true,
-            hosts: vec![],
+            // Only the peer site: a host writing the replica would bypass the mirroring.
+            allow_any_host: false,
+            hosts: vec![site_hostnqn(&s.peer_site)],
             namespaces: vec![
                 NamespaceSection { nsid: Some(1), device: format!("{}:replica", s.name), uuid: None },
                 NamespaceSection { nsid: Some(2), device: format!("{}:forward", s.name), uuid: None },
@@ -43,13 +44,18 @@ pub fn with_site_links(cfg: &Config) -> Config {
     cfg
 }
 
+/// The host NQN a site presents on its peer's link.
+pub fn site_hostnqn(site: &str) -> String {
+    format!("nqn.2026-01.io.nvmf-raid:site:{site}")
+}
+
 fn leg(s: &StretchSection, nsid: u32) -> RemoteConfig {
     let link = Duration::from_millis(s.link_timeout_ms);
     RemoteConfig {
         addr: s.peer_link.parse().expect("validated peer_link"),
         subnqn: s.link_nqn(),
         nsid,
-        hostnqn: format!("nqn.2026-01.io.nvmf-raid:site:{}", s.site),
+        hostnqn: site_hostnqn(&s.site),
         queue_depth: 128,
         io_timeout: link,
         keep_alive: (link * 2).max(Duration::from_secs(1)),
