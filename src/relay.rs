@@ -288,7 +288,13 @@ fn write_side(pair: &Pair, a_to_b: bool, shape: &Shape, epoch: u64, line: &Line,
                     continue;
                 }
                 Some((at, _)) if *at > Instant::now() || LinkState::from_u8(shape.state.load(Relaxed)) != LinkState::Up => {
-                    let wait = at.saturating_duration_since(Instant::now()).clamp(Duration::from_micros(50), POLL);
+                    if pair.closed.load(Relaxed) {
+                        // Nothing held can be delivered any more: do not wait for the heal.
+                        return;
+                    }
+                    // Held by a cut: look again every POLL (not every 50 us).
+                    let up = LinkState::from_u8(shape.state.load(Relaxed)) == LinkState::Up;
+                    let wait = if up { at.saturating_duration_since(Instant::now()).clamp(Duration::from_micros(50), POLL) } else { POLL };
                     drop(q);
                     std::thread::sleep(wait);
                     continue;
