@@ -59,8 +59,10 @@ impl Site {
 fn config(s: &Site, peer: &str, peer_link: u16, witness: Option<std::net::SocketAddr>) -> String {
     let d = s.dir.display();
     let mut c = format!(
-        "[reactor]\ncores = [0]\n[management]\nsocket = \"{d}/mgmt.sock\"\n[metrics]\naddress = \"127.0.0.1:{}\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\n",
-        s.metrics_port, s.host_port
+        "[reactor]\ncores = [{}]\n[management]\nsocket = \"{d}/mgmt.sock\"\n[metrics]\naddress = \"127.0.0.1:{}\"\n[[listener]]\naddress = \"127.0.0.1:{}\"\n",
+        if s.name == "a" { 0 } else { 1 },
+        s.metrics_port,
+        s.host_port
     );
     for m in 0..2 {
         c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{d}/m{m}.img\"\nsize = \"{}M\"\n", VOLUME_BYTES / MIB + 2);
