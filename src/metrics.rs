@@ -184,7 +184,8 @@ fn site_families(o: &mut String, sites: &[SiteHandle]) {
             let _ = writeln!(o, "{name}{{{l}}} {}", value(s));
         }
     }
-    let hists: [(&str, &str, fn(&crate::site::SiteShared) -> &crate::site::LatencyHistogram); 2] = [
+    type Histogram = fn(&crate::site::SiteShared) -> &crate::site::LatencyHistogram;
+    let hists: [(&str, &str, Histogram); 2] = [
         ("nvmf_raid_site_mirrored_write_seconds", "Latency of writes acknowledged once both sites had them.", |s| &s.mirrored_writes),
         ("nvmf_raid_site_link_rtt_seconds", "Round trip of the state exchanges with the peer over the site link.", |s| &s.link_rtt),
     ];

@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{etcd, free_port, spawn_target};
+use common::{etcd, free_port, pattern, spawn_target, start_relay, wait_for, Proc};
 use nvmf_raid::host::{HostController, Queue, QueueOptions};
 use nvmf_raid::mgmt::call;
 use serde_json::{json, Value};
@@ -23,14 +23,6 @@ const NQN: &str = "nqn.2026-12.io.nvmf-raid:metro";
 const LINK_NQN: &str = "nqn.2026-01.io.nvmf-raid:link:metro";
 const VOLUME_BYTES: usize = 32 << 20;
 const MIB: usize = 1 << 20;
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[derive(Clone)]
 struct Site {
@@ -78,26 +70,6 @@ fn config(s: &Site, peer: &str, peer_link: u16, witness: Option<std::net::Socket
     c + &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"metro\"\n")
 }
 
-fn start_relay(dir: &Path, name: &str, listen: u16, to: u16) -> Proc {
-    let ctl = dir.join(format!("{name}.sock"));
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--control"])
-        .arg(&ctl)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("relay started", Duration::from_secs(10), || call(&ctl, "relay_status", json!({})).is_ok());
-    Proc(child)
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// Two sites, A (the leader) and B, linked through two relays.
 struct Metro {
     dir: tempfile::TempDir,
@@ -126,7 +98,7 @@ impl Metro {
         let (a, b) = (site("a"), site("b"));
         let (relay_to_a, relay_to_b) = (free_port(), free_port());
         let mut m = Metro { dir, a, b, witness, relay_to_a, relay_to_b, procs: vec![] };
-        let (ra, rb) = (start_relay(m.dir.path(), "relay-to-a", relay_to_a, m.a.link_port), start_relay(m.dir.path(), "relay-to-b", relay_to_b, m.b.link_port));
+        let (ra, rb) = (start_relay(m.dir.path(), "relay-to-a", relay_to_a, m.a.link_port, 0), start_relay(m.dir.path(), "relay-to-b", relay_to_b, m.b.link_port, 0));
         m.procs.push(("relay-to-a".into(), ra));
         m.procs.push(("relay-to-b".into(), rb));
         m.start("a");
@@ -217,18 +189,6 @@ fn assert_identical(m: &Metro) {
         let bad: Vec<usize> = (0..VOLUME_BYTES / 4096).filter(|i| a[i * 4096..(i + 1) * 4096] != b[i * 4096..(i + 1) * 4096]).collect();
         panic!("the two sites' copies differ in {} 4 KiB blocks, first {:?}", bad.len(), &bad[..bad.len().min(8)]);
     }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]

@@ -4,39 +4,15 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+
 use std::time::{Duration, Instant};
 
-use common::{free_port, spawn_target};
+use common::{free_port, spawn_target, start_relay, Proc};
 use nvmf_raid::host::{HostController, QueueOptions};
 use nvmf_raid::mgmt::call;
 use serde_json::json;
 
 const NQN: &str = "nqn.2026-12.io.nvmf-raid:relay";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_relay(dir: &std::path::Path, listen: u16, to: u16, delay_ms: u32) -> Proc {
-    let ctl = dir.join("relay.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--delay-ms", &delay_ms.to_string(), "--control"])
-        .arg(&ctl)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while call(&ctl, "relay_status", json!({})).is_err() {
-        assert!(Instant::now() < deadline, "relay did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Proc(child)
-}
 
 #[test]
 fn nvme_tcp_through_the_relay_survives_a_cut_and_heal() {
@@ -52,7 +28,7 @@ fn nvme_tcp_through_the_relay_survives_a_cut_and_heal() {
     )
     .unwrap();
     let _target = Proc(spawn_target(&cfg, dir.path()));
-    let _relay = start_relay(dir.path(), rport, tport, 10);
+    let _relay = start_relay(dir.path(), "relay", rport, tport, 10);
     let ctl = dir.path().join("relay.sock");
     let addr = format!("127.0.0.1:{rport}").parse().unwrap();
 

@@ -7,12 +7,12 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_port, spawn_target};
+use common::{free_port, pattern, spawn_target, start_relay, wait_for, Proc};
 use nvmf_raid::host::{Data, HostController, Queue, QueueOptions};
 use nvmf_raid::mgmt::call;
 use nvmf_raid::nvmf::command;
@@ -21,14 +21,6 @@ use serde_json::{json, Value};
 
 const NQN_A: &str = "nqn.2026-12.io.nvmf-raid:site-a";
 const NQN_B: &str = "nqn.2026-12.io.nvmf-raid:site-b";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Site A: a 64 MiB device exported as one namespace.
 fn config_a(dir: &Path, port: u16) -> String {
@@ -74,26 +66,6 @@ fn io_queue(port: u16, nqn: &str) -> (HostController, Queue, u32, u64) {
 
 fn remote_status(dir: &Path) -> Value {
     call(&dir.join("mgmt.sock"), "remote_status", json!({})).unwrap()["devices"][0].clone()
-}
-
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "{what} within {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn read_all(q: &mut Queue, shift: u32, bytes: usize) -> Vec<u8> {
@@ -235,25 +207,13 @@ fn a_raid1_remote_leg_survives_the_remote_target_being_killed_and_reconnects() {
     verify_written(pb, &written);
 }
 
-fn start_relay(dir: &Path, listen: u16, to: u16) -> Proc {
-    let ctl = dir.join("relay.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--control"])
-        .arg(&ctl)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("relay started", Duration::from_secs(10), || call(&ctl, "relay_status", json!({})).is_ok());
-    Proc(child)
-}
-
 #[test]
 fn a_silent_link_fails_the_remote_leg_after_the_io_timeout_and_heals() {
     let dir = tempfile::tempdir().unwrap();
     let (pa, pb, pr) = (free_port(), free_port(), free_port());
     let (da, db) = (dir.path().join("a"), dir.path().join("b"));
     let _a = start(&da, config_a(&da, pa));
-    let _relay = start_relay(dir.path(), pr, pa);
+    let _relay = start_relay(dir.path(), "relay", pr, pa, 0);
     let _b = start(&db, config_b(&db, pb, pr, true, "io_timeout_ms = 1000\nkeep_alive_ms = 3000\nconnect_timeout_ms = 1000\nreconnect_max_ms = 500"));
     let (stop, count) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let w = writer(pb, stop.clone(), count.clone());

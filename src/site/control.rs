@@ -88,10 +88,13 @@ pub struct Inbox {
     peer_fresh: AtomicBool,
 }
 
+/// One stretched volume as the message handler sees it.
+type SiteEntry = (Arc<SiteShared>, Arc<Inbox>);
+
 /// Answers the peer's site messages for every stretched volume of this target.
 #[derive(Debug, Default)]
 pub struct SiteInbox {
-    volumes: Mutex<HashMap<String, (Arc<SiteShared>, Arc<Inbox>)>>,
+    volumes: Mutex<HashMap<String, SiteEntry>>,
 }
 
 impl SiteInbox {

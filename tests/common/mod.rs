@@ -147,3 +147,49 @@ pub fn etcd() -> EtcdServer {
     }
     server
 }
+
+/// A child process killed and reaped when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Poll `f` every 50 ms until it holds; panics with `what` after `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `nvmf-raid relay` from 127.0.0.1:`listen` to 127.0.0.1:`to` with `delay_ms` each way,
+/// controlled through DIR/NAME.sock.
+pub fn start_relay(dir: &std::path::Path, name: &str, listen: u16, to: u16, delay_ms: u32) -> Proc {
+    let ctl = dir.join(format!("{name}.sock"));
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
+        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--delay-ms", &delay_ms.to_string(), "--control"])
+        .arg(&ctl)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("relay started", Duration::from_secs(10), || call(&ctl, "relay_status", json!({})).is_ok());
+    Proc(child)
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
