@@ -375,3 +375,38 @@ fn a_site_that_starts_while_the_other_decides_alone_joins_it() {
     assert!(q.write(1, 0, shift, &d).unwrap().is_success());
     assert_identical(&m);
 }
+
+#[test]
+#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
+fn a_planned_handover_moves_writes_at_once_and_the_site_rejoins_by_itself() {
+    let e = etcd();
+    let mut m = Metro::new(Some(e.addr));
+    let (_cb, mut qb, shift) = connect(m.b.host_port, NQN);
+    let block = vec![0x3Cu8; 4096];
+    assert!(qb.write(1, 0, shift, &block).unwrap().is_success());
+
+    let asked = Instant::now();
+    call(&m.b.sock(), "site_handover", json!({"volume": "metro"})).unwrap();
+    wait_for("site B fenced and site A alone", Duration::from_secs(5), || m.b.mode() == "fenced" && m.a.mode() == "solo");
+    let took = asked.elapsed();
+    assert!(m.a.status()["last_change"].as_str().unwrap_or("").contains("handed over"), "{}", m.a.status());
+    // Site B refuses with an ANA path error (the host retries on A); site A takes writes.
+    let refused = qb.write(1, 0, shift, &block).unwrap();
+    assert_eq!(refused.status_code(), 0x302, "{refused:?}");
+    let (_ca, mut qa, _) = connect(m.a.host_port, NQN);
+    let base = m.a.status()["resync_bytes"].as_u64().unwrap();
+    for region in [2u64, 9] {
+        assert!(qa.write(1, (region * MIB as u64) >> shift, shift, &pattern(region, 8192)).unwrap().is_success());
+    }
+
+    // Maintenance: stop site B in order, start it again; it rejoins by itself.
+    drop((qb, _cb));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.procs.iter().find(|(n, _)| n == "b").unwrap().1 .0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    wait_for("site B stopped", Duration::from_secs(20), || !m.b.sock().exists() || call(&m.b.sock(), "site_status", json!({})).is_err());
+    m.start("b");
+    m.wait_mirrored("both sites mirrored after site B's maintenance");
+    let copied = m.a.status()["resync_bytes"].as_u64().unwrap() - base;
+    assert_eq!(copied, 2 * MIB as u64, "only the two regions written during the maintenance are copied");
+    assert_identical(&m);
+    eprintln!("hand-over took {took:?}");
+}
