@@ -127,6 +127,18 @@ impl Metro {
         self.procs.push((name.to_string(), Proc(spawn_target(&path, &s.dir))));
     }
 
+    /// SIGTERM, and wait for the orderly stop to end (the site saves its state last).
+    fn stop(&mut self, name: &str) {
+        let i = self.procs.iter().position(|(n, _)| n == name).unwrap();
+        let (_, mut p) = self.procs.remove(i);
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while p.0.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "site {name} did not stop within 30 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn kill(&mut self, name: &str) {
         let i = self.procs.iter().position(|(n, _)| n == name).unwrap();
         let (_, mut p) = self.procs.remove(i);
@@ -401,8 +413,7 @@ fn a_planned_handover_moves_writes_at_once_and_the_site_rejoins_by_itself() {
 
     // Maintenance: stop site B in order, start it again; it rejoins by itself.
     drop((qb, _cb));
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(m.procs.iter().find(|(n, _)| n == "b").unwrap().1 .0.id() as i32), nix::sys::signal::SIGTERM).unwrap();
-    wait_for("site B stopped", Duration::from_secs(20), || !m.b.sock().exists() || call(&m.b.sock(), "site_status", json!({})).is_err());
+    m.stop("b");
     m.start("b");
     m.wait_mirrored("both sites mirrored after site B's maintenance");
     let copied = m.a.status()["resync_bytes"].as_u64().unwrap() - base;
