@@ -69,7 +69,7 @@ fn start_sites(cfg: &Config, target: &Arc<Target>, ports: &[Port], stretches: &[
             state_file: s.state_file.clone(),
             host_paths,
         };
-        out.push(SiteController::start(sc, st.bdev.shared.clone(), st.replica.clone(), target.clone(), st.inbox.clone())?);
+        out.push(SiteController::start(sc, st.bdev.shared.clone(), st.replica.clone(), target.clone(), st.inbox.clone(), st.crash_ranges.clone())?);
     }
     Ok(out)
 }

@@ -325,6 +325,16 @@ fn kill_9_of_a_site_loses_no_acknowledged_write() {
     verify_through(m.b.host_port, &wa, "writes acknowledged by the killed site");
     verify_through(m.b.host_port, &wb, "writes acknowledged by the surviving site");
     eprintln!("site B served alone {took:?} after site A was killed");
+
+    // Site A returns: it reports what its volume's write-intent bitmap says was being
+    // written at the crash (not "copy everything"), receives the catch-up, and both
+    // copies end identical.
+    m.start("a");
+    m.wait_mirrored("both sites mirrored after site A's restart");
+    assert!(m.log("a").contains("restart after a crash while mirrored"), "site A used its bitmap");
+    assert_identical(&m);
+    verify_through(m.a.host_port, &wa, "the killed site's writes, read through it after its return");
+    verify_through(m.a.host_port, &wb, "the survivor's writes, read through the returned site");
 }
 
 #[test]
@@ -399,7 +409,11 @@ fn a_planned_handover_moves_writes_at_once_and_the_site_rejoins_by_itself() {
 
     let asked = Instant::now();
     call(&m.b.sock(), "site_handover", json!({"volume": "metro"})).unwrap();
-    wait_for("site B fenced and site A alone", Duration::from_secs(5), || m.b.mode() == "fenced" && m.a.mode() == "solo");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !(m.b.mode() == "fenced" && m.a.mode() == "solo") {
+        assert!(Instant::now() < deadline, "site B fenced and site A alone within 5 s:\n{}\n{}\n--- a ---\n{}\n--- b ---\n{}", m.a.status(), m.b.status(), m.log("a"), m.log("b"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let took = asked.elapsed();
     assert!(m.a.status()["last_change"].as_str().unwrap_or("").contains("handed over"), "{}", m.a.status());
     // Site B refuses with an ANA path error (the host retries on A); site A takes writes.

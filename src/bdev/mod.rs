@@ -133,6 +133,13 @@ pub trait Bdev: Send + Sync + Debug {
         Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("{} has no metadata I/O", self.name())))
     }
 
+    /// After a crash: the byte ranges of the device that may hold writes that were in
+    /// flight when it happened (a volume's write-intent bitmap knows them). None: unknown,
+    /// any byte may.
+    fn crash_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        None
+    }
+
     /// The remote namespace behind this device, if it is one (status and metrics).
     fn remote(&self) -> Option<&remote::RemoteBdev> {
         None

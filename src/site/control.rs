@@ -200,6 +200,8 @@ pub struct SiteController {
     /// without this site (it lost the witness, handed over, or is being resynced), true
     /// again once in sync. A stale copy never serves alone and is never a resync source.
     fresh: bool,
+    /// Handed over for maintenance: stay fenced until restarted (then rejoin by itself).
+    maintenance: bool,
     /// The current round of asking the peer for its dirty regions (serving alone, or
     /// leading a start), and the last round this site answered.
     round: u64,
@@ -259,14 +261,30 @@ fn yes() -> bool {
 }
 
 impl SiteController {
-    pub fn start(cfg: SiteConfig, shared: Arc<SiteShared>, replica: Arc<RemoteBdev>, target: Arc<Target>, inbox: Arc<Inbox>) -> std::io::Result<(SiteHandle, std::thread::JoinHandle<()>)> {
+    pub fn start(
+        cfg: SiteConfig,
+        shared: Arc<SiteShared>,
+        replica: Arc<RemoteBdev>,
+        target: Arc<Target>,
+        inbox: Arc<Inbox>,
+        crash_ranges: Option<Vec<(u64, u64)>>,
+    ) -> std::io::Result<(SiteHandle, std::thread::JoinHandle<()>)> {
         // No state yet: a new site, whose copy is as good as any (the first resync sets it).
         let new_site = SavedState { fresh: true, ..SavedState::default() };
         let saved: SavedState = std::fs::read(&cfg.state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(new_site);
+        let mut clean_start = saved.clean;
         if saved.clean {
             for r in &saved.dirty {
                 shared.dirty.set(*r);
             }
+        } else if let (true, Some(ranges)) = (saved.mode == Mode::Mirrored.name(), &crash_ranges) {
+            // A crash while mirrored: the copies can differ only where writes were in
+            // flight, which the local volume's write-intent bitmap recorded.
+            for &(offset, len) in ranges {
+                shared.dirty.mark(offset, len);
+            }
+            clean_start = true;
+            info!(volume = cfg.volume, regions = shared.dirty.count(), "restart after a crash while mirrored: the regions written at the crash are dirty");
         }
         // Until the next clean stop, a crash leaves the file saying "unknown".
         write_state(&cfg.state_file, &SavedState { clean: false, mode: "starting".into(), dirty: vec![], fresh: saved.fresh })?;
@@ -283,7 +301,7 @@ impl SiteController {
         let (tx, rx) = crossbeam::channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
         let handle = SiteHandle { volume: cfg.volume.clone(), shared: shared.clone(), status: status.clone(), commands: tx, stop: stop.clone() };
-        info!(volume = cfg.volume, site = cfg.site, peer = cfg.peer_site, leader = shared.is_leader(), clean_start = saved.clean, "site controller starting");
+        info!(volume = cfg.volume, site = cfg.site, peer = cfg.peer_site, leader = shared.is_leader(), clean_start, "site controller starting");
         let c = SiteController {
             cfg,
             shared,
@@ -300,7 +318,8 @@ impl SiteController {
             last_witness_beat: Instant::now(),
             last_witness_ok: Instant::now(),
             rtt_us: Arc::new(AtomicU64::new(0)),
-            clean_start: saved.clean,
+            clean_start,
+            maintenance: false,
             fresh: saved.fresh,
             round: new_round(0),
             dirty_answered: 0,
@@ -340,6 +359,10 @@ impl SiteController {
         if matches!(m, Mode::Fenced | Mode::Starting) {
             // A new round of agreeing with the peer on who resyncs whom.
             self.round = new_round(self.round);
+        }
+        if m == Mode::Mirrored {
+            // What the resync wrote here is in both copies now.
+            self.shared.recent.clear();
         }
         match m {
             // From here on this copy is known: only what changes later needs copying.
@@ -481,6 +504,9 @@ impl SiteController {
     /// copy is the source (the leader if both are); the other reports its dirty regions
     /// and becomes the target.
     fn negotiate(&mut self, reachable: bool, peer: Mode) {
+        if self.maintenance {
+            return;
+        }
         // Both directions must work: the peer's own messages tell whether its copy is fresh.
         if !reachable || self.inbox.peer_seen.lock().unwrap().is_none_or(|t| t.elapsed() > self.cfg.link_timeout) {
             return;
@@ -569,6 +595,16 @@ impl SiteController {
         }
         let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0 && self.shared.dirty.count() == 0 && self.exchange(json!({"in_sync": self.round}));
         if ok {
+            if !self.shared.is_leader() {
+                // Mirrored, this site forwards its writes to the leader, whose forward
+                // namespace refuses them until it has left Target (at its next tick): keep
+                // them held until it says it mirrors.
+                let deadline = Instant::now() + self.cfg.link_timeout;
+                while self.peer_mode != Mode::Mirrored && Instant::now() < deadline {
+                    std::thread::sleep(TICK / 10);
+                    self.exchange(json!({}));
+                }
+            }
             if let Some(w) = self.witness.as_mut() {
                 let _ = w.peer_back();
             }
@@ -580,6 +616,11 @@ impl SiteController {
     /// The peer is lost: hold host I/O and ask the witness.
     fn lose_peer(&mut self, why: &str) {
         warn!(volume = self.cfg.volume, site = self.cfg.site, why, "peer site lost");
+        // Writes the peer ordered and sent here just before: the peer may not have them
+        // (it crashed before its own local write), so they go back to it at the rejoin.
+        for r in self.shared.recent.since(self.cfg.link_timeout * 3) {
+            self.shared.dirty.set(r);
+        }
         self.set_mode(Mode::Suspended, why);
         self.decide();
     }
@@ -651,7 +692,8 @@ impl SiteController {
                 self.shared.set_mode(Mode::Suspended);
                 let told = self.exchange(json!({"handover": true}));
                 self.shared.set_quiesce(false);
-                self.set_mode(Mode::Fenced, if told { "handed over to the peer" } else { "handed over (the peer did not answer)" });
+                self.maintenance = true;
+                self.set_mode(Mode::Fenced, if told { "handed over to the peer: in maintenance until restarted" } else { "handed over (the peer did not answer)" });
             }
             Command::ForceTakeover => {
                 warn!(volume = self.cfg.volume, "forced takeover: serving alone without the witness");

@@ -7,6 +7,45 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Bytes per region: the unit the resync copies.
 pub const REGION: u64 = 1 << 20;
 
+/// When each region last received a write from the peer, in 10 ms ticks since start
+/// (0: never): the writes a peer that dies in the middle may have sent to this copy only.
+#[derive(Debug)]
+pub struct RecentWrites {
+    ticks: Box<[std::sync::atomic::AtomicU32]>,
+    start: std::time::Instant,
+}
+
+impl RecentWrites {
+    pub fn new(bytes: u64) -> RecentWrites {
+        RecentWrites { ticks: (0..bytes.div_ceil(REGION)).map(|_| std::sync::atomic::AtomicU32::new(0)).collect(), start: std::time::Instant::now() }
+    }
+
+    fn now(&self) -> u32 {
+        (self.start.elapsed().as_millis() / 10) as u32 + 1
+    }
+
+    pub fn note(&self, offset: u64, len: u64) {
+        let now = self.now();
+        for r in DirtyMap::span(offset, len) {
+            if let Some(t) = self.ticks.get(r as usize) {
+                t.store(now, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Regions written within the last `window`.
+    pub fn since(&self, window: std::time::Duration) -> Vec<u64> {
+        let from = self.now().saturating_sub((window.as_millis() / 10) as u32 + 1).max(1);
+        (0..self.ticks.len() as u64).filter(|&r| self.ticks[r as usize].load(Ordering::Relaxed) >= from).collect()
+    }
+
+    pub fn clear(&self) {
+        for t in self.ticks.iter() {
+            t.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct DirtyMap {
     words: Box<[AtomicU64]>,
@@ -107,6 +146,18 @@ mod tests {
         assert_eq!(m.count(), 11);
         m.set(11); // beyond the end: ignored
         assert_eq!(m.count(), 11);
+    }
+
+    #[test]
+    fn recent_writes_are_found_within_their_window() {
+        let r = RecentWrites::new(4 * REGION);
+        r.note(REGION + 5, 10);
+        assert_eq!(r.since(std::time::Duration::from_secs(1)), vec![1]);
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert!(r.since(std::time::Duration::from_millis(20)).is_empty(), "older than the window");
+        r.note(3 * REGION, 1);
+        r.clear();
+        assert!(r.since(std::time::Duration::from_secs(10)).is_empty());
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct SiteShared {
     pub peer_failed: AtomicBool,
     pub locks: RangeLocks,
     pub dirty: dirty::DirtyMap,
+    /// Writes the peer made to this copy lately (for the regions to resync if it dies).
+    pub recent: dirty::RecentWrites,
     /// Background copy: bytes per second (0: unlimited), bytes copied, one driver.
     pub resync_rate: AtomicU64,
     pub resync_bytes: AtomicU64,
@@ -143,6 +145,7 @@ impl SiteShared {
             peer_failed: AtomicBool::new(false),
             locks: RangeLocks::new(LOCK_BUCKETS),
             dirty: dirty::DirtyMap::new(bytes),
+            recent: dirty::RecentWrites::new(bytes),
             resync_rate: AtomicU64::new(resync_rate),
             resync_bytes: AtomicU64::new(0),
             copy_driver: AtomicBool::new(false),

@@ -18,6 +18,8 @@ pub struct Stretch {
     pub replica: Arc<RemoteBdev>,
     pub forward: Arc<RemoteBdev>,
     pub inbox: Arc<Inbox>,
+    /// What the local volume knows of writes in flight at a crash (see `Bdev::crash_ranges`).
+    pub crash_ranges: Option<Vec<(u64, u64)>>,
 }
 
 /// The configuration with each stretched volume's link listener and link subsystem added,
@@ -68,9 +70,10 @@ fn leg(s: &StretchSection, nsid: u32) -> RemoteConfig {
 /// the stretched device over `local`.
 pub fn build(s: &StretchSection, local: Arc<dyn Bdev>) -> std::io::Result<Stretch> {
     let bytes = local.num_blocks() * local.block_size() as u64;
+    let crash_ranges = local.crash_ranges();
     let replica = Arc::new(RemoteBdev::open(&format!("{}.replica", s.name), leg(s, 1), local.block_size(), Some(bytes))?);
     let forward = Arc::new(RemoteBdev::open(&format!("{}.forward", s.name), leg(s, 2), local.block_size(), Some(bytes))?);
     let shared = Arc::new(SiteShared::new(&s.name, bytes, s.leader == s.site, s.resync_rate.0));
     let bdev = Arc::new(StretchBdev::new(&s.name, local, replica.clone(), forward.clone(), shared)?);
-    Ok(Stretch { cfg: s.clone(), bdev, replica, forward, inbox: Arc::new(Inbox::default()) })
+    Ok(Stretch { cfg: s.clone(), bdev, replica, forward, inbox: Arc::new(Inbox::default()), crash_ranges })
 }

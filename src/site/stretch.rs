@@ -612,9 +612,12 @@ struct ReplicaChannel {
 
 impl BdevChannel for ReplicaChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
-        if io.op != BdevOp::Read && !replica_writable(self.shared.mode(), self.shared.is_leader()) {
-            self.shared.refused.fetch_add(1, Ordering::Relaxed);
-            return Submitted::Done(REFUSED);
+        if io.op != BdevOp::Read {
+            if !replica_writable(self.shared.mode(), self.shared.is_leader()) {
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                return Submitted::Done(REFUSED);
+            }
+            self.shared.recent.note(io.offset, io.len as u64);
         }
         self.inner.submit(io, sq)
     }

@@ -171,6 +171,15 @@ impl Layout {
         }
     }
 
+    /// The volume blocks `[start, end)` stored in member strip rows `r0..r1` (every level
+    /// but concat lays rows out in volume order: row r holds the same number of volume
+    /// blocks as every other row, one after the other).
+    pub fn volume_blocks_of_rows(&self, r0: u64, r1: u64) -> (u64, u64) {
+        debug_assert!(self.level != Level::Concat, "concat is not row-major");
+        let per_row = self.capacity() / self.stripes_per_group().max(1);
+        (r0 * per_row, (r1 * per_row).min(self.capacity()))
+    }
+
     /// Blocks from `lba` to the end of its strip (the largest run that stays on one member).
     pub fn run_in_strip(&self, lba: u64) -> u64 {
         match self.level {
@@ -315,6 +324,22 @@ mod tests {
             (Level::Raid60, 8, 4),
             (Level::Raid60, 10, 5),
         ]
+    }
+
+    /// Rows are in volume order: every block of a row lies in that row's volume range.
+    #[test]
+    fn rows_map_to_contiguous_volume_ranges() {
+        for (level, members, group) in all_levels().into_iter().filter(|(l, _, _)| *l != Level::Concat) {
+            for strip in [1u64, 4, 8] {
+                let sizes: Vec<u64> = (0..members).map(|m| 96 + m as u64 * 5).collect();
+                let l = Layout::new(level, &sizes, group, strip).unwrap();
+                for lba in 0..l.capacity() {
+                    let row = l.locate(lba).member_lba / strip;
+                    let (start, end) = l.volume_blocks_of_rows(row, row + 1);
+                    assert!((start..end).contains(&lba), "{level:?} strip {strip}: lba {lba} in row {row}, outside {start}..{end}");
+                }
+            }
+        }
     }
 
     /// Every volume block maps to exactly one member block, inside the member, never on a

@@ -553,6 +553,23 @@ impl Bdev for RaidBdev {
         &self.info
     }
 
+    /// The volume ranges of the rows the start-up resync covers: what the write-intent
+    /// bitmap found dirty (every row when it was torn or missing).
+    fn crash_ranges(&self) -> Option<Vec<(u64, u64)>> {
+        let r = &self.resync;
+        if self.layout.level == Level::Concat || self.intent.is_none() {
+            return None;
+        }
+        let bytes = |(start, end): (u64, u64)| (start << self.info.block_size.trailing_zeros(), (end - start) << self.info.block_size.trailing_zeros());
+        if r.total.load(Ordering::Relaxed) == 0 {
+            return Some(vec![]);
+        }
+        if r.regions.is_empty() {
+            return Some(vec![bytes(self.layout.volume_blocks_of_rows(0, r.rows))]);
+        }
+        Some(r.regions.iter().map(|&g| bytes(self.layout.volume_blocks_of_rows(g as u64 * r.region_rows, ((g as u64 + 1) * r.region_rows).min(r.rows)))).collect())
+    }
+
     fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
         // Device channels are private to this volume channel: their completions come back
         // as Child tokens of the volume and are routed here by the reactor; those of a
