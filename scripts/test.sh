@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run every test: unit, property and loopback integration tests, a bounded fuzz run, and
 # the end-to-end runs with the Linux kernel initiator in a QEMU guest (the initiator test,
-# then RAID-5/6 member failures and rebuilds onto hot spares under fio verify). Installs
-# what it needs (Debian packages for the guest, cargo-fuzz) on a fresh machine.
+# RAID-5/6 member failures and rebuilds onto hot spares under fio verify, then a volume
+# served from two sites through a kill, a restart, a hand-over and a partition under fio
+# verify with native multipath). Installs what it needs (Debian packages for the guest,
+# cargo-fuzz) on a fresh machine.
 #
 # Env:
-#   NVMF_RAID_SKIP_GUEST=1   skip both guest end-to-end runs (printed as SKIPPED)
+#   NVMF_RAID_SKIP_GUEST=1   skip the guest end-to-end runs (printed as SKIPPED)
 #   NVMF_RAID_SKIP_FUZZ=1    skip the fuzz run (printed as SKIPPED)
 #   FUZZ_SECONDS             seconds per fuzz target (default 60)
 set -uo pipefail
@@ -58,10 +60,13 @@ fi
 if [[ ${NVMF_RAID_SKIP_GUEST:-0} == 1 ]]; then
     skip "guest end-to-end" "NVMF_RAID_SKIP_GUEST=1"
     skip "guest rebuild end-to-end" "NVMF_RAID_SKIP_GUEST=1"
+    skip "guest metro end-to-end" "NVMF_RAID_SKIP_GUEST=1"
 else
     step "guest end-to-end (Linux nvme-tcp initiator)" scripts/e2e-guest.sh target/release/nvmf-raid
     step "guest rebuild end-to-end (RAID-5/6 member failures, spares rebuild under fio verify)" \
         scripts/e2e-rebuild.sh target/release/nvmf-raid
+    step "guest metro end-to-end (two sites and an etcd witness: kill, restart, hand-over, partition under fio verify)" \
+        scripts/e2e-metro.sh target/release/nvmf-raid
 fi
 
 echo
