@@ -590,9 +590,16 @@ impl ReplicaView {
     }
 }
 
-/// Whether the peer may write this site's copy now.
-fn replica_writable(mode: Mode, leader: bool) -> bool {
-    matches!(mode, Mode::Target) || (mode == Mode::Mirrored && !leader)
+/// Whether the peer may write this site's copy now. A follower that has just finished
+/// resyncing the leader holds its own writes (quiesced) while the leader starts ordering
+/// again: the leader's writes are already the only ones then.
+fn replica_writable(mode: Mode, leader: bool, quiesced: bool) -> bool {
+    match mode {
+        Mode::Target => true,
+        Mode::Mirrored => !leader,
+        Mode::Source => !leader && quiesced,
+        _ => false,
+    }
 }
 
 impl Bdev for ReplicaView {
@@ -613,7 +620,7 @@ struct ReplicaChannel {
 impl BdevChannel for ReplicaChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
         if io.op != BdevOp::Read {
-            if !replica_writable(self.shared.mode(), self.shared.is_leader()) {
+            if !replica_writable(self.shared.mode(), self.shared.is_leader(), self.shared.quiesced()) {
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
                 return Submitted::Done(REFUSED);
             }
@@ -645,11 +652,13 @@ mod replica_tests {
 
     #[test]
     fn the_peer_writes_this_copy_only_while_it_orders_or_resyncs_it() {
-        assert!(replica_writable(Mode::Mirrored, false));
-        assert!(replica_writable(Mode::Target, true));
+        assert!(replica_writable(Mode::Mirrored, false, false));
+        assert!(replica_writable(Mode::Target, true, false));
         for m in [Mode::Starting, Mode::Suspended, Mode::Solo, Mode::Fenced, Mode::Source] {
-            assert!(!replica_writable(m, false), "{m:?}");
+            assert!(!replica_writable(m, false, false), "{m:?}");
         }
-        assert!(!replica_writable(Mode::Mirrored, true), "the leader's copy is written by the leader only");
+        assert!(!replica_writable(Mode::Mirrored, true, false), "the leader's copy is written by the leader only");
+        assert!(replica_writable(Mode::Source, false, true), "a follower handing the order back to the leader");
+        assert!(!replica_writable(Mode::Source, true, true));
     }
 }
