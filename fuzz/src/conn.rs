@@ -553,6 +553,10 @@ pub fn run(input: &[u8]) -> Outcome {
 
     let target = make_target(&cfg);
     // The controller I/O queue connects attach to.
+    // Controller IDs start at the subsystem's cntlid_min (1); the seeds name controller 2,
+    // so the first ID goes to a controller that is removed at once.
+    let first = target.create_controller(SUBNQN, HOSTNQN, [0x11; 16], 1, 0).expect("first controller");
+    target.remove_controller(first.cntlid);
     let pre = target.create_controller(SUBNQN, HOSTNQN, [0x11; 16], 1, 0).expect("pre-created controller");
     assert_eq!(pre.cntlid, PRE_CNTLID);
     let controllers_before = target.controller_count();
@@ -567,9 +571,9 @@ pub fn run(input: &[u8]) -> Outcome {
     let bdev: Pending = Rc::default();
     let d = devices();
     let mut channels: Vec<Box<dyn BdevChannel>> = vec![
-        d.ram512.open_channel(&mut NoFiles, 0).unwrap(),
-        d.null4k.open_channel(&mut NoFiles, 1).unwrap(),
-        Box::new(AsyncChannel { inner: d.ram4k.open_channel(&mut NoFiles, 2).unwrap(), pending: bdev.clone() }),
+        d.ram512.open_channel(&mut NoFiles, nvmf_raid::bdev::ChildRoute::top(0)).unwrap(),
+        d.null4k.open_channel(&mut NoFiles, nvmf_raid::bdev::ChildRoute::top(1)).unwrap(),
+        Box::new(AsyncChannel { inner: d.ram4k.open_channel(&mut NoFiles, nvmf_raid::bdev::ChildRoute::top(2)).unwrap(), pending: bdev.clone() }),
     ];
     let mut sink = Sink { pushed: 0 };
     let mut conn = Conn::new(socket(), CONN_INDEX, CONN_GENERATION, 1, &lim).expect("conn");
