@@ -20,6 +20,15 @@ use nvmf_raid::mgmt::call;
 use serde_json::{json, Value};
 
 const NQN: &str = "nqn.2026-12.io.nvmf-raid:metro";
+
+/// One two-site cluster at a time: each puts site A on core 0 and site B on core 1, and
+/// the sites judge their link by time (link timeout, fence delay); several clusters at
+/// once on a two-core machine would starve each other into false link losses.
+static ONE_CLUSTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER.lock().unwrap_or_else(|e| e.into_inner())
+}
 const LINK_NQN: &str = "nqn.2026-01.io.nvmf-raid:link:metro";
 const VOLUME_BYTES: usize = 32 << 20;
 const MIB: usize = 1 << 20;
@@ -205,6 +214,7 @@ fn assert_identical(m: &Metro) {
 
 #[test]
 fn concurrent_overlapping_writes_through_both_sites_leave_identical_copies() {
+    let _cluster = one_cluster();
     let m = Metro::new(None);
     let hot = 256 * 1024; // every write lands in the same 256 KiB
     let threads: Vec<_> = [m.a.host_port, m.a.host_port, m.b.host_port, m.b.host_port]
@@ -307,6 +317,7 @@ fn verify_through(port: u16, w: &Written, what: &str) {
 #[test]
 #[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
 fn kill_9_of_a_site_loses_no_acknowledged_write() {
+    let _cluster = one_cluster();
     let e = etcd();
     let mut m = Metro::new(Some(e.addr));
     let stop = Arc::new(AtomicBool::new(false));
@@ -340,6 +351,7 @@ fn kill_9_of_a_site_loses_no_acknowledged_write() {
 #[test]
 #[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
 fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions() {
+    let _cluster = one_cluster();
     let e = etcd();
     let m = Metro::new(Some(e.addr));
     m.relay(Some("blackhole"));
@@ -386,6 +398,7 @@ fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions(
 #[test]
 #[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
 fn a_site_that_starts_while_the_other_decides_alone_joins_it() {
+    let _cluster = one_cluster();
     let e = etcd();
     let m = Metro::start_a(Some(e.addr));
     // Site A, alone, gives up waiting for its peer and asks the witness; site B starts
@@ -394,13 +407,16 @@ fn a_site_that_starts_while_the_other_decides_alone_joins_it() {
     let m = m.start_b_and_wait();
     let (_c, mut q, shift) = connect(m.b.host_port, NQN);
     let d = pattern(99, 65536);
-    assert!(q.write(1, 0, shift, &d).unwrap().is_success());
+    let cqe = q.write(1, 0, shift, &d).unwrap();
+    let modes = |site: &str| m.log(site).lines().filter(|l| l.contains("site mode changed") || l.contains("peer site lost")).map(|l| l.split("INFO").last().unwrap_or("").to_string()).collect::<Vec<_>>().join("\n");
+    assert!(cqe.is_success(), "a write through site B once both are mirrored: {cqe:?}\n--- a ---\n{}\n--- b ---\n{}", modes("a"), modes("b"));
     assert_identical(&m);
 }
 
 #[test]
 #[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: no witness")]
 fn a_planned_handover_moves_writes_at_once_and_the_site_rejoins_by_itself() {
+    let _cluster = one_cluster();
     let e = etcd();
     let mut m = Metro::new(Some(e.addr));
     let (_cb, mut qb, shift) = connect(m.b.host_port, NQN);

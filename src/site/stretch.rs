@@ -368,6 +368,7 @@ impl StretchChannel {
                 true
             }
             Mode::Fenced | Mode::Target | Mode::Starting => {
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
                 self.finish(id, REFUSED, done);
                 true
             }

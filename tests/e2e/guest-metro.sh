@@ -331,20 +331,4 @@ echo "SUBSYS: at the end (t=$(now)s):"
 list_subsys | sed 's/^/SUBSYS: /'
 echo "PATHS: $(paths) (t=$(now)s)"
 
-step "disconnect"
-# Bounded: Debian's 6.1 kernel has been seen to hang in `nvme disconnect` under TCG.
-nvme disconnect -n "$NQN" >"$WORK/disconnect.out" 2>&1 &
-dpid=$!
-i=0
-while kill -0 "$dpid" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.5; i=$((i + 1)); done
-if kill -0 "$dpid" 2>/dev/null; then
-    echo "WARN: nvme disconnect has not returned after 20 s (guest kernel hang); not waiting for it"
-else
-    wait "$dpid" || fail "nvme disconnect exited non-zero: $(cat "$WORK/disconnect.out")"
-    cat "$WORK/disconnect.out"
-    pass "disconnected"
-fi
-
-echo "E2E: total $(awk -v a="$T0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s"
-CUR="end"
-echo "E2E RESULT: PASS"
+disconnect_and_pass

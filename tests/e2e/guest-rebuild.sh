@@ -199,22 +199,4 @@ if dmesg | grep -Ei 'I/O error|critical.*error|blk_update_request|nvme.*(reset|r
 fi
 pass "no I/O errors, resets or timeouts in the kernel log"
 
-step "disconnect"
-# Bounded: this guest's 6.1 kernel has been seen to hang in `nvme disconnect` after this
-# run (task blocked in the kernel, under investigation). Everything this test checks is
-# done by now; tests/e2e/guest-nvme.sh checks disconnects on their own.
-nvme disconnect -n "$NQN" >"$WORK/disconnect.out" 2>&1 &
-dpid=$!
-i=0
-while kill -0 "$dpid" 2>/dev/null && [ "$i" -lt 40 ]; do sleep 0.5; i=$((i + 1)); done
-if kill -0 "$dpid" 2>/dev/null; then
-    echo "WARN: nvme disconnect has not returned after 20 s (guest kernel hang); not waiting for it"
-else
-    wait "$dpid" || fail "nvme disconnect exited non-zero: $(cat "$WORK/disconnect.out")"
-    cat "$WORK/disconnect.out"
-    pass "disconnected"
-fi
-
-echo "E2E: total $(awk -v a="$T0" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s"
-CUR="end"
-echo "E2E RESULT: PASS"
+disconnect_and_pass
