@@ -418,10 +418,11 @@ impl StretchChannel {
 
     /// While this site is the resync source: copy the next dirty region to the peer.
     fn drive_copy(&mut self, sq: &mut dyn SqeSink) {
-        let sh = self.shared.clone();
-        if sh.mode() != Mode::Source || sh.quiesced() || self.copy.region.is_some() {
+        // Checked every loop turn: nothing to do unless this site is the resync source.
+        if self.shared.mode() != Mode::Source || self.shared.quiesced() || self.copy.region.is_some() {
             return;
         }
+        let sh = self.shared.clone();
         if !self.copy.is_driver {
             self.copy.is_driver = sh.copy_driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
             if !self.copy.is_driver {

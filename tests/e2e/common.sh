@@ -42,3 +42,23 @@ disconnect_and_pass() {
     CUR="end"
     echo "E2E RESULT: PASS"
 }
+
+# check_fio NAME LOG RC JOBS: fio exited 0, every job reported err=0, no verify errors.
+check_fio() {
+    name=$1 log=$2 rc=$3 jobs=$4
+    [ "$rc" -eq 0 ] || { cat "$log"; fail "fio $name exited with status $rc"; }
+    ok=$(grep -c 'err= *0' "$log" || true)
+    [ "$ok" -eq "$jobs" ] || { cat "$log"; fail "fio $name: $ok of $jobs jobs report err=0"; }
+    if grep -Ei 'err= *[1-9]|verify: bad|bad magic|crc32c: verify failed|fio: .*(error|bad)|io_u error' "$log" >/dev/null; then
+        cat "$log"; fail "fio $name reported errors"
+    fi
+}
+# fio_run NAME JOBS ARGS... (TMO: seconds allowed): one fio run (global options, then --name=... job sections).
+fio_run() {
+    name=$1 jobs=$2; shift 2
+    log=$WORK/fio-$name.log
+    rc=0
+    timeout "$TMO" fio --ioengine=libaio --direct=1 --verify_state_save=0 \
+        --verify=crc32c --verify_fatal=1 "$@" >"$log" 2>&1 || rc=$?
+    check_fio "$name" "$log" "$rc" "$jobs"
+}
