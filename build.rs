@@ -8,7 +8,12 @@
 
 use std::path::Path;
 
-const LIB_DIRS: [&str; 4] = ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"];
+const LIB_DIRS: [&str; 4] = [
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
 
 const BIN_DIRS: [&str; 3] = ["/usr/bin", "/usr/local/bin", "/usr/sbin"];
 
@@ -37,7 +42,10 @@ fn etcd() {
 
 fn isal() {
     println!("cargo::rustc-check-cfg=cfg(have_isal)");
-    let found = LIB_DIRS.iter().map(Path::new).find(|d| d.join("libisal.so").exists() || d.join("libisal.a").exists());
+    let found = LIB_DIRS
+        .iter()
+        .map(Path::new)
+        .find(|d| d.join("libisal.so").exists() || d.join("libisal.a").exists());
     match found {
         Some(dir) => {
             println!("cargo::rerun-if-changed={}", dir.join("libisal.so").display());

@@ -53,7 +53,14 @@ fn zerocopy_write_all(s: &TcpStream, mut buf: &[u8]) -> bool {
     let fd = s.as_raw_fd();
     while !buf.is_empty() {
         // SAFETY: buf is valid for its length; the kernel pins its pages until the notice.
-        let n = unsafe { libc::send(fd, buf.as_ptr() as *const libc::c_void, buf.len(), libc::MSG_ZEROCOPY | libc::MSG_DONTWAIT) };
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr() as *const libc::c_void,
+                buf.len(),
+                libc::MSG_ZEROCOPY | libc::MSG_DONTWAIT,
+            )
+        };
         if n > 0 {
             buf = &buf[n as usize..];
             continue;
@@ -88,11 +95,23 @@ fn serve(mut s: TcpStream, read: bool, io: usize) {
         use std::os::fd::AsRawFd;
         let one: libc::c_int = 1;
         // SAFETY: a valid int option on our socket.
-        let r = unsafe { libc::setsockopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ZEROCOPY, &one as *const _ as *const libc::c_void, 4) };
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ZEROCOPY,
+                &one as *const _ as *const libc::c_void,
+                4,
+            )
+        };
         assert_eq!(r, 0, "SO_ZEROCOPY: {}", std::io::Error::last_os_error());
     }
     let request = if read { CAPSULE } else { CAPSULE + io };
-    let response = if read { DATA_HEADER + io + RESPONSE } else { RESPONSE };
+    let response = if read {
+        DATA_HEADER + io + RESPONSE
+    } else {
+        RESPONSE
+    };
     let mut rx = vec![0u8; request * 64];
     let tx = vec![0u8; response * 64];
     let mut pending = 0usize;
@@ -102,7 +121,11 @@ fn serve(mut s: TcpStream, read: bool, io: usize) {
         pending %= request;
         for chunk in 0..whole.div_ceil(64) {
             let k = (whole - chunk * 64).min(64);
-            let sent = if zerocopy { zerocopy_write_all(&s, &tx[..k * response]) } else { poll_write_all(&mut s, &tx[..k * response]) };
+            let sent = if zerocopy {
+                zerocopy_write_all(&s, &tx[..k * response])
+            } else {
+                poll_write_all(&mut s, &tx[..k * response])
+            };
             if !sent {
                 return;
             }
@@ -111,7 +134,10 @@ fn serve(mut s: TcpStream, read: bool, io: usize) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let read = args.first().is_none_or(|a| a != "write");
     let io: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(4096);
     let qd: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(32);
@@ -130,7 +156,11 @@ fn main() {
     s.set_nodelay(true).unwrap();
     s.set_nonblocking(true).unwrap();
     let request = if read { CAPSULE } else { CAPSULE + io };
-    let response = if read { DATA_HEADER + io + RESPONSE } else { RESPONSE };
+    let response = if read {
+        DATA_HEADER + io + RESPONSE
+    } else {
+        RESPONSE
+    };
     let req = vec![0u8; request * qd];
     let mut resp = vec![0u8; response * qd];
     // Keep `qd` requests outstanding: send a batch, then top up as responses arrive.

@@ -88,17 +88,42 @@ struct VolSpec {
 }
 
 const VOLS: [VolSpec; 3] = [
-    VolSpec { name: "r5", level: Level::Raid5, members: 4, group: 0, strip: 32 << 10, spares: 2 },
-    VolSpec { name: "r6", level: Level::Raid6, members: 5, group: 0, strip: 16 << 10, spares: 2 },
-    VolSpec { name: "r10", level: Level::Raid10, members: 4, group: 2, strip: 64 << 10, spares: 1 },
+    VolSpec {
+        name: "r5",
+        level: Level::Raid5,
+        members: 4,
+        group: 0,
+        strip: 32 << 10,
+        spares: 2,
+    },
+    VolSpec {
+        name: "r6",
+        level: Level::Raid6,
+        members: 5,
+        group: 0,
+        strip: 16 << 10,
+        spares: 2,
+    },
+    VolSpec {
+        name: "r10",
+        level: Level::Raid10,
+        members: 4,
+        group: 2,
+        strip: 64 << 10,
+        spares: 1,
+    },
 ];
 
 impl VolSpec {
     fn member_names(&self) -> Vec<String> {
-        (0..self.members).map(|i| format!("{}m{i}", self.name)).collect()
+        (0..self.members)
+            .map(|i| format!("{}m{i}", self.name))
+            .collect()
     }
     fn spare_names(&self) -> Vec<String> {
-        (0..self.spares).map(|i| format!("{}s{i}", self.name)).collect()
+        (0..self.spares)
+            .map(|i| format!("{}s{i}", self.name))
+            .collect()
     }
     /// Every device that ever belongs to this volume.
     fn pool(&self) -> Vec<String> {
@@ -107,7 +132,11 @@ impl VolSpec {
         p
     }
     fn group_size(&self) -> usize {
-        if self.group > 0 { self.group } else { self.members }
+        if self.group > 0 {
+            self.group
+        } else {
+            self.members
+        }
     }
     fn tolerance(&self) -> usize {
         self.level.tolerance(self.group_size())
@@ -115,7 +144,13 @@ impl VolSpec {
     /// The layout the target builds for fresh members of MEMBER_BYTES.
     fn layout(&self) -> Layout {
         let blocks = (MEMBER_BYTES - RESERVED_BYTES) / BLOCK as u64;
-        Layout::new(self.level, &vec![blocks; self.members], self.group, self.strip / BLOCK as u64).unwrap()
+        Layout::new(
+            self.level,
+            &vec![blocks; self.members],
+            self.group,
+            self.strip / BLOCK as u64,
+        )
+        .unwrap()
     }
     fn units(&self) -> u64 {
         WORK_BYTES / UNIT as u64
@@ -189,10 +224,20 @@ fn describe(buf: &[u8]) -> String {
     let (vol, unit, version) = ((w(0) ^ MAGIC) as usize, w(1), w(2));
     if vol < VOLS.len() && version < NONE as u64 {
         let intact = unit_data(vol, unit, version as u32) == buf;
-        let what = if intact { "intact" } else { "damaged (header matches, body not)" };
-        return format!("{what} data of {} unit {unit} version {version}", VOLS[vol].name);
+        let what = if intact {
+            "intact"
+        } else {
+            "damaged (header matches, body not)"
+        };
+        return format!(
+            "{what} data of {} unit {unit} version {version}",
+            VOLS[vol].name
+        );
     }
-    let zero_sectors = buf.chunks(BLOCK).filter(|s| s.iter().all(|b| *b == 0)).count();
+    let zero_sectors = buf
+        .chunks(BLOCK)
+        .filter(|s| s.iter().all(|b| *b == 0))
+        .count();
     format!("unrecognised bytes ({zero_sectors} of 8 sectors zero)")
 }
 
@@ -225,7 +270,14 @@ struct Model {
 impl Model {
     fn new(vol: usize) -> Model {
         let n = VOLS[vol].units() as usize;
-        Model { vol, acked: vec![0; n], maybe: vec![NONE; n], other: vec![NONE; n], busy: vec![false; n], next_version: 0 }
+        Model {
+            vol,
+            acked: vec![0; n],
+            maybe: vec![NONE; n],
+            other: vec![NONE; n],
+            busy: vec![false; n],
+            next_version: 0,
+        }
     }
 
     fn units(&self) -> u64 {
@@ -235,10 +287,17 @@ impl Model {
     /// A write over units no other write or unknown outcome touches: (first, count, version).
     fn pick_write(&mut self, rng: &mut Rng) -> Option<(u64, u64, u32)> {
         for _ in 0..8 {
-            let n = if rng.chance(0.4) { 1 } else { rng.range(2, MAX_WRITE_UNITS) }.min(self.units());
+            let n = if rng.chance(0.4) {
+                1
+            } else {
+                rng.range(2, MAX_WRITE_UNITS)
+            }
+            .min(self.units());
             let first = rng.below(self.units() - n + 1);
             let r = first as usize..(first + n) as usize;
-            if self.busy[r.clone()].iter().any(|b| *b) || self.maybe[r.clone()].iter().any(|m| *m != NONE) {
+            if self.busy[r.clone()].iter().any(|b| *b)
+                || self.maybe[r.clone()].iter().any(|m| *m != NONE)
+            {
                 continue;
             }
             self.busy[r].fill(true);
@@ -281,7 +340,10 @@ impl Model {
                 (self.other[u], self.acked[u], self.maybe[u]) = (acked, maybe, NONE);
                 return Check::New;
             }
-            let mixed = buf.chunks(BLOCK).zip(old.chunks(BLOCK).zip(new.chunks(BLOCK))).all(|(b, (o, n))| b == o || b == n);
+            let mixed = buf
+                .chunks(BLOCK)
+                .zip(old.chunks(BLOCK).zip(new.chunks(BLOCK)))
+                .all(|(b, (o, n))| b == o || b == n);
             if mixed {
                 return Check::Torn;
             }
@@ -291,7 +353,9 @@ impl Model {
 
     fn explain(&self, unit: u64, buf: &[u8], expected: &[u8]) -> String {
         let u = unit as usize;
-        let sectors: Vec<usize> = (0..UNIT / BLOCK).filter(|s| buf[s * BLOCK..(s + 1) * BLOCK] != expected[s * BLOCK..(s + 1) * BLOCK]).collect();
+        let sectors: Vec<usize> = (0..UNIT / BLOCK)
+            .filter(|s| buf[s * BLOCK..(s + 1) * BLOCK] != expected[s * BLOCK..(s + 1) * BLOCK])
+            .collect();
         let mut want = format!("acknowledged version {}", self.acked[u]);
         if self.maybe[u] != NONE {
             want += &format!(" or unresolved version {}", self.maybe[u]);
@@ -326,7 +390,11 @@ struct Target {
 }
 
 fn quoted(names: &[String]) -> String {
-    names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ")
+    names
+        .iter()
+        .map(|n| format!("\"{n}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn config_text(dir: &Path, port: u16) -> String {
@@ -350,14 +418,22 @@ fn config_text(dir: &Path, port: u16) -> String {
     }
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n");
     for (i, v) in VOLS.iter().enumerate() {
-        c += &format!("[[subsystem.namespace]]\nnsid = {}\ndevice = \"{}\"\n", i + 1, v.name);
+        c += &format!(
+            "[[subsystem.namespace]]\nnsid = {}\ndevice = \"{}\"\n",
+            i + 1,
+            v.name
+        );
     }
     c
 }
 
 impl Target {
     fn new(dir: &Path) -> Target {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let cfg = dir.join("target.toml");
         std::fs::write(&cfg, config_text(dir, port)).unwrap();
         Target {
@@ -378,10 +454,26 @@ impl Target {
 
     /// Spawn the target and wait until its management socket answers.
     fn start(&mut self, why: &str) -> Result<(), String> {
-        let mut log = File::options().create(true).append(true).open(&self.log).map_err(|e| e.to_string())?;
-        let _ = writeln!(log, "\n==== faultrun: start #{} ({why}) at +{:.1} s ====", self.starts + 1, self.t0.elapsed().as_secs_f64());
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| e.to_string())?;
+        let _ = writeln!(
+            log,
+            "\n==== faultrun: start #{} ({why}) at +{:.1} s ====",
+            self.starts + 1,
+            self.t0.elapsed().as_secs_f64()
+        );
         let out = log.try_clone().map_err(|e| e.to_string())?;
-        let child = Command::new(&self.exe).args(["serve", "--config"]).arg(&self.cfg).env("NO_COLOR", "1").stdout(out).stderr(log).spawn().map_err(|e| format!("spawn: {e}"))?;
+        let child = Command::new(&self.exe)
+            .args(["serve", "--config"])
+            .arg(&self.cfg)
+            .env("NO_COLOR", "1")
+            .stdout(out)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("spawn: {e}"))?;
         self.child = Some(child);
         self.starts += 1;
         let deadline = Instant::now() + START_DEADLINE;
@@ -390,11 +482,17 @@ impl Target {
                 return Ok(());
             }
             if let Some(st) = self.exited() {
-                return Err(format!("target exited during start with {st}; log tail:\n{}", self.log_tail(12)));
+                return Err(format!(
+                    "target exited during start with {st}; log tail:\n{}",
+                    self.log_tail(12)
+                ));
             }
             if Instant::now() > deadline {
                 self.kill9();
-                return Err(format!("no answer on the management socket within {START_DEADLINE:?}; log tail:\n{}", self.log_tail(12)));
+                return Err(format!(
+                    "no answer on the management socket within {START_DEADLINE:?}; log tail:\n{}",
+                    self.log_tail(12)
+                ));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -413,7 +511,10 @@ impl Target {
 
     fn sigterm(&self) {
         if let Some(c) = &self.child {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), nix::sys::signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::SIGTERM,
+            );
         }
     }
 
@@ -427,7 +528,11 @@ impl Target {
     fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].iter().map(|l| format!("      | {l}")).collect::<Vec<_>>().join("\n")
+        all[all.len().saturating_sub(lines)..]
+            .iter()
+            .map(|l| format!("      | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
@@ -471,36 +576,84 @@ fn connect_host(addr: SocketAddr) -> std::io::Result<Host> {
         let nsid = i as u32 + 1;
         let (shift, blocks) = c.namespace_geometry(nsid)?;
         if shift != 9 || blocks * (BLOCK as u64) < WORK_BYTES {
-            return Err(std::io::Error::other(format!("{}: namespace {nsid} has 2^{shift} B blocks x {blocks}", v.name)));
+            return Err(std::io::Error::other(format!(
+                "{}: namespace {nsid} has 2^{shift} B blocks x {blocks}",
+                v.name
+            )));
         }
-        vols.push(VolIo { q: c.io_queue(i as u16 + 1)?, nsid, inflight: HashMap::new(), dead: false });
+        vols.push(VolIo {
+            q: c.io_queue(i as u16 + 1)?,
+            nsid,
+            inflight: HashMap::new(),
+            dead: false,
+        });
     }
     Ok(Host { vols, _ctrl: c })
 }
 
 /// What the load saw that the run must look at.
 enum Event {
-    WriteError { vol: usize, first: u64, n: u64, status: u16 },
-    Lost { vol: usize, writes: usize, error: String },
-    Hung { vol: usize, first: u64, n: u64, secs: u64 },
+    WriteError {
+        vol: usize,
+        first: u64,
+        n: u64,
+        status: u16,
+    },
+    Lost {
+        vol: usize,
+        writes: usize,
+        error: String,
+    },
+    Hung {
+        vol: usize,
+        first: u64,
+        n: u64,
+        secs: u64,
+    },
 }
 
 impl VolIo {
-    fn submit_write(&mut self, vol: usize, (first, n, version): (u64, u64, u32)) -> std::io::Result<()> {
+    fn submit_write(
+        &mut self,
+        vol: usize,
+        (first, n, version): (u64, u64, u32),
+    ) -> std::io::Result<()> {
         let mut buf = vec![0u8; n as usize * UNIT];
         for i in 0..n {
             fill_unit(vol, first + i, version, &mut buf[i as usize * UNIT..]);
         }
-        let sqe = command::rw_sqe(op::WRITE, 0, self.nsid, first * BLOCKS_PER_UNIT, (n * BLOCKS_PER_UNIT) as u32, buf.len() as u32, false);
-        let cid = self.q.submit(sqe, Data::ToController(buf.as_ptr(), buf.len()))?;
-        self.inflight.insert(cid, Pending { first, n, version, buf, at: Instant::now(), reported: false });
+        let sqe = command::rw_sqe(
+            op::WRITE,
+            0,
+            self.nsid,
+            first * BLOCKS_PER_UNIT,
+            (n * BLOCKS_PER_UNIT) as u32,
+            buf.len() as u32,
+            false,
+        );
+        let cid = self
+            .q
+            .submit(sqe, Data::ToController(buf.as_ptr(), buf.len()))?;
+        self.inflight.insert(
+            cid,
+            Pending {
+                first,
+                n,
+                version,
+                buf,
+                at: Instant::now(),
+                reported: false,
+            },
+        );
         Ok(())
     }
 
     /// Top the queue up to DEPTH writes.
     fn top_up(&mut self, vol: usize, model: &mut Model, rng: &mut Rng) {
         while self.inflight.len() < DEPTH {
-            let Some(w) = model.pick_write(rng) else { return };
+            let Some(w) = model.pick_write(rng) else {
+                return;
+            };
             if self.submit_write(vol, w).is_err() {
                 model.unknown(w.0, w.1, w.2);
                 return;
@@ -509,11 +662,19 @@ impl VolIo {
     }
 
     /// Completions of writes; the connection's end makes every write in flight unknown.
-    fn reap(&mut self, vol: usize, model: &mut Model, stats: &mut Stats, events: &mut Vec<Event>) -> usize {
+    fn reap(
+        &mut self,
+        vol: usize,
+        model: &mut Model,
+        stats: &mut Stats,
+        events: &mut Vec<Event>,
+    ) -> usize {
         let mut finished: Vec<(u16, Cqe)> = Vec::new();
         let r = self.q.poll(&mut |cid, cqe, _| finished.push((cid, cqe)));
         for (cid, cqe) in &finished {
-            let Some(p) = self.inflight.remove(cid) else { continue };
+            let Some(p) = self.inflight.remove(cid) else {
+                continue;
+            };
             if cqe.is_success() {
                 model.acknowledged(p.first, p.n, p.version);
                 stats.writes_acked += 1;
@@ -521,17 +682,35 @@ impl VolIo {
             } else {
                 model.unknown(p.first, p.n, p.version);
                 stats.write_errors += 1;
-                events.push(Event::WriteError { vol, first: p.first, n: p.n, status: cqe.status });
+                events.push(Event::WriteError {
+                    vol,
+                    first: p.first,
+                    n: p.n,
+                    status: cqe.status,
+                });
             }
         }
         if let Err(e) = r {
             self.dead = true;
-            events.push(Event::Lost { vol, writes: self.inflight.len(), error: e.to_string() });
+            events.push(Event::Lost {
+                vol,
+                writes: self.inflight.len(),
+                error: e.to_string(),
+            });
             self.forget(model);
         }
-        for p in self.inflight.values_mut().filter(|p| !p.reported && p.at.elapsed() > IO_DEADLINE) {
+        for p in self
+            .inflight
+            .values_mut()
+            .filter(|p| !p.reported && p.at.elapsed() > IO_DEADLINE)
+        {
             p.reported = true;
-            events.push(Event::Hung { vol, first: p.first, n: p.n, secs: p.at.elapsed().as_secs() });
+            events.push(Event::Hung {
+                vol,
+                first: p.first,
+                n: p.n,
+                secs: p.at.elapsed().as_secs(),
+            });
         }
         finished.len()
     }
@@ -548,7 +727,14 @@ impl VolIo {
 
 /// Sleep until one of the sockets is readable or `ms` pass.
 fn wait_fds(fds: &[i32], ms: i32) {
-    let mut p: Vec<libc::pollfd> = fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let mut p: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|&fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
     // SAFETY: valid pollfds.
     unsafe { libc::poll(p.as_mut_ptr(), p.len() as libc::nfds_t, ms) };
 }
@@ -573,8 +759,18 @@ impl Sweep {
         while self.outstanding.len() < VERIFY_DEPTH && self.next < self.units {
             let n = VERIFY_CHUNK_UNITS.min(self.units - self.next);
             let mut buf = vec![0u8; n as usize * UNIT];
-            let sqe = command::rw_sqe(op::READ, 0, vio.nsid, self.next * BLOCKS_PER_UNIT, (n * BLOCKS_PER_UNIT) as u32, buf.len() as u32, false);
-            let cid = vio.q.submit(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))?;
+            let sqe = command::rw_sqe(
+                op::READ,
+                0,
+                vio.nsid,
+                self.next * BLOCKS_PER_UNIT,
+                (n * BLOCKS_PER_UNIT) as u32,
+                buf.len() as u32,
+                false,
+            );
+            let cid = vio
+                .q
+                .submit(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))?;
             self.outstanding.insert(cid, (self.next, buf));
             self.next += n;
         }
@@ -586,7 +782,14 @@ impl Sweep {
         let mut out = Vec::new();
         for (cid, cqe) in finished {
             if let Some((first, buf)) = self.outstanding.remove(&cid) {
-                out.push((first, if cqe.is_success() { Ok(buf) } else { Err(cqe.status) }));
+                out.push((
+                    first,
+                    if cqe.is_success() {
+                        Ok(buf)
+                    } else {
+                        Err(cqe.status)
+                    },
+                ));
             }
         }
         Ok(out)
@@ -672,11 +875,26 @@ fn clock(d: Duration) -> String {
 
 /// (device, state) of every slot, from one volume's status.
 fn slots_of(st: &Value) -> Vec<(String, String)> {
-    st["members"].as_array().into_iter().flatten().map(|m| (m["device"].as_str().unwrap_or("?").to_string(), m["state"].as_str().unwrap_or("?").to_string())).collect()
+    st["members"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["device"].as_str().unwrap_or("?").to_string(),
+                m["state"].as_str().unwrap_or("?").to_string(),
+            )
+        })
+        .collect()
 }
 
 fn spares_of(st: &Value) -> Vec<String> {
-    st["spares"].as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+    st["spares"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect()
 }
 
 fn read_sb(path: &Path) -> Option<Superblock> {
@@ -746,8 +964,15 @@ impl Run {
     }
 
     fn violation(&mut self, kind: &'static str, what: String) {
-        println!("  !! VIOLATION [{kind}] step {} (seed {}): {what}", self.step, self.seed);
-        self.violations.push(Violation { step: self.step, kind, what });
+        println!(
+            "  !! VIOLATION [{kind}] step {} (seed {}): {what}",
+            self.step, self.seed
+        );
+        self.violations.push(Violation {
+            step: self.step,
+            kind,
+            what,
+        });
     }
 
     fn note(&mut self, what: String) {
@@ -767,7 +992,12 @@ impl Run {
         let mut done = 0;
         let mut fds = Vec::new();
         if let Some(host) = self.host.as_mut() {
-            for (v, vio) in host.vols.iter_mut().enumerate().filter(|(_, vio)| !vio.dead) {
+            for (v, vio) in host
+                .vols
+                .iter_mut()
+                .enumerate()
+                .filter(|(_, vio)| !vio.dead)
+            {
                 if submit {
                     vio.top_up(v, &mut self.models[v], &mut self.rng);
                 }
@@ -783,7 +1013,13 @@ impl Run {
         if !self.stopping && self.target.running() {
             if let Some(st) = self.target.exited() {
                 let tail = self.target.log_tail(12);
-                self.violation("target died", format!("the target exited on its own with {st} ({}); log tail:\n{tail}", self.last_event));
+                self.violation(
+                    "target died",
+                    format!(
+                        "the target exited on its own with {st} ({}); log tail:\n{tail}",
+                        self.last_event
+                    ),
+                );
                 self.drop_host();
             }
         }
@@ -799,23 +1035,48 @@ impl Run {
 
     fn on_event(&mut self, e: Event) {
         match e {
-            Event::WriteError { vol, first, n, status } if !self.stopping => {
+            Event::WriteError {
+                vol,
+                first,
+                n,
+                status,
+            } if !self.stopping => {
                 let what = format!("{}: write of units {first}..{} failed with status {status:#x} while the volume had redundancy ({})", VOLS[vol].name, first + n, self.volume_states());
                 self.violation("host write error", what);
             }
             Event::WriteError { .. } => {}
             Event::Lost { vol, writes, error } if !self.stopping => {
-                self.violation("connection lost", format!("{}: the I/O queue failed ({error}) with {writes} writes in flight", VOLS[vol].name));
+                self.violation(
+                    "connection lost",
+                    format!(
+                        "{}: the I/O queue failed ({error}) with {writes} writes in flight",
+                        VOLS[vol].name
+                    ),
+                );
             }
             Event::Lost { .. } => {}
-            Event::Hung { vol, first, n, secs } => {
-                self.violation("hang", format!("{}: write of units {first}..{} not completed after {secs} s", VOLS[vol].name, first + n));
+            Event::Hung {
+                vol,
+                first,
+                n,
+                secs,
+            } => {
+                self.violation(
+                    "hang",
+                    format!(
+                        "{}: write of units {first}..{} not completed after {secs} s",
+                        VOLS[vol].name,
+                        first + n
+                    ),
+                );
             }
         }
     }
 
     fn inflight(&self) -> usize {
-        self.host.as_ref().map_or(0, |h| h.vols.iter().map(|v| v.inflight.len()).sum())
+        self.host
+            .as_ref()
+            .map_or(0, |h| h.vols.iter().map(|v| v.inflight.len()).sum())
     }
 
     fn load_for(&mut self, d: Duration) {
@@ -842,7 +1103,9 @@ impl Run {
 
     /// Connection gone: every write in flight has an unknown outcome.
     fn drop_host(&mut self) -> usize {
-        let Some(mut h) = self.host.take() else { return 0 };
+        let Some(mut h) = self.host.take() else {
+            return 0;
+        };
         let mut n = 0;
         for (v, vio) in h.vols.iter_mut().enumerate() {
             n += vio.forget(&mut self.models[v]);
@@ -877,7 +1140,15 @@ impl Run {
     fn fetch_status(&mut self) -> bool {
         match self.rpc("volume_status", json!({})) {
             Ok(Value::Array(list)) => {
-                self.status = VOLS.iter().map(|s| list.iter().find(|v| v["name"] == s.name).cloned().unwrap_or(Value::Null)).collect();
+                self.status = VOLS
+                    .iter()
+                    .map(|s| {
+                        list.iter()
+                            .find(|v| v["name"] == s.name)
+                            .cloned()
+                            .unwrap_or(Value::Null)
+                    })
+                    .collect();
                 self.observe();
                 true
             }
@@ -899,7 +1170,10 @@ impl Run {
     fn observe(&mut self) {
         for (v, spec) in VOLS.iter().enumerate() {
             let st = self.status[v].clone();
-            let (rb, rs) = (st["rebuild"]["active"] == true, st["resync"]["active"] == true);
+            let (rb, rs) = (
+                st["rebuild"]["active"] == true,
+                st["resync"]["active"] == true,
+            );
             if self.rebuilding[v] && !rb && st["state"] != "offline" {
                 self.stats.rebuilds_completed += 1;
                 self.say(&format!("{}: rebuild finished", spec.name));
@@ -912,8 +1186,14 @@ impl Run {
             }
             (self.rebuilding[v], self.resyncing[v]) = (rb, rs);
             for (dev, state) in slots_of(&st) {
-                if state == "failed" && !self.expected_failures.contains(&dev) && self.seen_failed.insert(dev.clone()) {
-                    self.note(format!("{}: the target failed member {dev} on its own (last event: {})", spec.name, self.last_event));
+                if state == "failed"
+                    && !self.expected_failures.contains(&dev)
+                    && self.seen_failed.insert(dev.clone())
+                {
+                    self.note(format!(
+                        "{}: the target failed member {dev} on its own (last event: {})",
+                        spec.name, self.last_event
+                    ));
                 }
             }
             if st["state"] == "offline" {
@@ -929,12 +1209,22 @@ impl Run {
     }
 
     fn volume_states(&self) -> String {
-        VOLS.iter().zip(&self.status).map(|(s, st)| format!("{} {}", s.name, st["state"].as_str().unwrap_or("?"))).collect::<Vec<_>>().join(", ")
+        VOLS.iter()
+            .zip(&self.status)
+            .map(|(s, st)| format!("{} {}", s.name, st["state"].as_str().unwrap_or("?")))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn start_target(&mut self, why: &str) {
         if let Err(e) = self.target.start(why) {
-            self.violation("start", format!("target failed to start ({why}; last event: {}): {e}", self.last_event));
+            self.violation(
+                "start",
+                format!(
+                    "target failed to start ({why}; last event: {}): {e}",
+                    self.last_event
+                ),
+            );
             self.fatal = Some("the target does not start".into());
             return;
         }
@@ -951,10 +1241,22 @@ impl Run {
                 parts.push(format!("{} resync of {stripes} stripes", VOLS[v].name));
             }
             if st["state"] != "online" {
-                parts.push(format!("{} {}", VOLS[v].name, st["state"].as_str().unwrap_or("?")));
+                parts.push(format!(
+                    "{} {}",
+                    VOLS[v].name,
+                    st["state"].as_str().unwrap_or("?")
+                ));
             }
         }
-        self.say(&format!("start #{}: {}", self.target.starts, if parts.is_empty() { "all online, no resync".into() } else { parts.join(", ") }));
+        self.say(&format!(
+            "start #{}: {}",
+            self.target.starts,
+            if parts.is_empty() {
+                "all online, no resync".into()
+            } else {
+                parts.join(", ")
+            }
+        ));
     }
 
     fn crash(&mut self, why: &str) {
@@ -962,7 +1264,9 @@ impl Run {
         self.target.kill9();
         self.stats.kills += 1;
         let n = self.drop_host();
-        self.mark_event(format!("kill -9 ({why}) with {n} writes in flight; volumes then: {states}"));
+        self.mark_event(format!(
+            "kill -9 ({why}) with {n} writes in flight; volumes then: {states}"
+        ));
     }
 
     /// SIGTERM with the load running; wait for the exit, then check the member files.
@@ -985,22 +1289,36 @@ impl Run {
             }
         };
         self.drop_host();
-        let lost = inflight as u64 - (self.stats.writes_acked + self.stats.write_errors - answered).min(inflight as u64);
+        let lost = inflight as u64
+            - (self.stats.writes_acked + self.stats.write_errors - answered).min(inflight as u64);
         self.stopping = false;
         self.stats.orderly_stops += 1;
         self.mark_event(format!("orderly stop ({why}) with {inflight} writes in flight, {lost} unanswered; volumes then: {states}"));
         match status {
-            Some(st) if st.success() => self.say(&format!("stopped in {:.1} s ({inflight} writes in flight at SIGTERM, {lost} unanswered)", t.elapsed().as_secs_f64())),
-            Some(st) if slow && st.code() == Some(1) && self.target.log_tail(40).contains("left dirty") => {
+            Some(st) if st.success() => self.say(&format!(
+                "stopped in {:.1} s ({inflight} writes in flight at SIGTERM, {lost} unanswered)",
+                t.elapsed().as_secs_f64()
+            )),
+            Some(st)
+                if slow
+                    && st.code() == Some(1)
+                    && self.target.log_tail(40).contains("left dirty") =>
+            {
                 self.stats.stops_left_dirty += 1;
                 self.say(&format!("stopped in {:.1} s with writes in flight on the slow member: exit status 1, volumes left dirty", t.elapsed().as_secs_f64()));
             }
             Some(st) => {
                 let tail = self.target.log_tail(12);
-                self.violation("stop", format!("target exited with {st} after SIGTERM ({why}); log tail:\n{tail}"));
+                self.violation(
+                    "stop",
+                    format!("target exited with {st} after SIGTERM ({why}); log tail:\n{tail}"),
+                );
             }
             None => {
-                self.violation("hang", format!("target still running {STOP_DEADLINE:?} after SIGTERM ({why}); killed"));
+                self.violation(
+                    "hang",
+                    format!("target still running {STOP_DEADLINE:?} after SIGTERM ({why}); killed"),
+                );
                 self.target.kill9();
             }
         }
@@ -1013,7 +1331,10 @@ impl Run {
         if action != "heal" {
             self.expected_failures.insert(dev.to_string());
         }
-        self.rpc("device_fault", json!({"device": dev, "action": action, "us": us}))
+        self.rpc(
+            "device_fault",
+            json!({"device": dev, "action": action, "us": us}),
+        )
     }
 
     fn heal_all(&mut self) {
@@ -1032,11 +1353,18 @@ impl Run {
             if !self.fetch_status() || self.fatal.is_some() {
                 return false;
             }
-            if self.status.iter().all(|s| s["rebuild"]["active"] != true && s["resync"]["active"] != true) {
+            if self
+                .status
+                .iter()
+                .all(|s| s["rebuild"]["active"] != true && s["resync"]["active"] != true)
+            {
                 return true;
             }
             if Instant::now() > deadline {
-                let what = format!("rebuild or resync still running after {IDLE_DEADLINE:?}: {}", self.volume_states());
+                let what = format!(
+                    "rebuild or resync still running after {IDLE_DEADLINE:?}: {}",
+                    self.volume_states()
+                );
                 self.violation("hang", what);
                 self.fatal = Some("a rebuild or resync does not finish".into());
                 return false;
@@ -1068,18 +1396,31 @@ impl Run {
 
     /// Pool devices neither in a slot nor a spare.
     fn free_devices(&self, v: usize) -> Vec<String> {
-        let used: Vec<String> = slots_of(&self.status[v]).into_iter().map(|(d, _)| d).chain(spares_of(&self.status[v])).collect();
-        VOLS[v].pool().into_iter().filter(|d| !used.contains(d)).collect()
+        let used: Vec<String> = slots_of(&self.status[v])
+            .into_iter()
+            .map(|(d, _)| d)
+            .chain(spares_of(&self.status[v]))
+            .collect();
+        VOLS[v]
+            .pool()
+            .into_iter()
+            .filter(|d| !used.contains(d))
+            .collect()
     }
 
     fn failed_in_slot(&self, v: usize) -> Vec<String> {
         let pool = VOLS[v].pool();
-        slots_of(&self.status[v]).into_iter().filter(|(d, s)| s == "failed" && pool.contains(d)).map(|(d, _)| d).collect()
+        slots_of(&self.status[v])
+            .into_iter()
+            .filter(|(d, s)| s == "failed" && pool.contains(d))
+            .map(|(d, _)| d)
+            .collect()
     }
 
     /// A volume short of spares, or with a failed slot, and a device to give it.
     fn wants_spare(&self, v: usize) -> bool {
-        let short = spares_of(&self.status[v]).len() < VOLS[v].spares || slots_of(&self.status[v]).iter().any(|(_, s)| s != "active");
+        let short = spares_of(&self.status[v]).len() < VOLS[v].spares
+            || slots_of(&self.status[v]).iter().any(|(_, s)| s != "active");
         short && (!self.free_devices(v).is_empty() || !self.failed_in_slot(v).is_empty())
     }
 }
@@ -1113,7 +1454,11 @@ impl Run {
 
     /// Pipelined reads of the working area; returns [ok, old, new, torn, bad].
     fn verify_vol(&mut self, v: usize) -> Option<[u64; 5]> {
-        let mut sweep = Sweep { next: 0, units: self.models[v].units(), outstanding: HashMap::new() };
+        let mut sweep = Sweep {
+            next: 0,
+            units: self.models[v].units(),
+            outstanding: HashMap::new(),
+        };
         let (mut counts, mut bad, deadline) = ([0u64; 5], Vec::new(), Instant::now() + IO_DEADLINE);
         while !sweep.done() {
             let vio = &mut self.host.as_mut()?.vols[v];
@@ -1143,7 +1488,12 @@ impl Run {
     }
 
     fn verify_failed(&mut self, v: usize, why: String) -> Option<[u64; 5]> {
-        let what = format!("{}: verification failed: {why} ({}; last event: {})", VOLS[v].name, self.volume_states(), self.last_event);
+        let what = format!(
+            "{}: verification failed: {why} ({}; last event: {})",
+            VOLS[v].name,
+            self.volume_states(),
+            self.last_event
+        );
         self.violation("host read error", what);
         self.drop_host();
         None
@@ -1151,7 +1501,14 @@ impl Run {
 
     /// Check the units of one read; wrong and torn units go to `bad` (torn ones with no
     /// explanation: they are allowed, but get rewritten).
-    fn check_chunk(&mut self, v: usize, first: u64, buf: &[u8], counts: &mut [u64; 5], bad: &mut Vec<(u64, String)>) {
+    fn check_chunk(
+        &mut self,
+        v: usize,
+        first: u64,
+        buf: &[u8],
+        counts: &mut [u64; 5],
+        bad: &mut Vec<(u64, String)>,
+    ) {
         self.stats.bytes_verified += buf.len() as u64;
         for (i, unit_buf) in buf.chunks(UNIT).enumerate() {
             let unit = first + i as u64;
@@ -1180,14 +1537,29 @@ impl Run {
 
     fn report_bad(&mut self, v: usize, bad: &[(u64, String)]) {
         let wrong: Vec<&(u64, String)> = bad.iter().filter(|(_, why)| !why.is_empty()).collect();
-        let hint = if self.degraded_at_event.get(v) == Some(&true) { " [write-hole class: the volume was not online at that unclean stop]" } else { "" };
+        let hint = if self.degraded_at_event.get(v) == Some(&true) {
+            " [write-hole class: the volume was not online at that unclean stop]"
+        } else {
+            ""
+        };
         for (unit, why) in wrong.iter().take(DETAILS) {
-            let what = format!("{} unit {unit} ({}): {why}; last event: {}{hint}", VOLS[v].name, self.where_is(v, *unit), self.last_event);
+            let what = format!(
+                "{} unit {unit} ({}): {why}; last event: {}{hint}",
+                VOLS[v].name,
+                self.where_is(v, *unit),
+                self.last_event
+            );
             self.violation("wrong data", what);
         }
         if wrong.len() > DETAILS {
             let units: Vec<u64> = wrong.iter().map(|(u, _)| *u).collect();
-            let what = format!("{}: {} more wrong units (of {} in all; units {:?}...){hint}", VOLS[v].name, wrong.len() - DETAILS, wrong.len(), &units[..units.len().min(40)]);
+            let what = format!(
+                "{}: {} more wrong units (of {} in all; units {:?}...){hint}",
+                VOLS[v].name,
+                wrong.len() - DETAILS,
+                wrong.len(),
+                &units[..units.len().min(40)]
+            );
             self.violation("wrong data", what);
         }
     }
@@ -1198,8 +1570,13 @@ impl Run {
         let lba = unit * BLOCKS_PER_UNIT;
         let loc = l.locate(lba);
         let row = l.member_row(lba);
-        let dev = slots_of(&self.status[v]).get(loc.member).map_or("?".to_string(), |(d, s)| format!("{d}, {s}"));
-        let mut s = format!("volume lba {lba}: slot {} ({dev}) member lba {}, row {row}", loc.member, loc.member_lba);
+        let dev = slots_of(&self.status[v])
+            .get(loc.member)
+            .map_or("?".to_string(), |(d, s)| format!("{d}, {s}"));
+        let mut s = format!(
+            "volume lba {lba}: slot {} ({dev}) member lba {}, row {row}",
+            loc.member, loc.member_lba
+        );
         if l.level.parity_count() > 0 {
             s += &format!(", P on slot {}", l.p_slot(row));
             if let Some(q) = l.q_slot(row) {
@@ -1214,12 +1591,17 @@ impl Run {
         for (unit, _) in bad {
             let version = self.models[v].rewritten(*unit);
             let data = unit_data(v, *unit, version);
-            let Some(host) = self.host.as_mut() else { return };
+            let Some(host) = self.host.as_mut() else {
+                return;
+            };
             let vio = &mut host.vols[v];
             match vio.q.write(vio.nsid, unit * BLOCKS_PER_UNIT, 9, &data) {
                 Ok(cqe) if cqe.is_success() => self.stats.units_rewritten += 1,
                 r => {
-                    self.violation("host write error", format!("{}: rewriting unit {unit} failed: {r:?}", VOLS[v].name));
+                    self.violation(
+                        "host write error",
+                        format!("{}: rewriting unit {unit} failed: {r:?}", VOLS[v].name),
+                    );
                     return;
                 }
             }
@@ -1234,7 +1616,10 @@ impl Run {
 fn row_units(l: &Layout, g: usize, row: u64) -> std::ops::Range<u64> {
     let sb = l.strip_blocks;
     let (start, len) = if l.level.parity_count() > 0 {
-        (row * l.data_per_stripe() as u64 * sb, l.data_per_stripe() as u64 * sb)
+        (
+            row * l.data_per_stripe() as u64 * sb,
+            l.data_per_stripe() as u64 * sb,
+        )
     } else {
         ((row * l.groups() as u64 + g as u64) * sb, sb)
     };
@@ -1242,7 +1627,9 @@ fn row_units(l: &Layout, g: usize, row: u64) -> std::ops::Range<u64> {
 }
 
 fn expected_parity(l: &Layout, g: usize, row: u64, strips: &[&[u8]]) -> (Vec<u8>, Option<Vec<u8>>) {
-    let data: Vec<&[u8]> = (0..l.data_per_stripe()).map(|i| strips[l.member_of(g, l.data_slot(row, i))]).collect();
+    let data: Vec<&[u8]> = (0..l.data_per_stripe())
+        .map(|i| strips[l.member_of(g, l.data_slot(row, i))])
+        .collect();
     let mut p = vec![0u8; data[0].len()];
     if l.level.parity_count() == 2 {
         let mut q = vec![0u8; p.len()];
@@ -1258,8 +1645,16 @@ fn expected_parity(l: &Layout, g: usize, row: u64, strips: &[&[u8]]) -> (Vec<u8>
 fn row_problem(l: &Layout, g: usize, row: u64, strips: &[&[u8]]) -> Option<String> {
     let m = |slot: usize| l.member_of(g, slot);
     if l.level.parity_count() == 0 {
-        let differ: Vec<usize> = (1..l.group_size).map(m).filter(|&s| strips[s] != strips[m(0)]).collect();
-        return (!differ.is_empty()).then(|| format!("mirror copies on slots {differ:?} differ from slot {}", m(0)));
+        let differ: Vec<usize> = (1..l.group_size)
+            .map(m)
+            .filter(|&s| strips[s] != strips[m(0)])
+            .collect();
+        return (!differ.is_empty()).then(|| {
+            format!(
+                "mirror copies on slots {differ:?} differ from slot {}",
+                m(0)
+            )
+        });
     }
     let (p, q) = expected_parity(l, g, row, strips);
     let mut wrong = Vec::new();
@@ -1325,36 +1720,71 @@ impl Run {
     /// With the target stopped: if the volume's superblocks say clean and every slot
     /// active, every row must be consistent on the member files.
     fn check_files(&mut self, v: usize, context: &str) {
-        let Some(members) = self.open_members(v) else { return };
+        let Some(members) = self.open_members(v) else {
+            return;
+        };
         let rows = members.layout.stripes_per_group() * members.layout.groups() as u64;
         let bad = match members.scan() {
             Ok(b) => b,
-            Err(e) => return self.note(format!("{}: parity check could not read the member files: {e}", VOLS[v].name)),
+            Err(e) => {
+                return self.note(format!(
+                    "{}: parity check could not read the member files: {e}",
+                    VOLS[v].name
+                ))
+            }
         };
         self.stats.parity_checks += 1;
         self.stats.rows_checked += rows;
         if bad.is_empty() {
-            return self.say(&format!("{}: {rows} rows consistent on the member files", VOLS[v].name));
+            return self.say(&format!(
+                "{}: {rows} rows consistent on the member files",
+                VOLS[v].name
+            ));
         }
         self.stats.rows_inconsistent += bad.len() as u64;
-        let first: Vec<String> = bad.iter().take(DETAILS).map(|(g, r, p)| self.row_story(v, &members, *g, *r, p)).collect();
+        let first: Vec<String> = bad
+            .iter()
+            .take(DETAILS)
+            .map(|(g, r, p)| self.row_story(v, &members, *g, *r, p))
+            .collect();
         let what = format!(
             "{}: {} of {rows} rows inconsistent on the member files after {context}, with superblocks saying clean; first: {}",
             VOLS[v].name,
             bad.len(),
             first.join("; ")
         );
-        let hint = if context.contains("delayed") { " [the known class: a stop that runs out its drain limit marks the volume clean without a resync]" } else { "" };
+        let hint = if context.contains("delayed") {
+            " [the known class: a stop that runs out its drain limit marks the volume clean without a resync]"
+        } else {
+            ""
+        };
         self.violation("inconsistent parity", what + hint);
-        let repaired = bad.iter().filter(|(g, r, _)| self.repair_row(v, &members, *g, *r).is_ok()).count();
+        let repaired = bad
+            .iter()
+            .filter(|(g, r, _)| self.repair_row(v, &members, *g, *r).is_ok())
+            .count();
         self.stats.rows_repaired += repaired as u64;
-        self.say(&format!("{}: {repaired} rows repaired offline", VOLS[v].name));
+        self.say(&format!(
+            "{}: {repaired} rows repaired offline",
+            VOLS[v].name
+        ));
     }
 
     fn row_story(&self, v: usize, m: &Members, g: usize, row: u64, problem: &str) -> String {
         let units = row_units(&m.layout, g, row);
-        let unresolved = units.clone().filter(|u| *u < self.models[v].units() && self.models[v].maybe[*u as usize] != NONE).count();
-        let slots: Vec<String> = (0..m.layout.group_size).map(|s| format!("{}={}", m.layout.member_of(g, s), m.names[m.layout.member_of(g, s)])).collect();
+        let unresolved = units
+            .clone()
+            .filter(|u| *u < self.models[v].units() && self.models[v].maybe[*u as usize] != NONE)
+            .count();
+        let slots: Vec<String> = (0..m.layout.group_size)
+            .map(|s| {
+                format!(
+                    "{}={}",
+                    m.layout.member_of(g, s),
+                    m.names[m.layout.member_of(g, s)]
+                )
+            })
+            .collect();
         format!("group {g} row {row} [{}]: {problem} (volume units {}..{}, {unresolved} with a write of unknown outcome)", slots.join(" "), units.start, units.end)
     }
 
@@ -1362,23 +1792,47 @@ impl Run {
     /// the member files in slot order.
     fn open_members(&mut self, v: usize) -> Option<Members> {
         let spec = &VOLS[v];
-        let sbs: Vec<(String, Option<Superblock>)> = spec.pool().into_iter().map(|d| (d.clone(), read_sb(&self.img(&d)))).collect();
-        let Some(auth) = sbs.iter().filter_map(|(_, s)| s.as_ref()).filter(|s| s.volume_name == spec.name).max_by_key(|s| s.generation).cloned() else {
-            self.violation("superblock", format!("{}: no device holds a superblock of the volume", spec.name));
+        let sbs: Vec<(String, Option<Superblock>)> = spec
+            .pool()
+            .into_iter()
+            .map(|d| (d.clone(), read_sb(&self.img(&d))))
+            .collect();
+        let Some(auth) = sbs
+            .iter()
+            .filter_map(|(_, s)| s.as_ref())
+            .filter(|s| s.volume_name == spec.name)
+            .max_by_key(|s| s.generation)
+            .cloned()
+        else {
+            self.violation(
+                "superblock",
+                format!("{}: no device holds a superblock of the volume", spec.name),
+            );
             return None;
         };
         if !auth.clean {
             self.stats.checks_skipped_dirty += 1;
-            self.say(&format!("{}: superblocks say not clean (generation {}): no parity check", spec.name, auth.generation));
+            self.say(&format!(
+                "{}: superblocks say not clean (generation {}): no parity check",
+                spec.name, auth.generation
+            ));
             return None;
         }
-        if auth.rebuild_checkpoint != NO_REBUILD || auth.slots.iter().any(|s| s.state != SlotState::Active) {
+        if auth.rebuild_checkpoint != NO_REBUILD
+            || auth.slots.iter().any(|s| s.state != SlotState::Active)
+        {
             self.stats.checks_skipped_degraded += 1;
             return None;
         }
         let mut names = Vec::new();
         for (slot, s) in auth.slots.iter().enumerate() {
-            let owner = sbs.iter().find(|(_, sb)| sb.as_ref().is_some_and(|sb| sb.volume_uuid == auth.volume_uuid && sb.this_slot as usize == slot && sb.this_device == s.device));
+            let owner = sbs.iter().find(|(_, sb)| {
+                sb.as_ref().is_some_and(|sb| {
+                    sb.volume_uuid == auth.volume_uuid
+                        && sb.this_slot as usize == slot
+                        && sb.this_device == s.device
+                })
+            });
             match owner {
                 Some((d, _)) => names.push(d.clone()),
                 None => {
@@ -1387,14 +1841,36 @@ impl Run {
                 }
             }
         }
-        let said: Vec<String> = slots_of(&self.status[v]).into_iter().map(|(d, _)| d).collect();
+        let said: Vec<String> = slots_of(&self.status[v])
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
         if said != names {
             self.violation("superblock", format!("{}: the superblocks put {names:?} in the slots, volume_status said {said:?} before the stop", spec.name));
         }
-        let files = names.iter().map(|d| File::options().read(true).write(true).open(self.img(d))).collect::<Result<Vec<_>, _>>().ok()?;
-        let layout = Layout::new(spec.level, &vec![auth.member_blocks; names.len()], spec.group, auth.strip_blocks as u64).ok()?;
-        let (base, strip) = (auth.data_offset * auth.block_size as u64, (auth.strip_blocks * auth.block_size) as usize);
-        Some(Members { names, files, layout, base, strip })
+        let files = names
+            .iter()
+            .map(|d| File::options().read(true).write(true).open(self.img(d)))
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let layout = Layout::new(
+            spec.level,
+            &vec![auth.member_blocks; names.len()],
+            spec.group,
+            auth.strip_blocks as u64,
+        )
+        .ok()?;
+        let (base, strip) = (
+            auth.data_offset * auth.block_size as u64,
+            (auth.strip_blocks * auth.block_size) as usize,
+        );
+        Some(Members {
+            names,
+            files,
+            layout,
+            base,
+            strip,
+        })
     }
 
     /// Make one row consistent offline: parity from the data (which is what the host
@@ -1413,7 +1889,9 @@ impl Run {
         } else {
             let first_unit = row_units(l, g, row).start;
             for (i, piece) in (0..m.strip).step_by(UNIT).enumerate() {
-                let copies: Vec<&[u8]> = (0..l.group_size).map(|c| &strips[l.member_of(g, c)][piece..piece + UNIT]).collect();
+                let copies: Vec<&[u8]> = (0..l.group_size)
+                    .map(|c| &strips[l.member_of(g, c)][piece..piece + UNIT])
+                    .collect();
                 let best = self.expected_copy(v, first_unit + i as u64, &copies);
                 for c in (0..l.group_size).filter(|&c| c != best) {
                     m.write_strip(l.member_of(g, c), row, piece, copies[best])?;
@@ -1429,8 +1907,15 @@ impl Run {
         if unit >= model.units() {
             return 0;
         }
-        let ok: Vec<Vec<u8>> = [model.acked[unit as usize], model.maybe[unit as usize]].iter().filter(|x| **x != NONE).map(|x| unit_data(v, unit, *x)).collect();
-        copies.iter().position(|c| ok.iter().any(|o| o == c)).unwrap_or(0)
+        let ok: Vec<Vec<u8>> = [model.acked[unit as usize], model.maybe[unit as usize]]
+            .iter()
+            .filter(|x| **x != NONE)
+            .map(|x| unit_data(v, unit, *x))
+            .collect();
+        copies
+            .iter()
+            .position(|c| ok.iter().any(|o| o == c))
+            .unwrap_or(0)
     }
 }
 
@@ -1442,7 +1927,12 @@ impl Run {
         let rebuildable = self.losable().iter().any(|(v, _)| self.has_spare(*v));
         let spare_wanted = (0..VOLS.len()).any(|v| self.wants_spare(v));
         let degraded = self.status.iter().any(|s| s["state"] != "online");
-        let mut table: Vec<(Kind, u64)> = vec![(Kind::Restart, 20), (Kind::Crash, 25), (Kind::SlowStop, 12), (Kind::SlowMember, 12)];
+        let mut table: Vec<(Kind, u64)> = vec![
+            (Kind::Restart, 20),
+            (Kind::Crash, 25),
+            (Kind::SlowStop, 12),
+            (Kind::SlowMember, 12),
+        ];
         if losable {
             table.extend([(Kind::FailMember, 15), (Kind::FailIo, 18)]);
         }
@@ -1491,19 +1981,28 @@ impl Run {
         let n = self.inflight();
         self.crash("random");
         self.start_target("after kill -9");
-        format!("load {:.1} s, kill -9 with {n} writes in flight, restart", d.as_secs_f64())
+        format!(
+            "load {:.1} s, kill -9 with {n} writes in flight, restart",
+            d.as_secs_f64()
+        )
     }
 
     /// A member delayed by seconds: the stop's drain limit (5 s) runs out with member
     /// writes in flight. The superblocks must then say not clean, or the stripes be whole.
     fn step_slow_stop(&mut self) -> String {
         // A healthy volume, so what the check finds is the stop's doing, not a write hole.
-        let healthy: Vec<usize> = (0..VOLS.len()).filter(|&v| self.status[v]["state"] == "online").collect();
+        let healthy: Vec<usize> = (0..VOLS.len())
+            .filter(|&v| self.status[v]["state"] == "online")
+            .collect();
         if healthy.is_empty() {
             return "no healthy volume to slow".into();
         }
         let v = *self.rng.pick(&healthy);
-        let active: Vec<String> = slots_of(&self.status[v]).into_iter().filter(|(_, s)| s == "active").map(|(d, _)| d).collect();
+        let active: Vec<String> = slots_of(&self.status[v])
+            .into_iter()
+            .filter(|(_, s)| s == "active")
+            .map(|(d, _)| d)
+            .collect();
         let dev = self.rng.pick(&active).clone();
         let secs = self.rng.range(6, 10);
         if let Err(e) = self.fault(&dev, "delay", Some(secs * 1_000_000)) {
@@ -1511,13 +2010,27 @@ impl Run {
         }
         let d = self.rng.millis(1000, 2500);
         self.load_for(d);
-        self.stop_orderly(&format!("an orderly stop while {dev} of {} was delayed by {secs} s per I/O", VOLS[v].name), true);
+        self.stop_orderly(
+            &format!(
+                "an orderly stop while {dev} of {} was delayed by {secs} s per I/O",
+                VOLS[v].name
+            ),
+            true,
+        );
         self.start_target("after a stop with a slow member");
-        format!("{}: {dev} delayed {secs} s per I/O, load {:.1} s, SIGTERM, restart", VOLS[v].name, d.as_secs_f64())
+        format!(
+            "{}: {dev} delayed {secs} s per I/O, load {:.1} s, SIGTERM, restart",
+            VOLS[v].name,
+            d.as_secs_f64()
+        )
     }
 
     fn step_crash_in_rebuild(&mut self) -> String {
-        let choices: Vec<(usize, String)> = self.losable().into_iter().filter(|(v, _)| self.has_spare(*v)).collect();
+        let choices: Vec<(usize, String)> = self
+            .losable()
+            .into_iter()
+            .filter(|(v, _)| self.has_spare(*v))
+            .collect();
         let (v, dev) = self.rng.pick(&choices).clone();
         let name = VOLS[v].name;
         let d0 = self.rng.millis(200, 800);
@@ -1530,49 +2043,94 @@ impl Run {
         let mut seen = (false, 0.0, 0u64);
         while Instant::now() < deadline && self.fetch_status() && self.fatal.is_none() {
             let rb = &self.status[v]["rebuild"];
-            seen = (rb["active"] == true, rb["percent"].as_f64().unwrap_or(0.0), rb["rows_done"].as_u64().unwrap_or(0));
+            seen = (
+                rb["active"] == true,
+                rb["percent"].as_f64().unwrap_or(0.0),
+                rb["rows_done"].as_u64().unwrap_or(0),
+            );
             if seen.0 && seen.1 >= goal || !seen.0 && seen.1 >= 100.0 {
                 break;
             }
             self.load_for(Duration::from_millis(100));
         }
         if !seen.0 {
-            self.note(format!("{name}: no rebuild running when the kill came (percent {:.0})", seen.1));
+            self.note(format!(
+                "{name}: no rebuild running when the kill came (percent {:.0})",
+                seen.1
+            ));
         }
         self.crash(&format!("during the rebuild of {name} at {:.0}%", seen.1));
         self.start_target("after kill -9 during a rebuild");
-        let rb = self.status.get(v).map(|s| s["rebuild"].clone()).unwrap_or(Value::Null);
+        let rb = self
+            .status
+            .get(v)
+            .map(|s| s["rebuild"].clone())
+            .unwrap_or(Value::Null);
         let resumed = rb["rows_done"].as_u64().unwrap_or(0);
         if rb["active"] == true && resumed > 0 {
             self.stats.rebuilds_resumed += 1;
         }
-        if seen.0 && rb["active"] != true && self.status.get(v).is_some_and(|s| s["state"] != "online") {
-            self.note(format!("{name}: the rebuild killed at {:.0}% did not resume: {}", seen.1, self.status[v]));
+        if seen.0
+            && rb["active"] != true
+            && self.status.get(v).is_some_and(|s| s["state"] != "online")
+        {
+            self.note(format!(
+                "{name}: the rebuild killed at {:.0}% did not resume: {}",
+                seen.1, self.status[v]
+            ));
         }
         format!("{name}: {dev} failed, rebuild killed at {:.0}% (row {}), resumed at row {resumed} of {}", seen.1, seen.2, rb["rows"])
     }
 
     fn fail_member(&mut self, v: usize, dev: &str) -> Result<Value, String> {
         self.expected_failures.insert(dev.to_string());
-        self.rpc("volume_fail_member", json!({"volume": VOLS[v].name, "member": dev}))
+        self.rpc(
+            "volume_fail_member",
+            json!({"volume": VOLS[v].name, "member": dev}),
+        )
     }
 
     fn step_fail_member(&mut self) -> String {
-        let (v, dev) = { let l = self.losable(); self.rng.pick(&l).clone() };
+        let (v, dev) = {
+            let l = self.losable();
+            self.rng.pick(&l).clone()
+        };
         let spare = self.has_spare(v);
         let d0 = self.rng.millis(300, 1000);
         self.load_for(d0);
         if let Err(e) = self.fail_member(v, &dev) {
-            self.violation("management", format!("{}: volume_fail_member {dev} refused although the volume can lose it: {e}", VOLS[v].name));
+            self.violation(
+                "management",
+                format!(
+                    "{}: volume_fail_member {dev} refused although the volume can lose it: {e}",
+                    VOLS[v].name
+                ),
+            );
         }
         let d = self.rng.millis(2000, 5000);
         self.load_for(d);
         let _ = self.fetch_status();
-        format!("{}: {dev} failed by the management call ({}), load {:.1} s, volume {}", VOLS[v].name, if spare { "a spare takes over" } else { "no spare" }, d.as_secs_f64(), self.status[v]["state"].as_str().unwrap_or("?"))
+        format!(
+            "{}: {dev} failed by the management call ({}), load {:.1} s, volume {}",
+            VOLS[v].name,
+            if spare {
+                "a spare takes over"
+            } else {
+                "no spare"
+            },
+            d.as_secs_f64(),
+            self.status[v]["state"].as_str().unwrap_or("?")
+        )
     }
 
     fn step_slow_member(&mut self) -> String {
-        let (v, dev) = { let l = self.losable(); if l.is_empty() { return "no member to slow".into(); } self.rng.pick(&l).clone() };
+        let (v, dev) = {
+            let l = self.losable();
+            if l.is_empty() {
+                return "no member to slow".into();
+            }
+            self.rng.pick(&l).clone()
+        };
         let ms = self.rng.range(10, 50);
         if let Err(e) = self.fault(&dev, "delay", Some(ms * 1000)) {
             return format!("delay refused: {e}");
@@ -1581,12 +2139,21 @@ impl Run {
         self.load_for(d);
         let _ = self.fault(&dev, "heal", None);
         self.expected_failures.remove(&dev);
-        format!("{}: {dev} delayed {ms} ms per I/O for {:.1} s, then healed", VOLS[v].name, d.as_secs_f64())
+        format!(
+            "{}: {dev} delayed {ms} ms per I/O for {:.1} s, then healed",
+            VOLS[v].name,
+            d.as_secs_f64()
+        )
     }
 
     fn step_fail_io(&mut self) -> String {
-        let (v, dev) = { let l = self.losable(); self.rng.pick(&l).clone() };
-        let action = *self.rng.pick(&["fail_writes", "fail_writes", "fail_reads", "fail"]);
+        let (v, dev) = {
+            let l = self.losable();
+            self.rng.pick(&l).clone()
+        };
+        let action = *self
+            .rng
+            .pick(&["fail_writes", "fail_writes", "fail_reads", "fail"]);
         if let Err(e) = self.fault(&dev, action, None) {
             return format!("{action} on {dev} refused: {e}");
         }
@@ -1595,10 +2162,20 @@ impl Run {
         if action == "fail_reads" {
             self.verify_all(); // reads hit the member while it fails them
         }
-        let injected = self.fault(&dev, "heal", None).map(|r| r["injected"].as_u64().unwrap_or(0)).unwrap_or(0);
+        let injected = self
+            .fault(&dev, "heal", None)
+            .map(|r| r["injected"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
         let _ = self.fetch_status();
-        let state = slots_of(&self.status[v]).into_iter().find(|(d, _)| *d == dev).map_or("replaced".to_string(), |(_, s)| s);
-        format!("{}: {action} on {dev} for {:.1} s, {injected} I/Os failed, member now {state}", VOLS[v].name, d.as_secs_f64())
+        let state = slots_of(&self.status[v])
+            .into_iter()
+            .find(|(d, _)| *d == dev)
+            .map_or("replaced".to_string(), |(_, s)| s);
+        format!(
+            "{}: {action} on {dev} for {:.1} s, {injected} I/Os failed, member now {state}",
+            VOLS[v].name,
+            d.as_secs_f64()
+        )
     }
 
     fn step_add_spare(&mut self) -> String {
@@ -1608,7 +2185,11 @@ impl Run {
         let d = self.rng.millis(1000, 3000);
         self.load_for(d);
         let _ = self.fetch_status();
-        format!("{}: {story}; volume {}", VOLS[v].name, self.status[v]["state"].as_str().unwrap_or("?"))
+        format!(
+            "{}: {story}; volume {}",
+            VOLS[v].name,
+            self.status[v]["state"].as_str().unwrap_or("?")
+        )
     }
 
     /// Give volume `v` a device back as a spare: a free one (a former member a spare took
@@ -1619,23 +2200,41 @@ impl Run {
         let failed = self.failed_in_slot(v);
         if failed.is_empty() || !free.is_empty() && self.rng.chance(0.5) {
             let dev = self.rng.pick(&free).clone();
-            let kind = if read_sb(&self.img(&dev)).is_some() { "a former member (superblock of this volume on it)" } else { "a blank device" };
+            let kind = if read_sb(&self.img(&dev)).is_some() {
+                "a former member (superblock of this volume on it)"
+            } else {
+                "a blank device"
+            };
             return self.add_or_zero(v, &dev, kind);
         }
         let dev = self.rng.pick(&failed).clone();
         let (name, mut story) = (VOLS[v].name, Vec::new());
         match self.add_spare(v, &dev) {
             Ok(_) => {
-                self.learn("add-spare of a failed member still in its slot: accepted".into(), v, &dev);
+                self.learn(
+                    "add-spare of a failed member still in its slot: accepted".into(),
+                    v,
+                    &dev,
+                );
                 return format!("added failed member {dev} as a spare without removing it");
             }
             Err(e) => {
-                self.learn(format!("add-spare of a failed member still in its slot: refused: {e}"), v, &dev);
+                self.learn(
+                    format!("add-spare of a failed member still in its slot: refused: {e}"),
+                    v,
+                    &dev,
+                );
                 story.push(format!("add-spare of failed member {dev} refused"));
             }
         }
-        if let Err(e) = self.rpc("volume_remove_member", json!({"volume": name, "member": dev})) {
-            self.violation("management", format!("{name}: remove-member of failed member {dev} refused: {e}"));
+        if let Err(e) = self.rpc(
+            "volume_remove_member",
+            json!({"volume": name, "member": dev}),
+        ) {
+            self.violation(
+                "management",
+                format!("{name}: remove-member of failed member {dev} refused: {e}"),
+            );
             return story.join(", ");
         }
         self.stats.members_removed += 1;
@@ -1646,11 +2245,17 @@ impl Run {
 
     /// Record what the target said, with the device and volume names taken out.
     fn learn(&mut self, fact: String, v: usize, dev: &str) {
-        self.stats.learned.insert(fact.replace(&format!("'{dev}'"), "'DEV'").replace(&format!("'{}'", VOLS[v].name), "'VOL'"));
+        self.stats.learned.insert(
+            fact.replace(&format!("'{dev}'"), "'DEV'")
+                .replace(&format!("'{}'", VOLS[v].name), "'VOL'"),
+        );
     }
 
     fn add_spare(&mut self, v: usize, dev: &str) -> Result<Value, String> {
-        self.rpc("volume_add_spare", json!({"volume": VOLS[v].name, "device": dev}))
+        self.rpc(
+            "volume_add_spare",
+            json!({"volume": VOLS[v].name, "device": dev}),
+        )
     }
 
     /// Add `dev` (`kind` says what it was) as a spare; if the target refuses it, zero its
@@ -1666,7 +2271,10 @@ impl Run {
             }
             Err(e) => {
                 self.learn(format!("add-spare of {kind}: refused: {e}"), v, dev);
-                self.note(format!("{}: add-spare of {dev} refused: {e}; zeroing its first MiB", VOLS[v].name));
+                self.note(format!(
+                    "{}: add-spare of {dev} refused: {e}; zeroing its first MiB",
+                    VOLS[v].name
+                ));
             }
         }
         let zero = || -> std::io::Result<()> {
@@ -1684,7 +2292,10 @@ impl Run {
                 format!("added {dev} as a spare after zeroing its first MiB")
             }
             Err(e) => {
-                self.note(format!("{}: add-spare of {dev} refused even after zeroing: {e}", VOLS[v].name));
+                self.note(format!(
+                    "{}: add-spare of {dev} refused even after zeroing: {e}",
+                    VOLS[v].name
+                ));
                 format!("{dev} refused twice")
             }
         }
@@ -1727,7 +2338,12 @@ impl Run {
             return;
         }
         *self.stats.steps.entry(kind.name()).or_default() += 1;
-        println!("[{:>4} {}] {}", self.step, clock(self.t0.elapsed()), kind.name());
+        println!(
+            "[{:>4} {}] {}",
+            self.step,
+            clock(self.t0.elapsed()),
+            kind.name()
+        );
         let story = self.run_step(kind);
         self.say(&story);
         if self.fatal.is_some() {
@@ -1749,13 +2365,19 @@ impl Run {
             return;
         }
         self.step += 1;
-        println!("[{:>4} {}] final: wait for quiet, verify, clean stop, parity check", self.step, clock(self.t0.elapsed()));
+        println!(
+            "[{:>4} {}] final: wait for quiet, verify, clean stop, parity check",
+            self.step,
+            clock(self.t0.elapsed())
+        );
         self.heal_all();
         for _ in 0..8 {
             if !self.wait_idle() {
                 return;
             }
-            let Some(v) = (0..VOLS.len()).find(|&v| self.status[v]["state"] != "online") else { break };
+            let Some(v) = (0..VOLS.len()).find(|&v| self.status[v]["state"] != "online") else {
+                break;
+            };
             let story = self.give_spare(v);
             self.say(&format!("{}: {story}", VOLS[v].name));
         }
@@ -1768,28 +2390,73 @@ impl Run {
         let s = &self.stats;
         let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!("\n================ faultrun summary ================");
-        println!("duration            {} (seed {}, replay with --seed {})", clock(self.t0.elapsed()), self.seed, self.seed);
+        println!(
+            "duration            {} (seed {}, replay with --seed {})",
+            clock(self.t0.elapsed()),
+            self.seed,
+            self.seed
+        );
         println!("run directory       {}", self.dir.display());
         println!("target log          {}", self.target.log.display());
-        println!("volumes             {}", VOLS.iter().map(|v| format!("{} ({:?}, {} members, {} KiB strip, {} spares)", v.name, v.level, v.members, v.strip >> 10, v.spares)).collect::<Vec<_>>().join(", "));
+        println!(
+            "volumes             {}",
+            VOLS.iter()
+                .map(|v| format!(
+                    "{} ({:?}, {} members, {} KiB strip, {} spares)",
+                    v.name,
+                    v.level,
+                    v.members,
+                    v.strip >> 10,
+                    v.spares
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         println!("steps               {}", self.step);
         for (k, n) in &s.steps {
             println!("  {k:<24} {n}");
         }
-        println!("writes acknowledged {} ({:.1} MiB), failed {}", s.writes_acked, mib(s.bytes_acked), s.write_errors);
-        println!("verified            {:.1} MiB read back in {} passes", mib(s.bytes_verified), s.verifications);
+        println!(
+            "writes acknowledged {} ({:.1} MiB), failed {}",
+            s.writes_acked,
+            mib(s.bytes_acked),
+            s.write_errors
+        );
+        println!(
+            "verified            {:.1} MiB read back in {} passes",
+            mib(s.bytes_verified),
+            s.verifications
+        );
         println!("target starts       {} (orderly stops {}, of which {} left volumes dirty at the drain limit; kill -9 {})", s.starts, s.orderly_stops, s.stops_left_dirty, s.kills);
-        println!("rebuilds            {} started, {} completed, {} resumed after kill -9", s.rebuilds_started, s.rebuilds_completed, s.rebuilds_resumed);
-        println!("resyncs             {} observed at start, {} seen finishing", s.resyncs_observed, s.resyncs_completed);
-        println!("parity checks       {} ({} rows checked, {} inconsistent, {} repaired offline)", s.parity_checks, s.rows_checked, s.rows_inconsistent, s.rows_repaired);
-        println!("  skipped           {} with superblocks not clean, {} with a slot not active", s.checks_skipped_dirty, s.checks_skipped_degraded);
-        println!("unknown outcomes    {} units found old, {} new, {} torn (sector mix)", s.inflight_old, s.inflight_new, s.torn_units);
+        println!(
+            "rebuilds            {} started, {} completed, {} resumed after kill -9",
+            s.rebuilds_started, s.rebuilds_completed, s.rebuilds_resumed
+        );
+        println!(
+            "resyncs             {} observed at start, {} seen finishing",
+            s.resyncs_observed, s.resyncs_completed
+        );
+        println!(
+            "parity checks       {} ({} rows checked, {} inconsistent, {} repaired offline)",
+            s.parity_checks, s.rows_checked, s.rows_inconsistent, s.rows_repaired
+        );
+        println!(
+            "  skipped           {} with superblocks not clean, {} with a slot not active",
+            s.checks_skipped_dirty, s.checks_skipped_degraded
+        );
+        println!(
+            "unknown outcomes    {} units found old, {} new, {} torn (sector mix)",
+            s.inflight_old, s.inflight_new, s.torn_units
+        );
         println!("spares              {} added back, {} failed members removed, {} devices zeroed before re-adding", s.spares_added, s.members_removed, s.devices_zeroed);
         for fact in &s.learned {
             println!("  re-adding        {fact}");
         }
         if s.units_rewritten > 0 {
-            println!("units rewritten     {} (wrong or torn units given a fresh version)", s.units_rewritten);
+            println!(
+                "units rewritten     {} (wrong or torn units given a fresh version)",
+                s.units_rewritten
+            );
         }
         if !s.notes.is_empty() {
             println!("notes:");
@@ -1819,8 +2486,15 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { minutes: 30.0, seed: 0, dir: None, keep: false };
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let mut a = Args {
+        minutes: 30.0,
+        seed: 0,
+        dir: None,
+        keep: false,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
     a.seed = now.as_nanos() as u64 % 1_000_000_007;
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -1831,7 +2505,9 @@ fn parse_args() -> Args {
             "--dir" => a.dir = Some(PathBuf::from(val("--dir"))),
             "--keep" => a.keep = true,
             "--bench" => {}
-            other => panic!("unknown argument '{other}' (use --minutes M, --seed N, --dir PATH, --keep)"),
+            other => {
+                panic!("unknown argument '{other}' (use --minutes M, --seed N, --dir PATH, --keep)")
+            }
         }
     }
     a
@@ -1839,13 +2515,22 @@ fn parse_args() -> Args {
 
 fn main() {
     let args = parse_args();
-    let dir = args.dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("faultrun-{}", args.seed)));
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("faultrun-{}", args.seed)));
     std::fs::create_dir_all(&dir).expect("run directory");
     for d in VOLS.iter().flat_map(|v| v.pool()) {
         let _ = std::fs::remove_file(dir.join(format!("{d}.img")));
     }
     let _ = std::fs::remove_file(dir.join("target.log"));
-    println!("faultrun: seed {} (replay with --seed {}), {} minutes, run directory {}", args.seed, args.seed, args.minutes, dir.display());
+    println!(
+        "faultrun: seed {} (replay with --seed {}), {} minutes, run directory {}",
+        args.seed,
+        args.seed,
+        args.minutes,
+        dir.display()
+    );
     let mut run = Run::new(args.seed, dir.clone());
     println!("target log: {}", run.target.log.display());
     let until = Instant::now() + Duration::from_secs_f64(args.minutes * 60.0);

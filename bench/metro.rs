@@ -33,12 +33,19 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn arg(name: &str, default: &str) -> String {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned()).unwrap_or_else(|| default.to_string())
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.to_string())
 }
 
 fn bytes(s: &str) -> u64 {
@@ -52,7 +59,13 @@ fn bytes(s: &str) -> u64 {
 }
 
 /// A RAID-1 of two sparse files, and optionally the stretch over it.
-fn config(dir: &Path, core: usize, host_port: u16, volume_mib: u64, stretch: Option<(&str, &str, u16, u16)>) -> String {
+fn config(
+    dir: &Path,
+    core: usize,
+    host_port: u16,
+    volume_mib: u64,
+    stretch: Option<(&str, &str, u16, u16)>,
+) -> String {
     let d = dir.display();
     let mut c = format!("[reactor]\ncores = [{core}]\n[management]\nsocket = \"{d}/mgmt.sock\"\n[metrics]\naddress = \"\"\n[[listener]]\naddress = \"127.0.0.1:{host_port}\"\n");
     for m in 0..2 {
@@ -76,10 +89,20 @@ fn start(dir: &Path, cfg: String) -> Proc {
     let path = dir.join("t.toml");
     std::fs::write(&path, cfg).unwrap();
     let log = std::fs::File::create(dir.join("target.log")).unwrap();
-    let child = Command::new(BIN).args(["serve", "--config"]).arg(&path).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while call(&dir.join("mgmt.sock"), "volume_status", json!({})).is_err() {
-        assert!(Instant::now() < deadline, "target in {} did not start", dir.display());
+        assert!(
+            Instant::now() < deadline,
+            "target in {} did not start",
+            dir.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     Proc(child)
@@ -88,7 +111,16 @@ fn start(dir: &Path, cfg: String) -> Proc {
 fn relay(dir: &Path, name: &str, listen: u16, to: u16, rate: u64) -> Proc {
     let ctl = dir.join(format!("{name}.sock"));
     let child = Command::new(BIN)
-        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--rate", &rate.to_string(), "--control"])
+        .args([
+            "relay",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--to",
+            &format!("127.0.0.1:{to}"),
+            "--rate",
+            &rate.to_string(),
+            "--control",
+        ])
         .arg(&ctl)
         .stdout(Stdio::null())
         .spawn()
@@ -102,11 +134,18 @@ fn relay(dir: &Path, name: &str, listen: u16, to: u16, rate: u64) -> Proc {
 }
 
 fn site_status(dir: &Path) -> Value {
-    call(&dir.join("mgmt.sock"), "site_status", json!({})).map(|v| v[0].clone()).unwrap_or(Value::Null)
+    call(&dir.join("mgmt.sock"), "site_status", json!({}))
+        .map(|v| v[0].clone())
+        .unwrap_or(Value::Null)
 }
 
 fn queue(port: u16) -> (HostController, Queue, u32, u64) {
-    let mut c = HostController::connect(format!("127.0.0.1:{port}").parse().unwrap(), NQN, &QueueOptions::default()).unwrap();
+    let mut c = HostController::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        NQN,
+        &QueueOptions::default(),
+    )
+    .unwrap();
     c.set_queue_count(1).unwrap();
     let (shift, blocks) = c.namespace_geometry(1).unwrap();
     let q = c.io_queue(1).unwrap();
@@ -137,7 +176,14 @@ fn qd1_writes(port: u16, n: usize) -> (f64, f64, f64) {
 }
 
 fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default()
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -145,20 +191,36 @@ fn main() {
     let rate = bytes(&arg("--rate", "100M"));
     let writes: usize = arg("--writes", "2000").parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (da, db, dl) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("local"));
+    let (da, db, dl) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("local"),
+    );
     let (ha, hb, hl) = (free_port(), free_port(), free_port());
     let (la, lb, ra, rb) = (free_port(), free_port(), free_port(), free_port());
     println!("cpu: {}", cpu_model());
-    println!("volume: RAID-1 of two sparse files, {volume_mib} MiB; site link through nvmf-raid relay");
+    println!(
+        "volume: RAID-1 of two sparse files, {volume_mib} MiB; site link through nvmf-raid relay"
+    );
 
     let rl = free_port();
-    let _relays = [relay(dir.path(), "to-a", ra, la, rate), relay(dir.path(), "to-b", rb, lb, rate), relay(dir.path(), "to-local", rl, hl, 0)];
+    let _relays = [
+        relay(dir.path(), "to-a", ra, la, rate),
+        relay(dir.path(), "to-b", rb, lb, rate),
+        relay(dir.path(), "to-local", rl, hl, 0),
+    ];
     // Each site on its own core, as on two machines (two reactors polling on one core
     // would take turns and time each other's waits).
     let _local = start(&dl, config(&dl, 0, hl, volume_mib, None));
     let started = Instant::now();
-    let _a = start(&da, config(&da, 0, ha, volume_mib, Some(("a", "b", la, rb))));
-    let _b = start(&db, config(&db, 1, hb, volume_mib, Some(("b", "a", lb, ra))));
+    let _a = start(
+        &da,
+        config(&da, 0, ha, volume_mib, Some(("a", "b", la, rb))),
+    );
+    let _b = start(
+        &db,
+        config(&db, 1, hb, volume_mib, Some(("b", "a", lb, ra))),
+    );
     let mut source_at = None;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -169,33 +231,71 @@ fn main() {
         if sa["mode"] == "mirrored" && sb["mode"] == "mirrored" {
             break;
         }
-        assert!(Instant::now() < deadline, "the sites did not reach mirrored: {sa} {sb}");
+        assert!(
+            Instant::now() < deadline,
+            "the sites did not reach mirrored: {sa} {sb}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let copy_secs = source_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let copied = site_status(&da)["resync_bytes"].as_u64().unwrap_or(0);
     let mbps = copied as f64 / copy_secs.max(1e-3) / 1e6;
-    println!("\n## Resync through a link limited to {} MB/s", rate as f64 / 1e6);
+    println!(
+        "\n## Resync through a link limited to {} MB/s",
+        rate as f64 / 1e6
+    );
     println!("| copied | time | throughput | of the link limit |");
     println!("|---:|---:|---:|---:|");
-    println!("| {:.0} MiB | {copy_secs:.2} s | {mbps:.1} MB/s | {:.0}% |", copied as f64 / (1 << 20) as f64, 100.0 * mbps * 1e6 / rate as f64);
-    println!("(from start to mirrored: {:.2} s)", started.elapsed().as_secs_f64());
+    println!(
+        "| {:.0} MiB | {copy_secs:.2} s | {mbps:.1} MB/s | {:.0}% |",
+        copied as f64 / (1 << 20) as f64,
+        100.0 * mbps * 1e6 / rate as f64
+    );
+    println!(
+        "(from start to mirrored: {:.2} s)",
+        started.elapsed().as_secs_f64()
+    );
 
     for r in ["to-a", "to-b"] {
-        call(&dir.path().join(format!("{r}.sock")), "relay_set", json!({"rate": 0})).unwrap();
+        call(
+            &dir.path().join(format!("{r}.sock")),
+            "relay_set",
+            json!({"rate": 0}),
+        )
+        .unwrap();
     }
     println!("\n## QD1 4 KiB random writes ({writes} per row), microseconds");
     println!("| one-way link delay | path | mean | p50 | p99 | mean over local |");
     println!("|---:|---|---:|---:|---:|---:|");
     for delay_ms in [0.0, 0.5, 1.0] {
         for r in ["to-a", "to-b", "to-local"] {
-            call(&dir.path().join(format!("{r}.sock")), "relay_set", json!({"delay_ms": delay_ms})).unwrap();
+            call(
+                &dir.path().join(format!("{r}.sock")),
+                "relay_set",
+                json!({"delay_ms": delay_ms}),
+            )
+            .unwrap();
         }
         let local = qd1_writes(hl, writes);
-        let rows = [("local volume (no peer)", hl), ("local volume through the link (one round trip, no peer)", rl), ("site A (leader)", ha), ("site B (follower)", hb)];
+        let rows = [
+            ("local volume (no peer)", hl),
+            (
+                "local volume through the link (one round trip, no peer)",
+                rl,
+            ),
+            ("site A (leader)", ha),
+            ("site B (follower)", hb),
+        ];
         for (name, port) in rows {
-            let (mean, p50, p99) = if port == hl { local } else { qd1_writes(port, writes) };
-            println!("| {delay_ms} ms | {name} | {mean:.0} | {p50:.0} | {p99:.0} | +{:.0} |", mean - local.0);
+            let (mean, p50, p99) = if port == hl {
+                local
+            } else {
+                qd1_writes(port, writes)
+            };
+            println!(
+                "| {delay_ms} ms | {name} | {mean:.0} | {p50:.0} | {p99:.0} | +{:.0} |",
+                mean - local.0
+            );
         }
     }
     println!("\n(expected: at the leader, local + one link round trip + the peer's own write; at the follower, one more round trip.");

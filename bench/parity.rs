@@ -52,7 +52,11 @@ impl Buf {
         let base = unsafe { alloc_zeroed(Self::layout(len)) };
         assert!(!base.is_null());
         // SAFETY: skew < 4096, inside the allocation.
-        Buf { base, ptr: unsafe { base.add(skew) }, len }
+        Buf {
+            base,
+            ptr: unsafe { base.add(skew) },
+            len,
+        }
     }
     fn new(len: usize) -> Buf {
         Buf::skewed(len, 0)
@@ -167,14 +171,26 @@ fn main() {
         .position(|a| a == "--stagger")
         .and_then(|i| args.get(i + 1).cloned())
         .or_else(|| std::env::var("PARITY_BENCH_STAGGER").ok())
-        .map(|v| v.parse().expect("--stagger takes a byte count, a multiple of 64"))
+        .map(|v| {
+            v.parse()
+                .expect("--stagger takes a byte count, a multiple of 64")
+        })
         .unwrap_or(0);
-    assert!(stagger.is_multiple_of(64), "--stagger must be a multiple of 64");
+    assert!(
+        stagger.is_multiple_of(64),
+        "--stagger must be a multiple of 64"
+    );
     let skew = |i: usize| (i * stagger) % 4096;
     let cfg = if short {
-        Cfg { reps: 3, rep_time: Duration::from_millis(15) }
+        Cfg {
+            reps: 3,
+            rep_time: Duration::from_millis(15),
+        }
     } else {
-        Cfg { reps: 9, rep_time: Duration::from_millis(60) }
+        Cfg {
+            reps: 9,
+            rep_time: Duration::from_millis(60),
+        }
     };
     let started = Instant::now();
     println!(
@@ -201,9 +217,15 @@ fn main() {
     let mut worst: Vec<(String, f64)> = Vec::new();
     for &k in &[4usize, 8, 16] {
         for &bs in &[4096usize, 65536, 1 << 20] {
-            let label = if bs >= 1 << 20 { format!("{} MiB", bs >> 20) } else { format!("{} KiB", bs >> 10) };
+            let label = if bs >= 1 << 20 {
+                format!("{} MiB", bs >> 20)
+            } else {
+                format!("{} KiB", bs >> 10)
+            };
             let mut st = Stripe {
-                data: (0..k).map(|i| Buf::random_skewed(bs, skew(i), (k * 100 + i) as u64 + bs as u64)).collect(),
+                data: (0..k)
+                    .map(|i| Buf::random_skewed(bs, skew(i), (k * 100 + i) as u64 + bs as u64))
+                    .collect(),
                 p: Buf::skewed(bs, skew(k)),
                 q: Buf::skewed(bs, skew(k + 1)),
             };
@@ -232,7 +254,8 @@ fn main() {
             // ---- xor ----
             {
                 let data: Vec<&[u8]> = st.data.iter().map(|b| b.as_ref()).collect();
-                let mut arr: Vec<*mut std::ffi::c_void> = st.data.iter().map(|b| b.ptr.cast()).collect();
+                let mut arr: Vec<*mut std::ffi::c_void> =
+                    st.data.iter().map(|b| b.ptr.cast()).collect();
                 arr.push(ip.ptr.cast());
                 // SAFETY: k + 1 valid, 32-byte-aligned pointers of bs bytes.
                 let rc = unsafe { isal::xor_gen((k + 1) as c_int, bs as c_int, arr.as_mut_ptr()) };
@@ -260,7 +283,8 @@ fn main() {
             // ---- pq ----
             {
                 let data: Vec<&[u8]> = st.data.iter().map(|b| b.as_ref()).collect();
-                let mut arr: Vec<*mut std::ffi::c_void> = st.data.iter().map(|b| b.ptr.cast()).collect();
+                let mut arr: Vec<*mut std::ffi::c_void> =
+                    st.data.iter().map(|b| b.ptr.cast()).collect();
                 arr.push(ip.ptr.cast());
                 arr.push(iq.ptr.cast());
                 // SAFETY: k + 2 valid, 32-byte-aligned pointers of bs bytes; bs % 32 == 0.
@@ -268,7 +292,10 @@ fn main() {
                 assert_eq!(rc, 0);
                 let (p, q) = (st.p.as_mut(), st.q.as_mut());
                 parity::pq_gen(&data, p, q);
-                assert!(p == ip.as_ref() && q == iq.as_ref(), "pq_gen differs from ISA-L");
+                assert!(
+                    p == ip.as_ref() && q == iq.as_ref(),
+                    "pq_gen differs from ISA-L"
+                );
                 let r = race(
                     &mut [
                         &mut || {
@@ -321,10 +348,16 @@ fn main() {
                         outs.as_mut_ptr(),
                     )
                 };
-                assert!(ip.as_ref() == st.data[x].as_ref() && iq.as_ref() == st.data[y].as_ref(), "ISA-L decode wrong");
+                assert!(
+                    ip.as_ref() == st.data[x].as_ref() && iq.as_ref() == st.data[y].as_ref(),
+                    "ISA-L decode wrong"
+                );
                 let (dx, dy) = (ox.as_mut(), oy.as_mut());
                 parity::recover_two_data(&d, x, y, p, q, dx, dy);
-                assert!(dx == st.data[x].as_ref() && dy == st.data[y].as_ref(), "recover_two_data wrong");
+                assert!(
+                    dx == st.data[x].as_ref() && dy == st.data[y].as_ref(),
+                    "recover_two_data wrong"
+                );
                 let r = race(
                     &mut [
                         &mut || {
@@ -355,14 +388,20 @@ fn main() {
                 let new = Buf::random_skewed(bs, skew(i), 99);
                 let old = &st.data[i];
                 let mut delta = Buf::new(bs);
-                for (d, (a, b)) in delta.as_mut().iter_mut().zip(old.as_ref().iter().zip(new.as_ref())) {
+                for (d, (a, b)) in delta
+                    .as_mut()
+                    .iter_mut()
+                    .zip(old.as_ref().iter().zip(new.as_ref()))
+                {
                     *d = a ^ b;
                 }
                 // ISA-L parity rows: [1 .. 1] and [g^0 .. g^(k-1)].
                 let mut coef: Vec<u8> = (0..k).map(|_| 1u8).chain((0..k).map(gf::exp2)).collect();
                 let mut tbls = vec![0u8; 32 * k * 2];
                 // SAFETY: 2 rows of k coefficients; tables of 32 * k * 2 bytes.
-                unsafe { isal::ec_init_tables(k as c_int, 2, coef.as_mut_ptr(), tbls.as_mut_ptr()) };
+                unsafe {
+                    isal::ec_init_tables(k as c_int, 2, coef.as_mut_ptr(), tbls.as_mut_ptr())
+                };
 
                 // Expected P, Q after the write.
                 let mut nd: Vec<&[u8]> = st.data.iter().map(|b| b.as_ref()).collect();
@@ -394,9 +433,16 @@ fn main() {
                         outs.as_mut_ptr(),
                     );
                 }
-                assert!(ip.as_ref() == ep.as_ref() && iq.as_ref() == eq.as_ref(), "ISA-L update wrong");
+                assert!(
+                    ip.as_ref() == ep.as_ref() && iq.as_ref() == eq.as_ref(),
+                    "ISA-L update wrong"
+                );
                 let (p, q) = (st.p.as_mut(), st.q.as_mut());
-                let ups = [Update { index: i, old: old.as_ref(), new: new.as_ref() }];
+                let ups = [Update {
+                    index: i,
+                    old: old.as_ref(),
+                    new: new.as_ref(),
+                }];
                 parity::pq_update(&ups, p, q);
                 assert!(p == ep.as_ref() && q == eq.as_ref(), "pq_update wrong");
 
@@ -410,12 +456,36 @@ fn main() {
                         &mut ours,
                         &mut || unsafe {
                             // SAFETY: as above.
-                            isal::ec_encode_data_update(bs as c_int, k as c_int, 2, i as c_int, tp, old.ptr, op);
-                            isal::ec_encode_data_update(bs as c_int, k as c_int, 2, i as c_int, tp, new.ptr, op);
+                            isal::ec_encode_data_update(
+                                bs as c_int,
+                                k as c_int,
+                                2,
+                                i as c_int,
+                                tp,
+                                old.ptr,
+                                op,
+                            );
+                            isal::ec_encode_data_update(
+                                bs as c_int,
+                                k as c_int,
+                                2,
+                                i as c_int,
+                                tp,
+                                new.ptr,
+                                op,
+                            );
                         },
                         &mut || unsafe {
                             // SAFETY: as above.
-                            isal::ec_encode_data_update(bs as c_int, k as c_int, 2, i as c_int, tp, delta.ptr, op);
+                            isal::ec_encode_data_update(
+                                bs as c_int,
+                                k as c_int,
+                                2,
+                                i as c_int,
+                                tp,
+                                delta.ptr,
+                                op,
+                            );
                         },
                     ],
                     bs,
@@ -431,7 +501,12 @@ fn main() {
     worst.sort_by(|a, b| a.1.total_cmp(&b.1));
     println!(
         "lowest ratios: {}",
-        worst.iter().take(4).map(|(n, r)| format!("{n} {r:.2}")).collect::<Vec<_>>().join(", ")
+        worst
+            .iter()
+            .take(4)
+            .map(|(n, r)| format!("{n} {r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!("elapsed: {:.1} s", started.elapsed().as_secs_f64());
 }

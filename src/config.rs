@@ -15,7 +15,10 @@ use crate::volume::layout::{Layout, Level};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Parse(String),
     #[error("{field}: {message}")]
@@ -23,7 +26,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), message: message.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -132,7 +138,10 @@ fn default_polling() -> PollMode {
 
 impl Default for ReactorSection {
     fn default() -> Self {
-        ReactorSection { cores: default_cores(), polling: default_polling() }
+        ReactorSection {
+            cores: default_cores(),
+            polling: default_polling(),
+        }
     }
 }
 
@@ -185,10 +194,17 @@ pub struct ListenerSection {
 impl ListenerSection {
     /// The validated initial ANA state (optimized when not given).
     pub fn initial_ana_state(&self) -> Result<AnaState, String> {
-        let Some(name) = &self.ana_state else { return Ok(AnaState::Optimized) };
+        let Some(name) = &self.ana_state else {
+            return Ok(AnaState::Optimized);
+        };
         AnaState::parse(name)
             .filter(|s| AnaState::INITIAL.contains(s))
-            .ok_or_else(|| format!("'{name}' is not an initial ANA state (use one of {})", AnaState::names(&AnaState::INITIAL)))
+            .ok_or_else(|| {
+                format!(
+                    "'{name}' is not an initial ANA state (use one of {})",
+                    AnaState::names(&AnaState::INITIAL)
+                )
+            })
     }
 }
 
@@ -261,24 +277,48 @@ fn default_remote_reconnect_max_ms() -> u64 {
 }
 
 fn validate_remote(d: &DeviceSection, f: &dyn Fn(&str) -> String) -> Result<(), ConfigError> {
-    let addr = d.address.as_deref().ok_or_else(|| invalid(f("address"), "an nvmf device needs the remote target's address (host:port)"))?;
+    let addr = d.address.as_deref().ok_or_else(|| {
+        invalid(
+            f("address"),
+            "an nvmf device needs the remote target's address (host:port)",
+        )
+    })?;
     if addr.parse::<std::net::SocketAddr>().is_err() {
-        return Err(invalid(f("address"), format!("'{addr}' is not an IP address and port")));
+        return Err(invalid(
+            f("address"),
+            format!("'{addr}' is not an IP address and port"),
+        ));
     }
     match d.subnqn.as_deref() {
         Some(n) if n.starts_with("nqn.") && n.len() <= 223 => {}
-        _ => return Err(invalid(f("subnqn"), "an nvmf device needs the remote subsystem's NQN (nqn..., at most 223 bytes)")),
+        _ => {
+            return Err(invalid(
+                f("subnqn"),
+                "an nvmf device needs the remote subsystem's NQN (nqn..., at most 223 bytes)",
+            ))
+        }
     }
     if d.path.is_some() {
-        return Err(invalid(f("path"), "an nvmf device has an address, not a path"));
+        return Err(invalid(
+            f("path"),
+            "an nvmf device has an address, not a path",
+        ));
     }
     if d.nsid == 0 || d.nsid == u32::MAX {
-        return Err(invalid(f("nsid"), "must be a namespace ID (1 to 0xFFFFFFFE)"));
+        return Err(invalid(
+            f("nsid"),
+            "must be a namespace ID (1 to 0xFFFFFFFE)",
+        ));
     }
     if !(2..=1024).contains(&d.queue_depth) {
         return Err(invalid(f("queue_depth"), "must be 2 to 1024"));
     }
-    for (name, v, min) in [("io_timeout_ms", d.io_timeout_ms, 100), ("keep_alive_ms", d.keep_alive_ms, 1000), ("connect_timeout_ms", d.connect_timeout_ms, 100), ("reconnect_max_ms", d.reconnect_max_ms, 100)] {
+    for (name, v, min) in [
+        ("io_timeout_ms", d.io_timeout_ms, 100),
+        ("keep_alive_ms", d.keep_alive_ms, 1000),
+        ("connect_timeout_ms", d.connect_timeout_ms, 100),
+        ("reconnect_max_ms", d.reconnect_max_ms, 100),
+    ] {
         if v < min || v > 3_600_000 {
             return Err(invalid(f(name), format!("must be {min} to 3600000 ms")));
         }
@@ -315,7 +355,10 @@ impl DeviceSection {
             addr: self.address.as_deref()?.parse().ok()?,
             subnqn: self.subnqn.clone()?,
             nsid: self.nsid,
-            hostnqn: self.hostnqn.clone().unwrap_or_else(|| format!("nqn.2026-01.io.nvmf-raid:remote:{}", self.name)),
+            hostnqn: self
+                .hostnqn
+                .clone()
+                .unwrap_or_else(|| format!("nqn.2026-01.io.nvmf-raid:remote:{}", self.name)),
             queue_depth: self.queue_depth,
             io_timeout: ms(self.io_timeout_ms),
             keep_alive: ms(self.keep_alive_ms),
@@ -426,7 +469,8 @@ impl VolumeSection {
         crate::volume::slow::SlowPolicy {
             factor: self.slow_member_factor,
             floor_us: (self.slow_member_min_ms * 1000.0) as u64,
-            fail_after: (self.slow_member_fail_after_s > 0).then(|| std::time::Duration::from_secs(self.slow_member_fail_after_s)),
+            fail_after: (self.slow_member_fail_after_s > 0)
+                .then(|| std::time::Duration::from_secs(self.slow_member_fail_after_s)),
         }
     }
 }
@@ -483,7 +527,10 @@ pub struct NamespaceSection {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Config::parse(&text)
     }
 
@@ -500,7 +547,10 @@ impl Config {
         Config {
             reactor: ReactorSection::default(),
             limits: LimitsSection::default(),
-            listeners: vec![ListenerSection { address: listen.into(), ana_state: None }],
+            listeners: vec![ListenerSection {
+                address: listen.into(),
+                ana_state: None,
+            }],
             volumes: vec![VolumeSection {
                 name: "vol0".into(),
                 level: Level::Raid5,
@@ -515,8 +565,12 @@ impl Config {
                 scrub_interval_hours: 0.0,
                 scrub_rate: default_scrub_rate(),
             }],
-            management: ManagementSection { socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)) },
-            metrics: MetricsSection { address: Some(DEFAULT_METRICS.into()) },
+            management: ManagementSection {
+                socket: Some(PathBuf::from(crate::mgmt::DEFAULT_SOCKET)),
+            },
+            metrics: MetricsSection {
+                address: Some(DEFAULT_METRICS.into()),
+            },
             stretches: vec![],
             devices: names
                 .iter()
@@ -528,7 +582,11 @@ impl Config {
                 model: default_model(),
                 allow_any_host: true,
                 hosts: vec![],
-                namespaces: vec![NamespaceSection { nsid: Some(1), device: "vol0".into(), uuid: None }],
+                namespaces: vec![NamespaceSection {
+                    nsid: Some(1),
+                    device: "vol0".into(),
+                    uuid: None,
+                }],
                 cntlid_min: default_cntlid_min(),
                 cntlid_max: default_cntlid_max(),
             }],
@@ -542,8 +600,14 @@ impl Config {
             return Err(invalid("listener", "at least one [[listener]] is required"));
         }
         for (i, l) in self.listeners.iter().enumerate() {
-            l.address.parse::<SocketAddr>().map_err(|e| invalid(format!("listener[{i}].address"), format!("'{}': {e}", l.address)))?;
-            l.initial_ana_state().map_err(|e| invalid(format!("listener[{i}].ana_state"), e))?;
+            l.address.parse::<SocketAddr>().map_err(|e| {
+                invalid(
+                    format!("listener[{i}].address"),
+                    format!("'{}': {e}", l.address),
+                )
+            })?;
+            l.initial_ana_state()
+                .map_err(|e| invalid(format!("listener[{i}].ana_state"), e))?;
         }
         let mut names = self.validate_devices()?;
         self.validate_volumes(&mut names)?;
@@ -555,20 +619,40 @@ impl Config {
         for (i, s) in self.stretches.iter().enumerate() {
             let f = |field: &str| format!("stretch[{i}].{field}");
             if !names.contains(s.volume.as_str()) {
-                return Err(invalid(f("volume"), format!("'{}' is not a configured volume or device", s.volume)));
+                return Err(invalid(
+                    f("volume"),
+                    format!("'{}' is not a configured volume or device", s.volume),
+                ));
             }
             if s.name.is_empty() || !names.insert(s.name.as_str()) {
-                return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", s.name)));
+                return Err(invalid(
+                    f("name"),
+                    format!("'{}' is empty or already names a device or volume", s.name),
+                ));
             }
             if s.site.is_empty() || s.peer_site.is_empty() || s.site == s.peer_site {
-                return Err(invalid(f("peer_site"), "site and peer_site must be two different non-empty names"));
+                return Err(invalid(
+                    f("peer_site"),
+                    "site and peer_site must be two different non-empty names",
+                ));
             }
             if s.leader != s.site && s.leader != s.peer_site {
-                return Err(invalid(f("leader"), format!("'{}' is neither '{}' nor '{}'", s.leader, s.site, s.peer_site)));
+                return Err(invalid(
+                    f("leader"),
+                    format!(
+                        "'{}' is neither '{}' nor '{}'",
+                        s.leader, s.site, s.peer_site
+                    ),
+                ));
             }
-            for (field, v) in [("link_listener", Some(&s.link_listener)), ("peer_link", Some(&s.peer_link)), ("witness", s.witness.as_ref())] {
+            for (field, v) in [
+                ("link_listener", Some(&s.link_listener)),
+                ("peer_link", Some(&s.peer_link)),
+                ("witness", s.witness.as_ref()),
+            ] {
                 if let Some(v) = v {
-                    v.parse::<SocketAddr>().map_err(|e| invalid(f(field), format!("'{v}': {e}")))?;
+                    v.parse::<SocketAddr>()
+                        .map_err(|e| invalid(f(field), format!("'{v}': {e}")))?;
                 }
             }
             if self.listeners.iter().any(|l| l.address == s.link_listener) {
@@ -593,9 +677,16 @@ impl Config {
         // manager's CPUAffinity or isolcpus restrict the latter).
         // SAFETY: sysconf only reads a system value.
         let configured = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_CONF) };
-        let online = if configured > 0 { configured as usize } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+        let online = if configured > 0 {
+            configured as usize
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
         if let Some(c) = cores.iter().find(|c| **c >= online) {
-            return Err(invalid("reactor.cores", format!("core {c} does not exist (this machine has {online})")));
+            return Err(invalid(
+                "reactor.cores",
+                format!("core {c} does not exist (this machine has {online})"),
+            ));
         }
         if cores.iter().collect::<HashSet<_>>().len() != cores.len() {
             return Err(invalid("reactor.cores", "a core is listed twice"));
@@ -605,13 +696,37 @@ impl Config {
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
         let l = &self.limits;
-        let check = |ok: bool, field: &str, msg: &str| if ok { Ok(()) } else { Err(invalid(format!("limits.{field}"), msg)) };
-        check((2..=1024).contains(&l.queue_depth), "queue_depth", "must be 2..=1024")?;
-        check((1..=1024).contains(&l.max_io_queues), "max_io_queues", "must be 1..=1024")?;
-        check((1..=4096).contains(&l.max_connections), "max_connections", "must be 1..=4096")?;
-        check((1..=0xFFEF).contains(&l.max_controllers), "max_controllers", "must be 1..=65519")?;
+        let check = |ok: bool, field: &str, msg: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(invalid(format!("limits.{field}"), msg))
+            }
+        };
         check(
-            l.in_capsule_data >= 4096 && l.in_capsule_data <= 65536 && l.in_capsule_data.is_multiple_of(4096),
+            (2..=1024).contains(&l.queue_depth),
+            "queue_depth",
+            "must be 2..=1024",
+        )?;
+        check(
+            (1..=1024).contains(&l.max_io_queues),
+            "max_io_queues",
+            "must be 1..=1024",
+        )?;
+        check(
+            (1..=4096).contains(&l.max_connections),
+            "max_connections",
+            "must be 1..=4096",
+        )?;
+        check(
+            (1..=0xFFEF).contains(&l.max_controllers),
+            "max_controllers",
+            "must be 1..=65519",
+        )?;
+        check(
+            l.in_capsule_data >= 4096
+                && l.in_capsule_data <= 65536
+                && l.in_capsule_data.is_multiple_of(4096),
             "in_capsule_data",
             "must be a multiple of 4096 from 4096 to 65536",
         )?;
@@ -621,13 +736,19 @@ impl Config {
             "must be a power of two from 128 KiB to 1 MiB",
         )?;
         check(
-            l.max_h2c_data >= 4096 && l.max_h2c_data.is_multiple_of(4) && l.max_h2c_data as usize <= l.max_transfer,
+            l.max_h2c_data >= 4096
+                && l.max_h2c_data.is_multiple_of(4)
+                && l.max_h2c_data as usize <= l.max_transfer,
             "max_h2c_data",
             "must be a multiple of 4, at least 4096 and at most max_transfer",
         )?;
         check(l.buffers_128k >= 1, "buffers_128k", "must be at least 1")?;
         check(l.buffers_1m >= 1, "buffers_1m", "must be at least 1")?;
-        check((100..=600_000).contains(&l.handshake_timeout_ms), "handshake_timeout_ms", "must be 100..=600000")?;
+        check(
+            (100..=600_000).contains(&l.handshake_timeout_ms),
+            "handshake_timeout_ms",
+            "must be 100..=600000",
+        )?;
         check(
             l.max_handshakes_per_source >= l.max_io_queues as usize,
             "max_handshakes_per_source",
@@ -640,13 +761,18 @@ impl Config {
         for (i, d) in self.devices.iter().enumerate() {
             let f = |field: &str| format!("device[{i}].{field}");
             if d.name.is_empty() || !names.insert(d.name.as_str()) {
-                return Err(invalid(f("name"), format!("'{}' is empty or used twice", d.name)));
+                return Err(invalid(
+                    f("name"),
+                    format!("'{}' is empty or used twice", d.name),
+                ));
             }
             if !d.block_size.is_power_of_two() || !(512..=4096).contains(&d.block_size) {
                 return Err(invalid(f("block_size"), "must be 512, 1024, 2048 or 4096"));
             }
             match d.kind {
-                DeviceKind::File if d.path.is_none() => return Err(invalid(f("path"), "a file device needs a path")),
+                DeviceKind::File if d.path.is_none() => {
+                    return Err(invalid(f("path"), "a file device needs a path"))
+                }
                 DeviceKind::Ram | DeviceKind::Null if d.size.is_none() => {
                     return Err(invalid(f("size"), "ram and null devices need a size"))
                 }
@@ -654,11 +780,17 @@ impl Config {
                 _ => {}
             }
             if d.kind != DeviceKind::Nvmf && (d.address.is_some() || d.subnqn.is_some()) {
-                return Err(invalid(f("address"), "only nvmf devices have an address and subnqn"));
+                return Err(invalid(
+                    f("address"),
+                    "only nvmf devices have an address and subnqn",
+                ));
             }
             if let Some(Size(s)) = d.size {
                 if s < d.block_size as u64 || s % d.block_size as u64 != 0 {
-                    return Err(invalid(f("size"), "must be a non-zero multiple of block_size"));
+                    return Err(invalid(
+                        f("size"),
+                        "must be a non-zero multiple of block_size",
+                    ));
                 }
             }
         }
@@ -670,25 +802,43 @@ impl Config {
         for (i, v) in self.volumes.iter().enumerate() {
             let f = |field: &str| format!("volume[{i}].{field}");
             if v.name.is_empty() || names.contains(v.name.as_str()) {
-                return Err(invalid(f("name"), format!("'{}' is empty or already names a device or volume", v.name)));
+                return Err(invalid(
+                    f("name"),
+                    format!("'{}' is empty or already names a device or volume", v.name),
+                ));
             }
             for (field, list) in [("members", &v.members), ("spares", &v.spares)] {
                 for m in list {
                     let is_device = self.devices.iter().any(|d| &d.name == m);
                     if !is_device || !used.insert(m.as_str()) {
-                        return Err(invalid(f(field), format!("'{m}' is not a [[device]] or already belongs to a volume")));
+                        return Err(invalid(
+                            f(field),
+                            format!("'{m}' is not a [[device]] or already belongs to a volume"),
+                        ));
                     }
                 }
             }
             if !v.spares.is_empty() && v.level.tolerance(2) == 0 {
-                return Err(invalid(f("spares"), format!("a {:?} volume has no redundancy to rebuild onto a spare", v.level)));
+                return Err(invalid(
+                    f("spares"),
+                    format!(
+                        "a {:?} volume has no redundancy to rebuild onto a spare",
+                        v.level
+                    ),
+                ));
             }
             let strip = v.strip_size.0;
             if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
-                return Err(invalid(f("strip_size"), "must be a power of two from 4K to 1M"));
+                return Err(invalid(
+                    f("strip_size"),
+                    "must be a power of two from 4K to 1M",
+                ));
             }
             if !(v.scrub_interval_hours >= 0.0 && v.scrub_interval_hours <= 24.0 * 366.0) {
-                return Err(invalid(f("scrub_interval_hours"), "must be from 0 (none) to 8784 (a year)"));
+                return Err(invalid(
+                    f("scrub_interval_hours"),
+                    "must be from 0 (none) to 8784 (a year)",
+                ));
             }
             if !(v.slow_member_factor >= 1.5 && v.slow_member_factor <= 1000.0) {
                 return Err(invalid(f("slow_member_factor"), "must be from 1.5 to 1000"));
@@ -697,13 +847,17 @@ impl Config {
                 return Err(invalid(f("slow_member_min_ms"), "must be from 0 to 60000"));
             }
             let sizes = vec![u64::MAX / 1024; v.members.len()];
-            Layout::new(v.level, &sizes, v.group_size, strip / 512).map_err(|e| invalid(f("members"), e.to_string()))?;
+            Layout::new(v.level, &sizes, v.group_size, strip / 512)
+                .map_err(|e| invalid(f("members"), e.to_string()))?;
             names.insert(v.name.as_str());
         }
         for (i, s) in self.subsystems.iter().enumerate() {
             for (j, ns) in s.namespaces.iter().enumerate() {
                 if used.contains(ns.device.as_str()) {
-                    return Err(invalid(format!("subsystem[{i}].namespace[{j}].device"), format!("'{}' is a volume member", ns.device)));
+                    return Err(invalid(
+                        format!("subsystem[{i}].namespace[{j}].device"),
+                        format!("'{}' is a volume member", ns.device),
+                    ));
                 }
             }
         }
@@ -714,46 +868,78 @@ impl Config {
         let mut nqns = HashSet::new();
         for (i, s) in self.subsystems.iter().enumerate() {
             let f = |field: &str| format!("subsystem[{i}].{field}");
-            if !valid_nqn(&s.nqn) || s.nqn == crate::nvmf::spec::DISCOVERY_NQN || !nqns.insert(&s.nqn) {
+            if !valid_nqn(&s.nqn)
+                || s.nqn == crate::nvmf::spec::DISCOVERY_NQN
+                || !nqns.insert(&s.nqn)
+            {
                 return Err(invalid(f("nqn"), format!("'{}' is not a valid NQN (nqn.yyyy-mm.reverse-domain:name, at most 223 bytes), is the discovery NQN, or is used twice", s.nqn)));
             }
-            if s.serial.as_ref().is_some_and(|sn| sn.len() > 20 || !sn.is_ascii()) {
+            if s.serial
+                .as_ref()
+                .is_some_and(|sn| sn.len() > 20 || !sn.is_ascii())
+            {
                 return Err(invalid(f("serial"), "at most 20 ASCII characters"));
             }
             if s.model.len() > 40 || !s.model.is_ascii() {
                 return Err(invalid(f("model"), "at most 40 ASCII characters"));
             }
             if !s.allow_any_host && s.hosts.is_empty() {
-                return Err(invalid(f("hosts"), "no host may connect: list host NQNs or set allow_any_host = true"));
+                return Err(invalid(
+                    f("hosts"),
+                    "no host may connect: list host NQNs or set allow_any_host = true",
+                ));
             }
             if let Some(h) = s.hosts.iter().find(|h| !valid_nqn(h)) {
                 return Err(invalid(f("hosts"), format!("'{h}' is not a valid NQN")));
             }
             let (lo, hi) = (CNTLID_MIN as u32, CNTLID_MAX as u32);
             if !(lo..=hi).contains(&s.cntlid_min) {
-                return Err(invalid(f("cntlid_min"), format!("{} is outside {lo}..={hi}", s.cntlid_min)));
+                return Err(invalid(
+                    f("cntlid_min"),
+                    format!("{} is outside {lo}..={hi}", s.cntlid_min),
+                ));
             }
             if !(lo..=hi).contains(&s.cntlid_max) {
-                return Err(invalid(f("cntlid_max"), format!("{} is outside {lo}..={hi} (0xFFF0 and above are reserved)", s.cntlid_max)));
+                return Err(invalid(
+                    f("cntlid_max"),
+                    format!(
+                        "{} is outside {lo}..={hi} (0xFFF0 and above are reserved)",
+                        s.cntlid_max
+                    ),
+                ));
             }
             if s.cntlid_min > s.cntlid_max {
-                return Err(invalid(f("cntlid_max"), format!("{} is below cntlid_min {}", s.cntlid_max, s.cntlid_min)));
+                return Err(invalid(
+                    f("cntlid_max"),
+                    format!("{} is below cntlid_min {}", s.cntlid_max, s.cntlid_min),
+                ));
             }
             self.validate_namespaces(i, s, devices)?;
         }
         Ok(())
     }
 
-    fn validate_namespaces(&self, i: usize, s: &SubsystemSection, devices: &HashSet<&str>) -> Result<(), ConfigError> {
+    fn validate_namespaces(
+        &self,
+        i: usize,
+        s: &SubsystemSection,
+        devices: &HashSet<&str>,
+    ) -> Result<(), ConfigError> {
         let mut ids = HashSet::new();
         for (j, ns) in s.namespaces.iter().enumerate() {
             let f = |field: &str| format!("subsystem[{i}].namespace[{j}].{field}");
             let nsid = ns.nsid.unwrap_or(j as u32 + 1);
             if nsid == 0 || nsid == u32::MAX || !ids.insert(nsid) {
-                return Err(invalid(f("nsid"), format!("{nsid} is reserved or used twice")));
+                return Err(invalid(
+                    f("nsid"),
+                    format!("{nsid} is reserved or used twice"),
+                ));
             }
             if !devices.contains(ns.device.as_str()) {
-                return Err(invalid(f("device"), format!("no [[device]] or [[volume]] named '{}'", ns.device)));
+                return Err(invalid(
+                    f("device"),
+                    format!("no [[device]] or [[volume]] named '{}'", ns.device),
+                ));
             }
             if let Some(u) = &ns.uuid {
                 uuid::Uuid::parse_str(u).map_err(|e| invalid(f("uuid"), e.to_string()))?;
@@ -768,7 +954,11 @@ pub const DEFAULT_NQN: &str = "nqn.2026-11.io.nvmf-raid:default";
 const DEFAULT_MEMBERS: usize = 5;
 
 pub fn valid_nqn(n: &str) -> bool {
-    n.len() <= 223 && n.starts_with("nqn.") && n.contains(':') && n.is_ascii() && !n.contains(char::is_whitespace)
+    n.len() <= 223
+        && n.starts_with("nqn.")
+        && n.contains(':')
+        && n.is_ascii()
+        && !n.contains(char::is_whitespace)
 }
 
 #[cfg(test)]
@@ -808,25 +998,51 @@ device = "r0"
 
     #[test]
     fn errors_name_the_field() {
-        assert!(err_of(&GOOD.replace("127.0.0.1:4420", "nowhere")).starts_with("listener[0].address"));
-        assert!(err_of(&GOOD.replace("device = \"r0\"", "device = \"r9\"")).starts_with("subsystem[0].namespace[0].device"));
-        assert!(err_of(&GOOD.replace("hosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]", "")).starts_with("subsystem[0].hosts"));
+        assert!(
+            err_of(&GOOD.replace("127.0.0.1:4420", "nowhere")).starts_with("listener[0].address")
+        );
+        assert!(err_of(&GOOD.replace("device = \"r0\"", "device = \"r9\""))
+            .starts_with("subsystem[0].namespace[0].device"));
+        assert!(
+            err_of(&GOOD.replace("hosts = [\"nqn.2014-08.org.nvmexpress:uuid:1\"]", ""))
+                .starts_with("subsystem[0].hosts")
+        );
         assert!(err_of(&GOOD.replace("size = \"64M\"", "size = \"lots\"")).contains("size"));
         assert!(err_of(&GOOD.replace("cores = [0]", "cores = [999]")).starts_with("reactor.cores"));
-        assert!(err_of(&GOOD.replace("polling = \"adaptive\"", "polling = \"sometimes\"")).contains("polling"));
-        assert!(err_of(&format!("{GOOD}\n[limits]\nqueue_depth = 1\n")).starts_with("limits.queue_depth"));
-        assert!(err_of(&GOOD.replace("nqn = \"nqn.2026-11.io.nvmf-raid:t\"", "nqn = \"bad\"")).starts_with("subsystem[0].nqn"));
-        assert!(err_of(&GOOD.replace("kind = \"ram\"", "kind = \"ram\"\ncolour = \"red\"")).contains("colour"));
+        assert!(
+            err_of(&GOOD.replace("polling = \"adaptive\"", "polling = \"sometimes\""))
+                .contains("polling")
+        );
+        assert!(err_of(&format!("{GOOD}\n[limits]\nqueue_depth = 1\n"))
+            .starts_with("limits.queue_depth"));
+        assert!(
+            err_of(&GOOD.replace("nqn = \"nqn.2026-11.io.nvmf-raid:t\"", "nqn = \"bad\""))
+                .starts_with("subsystem[0].nqn")
+        );
+        assert!(
+            err_of(&GOOD.replace("kind = \"ram\"", "kind = \"ram\"\ncolour = \"red\""))
+                .contains("colour")
+        );
     }
 
     #[test]
     fn volumes_are_checked() {
-        let vol = |body: &str| format!("{GOOD}\n[[device]]\nname = \"a\"\nkind = \"ram\"\nsize = \"8M\"\n[[device]]\nname = \"b\"\nkind = \"ram\"\nsize = \"8M\"\n[[volume]]\nname = \"v\"\n{body}\n");
+        let vol = |body: &str| {
+            format!("{GOOD}\n[[device]]\nname = \"a\"\nkind = \"ram\"\nsize = \"8M\"\n[[device]]\nname = \"b\"\nkind = \"ram\"\nsize = \"8M\"\n[[volume]]\nname = \"v\"\n{body}\n")
+        };
         Config::parse(&vol("level = \"raid1\"\nmembers = [\"a\", \"b\"]")).unwrap();
-        assert!(err_of(&vol("level = \"raid1\"\nmembers = [\"a\", \"a\"]")).starts_with("volume[0].members"));
-        assert!(err_of(&vol("level = \"raid10\"\nmembers = [\"a\", \"b\"]\ngroup_size = 2")).starts_with("volume[0].members"));
-        assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"b\"]\nstrip_size = \"3K\"")).starts_with("volume[0].strip_size"));
-        assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"zz\"]")).starts_with("volume[0].members"));
+        assert!(err_of(&vol("level = \"raid1\"\nmembers = [\"a\", \"a\"]"))
+            .starts_with("volume[0].members"));
+        assert!(err_of(&vol(
+            "level = \"raid10\"\nmembers = [\"a\", \"b\"]\ngroup_size = 2"
+        ))
+        .starts_with("volume[0].members"));
+        assert!(err_of(&vol(
+            "level = \"raid0\"\nmembers = [\"a\", \"b\"]\nstrip_size = \"3K\""
+        ))
+        .starts_with("volume[0].strip_size"));
+        assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"zz\"]"))
+            .starts_with("volume[0].members"));
         assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));
         let used_twice = vol("level = \"raid0\"\nmembers = [\"a\", \"r0\"]");
         assert!(err_of(&used_twice).starts_with("subsystem[0].namespace[0].device"));
@@ -834,15 +1050,34 @@ device = "r0"
 
     #[test]
     fn listener_ana_state_is_checked() {
-        let with = |state: &str| GOOD.replace("address = \"127.0.0.1:4420\"", &format!("address = \"127.0.0.1:4420\"\nana_state = \"{state}\""));
+        let with = |state: &str| {
+            GOOD.replace(
+                "address = \"127.0.0.1:4420\"",
+                &format!("address = \"127.0.0.1:4420\"\nana_state = \"{state}\""),
+            )
+        };
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!(c.listeners[0].initial_ana_state(), Ok(AnaState::Optimized), "default");
-        for (name, state) in [("optimized", AnaState::Optimized), ("non-optimized", AnaState::NonOptimized), ("inaccessible", AnaState::Inaccessible)] {
-            assert_eq!(Config::parse(&with(name)).unwrap().listeners[0].initial_ana_state(), Ok(state));
+        assert_eq!(
+            c.listeners[0].initial_ana_state(),
+            Ok(AnaState::Optimized),
+            "default"
+        );
+        for (name, state) in [
+            ("optimized", AnaState::Optimized),
+            ("non-optimized", AnaState::NonOptimized),
+            ("inaccessible", AnaState::Inaccessible),
+        ] {
+            assert_eq!(
+                Config::parse(&with(name)).unwrap().listeners[0].initial_ana_state(),
+                Ok(state)
+            );
         }
         for bad in ["fast", "change", "persistent-loss", ""] {
             let e = err_of(&with(bad));
-            assert!(e.starts_with("listener[0].ana_state") && e.contains("non-optimized"), "{bad}: {e}");
+            assert!(
+                e.starts_with("listener[0].ana_state") && e.contains("non-optimized"),
+                "{bad}: {e}"
+            );
         }
     }
 
@@ -850,9 +1085,16 @@ device = "r0"
     fn cntlid_range_is_checked() {
         let with = |extra: &str| GOOD.replace("hosts = [", &format!("{extra}\nhosts = ["));
         let c = Config::parse(GOOD).unwrap();
-        assert_eq!((c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max), (1, 0xFFEF), "defaults");
+        assert_eq!(
+            (c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max),
+            (1, 0xFFEF),
+            "defaults"
+        );
         let c = Config::parse(&with("cntlid_min = 100\ncntlid_max = 199")).unwrap();
-        assert_eq!((c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max), (100, 199));
+        assert_eq!(
+            (c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max),
+            (100, 199)
+        );
         Config::parse(&with("cntlid_min = 7\ncntlid_max = 7")).unwrap();
         Config::parse(&with("cntlid_max = 65519")).unwrap();
         assert!(err_of(&with("cntlid_min = 0")).starts_with("subsystem[0].cntlid_min"));
@@ -860,7 +1102,10 @@ device = "r0"
         assert!(err_of(&with("cntlid_max = 65520")).starts_with("subsystem[0].cntlid_max"));
         assert!(err_of(&with("cntlid_max = 0")).starts_with("subsystem[0].cntlid_max"));
         let e = err_of(&with("cntlid_min = 200\ncntlid_max = 100"));
-        assert!(e.starts_with("subsystem[0].cntlid_max") && e.contains("cntlid_min"), "{e}");
+        assert!(
+            e.starts_with("subsystem[0].cntlid_max") && e.contains("cntlid_min"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -872,6 +1117,8 @@ device = "r0"
 
     #[test]
     fn default_target_is_valid() {
-        Config::default_target(Path::new("/tmp/x"), "127.0.0.1:4420").validate().unwrap();
+        Config::default_target(Path::new("/tmp/x"), "127.0.0.1:4420")
+            .validate()
+            .unwrap();
     }
 }

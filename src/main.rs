@@ -15,7 +15,11 @@ use nvmf_raid::reactor::PollMode;
 use nvmf_raid::server::Server;
 
 #[derive(Parser)]
-#[command(name = "nvmf-raid", version, about = "Software RAID target for NVMe over TCP")]
+#[command(
+    name = "nvmf-raid",
+    version,
+    about = "Software RAID target for NVMe over TCP"
+)]
 struct Cli {
     /// Log filter (tracing env-filter syntax), e.g. "info" or "nvmf_raid=debug".
     #[arg(long, global = true, default_value = "info", env = "NVMF_RAID_LOG")]
@@ -75,7 +79,10 @@ enum Cmd {
         host: String,
     },
     /// Send any JSON-RPC method with JSON parameters and print the JSON result.
-    Rpc { method: String, params: Option<String> },
+    Rpc {
+        method: String,
+        params: Option<String>,
+    },
     /// Generate load against a target, in the style of spdk_nvme_perf.
     Perf {
         #[arg(long, default_value = "127.0.0.1:4420")]
@@ -311,39 +318,89 @@ enum PollArg {
 
 fn main() {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log)).with_target(false).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log))
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .init();
     let code = match cli.cmd {
         Cmd::Serve(args) => serve(args, &cli.socket),
-        Cmd::CheckConfig { config } => Config::load(&config).map(|_| println!("{}: ok", config.display())).map_err(|e| e.to_string()),
+        Cmd::CheckConfig { config } => Config::load(&config)
+            .map(|_| println!("{}: ok", config.display()))
+            .map_err(|e| e.to_string()),
         Cmd::Volume(v) => cli::volume(&cli.socket, v),
-        Cmd::Fault { device, action, start, end, ios, us } => {
+        Cmd::Fault {
+            device,
+            action,
+            start,
+            end,
+            ios,
+            us,
+        } => {
             let p = json!({"device": device, "action": action, "start": start, "end": end, "ios": ios, "us": us});
-            rpc(&cli.socket, "device_fault", p).map(|r| println!("{device}: {action} (failed I/Os so far: {})", r["injected"]))
+            rpc(&cli.socket, "device_fault", p)
+                .map(|r| println!("{device}: {action} (failed I/Os so far: {})", r["injected"]))
         }
         Cmd::Ana(a) => cli::ana(&cli.socket, a),
         Cmd::Site(c) => cli::site(&cli.socket, c),
-        Cmd::Subsystems { json } => rpc(&cli.socket, "subsystem_list", json!({})).map(|r| cli::print_subsystems(&r, json)),
-        Cmd::Controllers { json } => rpc(&cli.socket, "controller_list", json!({})).map(|r| cli::print_controllers(&r, json)),
-        Cmd::Host { action, subsystem, host } => {
-            let method = if action == "add" { "host_add" } else { "host_remove" };
-            rpc(&cli.socket, method, json!({"subsystem": subsystem, "host": host})).map(|r| println!("{}: allowed hosts {}", subsystem, r["hosts"]))
+        Cmd::Subsystems { json } => {
+            rpc(&cli.socket, "subsystem_list", json!({})).map(|r| cli::print_subsystems(&r, json))
+        }
+        Cmd::Controllers { json } => {
+            rpc(&cli.socket, "controller_list", json!({})).map(|r| cli::print_controllers(&r, json))
+        }
+        Cmd::Host {
+            action,
+            subsystem,
+            host,
+        } => {
+            let method = if action == "add" {
+                "host_add"
+            } else {
+                "host_remove"
+            };
+            rpc(
+                &cli.socket,
+                method,
+                json!({"subsystem": subsystem, "host": host}),
+            )
+            .map(|r| println!("{}: allowed hosts {}", subsystem, r["hosts"]))
         }
         Cmd::Rpc { method, params } => {
             let p = match params.as_deref().map(serde_json::from_str) {
                 None => Ok(json!({})),
                 Some(r) => r.map_err(|e| format!("params: {e}")),
             };
-            p.and_then(|p| rpc(&cli.socket, &method, p)).map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
+            p.and_then(|p| rpc(&cli.socket, &method, p))
+                .map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
-        Cmd::Relay { listen, to, delay_ms, rate, control } => relay(&listen, to, delay_ms, &rate, &control),
-        Cmd::RelayCtl { control, action, blackhole, delay_ms, rate } => {
+        Cmd::Relay {
+            listen,
+            to,
+            delay_ms,
+            rate,
+            control,
+        } => relay(&listen, to, delay_ms, &rate, &control),
+        Cmd::RelayCtl {
+            control,
+            action,
+            blackhole,
+            delay_ms,
+            rate,
+        } => {
             let (method, mut p) = match action.as_str() {
-                "cut" => ("relay_cut", json!({"mode": if blackhole { "blackhole" } else { "drop" }})),
+                "cut" => (
+                    "relay_cut",
+                    json!({"mode": if blackhole { "blackhole" } else { "drop" }}),
+                ),
                 "heal" => ("relay_heal", json!({})),
                 "set" => ("relay_set", json!({"delay_ms": delay_ms})),
                 _ => ("relay_status", json!({})),
             };
-            let rate = rate.map(|r| nvmf_raid::config::parse_size(&r)).transpose().map_err(|e| format!("rate: {e}"));
+            let rate = rate
+                .map(|r| nvmf_raid::config::parse_size(&r))
+                .transpose()
+                .map_err(|e| format!("rate: {e}"));
             rate.and_then(|r| {
                 if let Some(r) = r {
                     p["rate"] = json!(r);
@@ -352,23 +409,64 @@ fn main() {
             })
             .map(|r| println!("{}", serde_json::to_string_pretty(&r).unwrap()))
         }
-        Cmd::Stats { json, buckets, reset, plot } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
-        Cmd::Perf { addr, nqn, nsid, qd, bs, pattern, read_percent, time, queues, hdgst, ddgst, disable_sqflow, hostnqn, core, plot, poll } => {
+        Cmd::Stats {
+            json,
+            buckets,
+            reset,
+            plot,
+        } => cli::stats(&cli.socket, json, buckets, reset, plot.as_deref()),
+        Cmd::Perf {
+            addr,
+            nqn,
+            nsid,
+            qd,
+            bs,
+            pattern,
+            read_percent,
+            time,
+            queues,
+            hdgst,
+            ddgst,
+            disable_sqflow,
+            hostnqn,
+            core,
+            plot,
+            poll,
+        } => {
             if let Some(c) = core {
                 core_affinity::set_for_current(core_affinity::CoreId { id: c });
             }
-            let mut host = QueueOptions { hdgst, ddgst, disable_sqflow, ..Default::default() };
+            let mut host = QueueOptions {
+                hdgst,
+                ddgst,
+                disable_sqflow,
+                ..Default::default()
+            };
             if let Some(h) = hostnqn {
                 host.hostnqn = h;
             }
-            let o = PerfOptions { addr, subnqn: nqn, nsid, queues, depth: qd, block_size: bs, pattern, read_percent, duration: Duration::from_secs(time), host, busy_poll: poll == "busy" };
-            perf::run(&o).map_err(|e| format!("perf: {e}")).and_then(|r| {
-                r.print(&o);
-                match plot {
-                    Some(path) => cli::write_perf_plot(&path, &r.latency, &o),
-                    None => Ok(()),
-                }
-            })
+            let o = PerfOptions {
+                addr,
+                subnqn: nqn,
+                nsid,
+                queues,
+                depth: qd,
+                block_size: bs,
+                pattern,
+                read_percent,
+                duration: Duration::from_secs(time),
+                host,
+                busy_poll: poll == "busy",
+            };
+            perf::run(&o)
+                .map_err(|e| format!("perf: {e}"))
+                .and_then(|r| {
+                    r.print(&o);
+                    match plot {
+                        Some(path) => cli::write_perf_plot(&path, &r.latency, &o),
+                        None => Ok(()),
+                    }
+                })
         }
     };
     if let Err(e) = code {
@@ -378,7 +476,13 @@ fn main() {
 }
 
 /// Run a site-link relay until SIGINT or SIGTERM.
-fn relay(listen: &str, to: SocketAddr, delay_ms: f64, rate: &str, control: &std::path::Path) -> Result<(), String> {
+fn relay(
+    listen: &str,
+    to: SocketAddr,
+    delay_ms: f64,
+    rate: &str,
+    control: &std::path::Path,
+) -> Result<(), String> {
     let rate = nvmf_raid::config::parse_size(rate).map_err(|e| format!("rate: {e}"))?;
     if !(0.0..=10_000.0).contains(&delay_ms) {
         return Err(format!("delay-ms {delay_ms}: must be 0..=10000"));
@@ -387,15 +491,37 @@ fn relay(listen: &str, to: SocketAddr, delay_ms: f64, rate: &str, control: &std:
     mask.add(nix::sys::signal::SIGINT);
     mask.add(nix::sys::signal::SIGTERM);
     mask.thread_block().map_err(|e| e.to_string())?;
-    let r = std::sync::Arc::new(nvmf_raid::relay::Relay::start(listen, to, Duration::from_micros((delay_ms * 1000.0) as u64), rate).map_err(|e| e.to_string())?);
-    let ctl = nvmf_raid::mgmt::serve(control, r.clone()).map_err(|e| format!("control socket {}: {e}", control.display()))?;
-    println!("relay {} -> {to}: delay {delay_ms} ms each way, rate {}; control {}", r.listen, if rate == 0 { "unlimited".to_string() } else { format!("{rate} B/s") }, control.display());
+    let r = std::sync::Arc::new(
+        nvmf_raid::relay::Relay::start(
+            listen,
+            to,
+            Duration::from_micros((delay_ms * 1000.0) as u64),
+            rate,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    let ctl = nvmf_raid::mgmt::serve(control, r.clone())
+        .map_err(|e| format!("control socket {}: {e}", control.display()))?;
+    println!(
+        "relay {} -> {to}: delay {delay_ms} ms each way, rate {}; control {}",
+        r.listen,
+        if rate == 0 {
+            "unlimited".to_string()
+        } else {
+            format!("{rate} B/s")
+        },
+        control.display()
+    );
     mask.wait().map_err(|e| e.to_string())?;
     ctl.stop();
     Ok(())
 }
 
-fn rpc(socket: &std::path::Path, method: &str, params: serde_json::Value) -> Result<serde_json::Value, String> {
+fn rpc(
+    socket: &std::path::Path,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<serde_json::Value, String> {
     nvmf_raid::mgmt::call(socket, method, params)
 }
 
@@ -423,15 +549,29 @@ fn serve(args: ServeArgs, socket: &std::path::Path) -> Result<(), String> {
     cfg.validate().map_err(|e| e.to_string())?;
     // Signals are taken synchronously by this thread; reactors inherit the mask.
     let mut mask = nix::sys::signal::SigSet::empty();
-    for s in [nix::sys::signal::SIGINT, nix::sys::signal::SIGTERM, nix::sys::signal::SIGHUP] {
+    for s in [
+        nix::sys::signal::SIGINT,
+        nix::sys::signal::SIGTERM,
+        nix::sys::signal::SIGHUP,
+    ] {
         mask.add(s);
     }
     mask.thread_block().map_err(|e| e.to_string())?;
-    let server = Server::start_with_path(&cfg, args.config.as_deref()).map_err(|e| e.to_string())?;
+    let server =
+        Server::start_with_path(&cfg, args.config.as_deref()).map_err(|e| e.to_string())?;
     // Site links are for the peer site, not for hosts.
-    for port in server.ports.iter().filter(|p| !cfg.stretches.iter().any(|s| s.link_listener == p.addr.to_string())) {
+    for port in server.ports.iter().filter(|p| {
+        !cfg.stretches
+            .iter()
+            .any(|s| s.link_listener == p.addr.to_string())
+    }) {
         for s in cfg.subsystems.iter() {
-            println!("nvme connect -t tcp -a {} -s {} -n {}", port.addr.ip(), port.addr.port(), s.nqn);
+            println!(
+                "nvme connect -t tcp -a {} -s {} -n {}",
+                port.addr.ip(),
+                port.addr.port(),
+                s.nqn
+            );
         }
     }
     if let Some(a) = server.metrics_addr() {
@@ -445,7 +585,9 @@ fn serve(args: ServeArgs, socket: &std::path::Path) -> Result<(), String> {
             break;
         }
         match server.reload_hosts() {
-            Ok(summary) => tracing::info!(subsystems = ?summary, "host allow-lists reloaded (SIGHUP)"),
+            Ok(summary) => {
+                tracing::info!(subsystems = ?summary, "host allow-lists reloaded (SIGHUP)")
+            }
             Err(e) => tracing::error!(error = %e, "SIGHUP: host allow-lists not reloaded"),
         }
     }

@@ -79,11 +79,22 @@ pub struct Relay {
 impl Relay {
     /// Relay connections to `listen` to `upstream`, each direction delayed by `delay` and
     /// limited to `rate` bytes per second (0: unlimited).
-    pub fn start(listen: &str, upstream: SocketAddr, delay: Duration, rate: u64) -> std::io::Result<Relay> {
-        let listener = TcpListener::bind(listen).map_err(|e| std::io::Error::new(e.kind(), format!("relay listen on {listen}: {e}")))?;
+    pub fn start(
+        listen: &str,
+        upstream: SocketAddr,
+        delay: Duration,
+        rate: u64,
+    ) -> std::io::Result<Relay> {
+        let listener = TcpListener::bind(listen)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("relay listen on {listen}: {e}")))?;
         listener.set_nonblocking(true)?;
         let listener_addr = listener.local_addr()?;
-        let shape = Arc::new(Shape { delay_us: AtomicU64::new(delay.as_micros() as u64), rate: AtomicU64::new(rate), state: AtomicU8::new(0), cuts: AtomicU64::new(0) });
+        let shape = Arc::new(Shape {
+            delay_us: AtomicU64::new(delay.as_micros() as u64),
+            rate: AtomicU64::new(rate),
+            state: AtomicU8::new(0),
+            cuts: AtomicU64::new(0),
+        });
         let link = Arc::new(Link {
             upstream,
             shape,
@@ -93,12 +104,21 @@ impl Relay {
             stop: AtomicBool::new(false),
         });
         let l = link.clone();
-        let thread = std::thread::Builder::new().name("relay".into()).spawn(move || l.run(listener))?;
-        Ok(Relay { listen: listener_addr, link, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("relay".into())
+            .spawn(move || l.run(listener))?;
+        Ok(Relay {
+            listen: listener_addr,
+            link,
+            thread: Some(thread),
+        })
     }
 
     pub fn set_delay(&self, delay: Duration) {
-        self.link.shape.delay_us.store(delay.as_micros() as u64, Relaxed);
+        self.link
+            .shape
+            .delay_us
+            .store(delay.as_micros() as u64, Relaxed);
     }
 
     pub fn set_rate(&self, bytes_per_sec: u64) {
@@ -155,7 +175,9 @@ impl Link {
         while !self.stop.load(Relaxed) {
             match listener.accept() {
                 Ok((client, _)) => self.admit(client),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(2)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2))
+                }
                 Err(_) => std::thread::sleep(POLL),
             }
         }
@@ -173,20 +195,40 @@ impl Link {
             self.refused.fetch_add(1, Relaxed);
             return reset(client);
         };
-        let _ = (client.set_nonblocking(false), client.set_nodelay(true), server.set_nodelay(true));
+        let _ = (
+            client.set_nonblocking(false),
+            client.set_nodelay(true),
+            server.set_nodelay(true),
+        );
         self.connections.fetch_add(1, Relaxed);
         let epoch = self.shape.cuts.load(Relaxed);
-        let pair = Arc::new(Pair { a: client, b: server, closed: AtomicBool::new(false), halves_left: AtomicUsize::new(2), connections: self.connections.clone() });
+        let pair = Arc::new(Pair {
+            a: client,
+            b: server,
+            closed: AtomicBool::new(false),
+            halves_left: AtomicUsize::new(2),
+            connections: self.connections.clone(),
+        });
         for a_to_b in [true, false] {
-            let (pair, shape, forwarded) = (pair.clone(), self.shape.clone(), self.forwarded.clone());
-            let _ = std::thread::Builder::new().name("relay-pipe".into()).spawn(move || pipe(&pair, a_to_b, &shape, epoch, &forwarded));
+            let (pair, shape, forwarded) =
+                (pair.clone(), self.shape.clone(), self.forwarded.clone());
+            let _ = std::thread::Builder::new()
+                .name("relay-pipe".into())
+                .spawn(move || pipe(&pair, a_to_b, &shape, epoch, &forwarded));
         }
     }
 }
 
 fn reset(s: TcpStream) {
     // SO_LINGER 0: close with a reset, as a dead peer's host would answer.
-    let _ = nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Linger, &libc::linger { l_onoff: 1, l_linger: 0 });
+    let _ = nix::sys::socket::setsockopt(
+        &s,
+        nix::sys::socket::sockopt::Linger,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
     drop(s);
 }
 
@@ -223,10 +265,19 @@ struct Line {
 
 /// Forward one direction: a reader thread fills the delay line, this thread empties it.
 fn pipe(pair: &Arc<Pair>, a_to_b: bool, shape: &Arc<Shape>, epoch: u64, forwarded: &AtomicU64) {
-    let line = Arc::new(Line { queue: Mutex::new(Held { chunks: VecDeque::new(), bytes: 0, ended: false }), changed: Condvar::new() });
+    let line = Arc::new(Line {
+        queue: Mutex::new(Held {
+            chunks: VecDeque::new(),
+            bytes: 0,
+            ended: false,
+        }),
+        changed: Condvar::new(),
+    });
     let reader = {
         let (pair, shape, line) = (pair.clone(), shape.clone(), line.clone());
-        std::thread::Builder::new().name("relay-read".into()).spawn(move || read_side(&pair, a_to_b, &shape, &line))
+        std::thread::Builder::new()
+            .name("relay-read".into())
+            .spawn(move || read_side(&pair, a_to_b, &shape, &line))
     };
     write_side(pair, a_to_b, shape, epoch, &line, forwarded);
     pair.close();
@@ -263,7 +314,13 @@ fn read_side(pair: &Pair, a_to_b: bool, shape: &Shape, line: &Line) {
                 q.bytes += n;
                 line.changed.notify_all();
             }
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut | std::io::ErrorKind::Interrupted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(_) => break,
         }
     }
@@ -272,11 +329,20 @@ fn read_side(pair: &Pair, a_to_b: bool, shape: &Shape, line: &Line) {
     line.changed.notify_all();
 }
 
-fn write_side(pair: &Pair, a_to_b: bool, shape: &Shape, epoch: u64, line: &Line, forwarded: &AtomicU64) {
+fn write_side(
+    pair: &Pair,
+    a_to_b: bool,
+    shape: &Shape,
+    epoch: u64,
+    line: &Line,
+    forwarded: &AtomicU64,
+) {
     let mut dst = if a_to_b { &pair.b } else { &pair.a };
     let mut bucket = TokenBucket::default();
     loop {
-        if shape.cuts.load(Relaxed) != epoch && LinkState::from_u8(shape.state.load(Relaxed)) == LinkState::Dropped {
+        if shape.cuts.load(Relaxed) != epoch
+            && LinkState::from_u8(shape.state.load(Relaxed)) == LinkState::Dropped
+        {
             return;
         }
         let next = {
@@ -287,14 +353,22 @@ fn write_side(pair: &Pair, a_to_b: bool, shape: &Shape, epoch: u64, line: &Line,
                     let _ = line.changed.wait_timeout(q, POLL);
                     continue;
                 }
-                Some((at, _)) if *at > Instant::now() || LinkState::from_u8(shape.state.load(Relaxed)) != LinkState::Up => {
+                Some((at, _))
+                    if *at > Instant::now()
+                        || LinkState::from_u8(shape.state.load(Relaxed)) != LinkState::Up =>
+                {
                     if pair.closed.load(Relaxed) {
                         // Nothing held can be delivered any more: do not wait for the heal.
                         return;
                     }
                     // Held by a cut: look again every POLL (not every 50 us).
                     let up = LinkState::from_u8(shape.state.load(Relaxed)) == LinkState::Up;
-                    let wait = if up { at.saturating_duration_since(Instant::now()).clamp(Duration::from_micros(50), POLL) } else { POLL };
+                    let wait = if up {
+                        at.saturating_duration_since(Instant::now())
+                            .clamp(Duration::from_micros(50), POLL)
+                    } else {
+                        POLL
+                    };
                     drop(q);
                     std::thread::sleep(wait);
                     continue;
@@ -320,8 +394,15 @@ fn write_side(pair: &Pair, a_to_b: bool, shape: &Shape, epoch: u64, line: &Line,
 /// The relay's control socket: JSON-RPC methods `relay_status`, `relay_set` (`delay_ms`,
 /// `rate`), `relay_cut` (`mode`: "drop" or "blackhole") and `relay_heal`.
 impl crate::mgmt::Handler for Relay {
-    fn call(&self, method: &str, p: &serde_json::Value) -> Result<serde_json::Value, crate::mgmt::RpcError> {
-        let bad = |m: String| crate::mgmt::RpcError { code: -32602, message: m };
+    fn call(
+        &self,
+        method: &str,
+        p: &serde_json::Value,
+    ) -> Result<serde_json::Value, crate::mgmt::RpcError> {
+        let bad = |m: String| crate::mgmt::RpcError {
+            code: -32602,
+            message: m,
+        };
         match method {
             "relay_status" => {}
             "relay_set" => {
@@ -335,13 +416,22 @@ impl crate::mgmt::Handler for Relay {
                     self.set_rate(rate);
                 }
             }
-            "relay_cut" => match p.get("mode").and_then(serde_json::Value::as_str).unwrap_or("drop") {
+            "relay_cut" => match p
+                .get("mode")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or("drop")
+            {
                 "drop" => self.set_state(LinkState::Dropped),
                 "blackhole" => self.set_state(LinkState::Blackhole),
                 other => return Err(bad(format!("mode '{other}': use drop or blackhole"))),
             },
             "relay_heal" => self.set_state(LinkState::Up),
-            _ => return Err(crate::mgmt::RpcError { code: -32601, message: format!("unknown method '{method}'") }),
+            _ => {
+                return Err(crate::mgmt::RpcError {
+                    code: -32601,
+                    message: format!("unknown method '{method}'"),
+                })
+            }
         }
         Ok(serde_json::to_value(self.status()).expect("status serialises"))
     }
@@ -381,7 +471,11 @@ mod tests {
         let mut s = TcpStream::connect(r.listen).unwrap();
         let t = Instant::now();
         round_trip(&mut s, 1000);
-        assert!(t.elapsed() >= Duration::from_millis(60), "round trip {:?} through a 30 ms link", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(60),
+            "round trip {:?} through a 30 ms link",
+            t.elapsed()
+        );
         round_trip(&mut s, 300_000);
         // The count follows each write, which the echo may overtake: wait for it.
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -400,11 +494,17 @@ mod tests {
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = s.write_all(b"x");
         let mut b = [0u8; 1];
-        assert!(matches!(s.read(&mut b), Ok(0) | Err(_)), "the connection ends");
+        assert!(
+            matches!(s.read(&mut b), Ok(0) | Err(_)),
+            "the connection ends"
+        );
         let mut n = TcpStream::connect(r.listen).unwrap();
         n.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let _ = n.write_all(b"y");
-        assert!(matches!(n.read(&mut b), Ok(0) | Err(_)), "a new connection is refused");
+        assert!(
+            matches!(n.read(&mut b), Ok(0) | Err(_)),
+            "a new connection is refused"
+        );
         r.set_state(LinkState::Up);
         let mut s = TcpStream::connect(r.listen).unwrap();
         round_trip(&mut s, 10);
@@ -418,7 +518,8 @@ mod tests {
         round_trip(&mut s, 10);
         r.set_state(LinkState::Blackhole);
         s.write_all(b"held").unwrap();
-        s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
         let mut b = [0u8; 4];
         assert!(s.read(&mut b).is_err(), "nothing passes a black hole");
         r.set_state(LinkState::Up);
@@ -434,6 +535,10 @@ mod tests {
         let t = Instant::now();
         round_trip(&mut s, 1 << 20);
         // 1 MiB each way at 2 MiB/s per direction, the directions overlapping: >= 0.4 s.
-        assert!(t.elapsed() >= Duration::from_millis(400), "1 MiB at 2 MiB/s took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(400),
+            "1 MiB at 2 MiB/s took {:?}",
+            t.elapsed()
+        );
     }
 }

@@ -34,7 +34,12 @@ pub struct Server {
 
 /// Start the site controller of every stretched volume. Host paths of the subsystems that
 /// export a stretched volume follow its mode; its link listener is never a host path.
-fn start_sites(cfg: &Config, target: &Arc<Target>, ports: &[Port], stretches: &[crate::site::setup::Stretch]) -> std::io::Result<Vec<(crate::site::control::SiteHandle, JoinHandle<()>)>> {
+fn start_sites(
+    cfg: &Config,
+    target: &Arc<Target>,
+    ports: &[Port],
+    stretches: &[crate::site::setup::Stretch],
+) -> std::io::Result<Vec<(crate::site::control::SiteHandle, JoinHandle<()>)>> {
     use crate::nvmf::ana::AnaState;
     use crate::site::control::{SiteConfig, SiteController, SiteInbox};
     if stretches.is_empty() {
@@ -42,11 +47,24 @@ fn start_sites(cfg: &Config, target: &Arc<Target>, ports: &[Port], stretches: &[
     }
     let inbox = Arc::new(SiteInbox::default());
     let _ = target.site_messages.set(inbox.clone());
-    let link_ports: Vec<u16> = cfg.listeners.iter().zip(ports).filter(|(l, _)| cfg.stretches.iter().any(|s| s.link_listener == l.address)).map(|(_, p)| p.id).collect();
+    let link_ports: Vec<u16> = cfg
+        .listeners
+        .iter()
+        .zip(ports)
+        .filter(|(l, _)| cfg.stretches.iter().any(|s| s.link_listener == l.address))
+        .map(|(_, p)| p.id)
+        .collect();
     let mut out = Vec::new();
     for st in stretches {
         let s = &st.cfg;
-        let exporting: Vec<&String> = cfg.subsystems.iter().filter(|sub| sub.namespaces.iter().any(|n| n.device == s.name) && sub.nqn != s.link_nqn()).map(|sub| &sub.nqn).collect();
+        let exporting: Vec<&String> = cfg
+            .subsystems
+            .iter()
+            .filter(|sub| {
+                sub.namespaces.iter().any(|n| n.device == s.name) && sub.nqn != s.link_nqn()
+            })
+            .map(|sub| &sub.nqn)
+            .collect();
         let mut host_paths = Vec::new();
         for p in ports {
             for nqn in &exporting {
@@ -63,13 +81,23 @@ fn start_sites(cfg: &Config, target: &Arc<Target>, ports: &[Port], stretches: &[
             site: s.site.clone(),
             peer_site: s.peer_site.clone(),
             leader: s.leader.clone(),
-            witness: s.witness.as_ref().map(|w| w.parse().expect("validated witness")),
+            witness: s
+                .witness
+                .as_ref()
+                .map(|w| w.parse().expect("validated witness")),
             witness_ttl_s: s.witness_ttl_s,
             link_timeout: std::time::Duration::from_millis(s.link_timeout_ms),
             state_file: s.state_file.clone(),
             host_paths,
         };
-        out.push(SiteController::start(sc, st.bdev.shared.clone(), st.replica.clone(), target.clone(), st.inbox.clone(), st.crash_ranges.clone())?);
+        out.push(SiteController::start(
+            sc,
+            st.bdev.shared.clone(),
+            st.replica.clone(),
+            target.clone(),
+            st.inbox.clone(),
+            st.crash_ranges.clone(),
+        )?);
     }
     Ok(out)
 }
@@ -78,7 +106,10 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
     let size = d.size.map(|s| s.0);
     let dev: Arc<dyn Bdev> = match d.kind {
         DeviceKind::File => {
-            let path = d.path.as_ref().expect("validated: file devices have a path");
+            let path = d
+                .path
+                .as_ref()
+                .expect("validated: file devices have a path");
             let f = FileBdev::open(&d.name, path, d.block_size, size)?;
             info!(device = d.name, path = %path.display(), direct_io = f.uses_direct_io(), blocks = f.num_blocks(), "file device opened");
             Arc::new(f)
@@ -86,8 +117,15 @@ fn open_device(d: &DeviceSection) -> std::io::Result<Arc<dyn Bdev>> {
         DeviceKind::Ram => Arc::new(RamBdev::new(&d.name, d.block_size, size.unwrap())?),
         DeviceKind::Null => Arc::new(NullBdev::new(&d.name, d.block_size, size.unwrap())),
         DeviceKind::Nvmf => {
-            let cfg = d.remote_config().expect("validated: nvmf devices have an address and subnqn");
-            Arc::new(crate::bdev::remote::RemoteBdev::open(&d.name, cfg, d.block_size, size)?)
+            let cfg = d
+                .remote_config()
+                .expect("validated: nvmf devices have an address and subnqn");
+            Arc::new(crate::bdev::remote::RemoteBdev::open(
+                &d.name,
+                cfg,
+                d.block_size,
+                size,
+            )?)
         }
     };
     Ok(dev)
@@ -100,13 +138,20 @@ fn bind_listener(address: &str) -> std::io::Result<TcpListener> {
     let mut warned = false;
     loop {
         match TcpListener::bind(address) {
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && std::time::Instant::now() < deadline => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
                 if !std::mem::replace(&mut warned, true) {
                     tracing::warn!(address, "address in use: waiting for it to be released");
                 }
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
-            r => return r.map_err(|e| std::io::Error::new(e.kind(), format!("listen on {address}: {e}"))),
+            r => {
+                return r.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("listen on {address}: {e}"))
+                })
+            }
         }
     }
 }
@@ -117,7 +162,19 @@ fn device_index(cfg: &Config, name: &str) -> usize {
         .iter()
         .map(|d| &d.name)
         .chain(cfg.volumes.iter().map(|v| &v.name))
-        .chain(cfg.stretches.iter().flat_map(|s| [s.name.clone(), format!("{}:replica", s.name), format!("{}:forward", s.name)]).collect::<Vec<_>>().iter())
+        .chain(
+            cfg.stretches
+                .iter()
+                .flat_map(|s| {
+                    [
+                        s.name.clone(),
+                        format!("{}:replica", s.name),
+                        format!("{}:forward", s.name),
+                    ]
+                })
+                .collect::<Vec<_>>()
+                .iter(),
+        )
         .position(|n| n == name)
         .expect("validated device name")
 }
@@ -127,7 +184,10 @@ fn serial_for(nqn: &str) -> String {
     h.simple().to_string()[..20].to_string()
 }
 
-fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<Vec<Arc<Subsystem>>> {
+fn build_subsystems(
+    cfg: &Config,
+    devices: &[Arc<dyn Bdev>],
+) -> std::io::Result<Vec<Arc<Subsystem>>> {
     let mut out = Vec::new();
     let mut stats_index = 0;
     for s in &cfg.subsystems {
@@ -137,7 +197,10 @@ fn build_subsystems(cfg: &Config, devices: &[Arc<dyn Bdev>]) -> std::io::Result<
             let device = device_index(cfg, &n.device);
             let dev = &devices[device];
             if dev.num_blocks() == 0 {
-                return Err(std::io::Error::other(format!("device '{}' is smaller than one block", dev.name())));
+                return Err(std::io::Error::other(format!(
+                    "device '{}' is smaller than one block",
+                    dev.name()
+                )));
             }
             let mut ns = Namespace::new(&s.nqn, nsid, device, dev.block_size(), dev.num_blocks());
             if let Some(u) = &n.uuid {
@@ -171,7 +234,12 @@ pub fn limits_of(cfg: &Config) -> (TransportLimits, PoolConfig) {
         max_transfer: l.max_transfer,
         max_h2c_data: l.max_h2c_data,
     };
-    let p = PoolConfig { small_size: 128 * 1024, small_count: l.buffers_128k, large_size: l.max_transfer.max(128 * 1024), large_count: l.buffers_1m };
+    let p = PoolConfig {
+        small_size: 128 * 1024,
+        small_count: l.buffers_128k,
+        large_size: l.max_transfer.max(128 * 1024),
+        large_count: l.buffers_1m,
+    };
     (t, p)
 }
 
@@ -206,7 +274,10 @@ pub fn apply_host_lists(target: &Target, cfg: &Config) -> Vec<String> {
 }
 
 /// Reload the host allow-lists from the configuration file at `path`.
-pub fn reload_hosts_from(target: &Target, path: Option<&std::path::Path>) -> Result<Vec<String>, String> {
+pub fn reload_hosts_from(
+    target: &Target,
+    path: Option<&std::path::Path>,
+) -> Result<Vec<String>, String> {
     let path = path.ok_or("the target runs without a configuration file: nothing to reload")?;
     let cfg = Config::load(path).map_err(|e| e.to_string())?;
     Ok(apply_host_lists(target, &cfg))
@@ -218,9 +289,16 @@ impl Server {
     }
 
     /// Start from `cfg`, which was read from `path` (reloaded on SIGHUP or by RPC).
-    pub fn start_with_path(cfg: &Config, config_path: Option<&std::path::Path>) -> std::io::Result<Server> {
+    pub fn start_with_path(
+        cfg: &Config,
+        config_path: Option<&std::path::Path>,
+    ) -> std::io::Result<Server> {
         let cfg = &crate::site::setup::with_site_links(cfg);
-        let in_volumes: Vec<&String> = cfg.volumes.iter().flat_map(|v| v.members.iter().chain(&v.spares)).collect();
+        let in_volumes: Vec<&String> = cfg
+            .volumes
+            .iter()
+            .flat_map(|v| v.members.iter().chain(&v.spares))
+            .collect();
         let mut opened: Vec<Option<Arc<dyn Bdev>>> = Vec::new();
         let mut faults = Vec::new();
         for d in &cfg.devices {
@@ -233,7 +311,12 @@ impl Server {
                     opened.push(None);
                     continue;
                 }
-                Err(e) => return Err(std::io::Error::new(e.kind(), format!("device '{}': {e}", d.name))),
+                Err(e) => {
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("device '{}': {e}", d.name),
+                    ))
+                }
             };
             if d.fault_injection {
                 let f = FaultBdev::new(dev);
@@ -246,8 +329,18 @@ impl Server {
         let mut volumes = Vec::new();
         let mut close_on_error = CloseOnError(Vec::new());
         for v in &cfg.volumes {
-            let pick = |names: &[String]| names.iter().filter_map(|m| opened[device_index(cfg, m)].clone()).collect();
-            let absent = v.members.iter().filter(|m| opened[device_index(cfg, m)].is_none()).cloned().collect();
+            let pick = |names: &[String]| {
+                names
+                    .iter()
+                    .filter_map(|m| opened[device_index(cfg, m)].clone())
+                    .collect()
+            };
+            let absent = v
+                .members
+                .iter()
+                .filter(|m| opened[device_index(cfg, m)].is_none())
+                .cloned()
+                .collect();
             let spec = VolumeSpec {
                 name: v.name.clone(),
                 level: v.level,
@@ -260,38 +353,66 @@ impl Server {
                 member_order: v.members.clone(),
                 slow_policy: v.slow_policy(),
             };
-            let vol = Arc::new(RaidBdev::new(spec).map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?);
+            let vol = Arc::new(
+                RaidBdev::new(spec)
+                    .map_err(|e| std::io::Error::other(format!("volume '{}': {e}", v.name)))?,
+            );
             info!(volume = v.name, level = ?v.level, members = v.members.len(), blocks = vol.num_blocks(), "volume assembled");
             vol.scrub().set_rate(v.scrub_rate.0);
-            vol.set_scrub_schedule((v.scrub_interval_hours > 0.0).then(|| std::time::Duration::from_secs_f64(v.scrub_interval_hours * 3600.0)));
+            vol.set_scrub_schedule(
+                (v.scrub_interval_hours > 0.0)
+                    .then(|| std::time::Duration::from_secs_f64(v.scrub_interval_hours * 3600.0)),
+            );
             volumes.push(vol.clone());
             close_on_error.0.push(vol.clone());
             opened.push(Some(vol));
         }
         let mut stretches = Vec::new();
         for st in &cfg.stretches {
-            let local = opened[device_index(cfg, &st.volume)].clone().ok_or_else(|| std::io::Error::other(format!("stretch '{}': its volume is missing", st.name)))?;
-            let parts = crate::site::setup::build(st, local).map_err(|e| std::io::Error::other(format!("stretch '{}': {e}", st.name)))?;
+            let local = opened[device_index(cfg, &st.volume)]
+                .clone()
+                .ok_or_else(|| {
+                    std::io::Error::other(format!("stretch '{}': its volume is missing", st.name))
+                })?;
+            let parts = crate::site::setup::build(st, local)
+                .map_err(|e| std::io::Error::other(format!("stretch '{}': {e}", st.name)))?;
             opened.push(Some(parts.bdev.clone()));
-            opened.push(Some(Arc::new(crate::site::stretch::ReplicaView::new(&parts.bdev))));
+            opened.push(Some(Arc::new(crate::site::stretch::ReplicaView::new(
+                &parts.bdev,
+            ))));
             opened.push(Some(Arc::new(parts.bdev.peer_view())));
             stretches.push(parts);
         }
         // Only volume members can be absent, and namespaces never use them directly.
-        let placeholder = |i: usize| -> Arc<dyn Bdev> { Arc::new(NullBdev::new(&format!("absent-{i}"), 512, 0)) };
-        let devices: Vec<Arc<dyn Bdev>> = opened.into_iter().enumerate().map(|(i, d)| d.unwrap_or_else(|| placeholder(i))).collect();
+        let placeholder =
+            |i: usize| -> Arc<dyn Bdev> { Arc::new(NullBdev::new(&format!("absent-{i}"), 512, 0)) };
+        let devices: Vec<Arc<dyn Bdev>> = opened
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| d.unwrap_or_else(|| placeholder(i)))
+            .collect();
         let subsystems = build_subsystems(cfg, &devices)?;
         let mut listeners = Vec::new();
         let mut ports = Vec::new();
         for (i, l) in cfg.listeners.iter().enumerate() {
             let sock = bind_listener(&l.address)?;
-            let port = Port { id: i as u16 + 1, addr: sock.local_addr()? };
+            let port = Port {
+                id: i as u16 + 1,
+                addr: sock.local_addr()?,
+            };
             ports.push(port.clone());
             listeners.push((sock, port.id));
         }
-        let target = Arc::new(Target::new(subsystems, ports.clone(), cfg.limits.max_io_queues, cfg.limits.max_controllers));
+        let target = Arc::new(Target::new(
+            subsystems,
+            ports.clone(),
+            cfg.limits.max_io_queues,
+            cfg.limits.max_controllers,
+        ));
         for (l, port) in cfg.listeners.iter().zip(&ports) {
-            let state = l.initial_ana_state().map_err(|e| std::io::Error::other(format!("listener {}: {e}", l.address)))?;
+            let state = l
+                .initial_ana_state()
+                .map_err(|e| std::io::Error::other(format!("listener {}: {e}", l.address)))?;
             target.ana.set_initial(port.id, state);
             if state != crate::nvmf::ana::AnaState::Optimized {
                 info!(listener = %port.addr, ana_state = %state, "listener starts with a non-optimized ANA state");
@@ -323,18 +444,29 @@ impl Server {
                 max_connections: per_reactor_conns,
                 handshake: HandshakeLimits {
                     timeout: std::time::Duration::from_millis(cfg.limits.handshake_timeout_ms),
-                    per_source: cfg.limits.max_handshakes_per_source.min(per_reactor_conns.div_ceil(2)).max(1),
+                    per_source: cfg
+                        .limits
+                        .max_handshakes_per_source
+                        .min(per_reactor_conns.div_ceil(2))
+                        .max(1),
                 },
-                listeners: if i == 0 { std::mem::take(&mut listeners) } else { Vec::new() },
+                listeners: if i == 0 {
+                    std::mem::take(&mut listeners)
+                } else {
+                    Vec::new()
+                },
             };
             let (shared, devices, ready) = (shared.clone(), devices.clone(), ready_tx.clone());
-            let t = std::thread::Builder::new().name(format!("reactor-{i}")).spawn(move || {
-                if let Err(e) = reactor::run(rc, shared.clone(), &devices, inbox, ready.clone()) {
-                    tracing::error!(reactor = i, error = %e, "reactor failed to start");
-                    let _ = ready.send(Err(e.to_string()));
-                    shared.request_stop();
-                }
-            })?;
+            let t = std::thread::Builder::new()
+                .name(format!("reactor-{i}"))
+                .spawn(move || {
+                    if let Err(e) = reactor::run(rc, shared.clone(), &devices, inbox, ready.clone())
+                    {
+                        tracing::error!(reactor = i, error = %e, "reactor failed to start");
+                        let _ = ready.send(Err(e.to_string()));
+                        shared.request_stop();
+                    }
+                })?;
             threads.push(t);
         }
         for _ in 0..threads.len() {
@@ -358,10 +490,25 @@ impl Server {
                     .iter()
                     .map(|d| d.name.clone())
                     .zip(devices.iter().cloned())
-                    .chain(stretches.iter().flat_map(|s| [(s.replica.name().to_string(), s.replica.clone() as Arc<dyn Bdev>), (s.forward.name().to_string(), s.forward.clone() as Arc<dyn Bdev>)]))
+                    .chain(stretches.iter().flat_map(|s| {
+                        [
+                            (
+                                s.replica.name().to_string(),
+                                s.replica.clone() as Arc<dyn Bdev>,
+                            ),
+                            (
+                                s.forward.name().to_string(),
+                                s.forward.clone() as Arc<dyn Bdev>,
+                            ),
+                        ]
+                    }))
                     .collect(),
                 sites: sites.iter().map(|(h, _)| h.clone()).collect(),
-                namespace_devices: cfg.subsystems.iter().flat_map(|s| s.namespaces.iter().map(|n| n.device.clone())).collect(),
+                namespace_devices: cfg
+                    .subsystems
+                    .iter()
+                    .flat_map(|s| s.namespaces.iter().map(|n| n.device.clone()))
+                    .collect(),
                 config_path: config_path.map(|p| p.to_path_buf()),
             };
             match mgmt::serve(path, Arc::new(managed)) {
@@ -371,13 +518,21 @@ impl Server {
                     for t in threads {
                         let _ = t.join();
                     }
-                    return Err(std::io::Error::new(e.kind(), format!("management socket {}: {e}", path.display())));
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("management socket {}: {e}", path.display()),
+                    ));
                 }
             }
             info!(socket = %path.display(), "management socket ready");
         }
         let metrics = match cfg.metrics.address.as_deref().filter(|a| !a.is_empty()) {
-            Some(address) => match crate::metrics::serve(address, shared.clone(), volumes.clone(), sites.iter().map(|(h, _)| h.clone()).collect()) {
+            Some(address) => match crate::metrics::serve(
+                address,
+                shared.clone(),
+                volumes.clone(),
+                sites.iter().map(|(h, _)| h.clone()).collect(),
+            ) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     shared.request_stop();
@@ -393,7 +548,18 @@ impl Server {
             None => None,
         };
         close_on_error.disarm();
-        Ok(Server { shared, ports, threads, volumes, faults, mgmt: mgmt_server, metrics, config_path: config_path.map(|p| p.to_path_buf()), devices, sites })
+        Ok(Server {
+            shared,
+            ports,
+            threads,
+            volumes,
+            faults,
+            mgmt: mgmt_server,
+            metrics,
+            config_path: config_path.map(|p| p.to_path_buf()),
+            devices,
+            sites,
+        })
     }
 
     /// The volume named `name`.
@@ -403,7 +569,10 @@ impl Server {
 
     /// The fault switches of a device configured with `fault_injection = true`.
     pub fn fault(&self, device: &str) -> Option<&Arc<FaultControl>> {
-        self.faults.iter().find(|(n, _)| n == device).map(|(_, c)| c)
+        self.faults
+            .iter()
+            .find(|(n, _)| n == device)
+            .map(|(_, c)| c)
     }
 
     pub fn target(&self) -> &Target {
@@ -439,11 +608,19 @@ impl Server {
             let _ = t.join();
         }
         // Reactors have drained: flush the devices, mark every volume clean.
-        for d in self.devices.iter().filter(|d| !self.volumes.iter().any(|v| v.name() == d.name())) {
+        for d in self
+            .devices
+            .iter()
+            .filter(|d| !self.volumes.iter().any(|v| v.name() == d.name()))
+        {
             if let Err(e) = d.sync() {
                 tracing::warn!(device = d.name(), error = %e, "flush at shutdown failed");
             }
         }
-        self.volumes.iter().filter(|v| v.close() == Closed::WritesInFlight).map(|v| v.name().to_string()).collect()
+        self.volumes
+            .iter()
+            .filter(|v| v.close() == Closed::WritesInFlight)
+            .map(|v| v.name().to_string())
+            .collect()
     }
 }

@@ -22,7 +22,12 @@ pub enum OpClass {
     Other = 3,
 }
 
-pub const OP_CLASSES: [OpClass; 4] = [OpClass::Read, OpClass::Write, OpClass::Flush, OpClass::Other];
+pub const OP_CLASSES: [OpClass; 4] = [
+    OpClass::Read,
+    OpClass::Write,
+    OpClass::Flush,
+    OpClass::Other,
+];
 
 impl OpClass {
     pub fn name(self) -> &'static str {
@@ -53,13 +58,18 @@ pub struct OpStats {
 
 impl Default for OpStats {
     fn default() -> Self {
-        OpStats { latency: histogram(), ios: 0, bytes: 0 }
+        OpStats {
+            latency: histogram(),
+            ios: 0,
+            bytes: 0,
+        }
     }
 }
 
 impl OpStats {
     pub fn record(&mut self, us: u64, bytes: u64) {
-        self.latency.saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
+        self.latency
+            .saturating_record(us.clamp(LOWEST_US, HIGHEST_US));
         self.ios += 1;
         self.bytes += bytes;
     }
@@ -80,7 +90,13 @@ impl OpStats {
     /// Counters and percentiles (microseconds); with `buckets`, every recorded value.
     pub fn to_json(&self, buckets: bool) -> Value {
         let h = &self.latency;
-        let q = |p: f64| if h.is_empty() { 0 } else { h.value_at_quantile(p) };
+        let q = |p: f64| {
+            if h.is_empty() {
+                0
+            } else {
+                h.value_at_quantile(p)
+            }
+        };
         let mut v = json!({
             "ios": self.ios,
             "bytes": self.bytes,
@@ -90,7 +106,15 @@ impl OpStats {
             },
         });
         if buckets {
-            let b: Vec<Value> = h.iter_recorded().map(|x| json!([h.highest_equivalent(x.value_iterated_to()), x.count_at_value()])).collect();
+            let b: Vec<Value> = h
+                .iter_recorded()
+                .map(|x| {
+                    json!([
+                        h.highest_equivalent(x.value_iterated_to()),
+                        x.count_at_value()
+                    ])
+                })
+                .collect();
             v["latency_us"]["buckets"] = Value::Array(b);
         }
         v
@@ -158,13 +182,18 @@ impl Snapshot {
     /// Fold another reactor's snapshot into this one.
     pub fn merge(&mut self, other: &Snapshot) {
         if self.namespaces.len() < other.namespaces.len() {
-            self.namespaces.resize_with(other.namespaces.len(), OpSet::default);
+            self.namespaces
+                .resize_with(other.namespaces.len(), OpSet::default);
         }
         for (a, b) in self.namespaces.iter_mut().zip(&other.namespaces) {
             a.add(b);
         }
         for m in &other.members {
-            match self.members.iter_mut().find(|x| x.volume == m.volume && x.device == m.device) {
+            match self
+                .members
+                .iter_mut()
+                .find(|x| x.volume == m.volume && x.device == m.device)
+            {
                 Some(x) => x.ops.add(&m.ops),
                 None => self.members.push(m.clone()),
             }
@@ -181,7 +210,9 @@ pub struct ReactorRecorder {
 
 impl ReactorRecorder {
     pub fn new(namespaces: usize) -> Self {
-        ReactorRecorder { namespaces: (0..namespaces).map(|_| OpSet::default()).collect() }
+        ReactorRecorder {
+            namespaces: (0..namespaces).map(|_| OpSet::default()).collect(),
+        }
     }
 
     /// A namespace command finished after `us` microseconds.
@@ -215,8 +246,16 @@ mod tests {
             a.record(0, OpClass::Read, us, 4096);
             b.record(0, OpClass::Read, us + 1000, 4096);
         }
-        let mut s = Snapshot { namespaces: a.namespaces.clone(), members: vec![], reactor: a.reactor_total() };
-        s.merge(&Snapshot { namespaces: b.namespaces.clone(), members: vec![], reactor: b.reactor_total() });
+        let mut s = Snapshot {
+            namespaces: a.namespaces.clone(),
+            members: vec![],
+            reactor: a.reactor_total(),
+        };
+        s.merge(&Snapshot {
+            namespaces: b.namespaces.clone(),
+            members: vec![],
+            reactor: b.reactor_total(),
+        });
         assert_eq!(s.reactor.get(OpClass::Read).ios, 2000);
         let r = s.namespaces[0].get(OpClass::Read);
         assert_eq!(r.ios, 2000);

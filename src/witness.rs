@@ -29,7 +29,10 @@ fn unb64(s: &str) -> Option<String> {
 
 /// etcd's JSON numbers come as strings.
 fn int(v: &Value) -> i64 {
-    v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_i64()).unwrap_or(0)
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_i64())
+        .unwrap_or(0)
 }
 
 /// A client of one etcd endpoint's JSON gateway.
@@ -52,7 +55,10 @@ pub enum Claim {
 
 impl Etcd {
     pub fn new(endpoint: SocketAddr) -> Etcd {
-        Etcd { endpoint, timeout: Duration::from_secs(2) }
+        Etcd {
+            endpoint,
+            timeout: Duration::from_secs(2),
+        }
     }
 
     fn post(&self, path: &str, body: &Value) -> io::Result<Value> {
@@ -63,13 +69,22 @@ impl Etcd {
         write!(s, "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", self.endpoint, body.len())?;
         let mut resp = String::new();
         s.take(MAX_RESPONSE).read_to_string(&mut resp)?;
-        let (head, payload) = resp.split_once("\r\n\r\n").ok_or_else(|| io::Error::other("etcd: malformed HTTP response"))?;
+        let (head, payload) = resp
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| io::Error::other("etcd: malformed HTTP response"))?;
         let status = head.split_whitespace().nth(1).unwrap_or("");
         if status != "200" {
-            return Err(io::Error::other(format!("etcd {path}: HTTP {status}: {}", payload.trim())));
+            return Err(io::Error::other(format!(
+                "etcd {path}: HTTP {status}: {}",
+                payload.trim()
+            )));
         }
         // Chunked or not, the JSON object spans from the first '{' to the last '}'.
-        let json = payload.find('{').zip(payload.rfind('}')).map(|(a, b)| &payload[a..=b]).ok_or_else(|| io::Error::other("etcd: no JSON in response"))?;
+        let json = payload
+            .find('{')
+            .zip(payload.rfind('}'))
+            .map(|(a, b)| &payload[a..=b])
+            .ok_or_else(|| io::Error::other("etcd: no JSON in response"))?;
         serde_json::from_str(json).map_err(|e| io::Error::other(format!("etcd {path}: {e}")))
     }
 
@@ -86,13 +101,17 @@ impl Etcd {
     }
 
     pub fn revoke(&self, lease: i64) -> io::Result<()> {
-        self.post("/v3/lease/revoke", &json!({"ID": lease.to_string()})).map(|_| ())
+        self.post("/v3/lease/revoke", &json!({"ID": lease.to_string()}))
+            .map(|_| ())
     }
 
     /// The value of `key`, if it exists.
     pub fn get(&self, key: &str) -> io::Result<Option<String>> {
         let r = self.post("/v3/kv/range", &json!({"key": b64(key)}))?;
-        Ok(r["kvs"].get(0).and_then(|kv| kv["value"].as_str()).and_then(unb64))
+        Ok(r["kvs"]
+            .get(0)
+            .and_then(|kv| kv["value"].as_str())
+            .and_then(unb64))
     }
 
     /// Compare-and-swap: create `key` = `value` under `lease` if the key is absent.
@@ -107,8 +126,15 @@ impl Etcd {
         if r["succeeded"].as_bool() == Some(true) {
             return Ok(Claim::Won);
         }
-        let holder = r["responses"][0]["response_range"]["kvs"][0]["value"].as_str().and_then(unb64).unwrap_or_default();
-        Ok(if holder == value { Claim::Ours } else { Claim::HeldBy(holder) })
+        let holder = r["responses"][0]["response_range"]["kvs"][0]["value"]
+            .as_str()
+            .and_then(unb64)
+            .unwrap_or_default();
+        Ok(if holder == value {
+            Claim::Ours
+        } else {
+            Claim::HeldBy(holder)
+        })
     }
 
     /// Delete `key` if it still holds `value` (give the volume back).
@@ -147,7 +173,14 @@ pub struct Witness {
 
 impl Witness {
     pub fn new(etcd: Etcd, site: &str, volume: &str, ttl: u64) -> Witness {
-        Witness { etcd, site: site.into(), key: format!("/nvmf-raid/volumes/{volume}/sole"), ttl, lease: None, role: Role::Mirrored }
+        Witness {
+            etcd,
+            site: site.into(),
+            key: format!("/nvmf-raid/volumes/{volume}/sole"),
+            ttl,
+            lease: None,
+            role: Role::Mirrored,
+        }
     }
 
     /// Keep this site's lease alive (call every ttl/3); a lease that expired is replaced,
@@ -161,7 +194,9 @@ impl Witness {
             self.lease = Some(self.etcd.grant(self.ttl)?);
             if self.role == Role::Sole {
                 // The claim expired with the lease: it must be won again.
-                self.role = Role::Fenced { why: "the lease that held the claim expired".into() };
+                self.role = Role::Fenced {
+                    why: "the lease that held the claim expired".into(),
+                };
             }
         }
         Ok(())
@@ -170,11 +205,21 @@ impl Witness {
     /// The peer is unreachable: claim the volume. Exactly one site can win; a site that
     /// cannot reach the witness fences itself.
     pub fn peer_lost(&mut self) -> &Role {
-        let outcome = self.heartbeat().and_then(|()| self.etcd.claim(&self.key, &self.site, self.lease.expect("heartbeat made a lease")));
+        let outcome = self.heartbeat().and_then(|()| {
+            self.etcd.claim(
+                &self.key,
+                &self.site,
+                self.lease.expect("heartbeat made a lease"),
+            )
+        });
         self.role = match outcome {
             Ok(Claim::Won | Claim::Ours) => Role::Sole,
-            Ok(Claim::HeldBy(other)) => Role::Fenced { why: format!("site '{other}' holds the volume") },
-            Err(e) => Role::Fenced { why: format!("neither the peer nor the witness is reachable: {e}") },
+            Ok(Claim::HeldBy(other)) => Role::Fenced {
+                why: format!("site '{other}' holds the volume"),
+            },
+            Err(e) => Role::Fenced {
+                why: format!("neither the peer nor the witness is reachable: {e}"),
+            },
         };
         &self.role
     }
@@ -203,7 +248,14 @@ mod tests {
 
     #[test]
     fn base64_round_trips() {
-        for s in ["", "a", "ab", "abc", "/nvmf-raid/volumes/vol0/sole", "site-b"] {
+        for s in [
+            "",
+            "a",
+            "ab",
+            "abc",
+            "/nvmf-raid/volumes/vol0/sole",
+            "site-b",
+        ] {
             assert_eq!(unb64(&b64(s)).as_deref(), Some(s));
         }
         assert_eq!(b64("vol"), "dm9s");
@@ -211,8 +263,19 @@ mod tests {
 
     #[test]
     fn an_unreachable_witness_fences_the_site() {
-        let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let mut w = Witness::new(Etcd { endpoint: dead, timeout: Duration::from_millis(200) }, "a", "v", 5);
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut w = Witness::new(
+            Etcd {
+                endpoint: dead,
+                timeout: Duration::from_millis(200),
+            },
+            "a",
+            "v",
+            5,
+        );
         assert!(matches!(w.peer_lost(), Role::Fenced { .. }));
     }
 }

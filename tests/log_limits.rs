@@ -22,10 +22,20 @@ fn failed_io_on_an_offline_volume_is_logged_rate_limited() {
     let cfg = dir.path().join("target.toml");
     std::fs::write(&cfg, c).unwrap();
     let mut child = spawn_target(&cfg, dir.path());
-    let mut host = HostController::connect(format!("127.0.0.1:{port}").parse().unwrap(), nqn, &QueueOptions::default()).unwrap();
+    let mut host = HostController::connect(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        nqn,
+        &QueueOptions::default(),
+    )
+    .unwrap();
     host.set_queue_count(1).unwrap();
     let mut q = host.io_queue(1).unwrap();
-    call(&dir.path().join("mgmt.sock"), "volume_fail_member", json!({"volume": "vol", "member": "m1", "force": true})).unwrap();
+    call(
+        &dir.path().join("mgmt.sock"),
+        "volume_fail_member",
+        json!({"volume": "vol", "member": "m1", "force": true}),
+    )
+    .unwrap();
     let reads: u64 = 3000;
     let mut failed = 0u64;
     for i in 0..reads {
@@ -35,10 +45,17 @@ fn failed_io_on_an_offline_volume_is_logged_rate_limited() {
     assert_eq!(failed, reads, "every read of an offline volume fails");
     drop(q);
     drop(host);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("target.log")).unwrap();
-    let lines = log.lines().filter(|l| l.contains("block I/O failed")).count();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("block I/O failed"))
+        .count();
     assert!(lines >= 1, "the failures are logged");
     assert!(lines <= 20, "{lines} log lines for {reads} failed reads");
 }

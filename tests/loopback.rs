@@ -72,7 +72,11 @@ device = "ram1"
         let cfg = Config::parse(&cfg).unwrap();
         let server = Server::start(&cfg).unwrap();
         let addr = server.ports[0].addr;
-        Fixture { server: Some(server), addr, _dir: dir }
+        Fixture {
+            server: Some(server),
+            addr,
+            _dir: dir,
+        }
     }
 
     fn server(&self) -> &Server {
@@ -88,7 +92,10 @@ device = "ram1"
             if conns == 0 && bufs == 0 && ctrls == 0 {
                 return;
             }
-            assert!(Instant::now() < deadline, "target still holds {conns} connections, {bufs} buffers, {ctrls} controllers");
+            assert!(
+                Instant::now() < deadline,
+                "target still holds {conns} connections, {bufs} buffers, {ctrls} controllers"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -118,7 +125,12 @@ fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn connect_io(f: &Fixture, nqn: &str, o: &QueueOptions, queues: u16) -> (HostController, Vec<Queue>) {
+fn connect_io(
+    f: &Fixture,
+    nqn: &str,
+    o: &QueueOptions,
+    queues: u16,
+) -> (HostController, Vec<Queue>) {
     let mut c = HostController::connect(f.addr, nqn, o).unwrap();
     assert_eq!(c.set_queue_count(queues).unwrap(), queues);
     let qs = (1..=queues).map(|q| c.io_queue(q).unwrap()).collect();
@@ -170,7 +182,20 @@ fn write_read_verify(f: &Fixture, nqn: &str, o: &QueueOptions) -> u64 {
     let (_c, mut qs) = connect_io(f, nqn, o, 1);
     let q = &mut qs[0];
     let mut lba = 0u64;
-    for (i, len) in [512usize, 1024, 4096, 8192, 8704, 65536, 131072, 262144, 1 << 20].into_iter().enumerate() {
+    for (i, len) in [
+        512usize,
+        1024,
+        4096,
+        8192,
+        8704,
+        65536,
+        131072,
+        262144,
+        1 << 20,
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let data = pattern(len, i as u64 + 7);
         let cqe = q.write(1, lba, 9, &data).unwrap();
         assert!(cqe.is_success(), "write {len}: {cqe:?}");
@@ -186,7 +211,11 @@ fn write_read_verify(f: &Fixture, nqn: &str, o: &QueueOptions) -> u64 {
 #[test]
 fn read_write_verify_all_sizes_without_digests() {
     let f = Fixture::start("0");
-    assert_eq!(write_read_verify(&f, NQN_RAM, &opts()), 0, "SUCCESS flag used with SQ flow control on");
+    assert_eq!(
+        write_read_verify(&f, NQN_RAM, &opts()),
+        0,
+        "SUCCESS flag used with SQ flow control on"
+    );
     write_read_verify(&f, NQN_FILE, &opts());
 }
 
@@ -194,7 +223,12 @@ fn read_write_verify_all_sizes_without_digests() {
 fn reads_complete_in_their_data_pdu_without_sq_flow_control() {
     let f = Fixture::start("0");
     for digests in [false, true] {
-        let o = QueueOptions { disable_sqflow: true, hdgst: digests, ddgst: digests, ..opts() };
+        let o = QueueOptions {
+            disable_sqflow: true,
+            hdgst: digests,
+            ddgst: digests,
+            ..opts()
+        };
         // Every one of the nine reads ends with the SUCCESS flag and no response capsule.
         assert_eq!(write_read_verify(&f, NQN_RAM, &o), 9, "digests {digests}");
         assert_eq!(write_read_verify(&f, NQN_FILE, &o), 9, "digests {digests}");
@@ -204,7 +238,11 @@ fn reads_complete_in_their_data_pdu_without_sq_flow_control() {
 #[test]
 fn read_write_verify_all_sizes_with_digests() {
     let f = Fixture::start("0");
-    let o = QueueOptions { hdgst: true, ddgst: true, ..opts() };
+    let o = QueueOptions {
+        hdgst: true,
+        ddgst: true,
+        ..opts()
+    };
     write_read_verify(&f, NQN_RAM, &o);
     write_read_verify(&f, NQN_FILE, &o);
 }
@@ -233,7 +271,17 @@ fn flush_write_zeroes_and_deallocate() {
     let q = &mut qs[0];
     let data = pattern(65536, 3);
     assert!(q.write(1, 0, 9, &data).unwrap().is_success());
-    assert!(q.execute(Sqe { opcode: io::FLUSH, nsid: 1, ..Default::default() }, Data::None).unwrap().is_success());
+    assert!(q
+        .execute(
+            Sqe {
+                opcode: io::FLUSH,
+                nsid: 1,
+                ..Default::default()
+            },
+            Data::None
+        )
+        .unwrap()
+        .is_success());
     // Write Zeroes over blocks 0..8 (4 KiB).
     let wz = command::rw_sqe(io::WRITE_ZEROES, 0, 1, 0, 8, 0, false);
     assert!(q.execute(wz, Data::None).unwrap().is_success());
@@ -241,9 +289,16 @@ fn flush_write_zeroes_and_deallocate() {
     let mut ranges = [0u8; 16];
     ranges[4..8].copy_from_slice(&64u32.to_le_bytes());
     ranges[8..16].copy_from_slice(&64u64.to_le_bytes());
-    let mut dsm = Sqe { opcode: io::DATASET_MANAGEMENT, nsid: 1, ..Default::default() };
+    let mut dsm = Sqe {
+        opcode: io::DATASET_MANAGEMENT,
+        nsid: 1,
+        ..Default::default()
+    };
     dsm.cdw[1] = 1 << 2;
-    assert!(q.execute(dsm, Data::ToController(ranges.as_ptr(), 16)).unwrap().is_success());
+    assert!(q
+        .execute(dsm, Data::ToController(ranges.as_ptr(), 16))
+        .unwrap()
+        .is_success());
     let mut back = vec![0u8; 65536];
     assert!(q.read(1, 0, 9, &mut back).unwrap().is_success());
     assert!(back[..4096].iter().all(|b| *b == 0), "write zeroes");
@@ -258,9 +313,24 @@ fn errors_out_of_range_unknown_opcode_and_bad_namespace() {
     let q = &mut qs[0];
     let mut buf = vec![0u8; 4096];
     let blocks = (64u64 << 20) >> 9;
-    assert_eq!(q.read(1, blocks - 4, 9, &mut buf).unwrap().status_code(), status::LBA_OUT_OF_RANGE);
-    assert_eq!(q.read(9, 0, 9, &mut buf).unwrap().status_code(), status::INVALID_NAMESPACE);
-    let cqe = q.execute(Sqe { opcode: 0x7E, nsid: 1, ..Default::default() }, Data::None).unwrap();
+    assert_eq!(
+        q.read(1, blocks - 4, 9, &mut buf).unwrap().status_code(),
+        status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(
+        q.read(9, 0, 9, &mut buf).unwrap().status_code(),
+        status::INVALID_NAMESPACE
+    );
+    let cqe = q
+        .execute(
+            Sqe {
+                opcode: 0x7E,
+                nsid: 1,
+                ..Default::default()
+            },
+            Data::None,
+        )
+        .unwrap();
     assert_eq!(cqe.status_code(), status::INVALID_OPCODE);
     // The queue keeps working after errors.
     assert!(q.read(1, 0, 9, &mut buf).unwrap().is_success());
@@ -296,11 +366,27 @@ fn second_connect_on_same_qid_and_bad_sqsize_are_refused() {
     let f = Fixture::start("0");
     let (c, _qs) = connect_io(&f, NQN_RAM, &opts(), 2);
     let mut q = Queue::open(f.addr, &opts()).unwrap();
-    assert!(q.connect(1, c.cntlid, NQN_RAM, &opts()).is_err(), "qid 1 is taken");
-    let mut q = Queue::open(f.addr, &QueueOptions { depth: 1024, ..opts() }).unwrap();
-    assert!(q.connect(2, c.cntlid, NQN_RAM, &opts()).is_err(), "sqsize above MQES");
+    assert!(
+        q.connect(1, c.cntlid, NQN_RAM, &opts()).is_err(),
+        "qid 1 is taken"
+    );
+    let mut q = Queue::open(
+        f.addr,
+        &QueueOptions {
+            depth: 1024,
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(
+        q.connect(2, c.cntlid, NQN_RAM, &opts()).is_err(),
+        "sqsize above MQES"
+    );
     let mut q = Queue::open(f.addr, &opts()).unwrap();
-    assert!(q.connect(2, 0x7777, NQN_RAM, &opts()).is_err(), "unknown cntlid");
+    assert!(
+        q.connect(2, 0x7777, NQN_RAM, &opts()).is_err(),
+        "unknown cntlid"
+    );
 }
 
 #[test]
@@ -311,8 +397,10 @@ fn abrupt_disconnect_mid_io_leaks_nothing() {
         let bufs: Vec<Vec<u8>> = (0..32).map(|i| pattern(131072, i)).collect();
         for q in qs.iter_mut() {
             for (i, b) in bufs.iter().enumerate() {
-                let sqe = command::rw_sqe(io::WRITE, 0, 1, i as u64 * 256, 256, b.len() as u32, false);
-                q.submit(sqe, Data::ToController(b.as_ptr(), b.len())).unwrap();
+                let sqe =
+                    command::rw_sqe(io::WRITE, 0, 1, i as u64 * 256, 256, b.len() as u32, false);
+                q.submit(sqe, Data::ToController(b.as_ptr(), b.len()))
+                    .unwrap();
             }
             let _ = q.poll(&mut |_, _, _| {});
         }
@@ -329,23 +417,37 @@ fn abrupt_disconnect_mid_io_leaks_nothing() {
 #[test]
 fn keep_alive_expiry_ends_the_association() {
     let f = Fixture::start("0,1");
-    let o = QueueOptions { kato_ms: 1000, ..opts() };
+    let o = QueueOptions {
+        kato_ms: 1000,
+        ..opts()
+    };
     let (mut c, mut qs) = connect_io(&f, NQN_RAM, &o, 2);
     let start = Instant::now();
     // No keep-alives: the admin queue and both I/O queues must be closed by the target.
-    assert_eq!(c.admin.wait_for_termination(Duration::from_secs(10)).unwrap(), None);
+    assert_eq!(
+        c.admin
+            .wait_for_termination(Duration::from_secs(10))
+            .unwrap(),
+        None
+    );
     for q in qs.iter_mut() {
         q.wait_for_termination(Duration::from_secs(10)).unwrap();
     }
     let waited = start.elapsed();
-    assert!(waited >= Duration::from_millis(900), "closed too early: {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed too early: {waited:?}"
+    );
     f.assert_drained();
 }
 
 #[test]
 fn keep_alive_keeps_the_association() {
     let f = Fixture::start("0");
-    let o = QueueOptions { kato_ms: 1000, ..opts() };
+    let o = QueueOptions {
+        kato_ms: 1000,
+        ..opts()
+    };
     let mut c = HostController::connect(f.addr, NQN_RAM, &o).unwrap();
     for _ in 0..6 {
         std::thread::sleep(Duration::from_millis(400));
@@ -359,7 +461,12 @@ fn expect_term(f: &Fixture, bytes: &[u8], hdgst: bool, fes: pdu::Fes) {
     let mut q = Queue::open(f.addr, &o).unwrap();
     q.send_raw(bytes).unwrap();
     let got = q.wait_for_termination(Duration::from_secs(5)).unwrap();
-    assert_eq!(got.map(|t| t.0), Some(fes as u16), "for {:02x?}", &bytes[..8.min(bytes.len())]);
+    assert_eq!(
+        got.map(|t| t.0),
+        Some(fes as u16),
+        "for {:02x?}",
+        &bytes[..8.min(bytes.len())]
+    );
 }
 
 #[test]
@@ -368,7 +475,13 @@ fn malformed_pdus_end_only_their_connection() {
     let (_c, mut qs) = connect_io(&f, NQN_RAM, &opts(), 1);
     let good = &mut qs[0];
     let mut capsule = [0u8; 72];
-    pdu::encode_capsule_cmd(&mut capsule, &command::connect_sqe(0, 0, 31, 0, 0).encode(), 0, false, false);
+    pdu::encode_capsule_cmd(
+        &mut capsule,
+        &command::connect_sqe(0, 0, 31, 0, 0).encode(),
+        0,
+        false,
+        false,
+    );
 
     let mut bad_type = capsule;
     bad_type[0] = 0x0E;
@@ -384,18 +497,40 @@ fn malformed_pdus_end_only_their_connection() {
     expect_term(&f, &huge, false, pdu::Fes::DataLimitExceeded);
 
     let mut digest = [0u8; 76];
-    pdu::encode_capsule_cmd(&mut digest, &command::connect_sqe(0, 0, 31, 0, 0).encode(), 0, true, false);
+    pdu::encode_capsule_cmd(
+        &mut digest,
+        &command::connect_sqe(0, 0, 31, 0, 0).encode(),
+        0,
+        true,
+        false,
+    );
     digest[40] ^= 0x55;
     expect_term(&f, &digest, true, pdu::Fes::HeaderDigestError);
 
     // A second ICReq is a PDU sequence error.
     let mut ic = [0u8; 128];
-    pdu::encode_ic_req(&mut ic, &pdu::IcReq { pfv: 0, hpda: 0, hdgst: false, ddgst: false, maxr2t: 0 });
+    pdu::encode_ic_req(
+        &mut ic,
+        &pdu::IcReq {
+            pfv: 0,
+            hpda: 0,
+            hdgst: false,
+            ddgst: false,
+            maxr2t: 0,
+        },
+    );
     expect_term(&f, &ic, false, pdu::Fes::PduSequenceError);
 
     // H2CData for a transfer that was never requested.
     let mut h2c = vec![0u8; 24];
-    let h = pdu::DataHeader { cccid: 1, ttag: 5, datao: 0, datal: 16, last: true, success: false };
+    let h = pdu::DataHeader {
+        cccid: 1,
+        ttag: 5,
+        datao: 0,
+        datal: 16,
+        last: true,
+        success: false,
+    };
     pdu::encode_data_header(&mut h2c, false, &h, false, false);
     h2c.extend_from_slice(&[0u8; 16]);
     expect_term(&f, &h2c, false, pdu::Fes::InvalidHeaderField);
@@ -411,7 +546,10 @@ fn malformed_pdus_end_only_their_connection() {
 #[test]
 fn data_digest_error_fails_the_command_with_transient_transport_error() {
     let f = Fixture::start("0");
-    let o = QueueOptions { ddgst: true, ..opts() };
+    let o = QueueOptions {
+        ddgst: true,
+        ..opts()
+    };
     let (_c, mut qs) = connect_io(&f, NQN_RAM, &o, 1);
     let q = &mut qs[0];
     let data = pattern(4096, 5);
@@ -428,7 +566,11 @@ fn data_digest_error_fails_the_command_with_transient_transport_error() {
     let big = pattern(256 * 1024, 6);
     q.corrupt_next_data_digest = true;
     let cqe = q.write(1, 64, 9, &big).unwrap();
-    assert_eq!(cqe.status_code(), 0x22, "transient transport error on a large write");
+    assert_eq!(
+        cqe.status_code(),
+        0x22,
+        "transient transport error on a large write"
+    );
     let mut back = vec![0u8; big.len()];
     assert!(q.read(1, 64, 9, &mut back).unwrap().is_success());
     assert!(back != big);
@@ -440,33 +582,62 @@ fn data_digest_error_fails_the_command_with_transient_transport_error() {
 #[test]
 fn disallowed_host_is_refused_and_hidden() {
     let f = Fixture::start("0");
-    let admin_opts = QueueOptions { depth: 32, ..opts() };
+    let admin_opts = QueueOptions {
+        depth: 32,
+        ..opts()
+    };
     let mut q = Queue::open(f.addr, &admin_opts).unwrap();
     let e = q.connect(0, 0xFFFF, NQN_LOCKED, &admin_opts).unwrap_err();
     assert!(e.to_string().contains("0x4184"), "{e}");
     // The allowed host gets in.
-    let allowed = QueueOptions { hostnqn: ALLOWED_HOST.into(), ..opts() };
+    let allowed = QueueOptions {
+        hostnqn: ALLOWED_HOST.into(),
+        ..opts()
+    };
     let (_c, mut qs) = connect_io(&f, NQN_LOCKED, &allowed, 1);
     let mut buf = vec![0u8; 512];
     assert!(qs[0].read(1, 0, 9, &mut buf).unwrap().is_success());
     // The discovery log shows the locked subsystem only to the allowed host.
     let entries = |hostnqn: &str| {
-        let o = QueueOptions { hostnqn: hostnqn.into(), ..opts() };
+        let o = QueueOptions {
+            hostnqn: hostnqn.into(),
+            ..opts()
+        };
         let mut d = HostController::connect(f.addr, DISCOVERY_NQN, &o).unwrap();
         let log = d.get_log_page(spec::log::DISCOVERY, 1024 * 8).unwrap();
         let n = u64::from_le_bytes(log[8..16].try_into().unwrap()) as usize;
-        (0..n).map(|i| nvmf_raid::nvmf::identify::field_str(&log[1024 * (i + 1) + 256..1024 * (i + 1) + 512])).collect::<Vec<_>>()
+        (0..n)
+            .map(|i| {
+                nvmf_raid::nvmf::identify::field_str(
+                    &log[1024 * (i + 1) + 256..1024 * (i + 1) + 512],
+                )
+            })
+            .collect::<Vec<_>>()
     };
     let all = entries(ALLOWED_HOST);
-    assert!(all.contains(&NQN_LOCKED.to_string()) && all.contains(&DISCOVERY_NQN.to_string()), "{all:?}");
-    assert!(!entries("nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-4000-8000-000000000002").contains(&NQN_LOCKED.to_string()));
+    assert!(
+        all.contains(&NQN_LOCKED.to_string()) && all.contains(&DISCOVERY_NQN.to_string()),
+        "{all:?}"
+    );
+    assert!(
+        !entries("nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-4000-8000-000000000002")
+            .contains(&NQN_LOCKED.to_string())
+    );
 }
 
 #[test]
 fn commands_before_connect_are_sequence_errors() {
     let f = Fixture::start("0");
     let mut q = Queue::open(f.addr, &opts()).unwrap();
-    let cqe = q.execute(Sqe { opcode: admin::IDENTIFY, ..Default::default() }, Data::None).unwrap();
+    let cqe = q
+        .execute(
+            Sqe {
+                opcode: admin::IDENTIFY,
+                ..Default::default()
+            },
+            Data::None,
+        )
+        .unwrap();
     assert_eq!(cqe.status_code(), status::COMMAND_SEQUENCE_ERROR);
 }
 
@@ -476,18 +647,51 @@ fn icreq_and_garbage_in_one_segment_get_icresp_then_termreq() {
     let f = Fixture::start("0");
     let mut s = std::net::TcpStream::connect(f.addr).unwrap();
     let mut bytes = vec![0u8; 128];
-    pdu::encode_ic_req(&mut bytes, &pdu::IcReq { pfv: 0, hpda: 0, hdgst: false, ddgst: false, maxr2t: 0 });
+    pdu::encode_ic_req(
+        &mut bytes,
+        &pdu::IcReq {
+            pfv: 0,
+            hpda: 0,
+            hdgst: false,
+            ddgst: false,
+            maxr2t: 0,
+        },
+    );
     bytes.extend_from_slice(&[0xFFu8; 24]);
     s.write_all(&bytes).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut got = Vec::new();
     s.read_to_end(&mut got).unwrap();
-    let p = pdu::DecodeParams { hdgst: false, ddgst: false, max_data: 0, from_host: false };
-    let pdu::Decoded::Frame(first) = pdu::decode(&got, &p).unwrap() else { panic!("no ICResp") };
+    let p = pdu::DecodeParams {
+        hdgst: false,
+        ddgst: false,
+        max_data: 0,
+        from_host: false,
+    };
+    let pdu::Decoded::Frame(first) = pdu::decode(&got, &p).unwrap() else {
+        panic!("no ICResp")
+    };
     assert!(matches!(first.pdu, pdu::Pdu::IcResp(_)));
-    let pdu::Decoded::Frame(second) = pdu::decode(&got[first.len..], &p).unwrap() else { panic!("no TermReq") };
-    assert!(matches!(second.pdu, pdu::Pdu::TermReq { from_host: false, fes: 1, .. }), "{:?}", second.pdu);
-    assert_eq!(first.len + second.len, got.len(), "nothing after the C2HTermReq");
+    let pdu::Decoded::Frame(second) = pdu::decode(&got[first.len..], &p).unwrap() else {
+        panic!("no TermReq")
+    };
+    assert!(
+        matches!(
+            second.pdu,
+            pdu::Pdu::TermReq {
+                from_host: false,
+                fes: 1,
+                ..
+            }
+        ),
+        "{:?}",
+        second.pdu
+    );
+    assert_eq!(
+        first.len + second.len,
+        got.len(),
+        "nothing after the C2HTermReq"
+    );
 }
 
 #[test]

@@ -82,9 +82,15 @@ fn no_heap_allocation_per_io_on_raid0_and_raid5() {
     // SUCCESS flag on the last data PDU.
     for level in ["raid0", "raid5"] {
         for disable_sqflow in [false, true] {
-            let opts = QueueOptions { disable_sqflow, ..Default::default() };
+            let opts = QueueOptions {
+                disable_sqflow,
+                ..Default::default()
+            };
             let (allocs, ios) = allocations_during_io(level, &opts);
-            println!("{level}, SQ flow control {}: {allocs} reactor allocations over {ios} I/Os", if disable_sqflow { "off" } else { "on" });
+            println!(
+                "{level}, SQ flow control {}: {allocs} reactor allocations over {ios} I/Os",
+                if disable_sqflow { "off" } else { "on" }
+            );
             assert_eq!(allocs, 0, "{level} (disable_sqflow {disable_sqflow}): the reactors allocated {allocs} times during {ios} steady-state I/Os");
         }
     }

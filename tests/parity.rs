@@ -64,7 +64,9 @@ fn fill(seed: u64, buf: &mut [u8]) {
 }
 
 fn stripe(k: usize, len: usize, seed: u64) -> Vec<Buf> {
-    (0..k).map(|i| Buf::random(len, 0, seed.wrapping_add(i as u64 * 7919))).collect()
+    (0..k)
+        .map(|i| Buf::random(len, 0, seed.wrapping_add(i as u64 * 7919)))
+        .collect()
 }
 
 fn refs(bufs: &[Buf]) -> Vec<&[u8]> {
@@ -127,7 +129,13 @@ fn naive_pq(data: &[&[u8]]) -> (Vec<u8>, Vec<u8>) {
 
 /// Check every loss of up to two members of a stripe with kernels `kern`; outputs start
 /// `out_skew` bytes into a page.
-fn check_all_losses(kern: &Kernels, bufs: &[Buf], pairs: &[(usize, usize)], singles: &[usize], out_skew: usize) {
+fn check_all_losses(
+    kern: &Kernels,
+    bufs: &[Buf],
+    pairs: &[(usize, usize)],
+    singles: &[usize],
+    out_skew: usize,
+) {
     let k = bufs.len();
     let len = bufs[0].len;
     let data = refs(bufs);
@@ -177,8 +185,16 @@ fn check_all_losses(kern: &Kernels, bufs: &[Buf], pairs: &[(usize, usize)], sing
         out.fill(0x5a);
         par.fill(0x5a);
         kern.recover_two_data(&d, x, y, &p, &q, out, par);
-        same!(out, data[x], "{isa:?} k={k} len={len}: D{x}+D{y} lost, D{x}");
-        same!(par, data[y], "{isa:?} k={k} len={len}: D{x}+D{y} lost, D{y}");
+        same!(
+            out,
+            data[x],
+            "{isa:?} k={k} len={len}: D{x}+D{y} lost, D{x}"
+        );
+        same!(
+            par,
+            data[y],
+            "{isa:?} k={k} len={len}: D{x}+D{y} lost, D{y}"
+        );
     }
 }
 
@@ -206,7 +222,10 @@ fn len_strategy() -> impl Strategy<Value = usize> {
 // ---------- the field and the reference ----------
 
 #[test]
-#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
+#[cfg_attr(
+    not(have_isal),
+    ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built"
+)]
 fn field_matches_isal_and_naive_multiply() {
     for a in 0..=255u8 {
         for b in 0..=255u8 {
@@ -224,7 +243,11 @@ fn field_matches_isal_and_naive_multiply() {
 
 #[test]
 fn dispatch_uses_avx2_on_this_machine_when_available() {
-    let want = if std::arch::is_x86_feature_detected!("avx2") { Isa::Avx2 } else { Isa::Scalar };
+    let want = if std::arch::is_x86_feature_detected!("avx2") {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    };
     assert_eq!(Kernels::get().isa(), want);
     assert_eq!(Kernels::avx2().is_some(), want == Isa::Avx2);
 }
@@ -275,7 +298,13 @@ fn largest_stripe_of_255_blocks() {
         kern.pq_gen(&data, &mut p, &mut q);
         same!(&p, &np, "{:?} P, k=255", kern.isa());
         same!(&q, &nq, "{:?} Q, k=255", kern.isa());
-        check_all_losses(&kern, &bufs, &[(0, 254), (253, 254), (254, 1), (127, 128)], &[0, 128, 254], 0);
+        check_all_losses(
+            &kern,
+            &bufs,
+            &[(0, 254), (253, 254), (254, 1), (127, 128)],
+            &[0, 128, 254],
+            0,
+        );
     }
 }
 
@@ -295,16 +324,38 @@ fn rejects_256_blocks() {
 #[test]
 fn large_stripes_every_streaming_path() {
     let len = 1 << 20;
-    for (k, stagger, out_skew) in [(16, 0, 0), (19, 0, 64), (16, 320, 0), (17, 192, 96), (16, 320, 8)] {
-        let bufs: Vec<Buf> = (0..k).map(|i| Buf::random(len, (i * stagger) % 4096, 77 + i as u64)).collect();
+    for (k, stagger, out_skew) in [
+        (16, 0, 0),
+        (19, 0, 64),
+        (16, 320, 0),
+        (17, 192, 96),
+        (16, 320, 8),
+    ] {
+        let bufs: Vec<Buf> = (0..k)
+            .map(|i| Buf::random(len, (i * stagger) % 4096, 77 + i as u64))
+            .collect();
         let data = refs(&bufs);
         let (mut sp, mut sq) = (vec![0u8; len], vec![0u8; len]);
         Kernels::scalar().pq_gen(&data, &mut sp, &mut sq);
         let (mut p, mut q) = (Buf::new(len, out_skew), Buf::new(len, out_skew));
         parity::pq_gen(&data, p.as_mut(), q.as_mut());
-        same!(p.as_ref(), &sp, "P k={k} stagger={stagger} out_skew={out_skew}");
-        same!(q.as_ref(), &sq, "Q k={k} stagger={stagger} out_skew={out_skew}");
-        check_all_losses(Kernels::get(), &bufs, &[(0, k - 1), (3, 7)], &[0, k / 2, k - 1], out_skew);
+        same!(
+            p.as_ref(),
+            &sp,
+            "P k={k} stagger={stagger} out_skew={out_skew}"
+        );
+        same!(
+            q.as_ref(),
+            &sq,
+            "Q k={k} stagger={stagger} out_skew={out_skew}"
+        );
+        check_all_losses(
+            Kernels::get(),
+            &bufs,
+            &[(0, k - 1), (3, 7)],
+            &[0, k / 2, k - 1],
+            out_skew,
+        );
     }
 }
 
@@ -412,7 +463,10 @@ proptest! {
 /// stripes, k = 2..=32 (ISA-L needs at least two sources), give the same P and Q as ours,
 /// byte for byte, for both our implementations.
 #[test]
-#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
+#[cfg_attr(
+    not(have_isal),
+    ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built"
+)]
 fn bit_exact_with_isal_xor_gen_and_pq_gen() {
     let mut cases = Vec::new();
     for k in 2..=32 {
@@ -436,18 +490,34 @@ fn bit_exact_with_isal_xor_gen_and_pq_gen() {
         // SAFETY: k sources, P and Q, each `len` bytes (a multiple of 32), 64-byte aligned.
         let rc = unsafe { isal::pq_gen((k + 2) as c_int, len as c_int, arr.as_mut_ptr()) };
         assert_eq!(rc, 0, "ISA-L pq_gen k={k} len={len}");
-        same!(ip.as_ref(), &ixor, "ISA-L's own P from xor_gen and pq_gen, k={k} len={len}");
+        same!(
+            ip.as_ref(),
+            &ixor,
+            "ISA-L's own P from xor_gen and pq_gen, k={k} len={len}"
+        );
 
         let data = refs(&bufs);
         for kern in kernels() {
             let isa = kern.isa();
             let (mut p, mut q) = (Buf::new(len, 0), Buf::new(len, 0));
             kern.xor_gen(&data, p.as_mut());
-            same!(p.as_ref(), &ixor, "{isa:?} xor_gen vs ISA-L, k={k} len={len}");
+            same!(
+                p.as_ref(),
+                &ixor,
+                "{isa:?} xor_gen vs ISA-L, k={k} len={len}"
+            );
             p.as_mut().fill(0);
             kern.pq_gen(&data, p.as_mut(), q.as_mut());
-            same!(p.as_ref(), ip.as_ref(), "{isa:?} P vs ISA-L pq_gen, k={k} len={len}");
-            same!(q.as_ref(), iq.as_ref(), "{isa:?} Q vs ISA-L pq_gen, k={k} len={len}");
+            same!(
+                p.as_ref(),
+                ip.as_ref(),
+                "{isa:?} P vs ISA-L pq_gen, k={k} len={len}"
+            );
+            same!(
+                q.as_ref(),
+                iq.as_ref(),
+                "{isa:?} Q vs ISA-L pq_gen, k={k} len={len}"
+            );
         }
     }
 }
@@ -455,7 +525,10 @@ fn bit_exact_with_isal_xor_gen_and_pq_gen() {
 /// ISA-L's erasure decoder, given the RAID-6 encode matrix (identity, all ones, g^j) and two
 /// lost data blocks, produces the same blocks as our recover_two_data.
 #[test]
-#[cfg_attr(not(have_isal), ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built")]
+#[cfg_attr(
+    not(have_isal),
+    ignore = "ISA-L (libisal-dev) is not installed: comparison with ISA-L not built"
+)]
 fn recovery_agrees_with_isal_decoder() {
     let len = 4096;
     for k in [2, 3, 4, 8, 16, 32] {

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use std::time::{Duration, Instant};
 
 use common::{free_port, spawn_target, start_relay, Proc};
@@ -38,13 +37,25 @@ fn nvme_tcp_through_the_relay_survives_a_cut_and_heal() {
     let data: Vec<u8> = (0..65536u32).map(|i| (i * 13) as u8).collect();
     let t = Instant::now();
     assert!(q.write(1, 128, 9, &data).unwrap().is_success());
-    assert!(t.elapsed() >= Duration::from_millis(20), "a write crossed a 10 ms link in {:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(20),
+        "a write crossed a 10 ms link in {:?}",
+        t.elapsed()
+    );
 
     call(&ctl, "relay_cut", json!({"mode": "drop"})).unwrap();
     let mut b = vec![0u8; 4096];
-    assert!(!q.read(1, 128, 9, &mut b).map(|c| c.is_success()).unwrap_or(false), "I/O fails while the link is cut");
+    assert!(
+        !q.read(1, 128, 9, &mut b)
+            .map(|c| c.is_success())
+            .unwrap_or(false),
+        "I/O fails while the link is cut"
+    );
     drop((q, c));
-    assert!(HostController::connect(addr, NQN, &QueueOptions::default()).is_err(), "no connection while the link is cut");
+    assert!(
+        HostController::connect(addr, NQN, &QueueOptions::default()).is_err(),
+        "no connection while the link is cut"
+    );
 
     let st = call(&ctl, "relay_heal", json!({})).unwrap();
     assert_eq!(st["state"], "up");
@@ -53,6 +64,14 @@ fn nvme_tcp_through_the_relay_survives_a_cut_and_heal() {
     let mut q = c.io_queue(1).unwrap();
     let mut back = vec![0u8; data.len()];
     assert!(q.read(1, 128, 9, &mut back).unwrap().is_success());
-    assert!(back == data, "the data written before the cut reads back after the heal");
-    assert!(call(&ctl, "relay_status", json!({})).unwrap()["refused"].as_u64().unwrap() >= 1);
+    assert!(
+        back == data,
+        "the data written before the cut reads back after the heal"
+    );
+    assert!(
+        call(&ctl, "relay_status", json!({})).unwrap()["refused"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 }

@@ -49,7 +49,12 @@ struct Target {
 impl Target {
     fn start(dir: &Path, cfg: &Path, addr: SocketAddr) -> Target {
         let child = spawn_target(cfg, dir);
-        Target { child: Some(child), dir: dir.to_path_buf(), cfg: cfg.to_path_buf(), addr }
+        Target {
+            child: Some(child),
+            dir: dir.to_path_buf(),
+            cfg: cfg.to_path_buf(),
+            addr,
+        }
     }
 
     /// The same configuration started again.
@@ -97,7 +102,12 @@ impl Target {
     /// SIGTERM, and the exit status (the stop must not hang).
     fn stop(&mut self) -> ExitStatus {
         self.sigterm();
-        self.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| panic!("target did not stop within 60 s of SIGTERM; log:\n{}", self.log_tail()))
+        self.wait_exit(Duration::from_secs(60)).unwrap_or_else(|| {
+            panic!(
+                "target did not stop within 60 s of SIGTERM; log:\n{}",
+                self.log_tail()
+            )
+        })
     }
 
     fn kill(&mut self) {
@@ -142,7 +152,10 @@ fn write_config(dir: &Path, port: u16, size: &str) -> PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..MEMBERS {
         let name = format!("m{m}");
-        c += &format!("[[device]]\nname = \"{name}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"{size}\"\n", dir.join(format!("{name}.img")).display());
+        c += &format!(
+            "[[device]]\nname = \"{name}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"{size}\"\n",
+            dir.join(format!("{name}.img")).display()
+        );
         if name == SLOW {
             c += "fault_injection = true\n";
         }
@@ -164,13 +177,20 @@ fn new_target(dir: &Path, size: &str) -> Target {
 /// Every I/O of the slow member waits SLOW_US first (until the target restarts: fault
 /// switches live in memory).
 fn slow_down_member(t: &Target) {
-    t.rpc("device_fault", json!({"device": SLOW, "action": "delay", "us": SLOW_US}));
+    t.rpc(
+        "device_fault",
+        json!({"device": SLOW, "action": "delay", "us": SLOW_US}),
+    );
 }
 
 fn wait_for_resync(t: &Target) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while t.status()["resync"]["active"] != false {
-        assert!(Instant::now() < deadline, "resync did not finish: {}", t.status());
+        assert!(
+            Instant::now() < deadline,
+            "resync did not finish: {}",
+            t.status()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -187,7 +207,11 @@ fn connect(addr: SocketAddr, opts: &QueueOptions) -> std::io::Result<(HostContro
 
 /// Unit `unit` as written by version `version` (0: the prewrite).
 fn unit_data(unit: u64, version: u32) -> Vec<u8> {
-    (0..UNIT).map(|i| (i as u32 ^ (unit as u32).wrapping_mul(2654435761) ^ version.wrapping_mul(40503)) as u8).collect()
+    (0..UNIT)
+        .map(|i| {
+            (i as u32 ^ (unit as u32).wrapping_mul(2654435761) ^ version.wrapping_mul(40503)) as u8
+        })
+        .collect()
 }
 
 /// Read the hot area back in 1 MiB pieces, one buffer per unit.
@@ -208,10 +232,16 @@ fn prewrite_hot_area(q: &mut Queue) {
     let per = (1 << 20) / UNIT as u64;
     for first in (0..HOT_UNITS).step_by(per as usize) {
         let d: Vec<u8> = (first..first + per).flat_map(|u| unit_data(u, 0)).collect();
-        assert!(q.write(1, first * 8, 9, &d).unwrap().is_success(), "prewrite of units {first}..");
+        assert!(
+            q.write(1, first * 8, 9, &d).unwrap().is_success(),
+            "prewrite of units {first}.."
+        );
     }
     for (u, back) in read_hot_area(q).iter().enumerate() {
-        assert!(*back == unit_data(u as u64, 0), "prewrite of unit {u} did not read back");
+        assert!(
+            *back == unit_data(u as u64, 0),
+            "prewrite of unit {u} did not read back"
+        );
     }
 }
 
@@ -228,7 +258,11 @@ impl Load {
     /// Versions unit `u` may hold now.
     fn candidates(&self, u: u64) -> Vec<u32> {
         let settled = self.acked.get(&u).copied().unwrap_or(0);
-        let pending = self.inflight.values().filter(|(unit, _, _)| *unit == u).map(|(_, v, _)| *v);
+        let pending = self
+            .inflight
+            .values()
+            .filter(|(unit, _, _)| *unit == u)
+            .map(|(_, v, _)| *v);
         std::iter::once(settled).chain(pending).collect()
     }
 }
@@ -251,11 +285,15 @@ fn write_load(q: &mut Queue, run: Duration) -> Load {
             version += 1;
             let data = unit_data(unit, version);
             let sqe = command::rw_sqe(io::WRITE, 0, 1, unit * 8, 8, UNIT as u32, false);
-            let cid = q.submit(sqe, Data::ToController(data.as_ptr(), UNIT)).unwrap();
+            let cid = q
+                .submit(sqe, Data::ToController(data.as_ptr(), UNIT))
+                .unwrap();
             load.inflight.insert(cid, (unit, version, data));
         }
         let mut finished = Vec::new();
-        let n = q.poll(&mut |cid, cqe, _| finished.push((cid, cqe))).unwrap();
+        let n = q
+            .poll(&mut |cid, cqe, _| finished.push((cid, cqe)))
+            .unwrap();
         for (cid, cqe) in finished {
             assert!(cqe.is_success(), "write failed under load: {cqe:?}");
             let (unit, v, _) = load.inflight.remove(&cid).unwrap();
@@ -290,9 +328,16 @@ fn orderly_stop_with_a_slow_member_keeps_the_volume_dirty() {
     prewrite_hot_area(&mut q);
     slow_down_member(&t);
     let load = write_load(&mut q, Duration::from_millis(1500));
-    assert!(!load.inflight.is_empty(), "setup: no write was in flight at the stop");
+    assert!(
+        !load.inflight.is_empty(),
+        "setup: no write was in flight at the stop"
+    );
     t.sigterm();
-    assert!(t.wait_exit(Duration::from_secs(60)).is_some(), "target did not stop within 60 s of SIGTERM; log:\n{}", t.log_tail());
+    assert!(
+        t.wait_exit(Duration::from_secs(60)).is_some(),
+        "target did not stop within 60 s of SIGTERM; log:\n{}",
+        t.log_tail()
+    );
     drop((q, c));
 
     // Every check runs, so that the failure says how much went wrong.
@@ -304,26 +349,46 @@ fn orderly_stop_with_a_slow_member_keeps_the_volume_dirty() {
     }
     wait_for_resync(&t);
     let exit = t.stop();
-    assert!(exit.success(), "clean stop after the resync: {exit}; log:\n{}", t.log_tail());
+    assert!(
+        exit.success(),
+        "clean stop after the resync: {exit}; log:\n{}",
+        t.log_tail()
+    );
 
     let (torn, stripes) = torn_stripes(dir.path());
     if !torn.is_empty() {
-        problems.push(format!("{} of {stripes} stripes have parity that does not match their data (first: {:?})", torn.len(), &torn[..torn.len().min(8)]));
+        problems.push(format!(
+            "{} of {stripes} stripes have parity that does not match their data (first: {:?})",
+            torn.len(),
+            &torn[..torn.len().min(8)]
+        ));
     }
 
     // Lean on parity: with m2 failed, its strips are reconstructed from the others.
     let t = t.restart();
-    t.rpc("volume_fail_member", json!({"volume": "vol", "member": "m2"}));
+    t.rpc(
+        "volume_fail_member",
+        json!({"volume": "vol", "member": "m2"}),
+    );
     let (_c, mut q) = connect(t.addr, &QueueOptions::default()).unwrap();
     let wrong: Vec<u64> = read_hot_area(&mut q)
         .iter()
         .enumerate()
         .map(|(u, back)| (u as u64, back))
-        .filter(|(u, back)| !load.candidates(*u).iter().any(|v| **back == unit_data(*u, *v)))
+        .filter(|(u, back)| {
+            !load
+                .candidates(*u)
+                .iter()
+                .any(|v| **back == unit_data(*u, *v))
+        })
         .map(|(u, _)| u)
         .collect();
     if !wrong.is_empty() {
-        problems.push(format!("with m2 failed, {} of {HOT_UNITS} units read wrong (first: {:?})", wrong.len(), &wrong[..wrong.len().min(8)]));
+        problems.push(format!(
+            "with m2 failed, {} of {HOT_UNITS} units read wrong (first: {:?})",
+            wrong.len(),
+            &wrong[..wrong.len().min(8)]
+        ));
     }
     assert!(problems.is_empty(), "{}", problems.join("; "));
 }
@@ -335,11 +400,17 @@ fn orderly_stop_with_a_slow_member_keeps_the_volume_dirty() {
 fn try_connect(addr: SocketAddr) -> Result<u16, String> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
-        let opts = QueueOptions { timeout: Duration::from_secs(3), ..QueueOptions::default() };
-        let r = HostController::connect(addr, NQN, &opts).map(|c| c.cntlid).map_err(|e| e.to_string());
+        let opts = QueueOptions {
+            timeout: Duration::from_secs(3),
+            ..QueueOptions::default()
+        };
+        let r = HostController::connect(addr, NQN, &opts)
+            .map(|c| c.cntlid)
+            .map_err(|e| e.to_string());
         let _ = tx.send(r);
     });
-    rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| Err("no answer within 20 s".into()))
+    rx.recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| Err("no answer within 20 s".into()))
 }
 
 /// A stopping target must not take new hosts: listeners stop accepting at SIGTERM, while
@@ -351,7 +422,10 @@ fn no_new_connection_is_accepted_while_the_target_drains() {
     let (c, mut q) = connect(t.addr, &QueueOptions::default()).unwrap();
     slow_down_member(&t);
     let load = write_load(&mut q, Duration::from_millis(300));
-    assert!(!load.inflight.is_empty(), "setup: no write was in flight at the stop");
+    assert!(
+        !load.inflight.is_empty(),
+        "setup: no write was in flight at the stop"
+    );
     t.sigterm();
     std::thread::sleep(Duration::from_millis(500));
     let late = try_connect(t.addr);
@@ -360,7 +434,11 @@ fn no_new_connection_is_accepted_while_the_target_drains() {
     if let Ok(cntlid) = late {
         panic!("a host connected during the drain: controller {cntlid} was created 0.5 s after SIGTERM, with {} writes still draining", load.inflight.len());
     }
-    assert!(exit.is_some(), "target did not exit within 60 s of SIGTERM; log:\n{}", t.log_tail());
+    assert!(
+        exit.is_some(),
+        "target did not exit within 60 s of SIGTERM; log:\n{}",
+        t.log_tail()
+    );
 }
 
 // ------------------------------------------------------------------ 3. idle connections
@@ -370,11 +448,21 @@ fn no_new_connection_is_accepted_while_the_target_drains() {
 /// unanswered).
 fn open_idle_connections(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) {
     let mut icreq = [0u8; pdu::IC_LEN];
-    pdu::encode_ic_req(&mut icreq, &IcReq { pfv: 0, hpda: 0, hdgst: false, ddgst: false, maxr2t: 0 });
+    pdu::encode_ic_req(
+        &mut icreq,
+        &IcReq {
+            pfv: 0,
+            hpda: 0,
+            hdgst: false,
+            ddgst: false,
+            maxr2t: 0,
+        },
+    );
     let mut conns = Vec::new();
     for _ in 0..n {
         // A connection the target closes at once may fail the write: it is still counted.
-        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("TCP connect to the target");
+        let s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .expect("TCP connect to the target");
         let _ = (&s).write_all(&icreq);
         conns.push(s);
     }
@@ -382,7 +470,9 @@ fn open_idle_connections(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) 
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut answered = 0;
     for mut s in &conns {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
         s.set_read_timeout(Some(left)).unwrap();
         let mut resp = [0u8; pdu::IC_LEN];
         answered += s.read_exact(&mut resp).is_ok() as usize;
@@ -394,7 +484,10 @@ fn open_idle_connections(addr: SocketAddr, n: usize) -> (Vec<TcpStream>, usize) 
 /// `limit` has passed. Returns the last error if it never succeeded.
 fn host_gets_in(addr: SocketAddr, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
-    let opts = QueueOptions { timeout: Duration::from_secs(5), ..QueueOptions::default() };
+    let opts = QueueOptions {
+        timeout: Duration::from_secs(5),
+        ..QueueOptions::default()
+    };
     loop {
         let r = connect(addr, &opts).and_then(|(_c, mut q)| {
             let mut b = vec![0u8; 4096];
@@ -417,12 +510,21 @@ fn still_open(conns: &mut [TcpStream], limit: Duration) -> usize {
     for s in conns {
         let mut buf = [0u8; 256];
         let closed = loop {
-            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(10));
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(10));
             s.set_read_timeout(Some(left)).unwrap();
             match s.read(&mut buf) {
                 Ok(0) => break true,
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => break false,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false
+                }
                 Err(_) => break true,
             }
         };
@@ -442,7 +544,10 @@ fn idle_connections_after_icreq_cannot_lock_hosts_out() {
     let host = host_gets_in(t.addr, Duration::from_secs(30));
     assert!(host.is_ok(), "a host could not connect for 30 s while {n} idle connections ({answered} of them answered with an ICResp) were open: {}", host.unwrap_err());
     let open = still_open(&mut idle, Duration::from_secs(60));
-    assert!(open == 0, "{open} of {n} idle connections were still open 60 s after their ICReq");
+    assert!(
+        open == 0,
+        "{open} of {n} idle connections were still open 60 s after their ICReq"
+    );
     t.stop();
 }
 
@@ -466,5 +571,8 @@ fn sigterm_stops_the_target_when_the_management_socket_file_is_gone() {
     }
     let t = t.restart();
     let st = t.status();
-    assert!(st["resync"]["stripes"] == 0 && st["resync"]["active"] == false, "the volume was not closed cleanly: {st}");
+    assert!(
+        st["resync"]["stripes"] == 0 && st["resync"]["active"] == false,
+        "the volume was not closed cleanly: {st}"
+    );
 }

@@ -16,9 +16,13 @@ use nvmf_raid::volume::raid::RESERVED_BYTES;
 const STRIP: u64 = 16384;
 
 fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Server {
-    let mut c = String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    let mut c =
+        String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
     for m in 0..members {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"5M\"\n", dir.join(format!("m{m}.img")).display());
+        c += &format!(
+            "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"5M\"\n",
+            dir.join(format!("m{m}.img")).display()
+        );
     }
     let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = {STRIP}\ngroup_size = {group}\n", names.join(", "));
@@ -27,26 +31,37 @@ fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Se
 }
 
 fn check_parity(dir: &std::path::Path, level: Level, members: usize, group: usize) {
-    let files: Vec<std::fs::File> = (0..members).map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap()).collect();
+    let files: Vec<std::fs::File> = (0..members)
+        .map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap())
+        .collect();
     let size = files[0].metadata().unwrap().len();
     let blocks = (size - RESERVED_BYTES) / 512;
     let l = Layout::new(level, &vec![blocks; members], group, STRIP / 512).unwrap();
     let read = |member: usize, stripe: u64| {
         let mut f = &files[member];
-        f.seek(SeekFrom::Start(RESERVED_BYTES + stripe * STRIP)).unwrap();
+        f.seek(SeekFrom::Start(RESERVED_BYTES + stripe * STRIP))
+            .unwrap();
         let mut b = vec![0u8; STRIP as usize];
         f.read_exact(&mut b).unwrap();
         b
     };
     for g in 0..l.groups() {
         for s in 0..l.stripes_per_group() {
-            let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.member_of(g, l.data_slot(s, i)), s)).collect();
+            let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
+                .map(|i| read(l.member_of(g, l.data_slot(s, i)), s))
+                .collect();
             let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
             let (mut p, mut q) = (vec![0u8; STRIP as usize], vec![0u8; STRIP as usize]);
             parity::pq_gen(&refs, &mut p, &mut q);
-            assert!(read(l.member_of(g, l.p_slot(s)), s) == p, "{level:?} group {g} stripe {s}: P does not match the data");
+            assert!(
+                read(l.member_of(g, l.p_slot(s)), s) == p,
+                "{level:?} group {g} stripe {s}: P does not match the data"
+            );
             if let Some(qs) = l.q_slot(s) {
-                assert!(read(l.member_of(g, qs), s) == q, "{level:?} group {g} stripe {s}: Q does not match the data");
+                assert!(
+                    read(l.member_of(g, qs), s) == q,
+                    "{level:?} group {g} stripe {s}: Q does not match the data"
+                );
             }
         }
     }
@@ -55,11 +70,18 @@ fn check_parity(dir: &std::path::Path, level: Level, members: usize, group: usiz
 fn run(level_name: &str, level: Level, members: usize, group: usize) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), level_name, members, group);
-    let mut c = HostController::connect(server.ports[0].addr, "nqn.2026-11.io.nvmf-raid:vol", &QueueOptions::default()).unwrap();
+    let mut c = HostController::connect(
+        server.ports[0].addr,
+        "nqn.2026-11.io.nvmf-raid:vol",
+        &QueueOptions::default(),
+    )
+    .unwrap();
     const QUEUES: u64 = 4;
     c.set_queue_count(QUEUES as u16).unwrap();
     let (_, blocks) = c.namespace_geometry(1).unwrap();
-    let queues: Vec<Queue> = (1..=QUEUES as u16).map(|q| c.io_queue(q).unwrap()).collect();
+    let queues: Vec<Queue> = (1..=QUEUES as u16)
+        .map(|q| c.io_queue(q).unwrap())
+        .collect();
     // 4-block units; queue i owns the strips j with j % QUEUES == i, so writes of
     // different queues meet in the same rows of the same stripes.
     let units = blocks / 4;
@@ -71,8 +93,12 @@ fn run(level_name: &str, level: Level, members: usize, group: usize) {
             std::thread::spawn(move || {
                 // Keep 32 writes in flight, each to a different unit: they overlap in
                 // stripes with each other and with the other queues' writes.
-                let mine: Vec<u64> = (0..units).filter(|u| (u / units_per_strip) % QUEUES == i as u64).collect();
-                let bufs: Vec<Vec<u8>> = (0..600u64).map(|n| vec![(n as u8) ^ (i as u8 * 61); 2048]).collect();
+                let mine: Vec<u64> = (0..units)
+                    .filter(|u| (u / units_per_strip) % QUEUES == i as u64)
+                    .collect();
+                let bufs: Vec<Vec<u8>> = (0..600u64)
+                    .map(|n| vec![(n as u8) ^ (i as u8 * 61); 2048])
+                    .collect();
                 let mut last = std::collections::HashMap::new();
                 let mut next = 0usize;
                 let mut done = 0usize;
@@ -80,7 +106,8 @@ fn run(level_name: &str, level: Level, members: usize, group: usize) {
                     while next < bufs.len() && q.outstanding() < 32 {
                         let u = mine[(next * 7) % mine.len()];
                         let sqe = command::rw_sqe(io::WRITE, 0, 1, u * 4, 4, 2048, false);
-                        q.submit(sqe, Data::ToController(bufs[next].as_ptr(), 2048)).unwrap();
+                        q.submit(sqe, Data::ToController(bufs[next].as_ptr(), 2048))
+                            .unwrap();
                         last.insert(u, next);
                         next += 1;
                     }

@@ -24,7 +24,10 @@ const HOT_BYTES: u64 = 4 << 20;
 fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..MEMBERS {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"512M\"\n", dir.join(format!("m{m}.img")).display());
+        c += &format!(
+            "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"512M\"\n",
+            dir.join(format!("m{m}.img")).display()
+        );
     }
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"raid5\"\nmembers = [\"m0\", \"m1\", \"m2\", \"m3\"]\nstrip_size = {STRIP}\n");
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
@@ -33,10 +36,12 @@ fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
     path
 }
 
-
-
 fn unit_data(unit: u64, version: u32) -> Vec<u8> {
-    (0..UNIT).map(|i| (i as u32 ^ (unit as u32).wrapping_mul(2654435761) ^ version.wrapping_mul(40503)) as u8).collect()
+    (0..UNIT)
+        .map(|i| {
+            (i as u32 ^ (unit as u32).wrapping_mul(2654435761) ^ version.wrapping_mul(40503)) as u8
+        })
+        .collect()
 }
 
 #[test]
@@ -74,7 +79,9 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
             version += 1;
             let data = unit_data(unit, version);
             let sqe = command::rw_sqe(io::WRITE, 0, 1, unit * 8, 8, UNIT as u32, false);
-            let cid = q.submit(sqe, Data::ToController(data.as_ptr(), UNIT)).unwrap();
+            let cid = q
+                .submit(sqe, Data::ToController(data.as_ptr(), UNIT))
+                .unwrap();
             inflight.insert(cid, (unit, version, data));
         }
         let mut finished = Vec::new();
@@ -96,7 +103,11 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     }
     drop(q);
     let unknown: std::collections::HashSet<u64> = inflight.values().map(|(u, _, _)| *u).collect();
-    assert!(acked.len() > 100, "the load acknowledged too little to test ({})", acked.len());
+    assert!(
+        acked.len() > 100,
+        "the load acknowledged too little to test ({})",
+        acked.len()
+    );
 
     // Restart: the unclean shutdown triggers a parity resync; I/O is served meanwhile.
     let mut child = spawn_target(&cfg, dir.path());
@@ -106,7 +117,10 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     // The write-intent bitmap confines the resync to the written region (one 64 MiB region
     // of each member here), not the whole 511 MiB of data area.
     let all_rows = (512 << 20) / STRIP - (1 << 20) / STRIP;
-    assert!(resync_rows * 4 <= all_rows, "resync of {resync_rows} of {all_rows} rows: the bitmap did not limit it");
+    assert!(
+        resync_rows * 4 <= all_rows,
+        "resync of {resync_rows} of {all_rows} rows: the bitmap did not limit it"
+    );
     let mut c = HostController::connect(addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();
     let mut q = c.io_queue(1).unwrap();
@@ -116,7 +130,10 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
         }
         let mut back = vec![0u8; UNIT];
         assert!(q.read(1, unit * 8, 9, &mut back).unwrap().is_success());
-        assert!(back == unit_data(*unit, *v), "acknowledged write to unit {unit} (version {v}) lost");
+        assert!(
+            back == unit_data(*unit, *v),
+            "acknowledged write to unit {unit} (version {v}) lost"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -129,10 +146,19 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     }
     drop(q);
     drop(c);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     assert!(child.wait().unwrap().success(), "clean stop after resync");
 
     // Parity straight from the member files.
     let (torn, rows) = common::inconsistent_rows(dir.path(), Level::Raid5, MEMBERS, STRIP);
-    assert!(torn.is_empty(), "{} of {rows} stripes have parity inconsistent after resync: {:?}", torn.len(), &torn[..torn.len().min(8)]);
+    assert!(
+        torn.is_empty(),
+        "{} of {rows} stripes have parity inconsistent after resync: {:?}",
+        torn.len(),
+        &torn[..torn.len().min(8)]
+    );
 }

@@ -12,7 +12,8 @@ use nvmf_raid::server::Server;
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:degraded";
 
 fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Server {
-    let mut c = String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    let mut c =
+        String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
     for m in 0..members {
         c += &format!(
             "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"6M\"\nfault_injection = true\n",
@@ -28,7 +29,8 @@ fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Se
 fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path(), level, members, group);
-    let mut c = HostController::connect(server.ports[0].addr, NQN, &QueueOptions::default()).unwrap();
+    let mut c =
+        HostController::connect(server.ports[0].addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();
     let (_, blocks) = c.namespace_geometry(1).unwrap();
     let q = c.io_queue(1).unwrap();
@@ -37,9 +39,15 @@ fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     let vol = server.volume("vol").unwrap().clone();
     let (last, within) = fail_order.split_last().unwrap();
     for (n, &member) in within.iter().enumerate() {
-        server.fault(&format!("m{member}")).unwrap().fail_device(true);
+        server
+            .fault(&format!("m{member}"))
+            .unwrap()
+            .fail_device(true);
         m.exercise(150, &format!("{level} with {} failed", n + 1));
-        assert!(vol.health().is_failed(member), "member m{member} was not marked failed");
+        assert!(
+            vol.health().is_failed(member),
+            "member m{member} was not marked failed"
+        );
         assert!(vol.health().online());
         m.verify_all(&format!("{level} degraded"));
     }
@@ -52,12 +60,18 @@ fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
         let cqe = m.q.read(1, lba, 9, &mut back).unwrap();
         if cqe.is_success() {
             assert!(!saw_error, "served I/O after going offline");
-            assert!(back == m.data[lba as usize * 512..(lba as usize + 64) * 512], "{level}: wrong data while failing");
+            assert!(
+                back == m.data[lba as usize * 512..(lba as usize + 64) * 512],
+                "{level}: wrong data while failing"
+            );
         } else {
             saw_error = true;
         }
     }
-    assert!(saw_error, "{level}: the volume kept serving beyond its tolerance");
+    assert!(
+        saw_error,
+        "{level}: the volume kept serving beyond its tolerance"
+    );
     assert!(!vol.health().online());
     drop(m);
     server.stop();

@@ -7,9 +7,14 @@ use nvmf_raid::host::{HostController, QueueOptions};
 use nvmf_raid::server::Server;
 
 fn config(dir: &std::path::Path, level: &str, members: usize, group: usize) -> String {
-    let mut c = String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
+    let mut c =
+        String::from("[reactor]\ncores = [0, 1]\n[[listener]]\naddress = \"127.0.0.1:0\"\n");
     for m in 0..members {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"{}M\"\n", dir.join(format!("m{m}.img")).display(), 6 + m);
+        c += &format!(
+            "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"{}M\"\n",
+            dir.join(format!("m{m}.img")).display(),
+            6 + m
+        );
     }
     let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = \"16K\"\ngroup_size = {group}\n", names.join(", "));
@@ -31,7 +36,12 @@ fn model_test(level: &str, members: usize, group: usize) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = Config::parse(&config(dir.path(), level, members, group)).unwrap();
     let server = Server::start(&cfg).unwrap();
-    let mut c = HostController::connect(server.ports[0].addr, "nqn.2026-11.io.nvmf-raid:vol", &QueueOptions::default()).unwrap();
+    let mut c = HostController::connect(
+        server.ports[0].addr,
+        "nqn.2026-11.io.nvmf-raid:vol",
+        &QueueOptions::default(),
+    )
+    .unwrap();
     c.set_queue_count(1).unwrap();
     let (shift, blocks) = c.namespace_geometry(1).unwrap();
     let mut q = c.io_queue(1).unwrap();
@@ -43,12 +53,21 @@ fn model_test(level: &str, members: usize, group: usize) {
         let (off, len) = ((slba << shift) as usize, (nlb << shift) as usize);
         if !rng.next().is_multiple_of(3) {
             let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            assert!(q.write(1, slba, shift, &data).unwrap().is_success(), "{level} write round {round}");
+            assert!(
+                q.write(1, slba, shift, &data).unwrap().is_success(),
+                "{level} write round {round}"
+            );
             model[off..off + len].copy_from_slice(&data);
         } else {
             let mut back = vec![0u8; len];
-            assert!(q.read(1, slba, shift, &mut back).unwrap().is_success(), "{level} read round {round}");
-            assert!(back == model[off..off + len], "{level}: read of {nlb} blocks at {slba} differs from the model (round {round})");
+            assert!(
+                q.read(1, slba, shift, &mut back).unwrap().is_success(),
+                "{level} read round {round}"
+            );
+            assert!(
+                back == model[off..off + len],
+                "{level}: read of {nlb} blocks at {slba} differs from the model (round {round})"
+            );
         }
     }
     // A final full read-back of everything written.
@@ -56,8 +75,14 @@ fn model_test(level: &str, members: usize, group: usize) {
     for start in (0..model.len()).step_by(chunk) {
         let len = chunk.min(model.len() - start);
         let mut back = vec![0u8; len];
-        assert!(q.read(1, (start >> shift) as u64, shift, &mut back).unwrap().is_success());
-        assert!(back == model[start..start + len], "{level}: final read-back at byte {start}");
+        assert!(q
+            .read(1, (start >> shift) as u64, shift, &mut back)
+            .unwrap()
+            .is_success());
+        assert!(
+            back == model[start..start + len],
+            "{level}: final read-back at byte {start}"
+        );
     }
     drop(q);
     server.stop();

@@ -19,15 +19,29 @@ const NQN: &str = "nqn.2026-12.io.nvmf-raid:scrub";
 const STRIP: u64 = 16384;
 const MEMBER_BYTES: u64 = 16 << 20;
 
-fn write_config(dir: &std::path::Path, port: u16, level: &str, members: usize) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    port: u16,
+    level: &str,
+    members: usize,
+) -> std::path::PathBuf {
     write_config_with(dir, port, level, members, "")
 }
 
 /// `extra`: more fields of the volume section.
-fn write_config_with(dir: &std::path::Path, port: u16, level: &str, members: usize, extra: &str) -> std::path::PathBuf {
+fn write_config_with(
+    dir: &std::path::Path,
+    port: u16,
+    level: &str,
+    members: usize,
+    extra: &str,
+) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..members {
-        c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = {MEMBER_BYTES}\n", dir.join(format!("m{m}.img")).display());
+        c += &format!(
+            "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = {MEMBER_BYTES}\n",
+            dir.join(format!("m{m}.img")).display()
+        );
     }
     let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
     c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = {STRIP}\nscrub_rate = 0\n{extra}", names.join(", "));
@@ -43,7 +57,12 @@ fn sock(dir: &std::path::Path) -> std::path::PathBuf {
 
 /// Run a scrub to its end and return its report.
 fn scrub(dir: &std::path::Path, repair: bool) -> Value {
-    call(&sock(dir), "volume_scrub", json!({"volume": "vol", "repair": repair})).unwrap();
+    call(
+        &sock(dir),
+        "volume_scrub",
+        json!({"volume": "vol", "repair": repair}),
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let sc = call(&sock(dir), "volume_status", json!({})).unwrap()[0]["scrub"].clone();
@@ -56,12 +75,17 @@ fn scrub(dir: &std::path::Path, repair: bool) -> Value {
 }
 
 fn member_file(dir: &std::path::Path, m: usize) -> std::fs::File {
-    std::fs::File::options().read(true).write(true).open(dir.join(format!("m{m}.img"))).unwrap()
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(dir.join(format!("m{m}.img")))
+        .unwrap()
 }
 
 fn read_strip(dir: &std::path::Path, m: usize, row: u64) -> Vec<u8> {
     let mut f = member_file(dir, m);
-    f.seek(SeekFrom::Start(RESERVED_BYTES + row * STRIP)).unwrap();
+    f.seek(SeekFrom::Start(RESERVED_BYTES + row * STRIP))
+        .unwrap();
     let mut b = vec![0u8; STRIP as usize];
     f.read_exact(&mut b).unwrap();
     b
@@ -72,12 +96,19 @@ fn corrupt(dir: &std::path::Path, m: usize, row: u64) {
     let mut b = read_strip(dir, m, row);
     b[777] ^= 0x5a;
     let mut f = member_file(dir, m);
-    f.seek(SeekFrom::Start(RESERVED_BYTES + row * STRIP)).unwrap();
+    f.seek(SeekFrom::Start(RESERVED_BYTES + row * STRIP))
+        .unwrap();
     f.write_all(&b).unwrap();
 }
 
 fn layout(level: Level, members: usize) -> Layout {
-    Layout::new(level, &vec![(MEMBER_BYTES - RESERVED_BYTES) / 512; members], 0, STRIP / 512).unwrap()
+    Layout::new(
+        level,
+        &vec![(MEMBER_BYTES - RESERVED_BYTES) / 512; members],
+        0,
+        STRIP / 512,
+    )
+    .unwrap()
 }
 
 /// Rows whose parity (or copies) disagree, read straight from the member files.
@@ -92,10 +123,17 @@ struct Target {
 
 impl Target {
     fn start(cfg: &std::path::Path, dir: &std::path::Path, port: u16) -> Target {
-        Target { child: spawn_target(cfg, dir), addr: format!("127.0.0.1:{port}").parse().unwrap() }
+        Target {
+            child: spawn_target(cfg, dir),
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        }
     }
     fn stop(mut self) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::SIGTERM,
+        )
+        .unwrap();
         assert!(self.child.wait().unwrap().success());
     }
 }
@@ -108,7 +146,12 @@ fn model(addr: std::net::SocketAddr, seed: u64) -> (HostController, Model) {
 }
 
 /// `plant` corrupts member files (target stopped) and returns the rows it touched.
-fn scrub_finds_and_repairs(level: Level, name: &str, members: usize, plant: impl Fn(&std::path::Path, &Layout) -> Vec<u64>) {
+fn scrub_finds_and_repairs(
+    level: Level,
+    name: &str,
+    members: usize,
+    plant: impl Fn(&std::path::Path, &Layout) -> Vec<u64>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), port, name, members);
@@ -118,23 +161,52 @@ fn scrub_finds_and_repairs(level: Level, name: &str, members: usize, plant: impl
     let data = std::mem::take(&mut m.data);
     drop((m, c));
     t.stop();
-    assert_eq!(inconsistent_rows(dir.path(), level, members), Vec::<u64>::new(), "{name}: consistent before planting");
+    assert_eq!(
+        inconsistent_rows(dir.path(), level, members),
+        Vec::<u64>::new(),
+        "{name}: consistent before planting"
+    );
 
     let planted = plant(dir.path(), &layout(level, members));
-    assert_eq!(inconsistent_rows(dir.path(), level, members), planted, "{name}: the planted rows are the inconsistent ones");
+    assert_eq!(
+        inconsistent_rows(dir.path(), level, members),
+        planted,
+        "{name}: the planted rows are the inconsistent ones"
+    );
 
     let t = Target::start(&cfg, dir.path(), port);
     let check = scrub(dir.path(), false);
-    assert_eq!(check["mismatches"].as_u64().unwrap(), planted.len() as u64, "{name}: check scrub {check}");
+    assert_eq!(
+        check["mismatches"].as_u64().unwrap(),
+        planted.len() as u64,
+        "{name}: check scrub {check}"
+    );
     assert_eq!(check["repaired"], 0, "{check}");
-    let found: Vec<u64> = check["examples"].as_array().unwrap().iter().map(|e| e[1].as_u64().unwrap()).collect();
+    let found: Vec<u64> = check["examples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e[1].as_u64().unwrap())
+        .collect();
     assert_eq!(found, planted, "{name}: the rows reported");
     assert_eq!(check["rows_done"], check["rows"], "{check}");
-    assert_eq!(inconsistent_rows(dir.path(), level, members), planted, "{name}: a check scrub changes nothing");
+    assert_eq!(
+        inconsistent_rows(dir.path(), level, members),
+        planted,
+        "{name}: a check scrub changes nothing"
+    );
 
     let repair = scrub(dir.path(), true);
-    assert_eq!(repair["mismatches"].as_u64().unwrap(), planted.len() as u64, "{repair}");
-    assert_eq!(repair["repaired"].as_u64().unwrap(), planted.len() as u64, "{repair}");
+    assert_eq!(
+        repair["mismatches"].as_u64().unwrap(),
+        planted.len() as u64,
+        "{repair}"
+    );
+    assert_eq!(
+        repair["repaired"].as_u64().unwrap(),
+        planted.len() as u64,
+        "{repair}"
+    );
     let again = scrub(dir.path(), false);
     assert_eq!(again["mismatches"], 0, "{name}: after repair {again}");
     // Host data outside the planted data strip reads back as written.
@@ -143,7 +215,11 @@ fn scrub_finds_and_repairs(level: Level, name: &str, members: usize, plant: impl
     m.exercise(100, "after repair");
     drop((m, c));
     t.stop();
-    assert_eq!(inconsistent_rows(dir.path(), level, members), Vec::<u64>::new(), "{name}: member files consistent after repair");
+    assert_eq!(
+        inconsistent_rows(dir.path(), level, members),
+        Vec::<u64>::new(),
+        "{name}: member files consistent after repair"
+    );
 }
 
 #[test]
@@ -183,7 +259,13 @@ fn scheduled_scrub_runs_and_reports() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let every_hours = 2.0 / 3600.0;
-    let cfg = write_config_with(dir.path(), port, "raid5", 4, &format!("scrub_interval_hours = {every_hours}\n"));
+    let cfg = write_config_with(
+        dir.path(),
+        port,
+        "raid5",
+        4,
+        &format!("scrub_interval_hours = {every_hours}\n"),
+    );
     let t = Target::start(&cfg, dir.path(), port);
     t.stop();
     let l = layout(Level::Raid5, 4);
@@ -195,11 +277,16 @@ fn scheduled_scrub_runs_and_reports() {
         if sc["completed"].as_u64().unwrap() >= 1 {
             break sc;
         }
-        assert!(Instant::now() < deadline, "no scheduled scrub finished: {sc}");
+        assert!(
+            Instant::now() < deadline,
+            "no scheduled scrub finished: {sc}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(sc["mismatches"], 1, "{sc}");
     assert_eq!(sc["repaired"], 0, "a scheduled scrub only checks: {sc}");
     t.stop();
-    assert!(std::fs::read_to_string(dir.path().join("target.log")).unwrap().contains("scheduled scrub started"));
+    assert!(std::fs::read_to_string(dir.path().join("target.log"))
+        .unwrap()
+        .contains("scheduled scrub started"));
 }

@@ -15,7 +15,12 @@ use serde_json::{json, Value};
 const NQN: &str = "nqn.2026-12.io.nvmf-raid:slow";
 const FAIL_AFTER_S: u64 = 6;
 
-fn write_config(dir: &std::path::Path, port: u16, level: &str, members: usize) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    port: u16,
+    level: &str,
+    members: usize,
+) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
     for m in 0..=members {
         c += &format!("[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"64M\"\nfault_injection = true\n", dir.join(format!("m{m}.img")).display());
@@ -37,7 +42,17 @@ fn status(dir: &std::path::Path) -> Value {
 
 fn member_reads(dir: &std::path::Path) -> Vec<(String, u64)> {
     let st = call(&dir.join("mgmt.sock"), "stats", json!({})).unwrap();
-    st["members"].as_array().unwrap().iter().map(|m| (m["device"].as_str().unwrap().to_string(), m["ops"]["read"]["ios"].as_u64().unwrap_or(0))).collect()
+    st["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["device"].as_str().unwrap().to_string(),
+                m["ops"]["read"]["ios"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
 }
 
 fn reads_of(all: &[(String, u64)], dev: &str) -> u64 {
@@ -48,7 +63,10 @@ fn reads_of(all: &[(String, u64)], dev: &str) -> u64 {
 fn exercise_until(m: &mut Model, what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     let t = Instant::now();
     while !done() {
-        assert!(t.elapsed() < deadline, "{what}: not reached within {deadline:?}");
+        assert!(
+            t.elapsed() < deadline,
+            "{what}: not reached within {deadline:?}"
+        );
         m.exercise(20, what);
     }
 }
@@ -66,44 +84,103 @@ fn slow_member_is_steered_around_and_failed(level: &str, members: usize) {
     m.exercise(200, "before the fault");
     m.verify_all("before the fault");
 
-    call(&dir.path().join("mgmt.sock"), "device_fault", json!({"device": "m1", "action": "delay", "us": 30_000})).unwrap();
-    exercise_until(&mut m, "m1 reported slow", Duration::from_secs(60), || status(dir.path())["members"][1]["slow"] == true);
+    call(
+        &dir.path().join("mgmt.sock"),
+        "device_fault",
+        json!({"device": "m1", "action": "delay", "us": 30_000}),
+    )
+    .unwrap();
+    exercise_until(&mut m, "m1 reported slow", Duration::from_secs(60), || {
+        status(dir.path())["members"][1]["slow"] == true
+    });
     let st = status(dir.path());
-    assert!(st["members"][1]["latency_us"].as_u64().unwrap() >= 10_000, "{st}");
-    assert!(st["members"].as_array().unwrap().iter().enumerate().all(|(i, x)| i == 1 || x["slow"] == false), "only m1 is slow: {st}");
+    assert!(
+        st["members"][1]["latency_us"].as_u64().unwrap() >= 10_000,
+        "{st}"
+    );
+    assert!(
+        st["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(i, x)| i == 1 || x["slow"] == false),
+        "only m1 is slow: {st}"
+    );
 
     // While slow, reads keep off it: only the probes (one read in 32) reach it.
-    let around0 = status(dir.path())["members"][1]["reads_around"].as_u64().unwrap();
+    let around0 = status(dir.path())["members"][1]["reads_around"]
+        .as_u64()
+        .unwrap();
     let before = member_reads(dir.path());
     let mut reads = 0;
     for i in 0..400u64 {
         let mut b = vec![0u8; 4096];
         let lba = (i * 7919 * 8) % (8192 - 8);
         assert!(m.q.read(1, lba, 9, &mut b).unwrap().is_success());
-        assert!(b == m.data[lba as usize * 512..lba as usize * 512 + 4096], "{level}: read at {lba} wrong while m1 is slow");
+        assert!(
+            b == m.data[lba as usize * 512..lba as usize * 512 + 4096],
+            "{level}: read at {lba} wrong while m1 is slow"
+        );
         reads += 1;
     }
     let after = member_reads(dir.path());
     let slow_reads = reads_of(&after, "m1") - reads_of(&before, "m1");
     let peer_reads = reads_of(&after, "m0") - reads_of(&before, "m0");
-    assert!(slow_reads * 8 < reads, "{level}: {slow_reads} of {reads} reads still went to the slow member");
-    assert!(peer_reads > slow_reads * 2, "{level}: peers served {peer_reads} reads, the slow member {slow_reads}");
+    assert!(
+        slow_reads * 8 < reads,
+        "{level}: {slow_reads} of {reads} reads still went to the slow member"
+    );
+    assert!(
+        peer_reads > slow_reads * 2,
+        "{level}: peers served {peer_reads} reads, the slow member {slow_reads}"
+    );
     let st = status(dir.path());
-    let (around, direct) = (st["members"][1]["reads_around"].as_u64().unwrap() - around0, st["members"][1]["reads_direct"].as_u64().unwrap());
-    assert!(around > 0 && direct * 8 < around, "{level}: status counts {around} reads served around m1 and {direct} sent to it");
+    let (around, direct) = (
+        st["members"][1]["reads_around"].as_u64().unwrap() - around0,
+        st["members"][1]["reads_direct"].as_u64().unwrap(),
+    );
+    assert!(
+        around > 0 && direct * 8 < around,
+        "{level}: status counts {around} reads served around m1 and {direct} sent to it"
+    );
 
     // Slow beyond the limit: failed, and the spare takes over; no I/O error meanwhile.
-    exercise_until(&mut m, "m1 failed for being slow", Duration::from_secs(FAIL_AFTER_S * 10), || status(dir.path())["members"][1]["state"] != "active");
-    exercise_until(&mut m, "rebuild onto the spare", Duration::from_secs(120), || status(dir.path())["state"] == "online");
-    assert_eq!(status(dir.path())["members"][1]["device"], format!("m{members}"), "the spare fills the slow member's slot");
+    exercise_until(
+        &mut m,
+        "m1 failed for being slow",
+        Duration::from_secs(FAIL_AFTER_S * 10),
+        || status(dir.path())["members"][1]["state"] != "active",
+    );
+    exercise_until(
+        &mut m,
+        "rebuild onto the spare",
+        Duration::from_secs(120),
+        || status(dir.path())["state"] == "online",
+    );
+    assert_eq!(
+        status(dir.path())["members"][1]["device"],
+        format!("m{members}"),
+        "the spare fills the slow member's slot"
+    );
     m.verify_all("after the slow member was replaced");
     drop(m);
     drop(c);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
     assert!(child.wait().unwrap().success());
     let log = std::fs::read_to_string(dir.path().join("target.log")).unwrap();
-    assert!(log.contains("member slow"), "the log says which member is slow");
-    assert!(log.contains("slow for"), "the log says why the member failed");
+    assert!(
+        log.contains("member slow"),
+        "the log says which member is slow"
+    );
+    assert!(
+        log.contains("slow for"),
+        "the log says why the member failed"
+    );
 }
 
 #[test]

@@ -14,17 +14,28 @@ mod common;
 use common::etcd;
 
 #[test]
-#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd")]
+#[cfg_attr(
+    not(have_etcd),
+    ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd"
+)]
 fn when_the_sites_lose_each_other_exactly_one_goes_on() {
     let e = etcd();
     let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol0", 5);
     let mut b = Witness::new(Etcd::new(e.addr), "site-b", "vol0", 5);
     a.heartbeat().unwrap();
     b.heartbeat().unwrap();
-    assert_eq!(a.role, Role::Mirrored, "while the sites see each other nothing is claimed");
+    assert_eq!(
+        a.role,
+        Role::Mirrored,
+        "while the sites see each other nothing is claimed"
+    );
     assert_eq!(Etcd::new(e.addr).get(&a.key).unwrap(), None);
     assert_eq!(*a.peer_lost(), Role::Sole);
-    assert!(matches!(b.peer_lost(), Role::Fenced { why } if why.contains("site-a")), "{:?}", b.role);
+    assert!(
+        matches!(b.peer_lost(), Role::Fenced { why } if why.contains("site-a")),
+        "{:?}",
+        b.role
+    );
     // Asking again changes nothing: the winner keeps it, the loser stays fenced.
     assert_eq!(*a.peer_lost(), Role::Sole);
     assert!(matches!(b.peer_lost(), Role::Fenced { .. }));
@@ -37,7 +48,10 @@ fn when_the_sites_lose_each_other_exactly_one_goes_on() {
 }
 
 #[test]
-#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd")]
+#[cfg_attr(
+    not(have_etcd),
+    ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd"
+)]
 fn a_dead_sites_claim_lapses_with_its_lease() {
     let e = etcd();
     let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol1", 2);
@@ -48,7 +62,11 @@ fn a_dead_sites_claim_lapses_with_its_lease() {
     assert!(matches!(b.peer_lost(), Role::Fenced { .. }));
     let deadline = Instant::now() + Duration::from_secs(20);
     while b.peer_lost() != &Role::Sole {
-        assert!(Instant::now() < deadline, "the dead site's claim never lapsed: {:?}", b.role);
+        assert!(
+            Instant::now() < deadline,
+            "the dead site's claim never lapsed: {:?}",
+            b.role
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     // A comes back, renews: its old lease is gone, so it knows it no longer holds the volume.
@@ -57,22 +75,36 @@ fn a_dead_sites_claim_lapses_with_its_lease() {
 }
 
 #[test]
-#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd")]
+#[cfg_attr(
+    not(have_etcd),
+    ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd"
+)]
 fn a_site_that_reaches_neither_peer_nor_witness_fences_itself() {
     let e = etcd();
     let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol2", 5);
     a.heartbeat().unwrap();
     drop(e); // the witness is gone
-    assert!(matches!(a.peer_lost(), Role::Fenced { why } if why.contains("witness")), "{:?}", a.role);
+    assert!(
+        matches!(a.peer_lost(), Role::Fenced { why } if why.contains("witness")),
+        "{:?}",
+        a.role
+    );
 }
 
 #[test]
-#[cfg_attr(not(have_etcd), ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd")]
+#[cfg_attr(
+    not(have_etcd),
+    ignore = "etcd (etcd-server) is not installed: the witness is not tested against a real etcd"
+)]
 fn an_orderly_shutdown_gives_the_claim_back() {
     let e = etcd();
     let mut a = Witness::new(Etcd::new(e.addr), "site-a", "vol3", 30);
     let mut b = Witness::new(Etcd::new(e.addr), "site-b", "vol3", 30);
     assert_eq!(*a.peer_lost(), Role::Sole);
     a.shutdown().unwrap();
-    assert_eq!(*b.peer_lost(), Role::Sole, "the revoked lease took the claim with it");
+    assert_eq!(
+        *b.peer_lost(),
+        Role::Sole,
+        "the revoked lease took the claim with it"
+    );
 }

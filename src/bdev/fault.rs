@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use io_uring::{opcode, squeue, types};
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
+use super::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink,
+    Submitted,
+};
 use crate::reactor::token::{Kind, Token};
 
 /// The switches, shared by every reactor's channel of the device.
@@ -73,14 +76,20 @@ impl FaultControl {
         let countdown = self.fail_after.load(Ordering::Relaxed);
         if countdown != u64::MAX {
             // Racy between reactors by at most a few I/Os, which is fine for rehearsals.
-            self.fail_after.store(countdown.saturating_sub(1), Ordering::Relaxed);
+            self.fail_after
+                .store(countdown.saturating_sub(1), Ordering::Relaxed);
         }
-        let (start, end) = (io.offset >> block_shift, (io.offset + io.len as u64) >> block_shift);
-        let in_bad_range = start < self.bad_end.load(Ordering::Relaxed) && self.bad_start.load(Ordering::Relaxed) < end.max(start + 1);
+        let (start, end) = (
+            io.offset >> block_shift,
+            (io.offset + io.len as u64) >> block_shift,
+        );
+        let in_bad_range = start < self.bad_end.load(Ordering::Relaxed)
+            && self.bad_start.load(Ordering::Relaxed) < end.max(start + 1);
         self.fail_all.load(Ordering::Relaxed)
             || countdown == 0
             || (io.op == BdevOp::Read && self.fail_reads.load(Ordering::Relaxed))
-            || (matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes) && self.fail_writes.load(Ordering::Relaxed))
+            || (matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes)
+                && self.fail_writes.load(Ordering::Relaxed))
             || (matches!(io.op, BdevOp::Read | BdevOp::Write | BdevOp::WriteZeroes) && in_bad_range)
     }
 }
@@ -93,7 +102,10 @@ pub struct FaultBdev {
 
 impl FaultBdev {
     pub fn new(inner: Arc<dyn Bdev>) -> Self {
-        FaultBdev { inner, control: Arc::new(FaultControl::new()) }
+        FaultBdev {
+            inner,
+            control: Arc::new(FaultControl::new()),
+        }
     }
     pub fn control(&self) -> &Arc<FaultControl> {
         &self.control
@@ -105,8 +117,18 @@ impl Bdev for FaultBdev {
         self.inner.info()
     }
     fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let io = BdevIo { op, offset, len: buf.len() as u32, buf: buf.as_mut_ptr(), buf_index: None, user_data: 0 };
-        if self.control.should_fail(&io, self.inner.block_size().trailing_zeros()) {
+        let io = BdevIo {
+            op,
+            offset,
+            len: buf.len() as u32,
+            buf: buf.as_mut_ptr(),
+            buf_index: None,
+            user_data: 0,
+        };
+        if self
+            .control
+            .should_fail(&io, self.inner.block_size().trailing_zeros())
+        {
             self.control.injected.fetch_add(1, Ordering::Relaxed);
             return Err(std::io::Error::from_raw_os_error(libc::EIO));
         }
@@ -118,7 +140,11 @@ impl Bdev for FaultBdev {
     fn remote(&self) -> Option<&super::remote::RemoteBdev> {
         self.inner.remote()
     }
-    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(FaultChannel {
             inner: self.inner.open_channel(files, route)?,
             control: self.control.clone(),
@@ -147,7 +173,10 @@ impl SqeSink for Delayed<'_> {
         if let Some(ts) = self.delay.take() {
             // A hard link runs the I/O after the timeout even though the timeout "fails"
             // with ETIME; its own completion is ignored by the reactor.
-            let t = opcode::Timeout::new(ts).build().flags(squeue::Flags::IO_HARDLINK).user_data(Token::new(Kind::Ignore, 0, 0, 0).encode());
+            let t = opcode::Timeout::new(ts)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK)
+                .user_data(Token::new(Kind::Ignore, 0, 0, 0).encode());
             self.sq.push(t);
         }
         self.sq.push(entry);
@@ -165,7 +194,10 @@ impl BdevChannel for FaultChannel {
             return self.inner.submit(io, sq);
         }
         *self.delay = types::Timespec::from(Duration::from_micros(us));
-        let mut delayed = Delayed { sq, delay: Some(&self.delay) };
+        let mut delayed = Delayed {
+            sq,
+            delay: Some(&self.delay),
+        };
         self.inner.submit(io, &mut delayed)
     }
 
@@ -191,7 +223,14 @@ mod tests {
     use super::*;
 
     fn io(op: BdevOp, lba: u64, blocks: u32) -> BdevIo {
-        BdevIo { op, offset: lba * 512, len: blocks * 512, buf: std::ptr::null_mut(), buf_index: None, user_data: 0 }
+        BdevIo {
+            op,
+            offset: lba * 512,
+            len: blocks * 512,
+            buf: std::ptr::null_mut(),
+            buf_index: None,
+            user_data: 0,
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use io_uring::{opcode, types};
 
-use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, FileRegistry, SqeSink, Submitted,
+};
 
 #[derive(Debug)]
 pub struct FileBdev {
@@ -20,10 +22,18 @@ pub struct FileBdev {
 
 impl FileBdev {
     /// Open `path`, creating a sparse file of `create_size` bytes if it does not exist.
-    pub fn open(name: &str, path: &Path, block_size: u32, create_size: Option<u64>) -> std::io::Result<Self> {
+    pub fn open(
+        name: &str,
+        path: &Path,
+        block_size: u32,
+        create_size: Option<u64>,
+    ) -> std::io::Result<Self> {
         if !path.exists() {
             let size = create_size.ok_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, format!("{} does not exist and no size was given", path.display()))
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} does not exist and no size was given", path.display()),
+                )
             })?;
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)?;
@@ -33,10 +43,18 @@ impl FileBdev {
         let file = File::open(path)?;
         let meta = file.metadata()?;
         let is_block_device = meta.file_type().is_block_device();
-        let bytes = if is_block_device { block_device_size(&file)? } else { meta.len() };
+        let bytes = if is_block_device {
+            block_device_size(&file)?
+        } else {
+            meta.len()
+        };
         let direct = open_rw(path, true).is_ok();
         Ok(FileBdev {
-            info: BdevInfo { name: name.into(), block_size, num_blocks: bytes / block_size as u64 },
+            info: BdevInfo {
+                name: name.into(),
+                block_size,
+                num_blocks: bytes / block_size as u64,
+            },
             path: path.into(),
             is_block_device,
             direct,
@@ -50,7 +68,11 @@ impl FileBdev {
 
 fn open_rw(path: &Path, direct: bool) -> std::io::Result<File> {
     let flags = if direct { libc::O_DIRECT } else { 0 };
-    OpenOptions::new().read(true).write(true).custom_flags(flags).open(path)
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(flags)
+        .open(path)
 }
 
 fn block_device_size(f: &File) -> std::io::Result<u64> {
@@ -78,16 +100,27 @@ impl Bdev for FileBdev {
                 f.write_all_at(buf, offset)?;
                 f.sync_data()
             }
-            _ => Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "metadata I/O reads and writes only")),
+            _ => Err(std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "metadata I/O reads and writes only",
+            )),
         }
     }
     fn sync(&self) -> std::io::Result<()> {
         open_rw(&self.path, false)?.sync_all()
     }
-    fn open_channel(&self, files: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        _: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         let file = open_rw(&self.path, self.direct)?;
         let fixed = files.register(file.as_raw_fd());
-        Ok(Box::new(FileChannel { file, fixed, is_block_device: self.is_block_device }))
+        Ok(Box::new(FileChannel {
+            file,
+            fixed,
+            is_block_device: self.is_block_device,
+        }))
     }
 }
 
@@ -120,14 +153,25 @@ impl FileChannel {
 impl BdevChannel for FileChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
         let entry = match (io.op, io.buf_index) {
-            (BdevOp::Read, Some(bi)) => with_fd!(self, |fd| opcode::ReadFixed::new(fd, io.buf, io.len, bi).offset(io.offset)),
-            (BdevOp::Read, None) => with_fd!(self, |fd| opcode::Read::new(fd, io.buf, io.len).offset(io.offset)),
-            (BdevOp::Write, Some(bi)) => with_fd!(self, |fd| opcode::WriteFixed::new(fd, io.buf, io.len, bi).offset(io.offset)),
-            (BdevOp::Write, None) => with_fd!(self, |fd| opcode::Write::new(fd, io.buf, io.len).offset(io.offset)),
-            (BdevOp::Flush, _) => with_fd!(self, |fd| opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC)),
+            (BdevOp::Read, Some(bi)) => {
+                with_fd!(self, |fd| opcode::ReadFixed::new(fd, io.buf, io.len, bi)
+                    .offset(io.offset))
+            }
+            (BdevOp::Read, None) => with_fd!(self, |fd| opcode::Read::new(fd, io.buf, io.len)
+                .offset(io.offset)),
+            (BdevOp::Write, Some(bi)) => {
+                with_fd!(self, |fd| opcode::WriteFixed::new(fd, io.buf, io.len, bi)
+                    .offset(io.offset))
+            }
+            (BdevOp::Write, None) => with_fd!(self, |fd| opcode::Write::new(fd, io.buf, io.len)
+                .offset(io.offset)),
+            (BdevOp::Flush, _) => with_fd!(self, |fd| opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)),
             (BdevOp::WriteZeroes | BdevOp::Discard, _) => {
                 let mode = self.fallocate_mode(io.op);
-                with_fd!(self, |fd| opcode::Fallocate::new(fd, io.len as u64).offset(io.offset).mode(mode))
+                with_fd!(self, |fd| opcode::Fallocate::new(fd, io.len as u64)
+                    .offset(io.offset)
+                    .mode(mode))
             }
         };
         sq.push(entry.user_data(io.user_data));

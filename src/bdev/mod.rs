@@ -73,7 +73,11 @@ pub const MAX_ROUTED_DEVICES: usize = 1 << DEVICE_BITS;
 
 impl ChildRoute {
     pub fn top(index: u16) -> ChildRoute {
-        ChildRoute { index, base: 0, bits: crate::reactor::token::CHILD_TAG_BITS }
+        ChildRoute {
+            index,
+            base: 0,
+            bits: crate::reactor::token::CHILD_TAG_BITS,
+        }
     }
 
     /// Tags the channel may use for its own operations: 0 up to this.
@@ -92,7 +96,11 @@ impl ChildRoute {
         assert!(device < MAX_ROUTED_DEVICES);
         let bits = self.bits - 1 - DEVICE_BITS;
         assert!(bits >= 8, "devices nested too deep for the completion tag");
-        ChildRoute { index: self.index, base: self.base | self.own_tags() | (device as u64) << bits, bits }
+        ChildRoute {
+            index: self.index,
+            base: self.base | self.own_tags() | (device as u64) << bits,
+            bits,
+        }
     }
 
     /// A completion tag (relative to this channel) that belongs to a device inside it:
@@ -102,7 +110,10 @@ impl ChildRoute {
             return None;
         }
         let bits = self.bits - 1 - DEVICE_BITS;
-        Some((((tag - self.own_tags()) >> bits) as usize, tag & ((1 << bits) - 1)))
+        Some((
+            ((tag - self.own_tags()) >> bits) as usize,
+            tag & ((1 << bits) - 1),
+        ))
     }
 }
 
@@ -130,7 +141,10 @@ pub trait Bdev: Send + Sync + Debug {
     /// and a multiple of 4 KiB. Writes are durable when this returns.
     fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let _ = (op, offset, buf);
-        Err(std::io::Error::new(std::io::ErrorKind::Unsupported, format!("{} has no metadata I/O", self.name())))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!("{} has no metadata I/O", self.name()),
+        ))
     }
 
     /// After a crash: the byte ranges of the device that may hold writes that were in
@@ -153,7 +167,11 @@ pub trait Bdev: Send + Sync + Debug {
     /// Open this reactor's handle to the device. `route` addresses the completions of the
     /// channel's own ring operations (a composite device's member I/O, a remote device's
     /// socket operations) back to it (see `BdevChannel::child_complete`).
-    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>>;
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>>;
 }
 
 /// Completions a composite channel hands back to the reactor: (parent user_data, result).

@@ -1,7 +1,9 @@
 //! The null device: every I/O succeeds at once and moves no data. For benchmarks of the
 //! fabric and the target's own overhead.
 
-use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, FileRegistry, SqeSink, Submitted,
+};
 
 #[derive(Debug)]
 pub struct NullBdev {
@@ -10,7 +12,13 @@ pub struct NullBdev {
 
 impl NullBdev {
     pub fn new(name: &str, block_size: u32, size_bytes: u64) -> Self {
-        NullBdev { info: BdevInfo { name: name.into(), block_size, num_blocks: size_bytes / block_size as u64 } }
+        NullBdev {
+            info: BdevInfo {
+                name: name.into(),
+                block_size,
+                num_blocks: size_bytes / block_size as u64,
+            },
+        }
     }
 }
 
@@ -26,7 +34,11 @@ impl Bdev for NullBdev {
         }
         Ok(())
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        _: &mut dyn FileRegistry,
+        _: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(NullChannel))
     }
 }

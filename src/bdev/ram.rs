@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{ChildRoute, Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, FileRegistry, SqeSink, Submitted};
+use super::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, FileRegistry, SqeSink, Submitted,
+};
 use crate::util::aligned::AlignedRegion;
 
 #[derive(Debug)]
@@ -15,8 +17,15 @@ pub struct RamBdev {
 impl RamBdev {
     pub fn new(name: &str, block_size: u32, size_bytes: u64) -> std::io::Result<Self> {
         let mem = AlignedRegion::populated(size_bytes as usize)?;
-        let info = BdevInfo { name: name.into(), block_size, num_blocks: mem.len() as u64 / block_size as u64 };
-        Ok(RamBdev { info, mem: Arc::new(mem) })
+        let info = BdevInfo {
+            name: name.into(),
+            block_size,
+            num_blocks: mem.len() as u64 / block_size as u64,
+        };
+        Ok(RamBdev {
+            info,
+            mem: Arc::new(mem),
+        })
     }
 }
 
@@ -26,14 +35,31 @@ impl Bdev for RamBdev {
     }
 
     fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
-        let io = BdevIo { op, offset, len: buf.len() as u32, buf: buf.as_mut_ptr(), buf_index: None, user_data: 0 };
-        match (RamChannel { mem: self.mem.clone() }).submit(&io, &mut NoRing) {
+        let io = BdevIo {
+            op,
+            offset,
+            len: buf.len() as u32,
+            buf: buf.as_mut_ptr(),
+            buf_index: None,
+            user_data: 0,
+        };
+        match (RamChannel {
+            mem: self.mem.clone(),
+        })
+        .submit(&io, &mut NoRing)
+        {
             Submitted::Done(n) if n >= 0 => Ok(()),
             _ => Err(std::io::Error::from_raw_os_error(libc::EINVAL)),
         }
     }
-    fn open_channel(&self, _: &mut dyn FileRegistry, _: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
-        Ok(Box::new(RamChannel { mem: self.mem.clone() }))
+    fn open_channel(
+        &self,
+        _: &mut dyn FileRegistry,
+        _: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
+        Ok(Box::new(RamChannel {
+            mem: self.mem.clone(),
+        }))
     }
 }
 
@@ -66,6 +92,10 @@ impl BdevChannel for RamChannel {
                 BdevOp::Flush => {}
             }
         }
-        Submitted::Done(if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 })
+        Submitted::Done(if matches!(io.op, BdevOp::Read | BdevOp::Write) {
+            io.len as i32
+        } else {
+            0
+        })
     }
 }

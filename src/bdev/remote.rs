@@ -28,7 +28,10 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TryRecvError}
 use io_uring::{opcode, types};
 use tracing::{info, warn};
 
-use super::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
+use super::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink,
+    Submitted,
+};
 use crate::host::{Data, HostController, Queue, QueueOptions};
 use crate::nvmf::command::{self, Cqe, Sqe};
 use crate::nvmf::pdu::{self, DataHeader, DecodeParams, Decoded, Pdu};
@@ -133,11 +136,20 @@ struct ReadyQueue {
 }
 
 enum Request {
-    Queue { generation: u32, reply: Sender<Result<ReadyQueue, String>> },
+    Queue {
+        generation: u32,
+        reply: Sender<Result<ReadyQueue, String>>,
+    },
     /// A site message on the admin queue; the answer's completion dwords 0 and 1.
-    Message { data: Vec<u8>, reply: Sender<Result<(u32, u32), String>> },
+    Message {
+        data: Vec<u8>,
+        reply: Sender<Result<(u32, u32), String>>,
+    },
     /// A channel's queue failed: end the association so nothing sent on it can land later.
-    Reset { generation: u32, why: &'static str },
+    Reset {
+        generation: u32,
+        why: &'static str,
+    },
     Stop,
 }
 
@@ -148,7 +160,11 @@ pub struct RemoteBdev {
 
 impl std::fmt::Debug for RemoteBdev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RemoteBdev({} at {} {})", self.info.name, self.link.cfg.addr, self.link.cfg.subnqn)
+        write!(
+            f,
+            "RemoteBdev({} at {} {})",
+            self.info.name, self.link.cfg.addr, self.link.cfg.subnqn
+        )
     }
 }
 
@@ -164,7 +180,12 @@ impl RemoteBdev {
     /// Connect to the remote namespace and learn its geometry. When it cannot be reached
     /// and `expected_bytes` is given, the device starts disconnected with that size and
     /// keeps trying; without it, an unreachable remote is an error.
-    pub fn open(name: &str, cfg: RemoteConfig, block_size: u32, expected_bytes: Option<u64>) -> std::io::Result<RemoteBdev> {
+    pub fn open(
+        name: &str,
+        cfg: RemoteConfig,
+        block_size: u32,
+        expected_bytes: Option<u64>,
+    ) -> std::io::Result<RemoteBdev> {
         let first = associate(&cfg);
         let (block_shift, num_blocks) = match (&first, expected_bytes) {
             (Ok((_, geometry)), _) => *geometry,
@@ -172,16 +193,28 @@ impl RemoteBdev {
                 warn!(device = name, address = %cfg.addr, error = %e, "remote namespace unreachable: starting disconnected");
                 (block_size.trailing_zeros(), bytes / block_size as u64)
             }
-            (Err(e), None) => return Err(std::io::Error::other(format!("device {name}: remote namespace {} at {}: {e}", cfg.subnqn, cfg.addr))),
+            (Err(e), None) => {
+                return Err(std::io::Error::other(format!(
+                    "device {name}: remote namespace {} at {}: {e}",
+                    cfg.subnqn, cfg.addr
+                )))
+            }
         };
         if 1u32 << block_shift != block_size {
             return Err(std::io::Error::other(format!("device {name}: the remote namespace has {}-byte blocks, the configuration says {block_size}", 1u32 << block_shift)));
         }
         if let Some(bytes) = expected_bytes.filter(|&b| b != num_blocks << block_shift) {
-            return Err(std::io::Error::other(format!("device {name}: the remote namespace has {} bytes, the configuration says {bytes}", num_blocks << block_shift)));
+            return Err(std::io::Error::other(format!(
+                "device {name}: the remote namespace has {} bytes, the configuration says {bytes}",
+                num_blocks << block_shift
+            )));
         }
         let (tx, rx) = channel::unbounded();
-        let status = RemoteStatus { address: cfg.addr.to_string(), subnqn: cfg.subnqn.clone(), ..RemoteStatus::default() };
+        let status = RemoteStatus {
+            address: cfg.addr.to_string(),
+            subnqn: cfg.subnqn.clone(),
+            ..RemoteStatus::default()
+        };
         let link = Arc::new(Link {
             cfg,
             name: name.to_string(),
@@ -197,8 +230,17 @@ impl RemoteBdev {
         });
         let assoc = first.ok().map(|(a, _)| install(&link, a));
         let l = link.clone();
-        std::thread::Builder::new().name(format!("remote-{name}")).spawn(move || supervise(l, rx, assoc))?;
-        Ok(RemoteBdev { info: BdevInfo { name: name.to_string(), block_size, num_blocks }, link })
+        std::thread::Builder::new()
+            .name(format!("remote-{name}"))
+            .spawn(move || supervise(l, rx, assoc))?;
+        Ok(RemoteBdev {
+            info: BdevInfo {
+                name: name.to_string(),
+                block_size,
+                num_blocks,
+            },
+            link,
+        })
     }
 
     pub fn status(&self) -> RemoteStatus {
@@ -220,8 +262,15 @@ impl RemoteBdev {
             return Err("remote target not connected".into());
         }
         let (tx, rx) = channel::bounded(1);
-        self.link.requests.send(Request::Message { data: data.to_vec(), reply: tx }).map_err(|_| "link stopped".to_string())?;
-        rx.recv_timeout(wait).map_err(|_| "no answer in time".to_string())?
+        self.link
+            .requests
+            .send(Request::Message {
+                data: data.to_vec(),
+                reply: tx,
+            })
+            .map_err(|_| "link stopped".to_string())?;
+        rx.recv_timeout(wait)
+            .map_err(|_| "no answer in time".to_string())?
     }
 }
 
@@ -236,7 +285,12 @@ fn associate(cfg: &RemoteConfig) -> std::io::Result<(Association, (u32, u64))> {
     let mut ctrl = HostController::connect(cfg.addr, &cfg.subnqn, &cfg.queue_options())?;
     let granted = ctrl.set_queue_count(QUEUES_WANTED)?;
     let geometry = ctrl.namespace_geometry(cfg.nsid)?;
-    let a = Association { ctrl, next_qid: META_QID, granted, next_keepalive: Instant::now() };
+    let a = Association {
+        ctrl,
+        next_qid: META_QID,
+        granted,
+        next_keepalive: Instant::now(),
+    };
     Ok((a, geometry))
 }
 
@@ -279,8 +333,15 @@ fn supervise(link: Arc<Link>, requests: Receiver<Request>, mut assoc: Option<Ass
                     backoff = BACKOFF_MIN;
                 }
                 Ok((_, (shift, blocks))) => {
-                    let e = format!("remote namespace changed geometry: {blocks} blocks of {} bytes", 1u64 << shift);
-                    crate::warn_limited!(device = link.name, error = e, "refusing the remote namespace");
+                    let e = format!(
+                        "remote namespace changed geometry: {blocks} blocks of {} bytes",
+                        1u64 << shift
+                    );
+                    crate::warn_limited!(
+                        device = link.name,
+                        error = e,
+                        "refusing the remote namespace"
+                    );
                     link.note_error(&e);
                 }
                 Err(e) => {
@@ -330,8 +391,10 @@ fn supervise(link: Arc<Link>, requests: Receiver<Request>, mut assoc: Option<Ass
                 let started = Instant::now();
                 match a.ctrl.keep_alive() {
                     Ok(()) => {
-                        link.status.lock().unwrap().keepalive_rtt_us = started.elapsed().as_micros() as u64;
-                        a.next_keepalive = Instant::now() + (link.cfg.keep_alive / 3).min(Duration::from_secs(1));
+                        link.status.lock().unwrap().keepalive_rtt_us =
+                            started.elapsed().as_micros() as u64;
+                        a.next_keepalive =
+                            Instant::now() + (link.cfg.keep_alive / 3).min(Duration::from_secs(1));
                     }
                     Err(e) => {
                         assoc = None;
@@ -364,10 +427,16 @@ fn answer_while_down(requests: &Receiver<Request>, wait: Duration) -> bool {
 /// One SITE_MESSAGE admin command; a refusal by the remote is `ErrorKind::Other`, a
 /// transport failure anything else.
 fn site_message(ctrl: &mut HostController, data: &[u8]) -> std::io::Result<(u32, u32)> {
-    let sqe = Sqe { opcode: crate::nvmf::spec::admin::SITE_MESSAGE, ..Sqe::default() };
+    let sqe = Sqe {
+        opcode: crate::nvmf::spec::admin::SITE_MESSAGE,
+        ..Sqe::default()
+    };
     let cqe = ctrl.admin_command(sqe, Data::ToController(data.as_ptr(), data.len()))?;
     if !cqe.is_success() {
-        return Err(std::io::Error::other(format!("the peer refused the site message: status {:#x}", cqe.status)));
+        return Err(std::io::Error::other(format!(
+            "the peer refused the site message: status {:#x}",
+            cqe.status
+        )));
     }
     Ok((cqe.dw0, cqe.dw1))
 }
@@ -377,13 +446,24 @@ fn open_queue(a: &mut Association, generation: u32, current: u32) -> Result<Read
         return Err("association changed".into());
     }
     if a.next_qid > a.granted {
-        return Err(format!("the remote controller granted {} I/O queues, all in use", a.granted));
+        return Err(format!(
+            "the remote controller granted {} I/O queues, all in use",
+            a.granted
+        ));
     }
     let qid = a.next_qid;
     a.next_qid += 1;
-    let q = a.ctrl.io_queue(qid).map_err(|e| format!("I/O queue {qid}: {e}"))?;
+    let q = a
+        .ctrl
+        .io_queue(qid)
+        .map_err(|e| format!("I/O queue {qid}: {e}"))?;
     let (sock, maxh2cdata, in_capsule_max) = q.into_stream().map_err(|e| e.to_string())?;
-    Ok(ReadyQueue { sock, generation, maxh2cdata, in_capsule_max })
+    Ok(ReadyQueue {
+        sock,
+        generation,
+        maxh2cdata,
+        in_capsule_max,
+    })
 }
 
 impl Bdev for RemoteBdev {
@@ -398,20 +478,42 @@ impl Bdev for RemoteBdev {
     /// Metadata I/O through the link's own queue.
     fn sync_io(&self, op: BdevOp, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         let mut meta = self.link.meta.lock().unwrap();
-        let q = meta.as_mut().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotConnected, format!("{}: remote namespace not connected", self.info.name)))?;
+        let q = meta.as_mut().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                format!("{}: remote namespace not connected", self.info.name),
+            )
+        })?;
         let (nsid, shift) = (self.link.cfg.nsid, self.link.block_shift);
         let slba = offset >> shift;
         let cqe = match op {
             BdevOp::Read => q.read(nsid, slba, shift, buf),
-            BdevOp::Write => q.write(nsid, slba, shift, buf).and_then(|c| if c.is_success() { q.execute(flush_sqe(nsid), Data::None) } else { Ok(c) }),
-            _ => return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "metadata I/O reads and writes only")),
+            BdevOp::Write => q.write(nsid, slba, shift, buf).and_then(|c| {
+                if c.is_success() {
+                    q.execute(flush_sqe(nsid), Data::None)
+                } else {
+                    Ok(c)
+                }
+            }),
+            _ => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "metadata I/O reads and writes only",
+                ))
+            }
         };
         match cqe {
             Ok(c) if c.is_success() => Ok(()),
-            Ok(c) => Err(std::io::Error::other(format!("{}: remote {op:?} failed with status {:#x}", self.info.name, c.status))),
+            Ok(c) => Err(std::io::Error::other(format!(
+                "{}: remote {op:?} failed with status {:#x}",
+                self.info.name, c.status
+            ))),
             Err(e) => {
                 *meta = None;
-                let _ = self.link.requests.send(Request::Reset { generation: self.link.generation.load(Ordering::Acquire), why: "metadata I/O failed" });
+                let _ = self.link.requests.send(Request::Reset {
+                    generation: self.link.generation.load(Ordering::Acquire),
+                    why: "metadata I/O failed",
+                });
                 Err(e)
             }
         }
@@ -420,18 +522,28 @@ impl Bdev for RemoteBdev {
     fn sync(&self) -> std::io::Result<()> {
         let mut meta = self.link.meta.lock().unwrap();
         match meta.as_mut() {
-            Some(q) => q.execute(flush_sqe(self.link.cfg.nsid), Data::None).map(|_| ()),
+            Some(q) => q
+                .execute(flush_sqe(self.link.cfg.nsid), Data::None)
+                .map(|_| ()),
             None => Ok(()),
         }
     }
 
-    fn open_channel(&self, _: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        _: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         Ok(Box::new(RemoteChannel::new(self.link.clone(), route)?))
     }
 }
 
 fn flush_sqe(nsid: u32) -> Sqe {
-    Sqe { opcode: io::FLUSH, nsid, ..Sqe::default() }
+    Sqe {
+        opcode: io::FLUSH,
+        nsid,
+        ..Sqe::default()
+    }
 }
 
 // --------------------------------------------------------------------- the channel
@@ -496,7 +608,16 @@ pub struct RemoteChannel {
 impl RemoteChannel {
     fn new(link: Arc<Link>, route: ChildRoute) -> std::io::Result<RemoteChannel> {
         let depth = link.cfg.queue_depth as usize;
-        let idle = Slot { busy: false, parent: 0, op: BdevOp::Read, buf: std::ptr::null_mut(), len: 0, received: 0, started: Instant::now(), range: [0; 16] };
+        let idle = Slot {
+            busy: false,
+            parent: 0,
+            op: BdevOp::Read,
+            buf: std::ptr::null_mut(),
+            len: 0,
+            received: 0,
+            started: Instant::now(),
+            range: [0; 16],
+        };
         // SAFETY: msghdr is plain data; zero is a valid empty header.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
         Ok(RemoteChannel {
@@ -516,7 +637,12 @@ impl RemoteChannel {
             segs: VecDeque::with_capacity(4 * depth + 16),
             send_armed: false,
             send_bytes: 0,
-            iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV]),
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV],
+            ),
             msg: Box::new(msg),
             rx: vec![0u8; MAX_IO + 64 * 1024 + pdu::MAX_HEADER_LEN].into_boxed_slice(),
             rx_head: 0,
@@ -538,7 +664,15 @@ impl RemoteChannel {
     fn ask_for_queue(&mut self) {
         let (tx, rx) = channel::bounded(1);
         let generation = self.link.generation.load(Ordering::Acquire);
-        if self.link.requests.send(Request::Queue { generation, reply: tx }).is_ok() {
+        if self
+            .link
+            .requests
+            .send(Request::Queue {
+                generation,
+                reply: tx,
+            })
+            .is_ok()
+        {
             self.reply = Some(rx);
             self.phase = Phase::Asking;
         }
@@ -571,7 +705,12 @@ impl RemoteChannel {
         if self.phase != Phase::Up {
             return;
         }
-        crate::warn_limited!(device = self.link.name, why, in_flight = self.slots.len() - self.free.len(), "remote I/O queue failed");
+        crate::warn_limited!(
+            device = self.link.name,
+            why,
+            in_flight = self.slots.len() - self.free.len(),
+            "remote I/O queue failed"
+        );
         self.link.queue_failures.fetch_add(1, Ordering::Relaxed);
         self.link.note_error(why);
         for s in 0..self.slots.len() {
@@ -580,7 +719,10 @@ impl RemoteChannel {
             }
         }
         self.fail_waiting(|_| true, done);
-        let _ = self.link.requests.send(Request::Reset { generation: self.generation, why });
+        let _ = self.link.requests.send(Request::Reset {
+            generation: self.generation,
+            why,
+        });
         if let Some(sock) = &self.sock {
             let _ = sock.shutdown(std::net::Shutdown::Both);
         }
@@ -604,7 +746,9 @@ impl RemoteChannel {
     /// Whether a new command can go out now: a free slot and header room beyond the
     /// reserve kept for R2T answers.
     fn can_start(&self) -> bool {
-        self.phase == Phase::Up && !self.free.is_empty() && TX_ARENA - self.arena_used >= TX_RESERVE + pdu::CAPSULE_CMD_HLEN
+        self.phase == Phase::Up
+            && !self.free.is_empty()
+            && TX_ARENA - self.arena_used >= TX_RESERVE + pdu::CAPSULE_CMD_HLEN
     }
 
     fn start(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) {
@@ -613,22 +757,64 @@ impl RemoteChannel {
         let shift = self.link.block_shift;
         let (slba, nlb) = (io.offset >> shift, (io.len as u64 >> shift) as u32);
         let slot = &mut self.slots[cid as usize];
-        *slot = Slot { busy: true, parent: io.user_data, op: io.op, buf: io.buf, len: io.len, received: 0, started: Instant::now(), range: [0; 16] };
+        *slot = Slot {
+            busy: true,
+            parent: io.user_data,
+            op: io.op,
+            buf: io.buf,
+            len: io.len,
+            received: 0,
+            started: Instant::now(),
+            range: [0; 16],
+        };
         let (sqe, data): (Sqe, Option<Seg>) = match io.op {
-            BdevOp::Read => (command::rw_sqe(io::READ, cid, nsid, slba, nlb, io.len, false), None),
+            BdevOp::Read => (
+                command::rw_sqe(io::READ, cid, nsid, slba, nlb, io.len, false),
+                None,
+            ),
             BdevOp::Write => {
                 let in_capsule = io.len as usize <= self.in_capsule_max;
-                let data = in_capsule.then_some(Seg { ptr: io.buf, len: io.len as usize });
-                (command::rw_sqe(io::WRITE, cid, nsid, slba, nlb, io.len, in_capsule), data)
+                let data = in_capsule.then_some(Seg {
+                    ptr: io.buf,
+                    len: io.len as usize,
+                });
+                (
+                    command::rw_sqe(io::WRITE, cid, nsid, slba, nlb, io.len, in_capsule),
+                    data,
+                )
             }
-            BdevOp::WriteZeroes => (command::rw_sqe(io::WRITE_ZEROES, cid, nsid, slba, nlb, 0, false), None),
-            BdevOp::Flush => (Sqe { opcode: io::FLUSH, cid, nsid, ..Sqe::default() }, None),
+            BdevOp::WriteZeroes => (
+                command::rw_sqe(io::WRITE_ZEROES, cid, nsid, slba, nlb, 0, false),
+                None,
+            ),
+            BdevOp::Flush => (
+                Sqe {
+                    opcode: io::FLUSH,
+                    cid,
+                    nsid,
+                    ..Sqe::default()
+                },
+                None,
+            ),
             BdevOp::Discard => {
                 slot.range[4..8].copy_from_slice(&nlb.to_le_bytes());
                 slot.range[8..16].copy_from_slice(&slba.to_le_bytes());
-                let mut sqe = Sqe { opcode: io::DATASET_MANAGEMENT, cid, nsid, sgl_len: 16, sgl_type: command::SGL_IN_CAPSULE, ..Sqe::default() };
+                let mut sqe = Sqe {
+                    opcode: io::DATASET_MANAGEMENT,
+                    cid,
+                    nsid,
+                    sgl_len: 16,
+                    sgl_type: command::SGL_IN_CAPSULE,
+                    ..Sqe::default()
+                };
                 sqe.cdw[1] = 1 << 2; // deallocate
-                (sqe, Some(Seg { ptr: slot.range.as_ptr(), len: 16 }))
+                (
+                    sqe,
+                    Some(Seg {
+                        ptr: slot.range.as_ptr(),
+                        len: 16,
+                    }),
+                )
             }
         };
         let data_len = data.map_or(0, |d| d.len);
@@ -649,7 +835,10 @@ impl RemoteChannel {
         let at = self.arena_used;
         self.arena[at..at + b.len()].copy_from_slice(b);
         self.arena_used += b.len();
-        self.segs.push_back(Seg { ptr: self.arena[at..].as_ptr(), len: b.len() });
+        self.segs.push_back(Seg {
+            ptr: self.arena[at..].as_ptr(),
+            len: b.len(),
+        });
         true
     }
 
@@ -663,7 +852,9 @@ impl RemoteChannel {
 
     fn start_waiting(&mut self, sq: &mut dyn SqeSink) {
         while self.can_start() {
-            let Some((io, _)) = self.waiting.pop_front() else { break };
+            let Some((io, _)) = self.waiting.pop_front() else {
+                break;
+            };
             self.start(&io, sq);
         }
     }
@@ -686,20 +877,36 @@ impl RemoteChannel {
         // SAFETY: the target stays inside `rx`, which outlives the operation (the channel
         // waits for it to return before dropping the queue).
         let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_tail) };
-        sq.push(opcode::Recv::new(self.fd(), ptr, room as u32).build().user_data(self.route.token(TAG_RECV)));
+        sq.push(
+            opcode::Recv::new(self.fd(), ptr, room as u32)
+                .build()
+                .user_data(self.route.token(TAG_RECV)),
+        );
         self.recv_armed = true;
     }
 
     fn on_recv(&mut self, res: i32, sq: &mut dyn SqeSink, done: &mut Completions) {
         self.recv_armed = false;
         if res <= 0 {
-            return self.fail_queue(if res == 0 { "remote closed the connection" } else { "receive error" }, done);
+            return self.fail_queue(
+                if res == 0 {
+                    "remote closed the connection"
+                } else {
+                    "receive error"
+                },
+                done,
+            );
         }
         if self.phase != Phase::Up {
             return;
         }
         self.rx_tail += res as usize;
-        let p = DecodeParams { hdgst: false, ddgst: false, max_data: MAX_IO as u32, from_host: false };
+        let p = DecodeParams {
+            hdgst: false,
+            ddgst: false,
+            max_data: MAX_IO as u32,
+            from_host: false,
+        };
         let rx = std::mem::take(&mut self.rx);
         let mut failed = None;
         while self.phase == Phase::Up {
@@ -732,13 +939,30 @@ impl RemoteChannel {
     fn on_pdu(&mut self, p: Pdu, done: &mut Completions) -> Result<(), &'static str> {
         match p {
             Pdu::CapsuleResp { cqe } => self.on_response(Cqe::parse(cqe), done),
-            Pdu::C2HData { cccid, datao, last, success, data } => {
-                let slot = self.busy_slot(cccid).ok_or("C2HData for a command not in flight")?;
-                if slot.op != BdevOp::Read || datao != slot.received || datao as usize + data.len() > slot.len as usize {
+            Pdu::C2HData {
+                cccid,
+                datao,
+                last,
+                success,
+                data,
+            } => {
+                let slot = self
+                    .busy_slot(cccid)
+                    .ok_or("C2HData for a command not in flight")?;
+                if slot.op != BdevOp::Read
+                    || datao != slot.received
+                    || datao as usize + data.len() > slot.len as usize
+                {
                     return Err("C2HData out of order or out of range");
                 }
                 // SAFETY: bounds checked; the submitter keeps `buf` alive until completion.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), slot.buf.add(datao as usize), data.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        slot.buf.add(datao as usize),
+                        data.len(),
+                    )
+                };
                 slot.received += data.len() as u32;
                 if success {
                     if !last || slot.received != slot.len {
@@ -760,13 +984,17 @@ impl RemoteChannel {
     }
 
     fn on_response(&mut self, cqe: Cqe, done: &mut Completions) -> Result<(), &'static str> {
-        let slot = *self.busy_slot(cqe.cid).ok_or("response for a command not in flight")?;
+        let slot = *self
+            .busy_slot(cqe.cid)
+            .ok_or("response for a command not in flight")?;
         let res = if !cqe.is_success() {
             crate::warn_limited!(device = self.link.name, op = ?slot.op, status = format_args!("{:#x}", cqe.status), "remote command failed");
             -libc::EIO
         } else {
             match slot.op {
-                BdevOp::Read if slot.received != slot.len => return Err("read completed without all its data"),
+                BdevOp::Read if slot.received != slot.len => {
+                    return Err("read completed without all its data")
+                }
                 BdevOp::Read | BdevOp::Write => slot.len as i32,
                 _ => 0,
             }
@@ -778,7 +1006,9 @@ impl RemoteChannel {
     /// Send the data an R2T asks for, in H2CData PDUs of at most MAXH2CDATA.
     fn on_r2t(&mut self, r: pdu::R2t) -> Result<(), &'static str> {
         let maxh2c = self.maxh2cdata as usize;
-        let slot = *self.busy_slot(r.cccid).ok_or("R2T for a command not in flight")?;
+        let slot = *self
+            .busy_slot(r.cccid)
+            .ok_or("R2T for a command not in flight")?;
         let (start, end) = (r.r2to as usize, r.r2to as usize + r.r2tl as usize);
         if slot.op != BdevOp::Write || r.r2tl == 0 || end > slot.len as usize {
             return Err("R2T out of range");
@@ -786,14 +1016,24 @@ impl RemoteChannel {
         let mut off = start;
         while off < end {
             let chunk = (end - off).min(maxh2c);
-            let h = DataHeader { cccid: r.cccid, ttag: r.ttag, datao: off as u32, datal: chunk as u32, last: off + chunk == end, success: false };
+            let h = DataHeader {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off as u32,
+                datal: chunk as u32,
+                last: off + chunk == end,
+                success: false,
+            };
             let mut hdr = [0u8; pdu::DATA_HLEN + pdu::DIGEST_LEN];
             let n = pdu::encode_data_header(&mut hdr, false, &h, false, false);
             if !self.push_own(&hdr[..n]) {
                 return Err("transmit headers exhausted");
             }
             // SAFETY: off + chunk <= len, inside the submitter's buffer.
-            self.segs.push_back(Seg { ptr: unsafe { slot.buf.add(off) }, len: chunk });
+            self.segs.push_back(Seg {
+                ptr: unsafe { slot.buf.add(off) },
+                len: chunk,
+            });
             off += chunk;
         }
         Ok(())
@@ -808,13 +1048,18 @@ impl RemoteChannel {
         let mut n = 0;
         let mut bytes = 0;
         for s in self.segs.iter().take(MAX_IOV) {
-            self.iov[n] = libc::iovec { iov_base: s.ptr as *mut libc::c_void, iov_len: s.len };
+            self.iov[n] = libc::iovec {
+                iov_base: s.ptr as *mut libc::c_void,
+                iov_len: s.len,
+            };
             bytes += s.len;
             n += 1;
         }
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n;
-        let e = opcode::SendMsg::new(self.fd(), &*self.msg).flags(libc::MSG_NOSIGNAL as u32).build();
+        let e = opcode::SendMsg::new(self.fd(), &*self.msg)
+            .flags(libc::MSG_NOSIGNAL as u32)
+            .build();
         sq.push(e.user_data(self.route.token(TAG_SEND)));
         self.send_armed = true;
         self.send_bytes = bytes;
@@ -831,7 +1076,10 @@ impl RemoteChannel {
         let mut left = res as usize;
         debug_assert!(left <= self.send_bytes);
         while left > 0 {
-            let front = self.segs.front_mut().expect("sent bytes belong to queued segments");
+            let front = self
+                .segs
+                .front_mut()
+                .expect("sent bytes belong to queued segments");
             if left < front.len {
                 // SAFETY: left < len keeps the pointer inside the segment.
                 front.ptr = unsafe { front.ptr.add(left) };
@@ -861,7 +1109,9 @@ impl BdevChannel for RemoteChannel {
                 self.start(io, sq);
                 Submitted::Queued
             }
-            Phase::Up | Phase::Asking | Phase::Down if connected && self.waiting.len() < MAX_WAITING => {
+            Phase::Up | Phase::Asking | Phase::Down
+                if connected && self.waiting.len() < MAX_WAITING =>
+            {
                 self.waiting.push_back((*io, Instant::now()));
                 Submitted::Queued
             }
@@ -890,10 +1140,16 @@ impl BdevChannel for RemoteChannel {
         let connected = self.link.connected.load(Ordering::Acquire);
         let timeout = self.link.cfg.io_timeout;
         match self.phase {
-            Phase::Up if self.generation != self.link.generation.load(Ordering::Acquire) => self.fail_queue("association reset", done),
+            Phase::Up if self.generation != self.link.generation.load(Ordering::Acquire) => {
+                self.fail_queue("association reset", done)
+            }
             Phase::Up => {
                 let now = Instant::now();
-                if self.slots.iter().any(|s| s.busy && now.duration_since(s.started) > timeout) {
+                if self
+                    .slots
+                    .iter()
+                    .any(|s| s.busy && now.duration_since(s.started) > timeout)
+                {
                     self.link.io_timeouts.fetch_add(1, Ordering::Relaxed);
                     self.fail_queue("I/O timeout", done);
                 } else {

@@ -149,17 +149,40 @@ impl Queue {
             corrupt_next_data_digest: false,
         };
         let mut b = [0u8; pdu::IC_LEN];
-        pdu::encode_ic_req(&mut b, &IcReq { pfv: 0, hpda: 0, hdgst: opts.hdgst, ddgst: opts.ddgst, maxr2t: 0 });
+        pdu::encode_ic_req(
+            &mut b,
+            &IcReq {
+                pfv: 0,
+                hpda: 0,
+                hdgst: opts.hdgst,
+                ddgst: opts.ddgst,
+                maxr2t: 0,
+            },
+        );
         q.queue_own(&b);
         let deadline = Instant::now() + opts.timeout;
         loop {
             q.flush_tx()?;
             let n = q.fill_rx()?;
-            let p = DecodeParams { hdgst: false, ddgst: false, max_data: 0, from_host: false };
-            match pdu::decode(&q.rx[q.rx_head..q.rx_tail], &p).map_err(|e| err(format!("bad ICResp: {e}")))? {
+            let p = DecodeParams {
+                hdgst: false,
+                ddgst: false,
+                max_data: 0,
+                from_host: false,
+            };
+            match pdu::decode(&q.rx[q.rx_head..q.rx_tail], &p)
+                .map_err(|e| err(format!("bad ICResp: {e}")))?
+            {
                 Decoded::Frame(f) => {
-                    let Pdu::IcResp(r) = f.pdu else { return Err(err(format!("expected ICResp, got {:?}", f.pdu))) };
-                    if r.hdgst != opts.hdgst || r.ddgst != opts.ddgst || r.cpda != 0 || r.maxh2cdata < 4096 || r.maxh2cdata % 4 != 0 {
+                    let Pdu::IcResp(r) = f.pdu else {
+                        return Err(err(format!("expected ICResp, got {:?}", f.pdu)));
+                    };
+                    if r.hdgst != opts.hdgst
+                        || r.ddgst != opts.ddgst
+                        || r.cpda != 0
+                        || r.maxh2cdata < 4096
+                        || r.maxh2cdata % 4 != 0
+                    {
                         return Err(err(format!("unacceptable ICResp {r:?}")));
                     }
                     q.rx_head += f.len;
@@ -175,15 +198,27 @@ impl Queue {
     }
 
     /// Fabrics Connect on this queue; returns the controller id.
-    pub fn connect(&mut self, qid: u16, cntlid: u16, subnqn: &str, opts: &QueueOptions) -> io::Result<u16> {
+    pub fn connect(
+        &mut self,
+        qid: u16,
+        cntlid: u16,
+        subnqn: &str,
+        opts: &QueueOptions,
+    ) -> io::Result<u16> {
         let mut data = [0u8; fabrics::CONNECT_DATA_LEN];
         data[..16].copy_from_slice(&opts.hostid);
         data[16..18].copy_from_slice(&cntlid.to_le_bytes());
-        data[256..256 + subnqn.len().min(255)].copy_from_slice(&subnqn.as_bytes()[..subnqn.len().min(255)]);
-        data[512..512 + opts.hostnqn.len().min(255)].copy_from_slice(&opts.hostnqn.as_bytes()[..opts.hostnqn.len().min(255)]);
+        data[256..256 + subnqn.len().min(255)]
+            .copy_from_slice(&subnqn.as_bytes()[..subnqn.len().min(255)]);
+        data[512..512 + opts.hostnqn.len().min(255)]
+            .copy_from_slice(&opts.hostnqn.as_bytes()[..opts.hostnqn.len().min(255)]);
         let sqsize = self.pending.len() as u16 - 1;
         let kato = if qid == 0 { opts.kato_ms } else { 0 };
-        let cattr = if opts.disable_sqflow { command::CATTR_DISABLE_SQFLOW } else { 0 };
+        let cattr = if opts.disable_sqflow {
+            command::CATTR_DISABLE_SQFLOW
+        } else {
+            0
+        };
         let sqe = command::connect_sqe(0, qid, sqsize, cattr, kato);
         // The Connect data always travels in-capsule.
         let saved = self.in_capsule_max;
@@ -228,18 +263,34 @@ impl Queue {
             Data::None => false,
         };
         if sqe.sgl_len > 0 {
-            sqe.sgl_type = if in_capsule { command::SGL_IN_CAPSULE } else { command::SGL_TRANSPORT };
+            sqe.sgl_type = if in_capsule {
+                command::SGL_IN_CAPSULE
+            } else {
+                command::SGL_TRANSPORT
+            };
         }
         let capsule_data: &[u8] = match data {
             // SAFETY: the caller guarantees the buffer for the command's lifetime.
-            Data::ToController(p, len) if in_capsule => unsafe { std::slice::from_raw_parts(p, len) },
+            Data::ToController(p, len) if in_capsule => unsafe {
+                std::slice::from_raw_parts(p, len)
+            },
             _ => &[],
         };
         let mut hdr = [0u8; 80];
-        let n = pdu::encode_capsule_cmd(&mut hdr, &sqe.encode(), capsule_data.len(), self.hdgst, self.ddgst);
+        let n = pdu::encode_capsule_cmd(
+            &mut hdr,
+            &sqe.encode(),
+            capsule_data.len(),
+            self.hdgst,
+            self.ddgst,
+        );
         self.queue_own(&hdr[..n]);
         self.push_data(capsule_data);
-        self.pending[cid as usize] = Some(Pending { data, received: 0, submitted: Stamp::now() });
+        self.pending[cid as usize] = Some(Pending {
+            data,
+            received: 0,
+            submitted: Stamp::now(),
+        });
         Ok(cid)
     }
 
@@ -302,7 +353,10 @@ impl Queue {
 
     /// The unsent bytes as up to 64 iovecs.
     fn unsent_iovecs(&self) -> ([libc::iovec; 64], usize) {
-        let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 64];
+        let mut iov = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; 64];
         let (mut n, mut skip) = (0, self.tx_off);
         for seg in &self.tx_segs {
             let (p, len) = match *seg {
@@ -314,7 +368,10 @@ impl Queue {
                 continue;
             }
             // SAFETY: skip < len keeps the pointer inside the segment.
-            iov[n] = libc::iovec { iov_base: unsafe { p.add(skip) } as *mut libc::c_void, iov_len: len - skip };
+            iov[n] = libc::iovec {
+                iov_base: unsafe { p.add(skip) } as *mut libc::c_void,
+                iov_len: len - skip,
+            };
             skip = 0;
             n += 1;
             if n == iov.len() {
@@ -335,7 +392,10 @@ impl Queue {
             self.rx_head = 0;
         }
         match self.sock.read(&mut self.rx[self.rx_tail..]) {
-            Ok(0) => Err(io::Error::new(ErrorKind::ConnectionAborted, "controller closed the connection")),
+            Ok(0) => Err(io::Error::new(
+                ErrorKind::ConnectionAborted,
+                "controller closed the connection",
+            )),
             Ok(n) => {
                 self.rx_tail += n;
                 Ok(n)
@@ -348,13 +408,20 @@ impl Queue {
     fn wait(&self, deadline: Instant, read: bool) -> io::Result<()> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(io::Error::new(ErrorKind::TimedOut, "timed out waiting for the controller"));
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                "timed out waiting for the controller",
+            ));
         }
         let mut events = if read { libc::POLLIN } else { 0 };
         if self.tx_off < self.tx_len {
             events |= libc::POLLOUT;
         }
-        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events,
+            revents: 0,
+        };
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32 + 1) };
         Ok(())
@@ -376,7 +443,12 @@ impl Queue {
     }
 
     fn process_rx(&mut self, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
-        let p = DecodeParams { hdgst: self.hdgst, ddgst: self.ddgst, max_data: 16 << 20, from_host: false };
+        let p = DecodeParams {
+            hdgst: self.hdgst,
+            ddgst: self.ddgst,
+            max_data: 16 << 20,
+            from_host: false,
+        };
         let rx = std::mem::take(&mut self.rx);
         let mut n = 0;
         let result = loop {
@@ -401,14 +473,32 @@ impl Queue {
     fn on_pdu(&mut self, p: Pdu, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
         match p {
             Pdu::CapsuleResp { cqe } => self.finish(Cqe::parse(cqe), done),
-            Pdu::C2HData { cccid, datao, last, success, data } => {
-                let pend = self.pending.get_mut(cccid as usize).and_then(|p| p.as_mut()).ok_or_else(|| err("C2HData for unknown cid"))?;
-                let Data::FromController(buf, len) = pend.data else { return Err(err("C2HData for a command without read data")) };
+            Pdu::C2HData {
+                cccid,
+                datao,
+                last,
+                success,
+                data,
+            } => {
+                let pend = self
+                    .pending
+                    .get_mut(cccid as usize)
+                    .and_then(|p| p.as_mut())
+                    .ok_or_else(|| err("C2HData for unknown cid"))?;
+                let Data::FromController(buf, len) = pend.data else {
+                    return Err(err("C2HData for a command without read data"));
+                };
                 if datao as usize != pend.received || datao as usize + data.len() > len {
                     return Err(err("C2HData out of order or out of range"));
                 }
                 // SAFETY: bounds checked; the caller keeps `buf` alive until completion.
-                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), buf.add(datao as usize), data.len()) };
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        data.as_ptr(),
+                        buf.add(datao as usize),
+                        data.len(),
+                    )
+                };
                 pend.received += data.len();
                 if !success {
                     return Ok(0);
@@ -418,7 +508,17 @@ impl Queue {
                 }
                 self.completed_in_data += 1;
                 self.success_with_sq_flow += !self.no_sq_flow as u64;
-                self.finish(Cqe { dw0: 0, dw1: 0, sqhd: 0, sqid: self.qid, cid: cccid, status: 0 }, done)
+                self.finish(
+                    Cqe {
+                        dw0: 0,
+                        dw1: 0,
+                        sqhd: 0,
+                        sqid: self.qid,
+                        cid: cccid,
+                        status: 0,
+                    },
+                    done,
+                )
             }
             Pdu::R2T(r) => {
                 self.on_r2t(r)?;
@@ -426,7 +526,10 @@ impl Queue {
             }
             Pdu::TermReq { fes, fei, .. } => {
                 self.terminated = Some((fes, fei));
-                Err(io::Error::new(ErrorKind::ConnectionAborted, format!("controller terminated the connection: fes {fes:#x} fei {fei}")))
+                Err(io::Error::new(
+                    ErrorKind::ConnectionAborted,
+                    format!("controller terminated the connection: fes {fes:#x} fei {fei}"),
+                ))
             }
             other => Err(err(format!("unexpected PDU {other:?}"))),
         }
@@ -434,10 +537,17 @@ impl Queue {
 
     /// Complete command `cqe.cid`: from a response capsule, or from the SUCCESS flag.
     fn finish(&mut self, cqe: Cqe, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
-        let pend = self.pending.get_mut(cqe.cid as usize).and_then(|p| p.take()).ok_or_else(|| err(format!("response for unknown cid {}", cqe.cid)))?;
+        let pend = self
+            .pending
+            .get_mut(cqe.cid as usize)
+            .and_then(|p| p.take())
+            .ok_or_else(|| err(format!("response for unknown cid {}", cqe.cid)))?;
         if let Data::FromController(_, len) = pend.data {
             if cqe.is_success() && pend.received != len {
-                return Err(err(format!("read completed with {} of {len} bytes", pend.received)));
+                return Err(err(format!(
+                    "read completed with {} of {len} bytes",
+                    pend.received
+                )));
             }
         }
         self.free_cids.push(cqe.cid);
@@ -446,8 +556,14 @@ impl Queue {
     }
 
     fn on_r2t(&mut self, r: pdu::R2t) -> io::Result<()> {
-        let pend = self.pending.get(r.cccid as usize).and_then(|p| *p).ok_or_else(|| err("R2T for unknown cid"))?;
-        let Data::ToController(buf, len) = pend.data else { return Err(err("R2T for a command without write data")) };
+        let pend = self
+            .pending
+            .get(r.cccid as usize)
+            .and_then(|p| *p)
+            .ok_or_else(|| err("R2T for unknown cid"))?;
+        let Data::ToController(buf, len) = pend.data else {
+            return Err(err("R2T for a command without write data"));
+        };
         let (start, end) = (r.r2to as usize, r.r2to as usize + r.r2tl as usize);
         if r.r2tl == 0 || end > len {
             return Err(err("R2T out of range"));
@@ -455,7 +571,14 @@ impl Queue {
         let mut off = start;
         while off < end {
             let chunk = (end - off).min(self.maxh2cdata as usize);
-            let h = DataHeader { cccid: r.cccid, ttag: r.ttag, datao: off as u32, datal: chunk as u32, last: off + chunk == end, success: false };
+            let h = DataHeader {
+                cccid: r.cccid,
+                ttag: r.ttag,
+                datao: off as u32,
+                datal: chunk as u32,
+                last: off + chunk == end,
+                success: false,
+            };
             let mut hdr = [0u8; 28];
             let n = pdu::encode_data_header(&mut hdr, false, &h, self.hdgst, self.ddgst);
             self.queue_own(&hdr[..n]);
@@ -491,7 +614,10 @@ impl Queue {
         let deadline = Instant::now() + limit;
         loop {
             match self.poll(&mut |_, _, _| {}) {
-                Err(e) if e.kind() == ErrorKind::ConnectionAborted || e.kind() == ErrorKind::ConnectionReset => {
+                Err(e)
+                    if e.kind() == ErrorKind::ConnectionAborted
+                        || e.kind() == ErrorKind::ConnectionReset =>
+                {
                     return Ok(self.terminated)
                 }
                 Err(e) => return Err(e),
@@ -500,7 +626,13 @@ impl Queue {
         }
     }
 
-    pub fn read(&mut self, nsid: u32, slba: u64, block_shift: u32, buf: &mut [u8]) -> io::Result<Cqe> {
+    pub fn read(
+        &mut self,
+        nsid: u32,
+        slba: u64,
+        block_shift: u32,
+        buf: &mut [u8],
+    ) -> io::Result<Cqe> {
         let nlb = (buf.len() >> block_shift) as u32;
         let sqe = command::rw_sqe(io_op::READ, 0, nsid, slba, nlb, buf.len() as u32, false);
         self.execute(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))
@@ -549,14 +681,22 @@ pub struct HostController {
 
 impl HostController {
     /// Connect the admin queue and bring the controller up as the Linux host does.
-    pub fn connect(addr: SocketAddr, subnqn: &str, opts: &QueueOptions) -> io::Result<HostController> {
+    pub fn connect(
+        addr: SocketAddr,
+        subnqn: &str,
+        opts: &QueueOptions,
+    ) -> io::Result<HostController> {
         let mut aopts = opts.clone();
         aopts.depth = 32;
         let mut admin = Queue::open(addr, &aopts)?;
         let cntlid = admin.connect(0, 0xFFFF, subnqn, &aopts)?;
         let cap = property_get(&mut admin, property::CAP, true)?;
         if (cap & 0xFFFF) + 1 < opts.depth as u64 && subnqn != DISCOVERY_NQN {
-            return Err(err(format!("controller MQES {} below requested depth {}", cap & 0xFFFF, opts.depth)));
+            return Err(err(format!(
+                "controller MQES {} below requested depth {}",
+                cap & 0xFFFF,
+                opts.depth
+            )));
         }
         property_set(&mut admin, property::CC, 1 | (6 << 16) | (4 << 20))?;
         let deadline = Instant::now() + opts.timeout;
@@ -566,7 +706,15 @@ impl HostController {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        let mut c = HostController { addr, subnqn: subnqn.into(), opts: opts.clone(), admin, cntlid, identify: vec![], io_queues_granted: 0 };
+        let mut c = HostController {
+            addr,
+            subnqn: subnqn.into(),
+            opts: opts.clone(),
+            admin,
+            cntlid,
+            identify: vec![],
+            io_queues_granted: 0,
+        };
         c.identify = c.identify_raw(1, 0)?;
         let ioccsz = u32::from_le_bytes(c.identify[1792..1796].try_into().unwrap()) as usize;
         c.admin.in_capsule_max = (ioccsz * 16).saturating_sub(64);
@@ -579,9 +727,15 @@ impl HostController {
 
     pub fn identify_raw(&mut self, cns: u8, nsid: u32) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; 4096];
-        let mut sqe = Sqe { opcode: admin::IDENTIFY, nsid, ..Default::default() };
+        let mut sqe = Sqe {
+            opcode: admin::IDENTIFY,
+            nsid,
+            ..Default::default()
+        };
         sqe.cdw[0] = cns as u32;
-        let cqe = self.admin.execute(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))?;
+        let cqe = self
+            .admin
+            .execute(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))?;
         if !cqe.is_success() {
             return Err(status_error("identify", &cqe));
         }
@@ -591,10 +745,16 @@ impl HostController {
     pub fn get_log_page(&mut self, lid: u8, len: usize) -> io::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         let numd = (len / 4 - 1) as u32;
-        let mut sqe = Sqe { opcode: admin::GET_LOG_PAGE, nsid: u32::MAX, ..Default::default() };
+        let mut sqe = Sqe {
+            opcode: admin::GET_LOG_PAGE,
+            nsid: u32::MAX,
+            ..Default::default()
+        };
         sqe.cdw[0] = lid as u32 | (numd & 0xFFFF) << 16;
         sqe.cdw[1] = numd >> 16;
-        let cqe = self.admin.execute(sqe, Data::FromController(buf.as_mut_ptr(), len))?;
+        let cqe = self
+            .admin
+            .execute(sqe, Data::FromController(buf.as_mut_ptr(), len))?;
         if !cqe.is_success() {
             return Err(status_error("get log page", &cqe));
         }
@@ -603,7 +763,10 @@ impl HostController {
 
     /// Set Features Number of Queues; returns how many I/O queues were granted.
     pub fn set_queue_count(&mut self, n: u16) -> io::Result<u16> {
-        let mut sqe = Sqe { opcode: admin::SET_FEATURES, ..Default::default() };
+        let mut sqe = Sqe {
+            opcode: admin::SET_FEATURES,
+            ..Default::default()
+        };
         sqe.cdw[0] = crate::nvmf::spec::feature::NUMBER_OF_QUEUES as u32;
         sqe.cdw[1] = (n as u32 - 1) | (n as u32 - 1) << 16;
         let cqe = self.admin.execute(sqe, Data::None)?;
@@ -615,7 +778,13 @@ impl HostController {
     }
 
     pub fn keep_alive(&mut self) -> io::Result<()> {
-        let cqe = self.admin.execute(Sqe { opcode: admin::KEEP_ALIVE, ..Default::default() }, Data::None)?;
+        let cqe = self.admin.execute(
+            Sqe {
+                opcode: admin::KEEP_ALIVE,
+                ..Default::default()
+            },
+            Data::None,
+        )?;
         if cqe.is_success() {
             Ok(())
         } else {
@@ -645,13 +814,21 @@ impl HostController {
 
     /// Clean shutdown: CC.SHN, as `nvme disconnect` does.
     pub fn shutdown(mut self) -> io::Result<()> {
-        property_set(&mut self.admin, property::CC, 1 | (1 << 14) | (6 << 16) | (4 << 20))?;
+        property_set(
+            &mut self.admin,
+            property::CC,
+            1 | (1 << 14) | (6 << 16) | (4 << 20),
+        )?;
         Ok(())
     }
 }
 
 fn property_get(q: &mut Queue, offset: u32, eight: bool) -> io::Result<u64> {
-    let mut sqe = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_GET, ..Default::default() };
+    let mut sqe = Sqe {
+        opcode: admin::FABRICS,
+        fctype: fabrics::PROPERTY_GET,
+        ..Default::default()
+    };
     sqe.cdw[0] = eight as u32;
     sqe.cdw[1] = offset;
     let cqe = q.execute(sqe, Data::None)?;
@@ -662,7 +839,11 @@ fn property_get(q: &mut Queue, offset: u32, eight: bool) -> io::Result<u64> {
 }
 
 fn property_set(q: &mut Queue, offset: u32, value: u32) -> io::Result<()> {
-    let mut sqe = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_SET, ..Default::default() };
+    let mut sqe = Sqe {
+        opcode: admin::FABRICS,
+        fctype: fabrics::PROPERTY_SET,
+        ..Default::default()
+    };
     sqe.cdw[1] = offset;
     sqe.cdw[2] = value;
     let cqe = q.execute(sqe, Data::None)?;
@@ -679,18 +860,37 @@ mod tests {
 
     /// A scripted controller that answers one read the way SPDK's target does: C2HData with
     /// LAST_PDU and SUCCESS although SQ flow control is on, and no response capsule.
-    fn spdk_like_controller(listener: std::net::TcpListener, payload: Vec<u8>) -> std::thread::JoinHandle<()> {
+    fn spdk_like_controller(
+        listener: std::net::TcpListener,
+        payload: Vec<u8>,
+    ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
             let mut icreq = [0u8; pdu::IC_LEN];
             s.read_exact(&mut icreq).unwrap();
             let mut icresp = [0u8; pdu::IC_LEN];
-            pdu::encode_ic_resp(&mut icresp, &pdu::IcResp { pfv: 0, cpda: 0, hdgst: false, ddgst: false, maxh2cdata: 128 * 1024 });
+            pdu::encode_ic_resp(
+                &mut icresp,
+                &pdu::IcResp {
+                    pfv: 0,
+                    cpda: 0,
+                    hdgst: false,
+                    ddgst: false,
+                    maxh2cdata: 128 * 1024,
+                },
+            );
             s.write_all(&icresp).unwrap();
             let mut capsule = [0u8; pdu::CAPSULE_CMD_HLEN];
             s.read_exact(&mut capsule).unwrap();
             let cid = u16::from_le_bytes([capsule[8 + 2], capsule[8 + 3]]);
-            let h = pdu::DataHeader { cccid: cid, ttag: 0, datao: 0, datal: payload.len() as u32, last: true, success: true };
+            let h = pdu::DataHeader {
+                cccid: cid,
+                ttag: 0,
+                datao: 0,
+                datal: payload.len() as u32,
+                last: true,
+                success: true,
+            };
             let mut hdr = [0u8; 32];
             let n = pdu::encode_data_header(&mut hdr, true, &h, false, false);
             s.write_all(&hdr[..n]).unwrap();
@@ -709,12 +909,14 @@ mod tests {
         let mut q = Queue::open(addr, &QueueOptions::default()).unwrap();
         let mut buf = vec![0u8; 4096];
         let sqe = command::rw_sqe(io_op::READ, 0, 1, 0, 8, 4096, false);
-        q.submit(sqe, Data::FromController(buf.as_mut_ptr(), buf.len())).unwrap();
+        q.submit(sqe, Data::FromController(buf.as_mut_ptr(), buf.len()))
+            .unwrap();
         let mut completed = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(10);
         while completed.is_empty() {
             assert!(Instant::now() < deadline, "the read never completed");
-            q.poll(&mut |cid, cqe, _| completed.push((cid, cqe))).unwrap();
+            q.poll(&mut |cid, cqe, _| completed.push((cid, cqe)))
+                .unwrap();
         }
         assert!(completed[0].1.is_success());
         assert_eq!(buf, payload);

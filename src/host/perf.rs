@@ -75,7 +75,12 @@ impl PerfReport {
             o.queues,
             self.elapsed.as_secs_f64()
         );
-        println!("IOPS {:.0}  MiB/s {:.1}  errors {}", self.iops(), self.mib_per_sec(), self.errors);
+        println!(
+            "IOPS {:.0}  MiB/s {:.1}  errors {}",
+            self.iops(),
+            self.mib_per_sec(),
+            self.errors
+        );
         println!(
             "latency us: avg {:.1}  p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  p99.99 {:.1}  max {:.1}",
             self.latency.mean() / 1000.0,
@@ -154,11 +159,16 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     let mut ctrl = HostController::connect(o.addr, &o.subnqn, &o.host)?;
     let granted = ctrl.set_queue_count(o.queues)?;
     if granted < o.queues {
-        return Err(io::Error::other(format!("controller granted only {granted} I/O queues")));
+        return Err(io::Error::other(format!(
+            "controller granted only {granted} I/O queues"
+        )));
     }
     let (shift, blocks) = ctrl.namespace_geometry(o.nsid)?;
     if !o.block_size.is_multiple_of(1 << shift) || o.block_size > 1 << 20 {
-        return Err(io::Error::other(format!("block size must be a multiple of {} up to 1 MiB", 1 << shift)));
+        return Err(io::Error::other(format!(
+            "block size must be a multiple of {} up to 1 MiB",
+            1 << shift
+        )));
     }
     let mut queues = Vec::new();
     for qid in 1..=o.queues {
@@ -168,7 +178,10 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     let buffers = AlignedRegion::new(queues.len() * o.host.depth as usize * o.block_size)?;
     // Writes carry a recognisable pattern rather than zero pages.
     // SAFETY: nothing else references the fresh region.
-    unsafe { buffers.slice_mut(0, buffers.len()) }.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+    unsafe { buffers.slice_mut(0, buffers.len()) }
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b = i as u8);
     let blocks_per_io = (o.block_size >> shift) as u64;
     let mut gen = Generator {
         pattern: o.pattern,
@@ -178,7 +191,8 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
         next_seq: 0,
         rng: Rng(0x9E37_79B9_7F4A_7C15),
     };
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
+    let mut hist =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram bounds");
     let (mut ios, mut errors) = (0u64, 0u64);
     let cpu0 = process_cpu_seconds();
     clock::init();
@@ -187,14 +201,26 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     let submit_one = |q: &mut Queue, qi: usize, gen: &mut Generator| -> io::Result<()> {
         let cid = q.peek_cid().expect("caller checked depth");
         // SAFETY: buffer (qi, cid) is used by this command alone until it completes.
-        let buf = unsafe { buffers.as_ptr().add((qi * o.host.depth as usize + cid as usize) * o.block_size) };
+        let buf = unsafe {
+            buffers
+                .as_ptr()
+                .add((qi * o.host.depth as usize + cid as usize) * o.block_size)
+        };
         let (read, slba) = gen.next();
         let (op, data) = if read {
             (io_op::READ, Data::FromController(buf, o.block_size))
         } else {
             (io_op::WRITE, Data::ToController(buf, o.block_size))
         };
-        let sqe = command::rw_sqe(op, 0, o.nsid, slba, blocks_per_io as u32, o.block_size as u32, false);
+        let sqe = command::rw_sqe(
+            op,
+            0,
+            o.nsid,
+            slba,
+            blocks_per_io as u32,
+            o.block_size as u32,
+            false,
+        );
         let got = q.submit(sqe, data)?;
         debug_assert_eq!(got, cid);
         Ok(())
@@ -238,16 +264,40 @@ pub fn run(o: &PerfOptions) -> io::Result<PerfReport> {
     let success_with_sq_flow = queues.iter().map(|q| q.success_with_sq_flow).sum();
     drop(queues);
     let _ = ctrl.shutdown();
-    Ok(PerfReport { ios, bytes: ios * o.block_size as u64, errors, elapsed, latency: hist, cpu_seconds, busy_seconds: busy_ns as f64 * 1e-9, completed_in_data, success_with_sq_flow })
+    Ok(PerfReport {
+        ios,
+        bytes: ios * o.block_size as u64,
+        errors,
+        elapsed,
+        latency: hist,
+        cpu_seconds,
+        busy_seconds: busy_ns as f64 * 1e-9,
+        completed_in_data,
+        success_with_sq_flow,
+    })
 }
 
 /// Sleep until any queue's socket is readable, or the timeout.
 fn wait_any(queues: &[Queue], timeout: Duration) {
-    let mut fds: [libc::pollfd; 64] = [libc::pollfd { fd: -1, events: 0, revents: 0 }; 64];
+    let mut fds: [libc::pollfd; 64] = [libc::pollfd {
+        fd: -1,
+        events: 0,
+        revents: 0,
+    }; 64];
     let n = queues.len().min(64);
     for (i, q) in queues.iter().take(n).enumerate() {
-        fds[i] = libc::pollfd { fd: q.raw_fd(), events: libc::POLLIN, revents: 0 };
+        fds[i] = libc::pollfd {
+            fd: q.raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
     }
     // SAFETY: n valid pollfds.
-    unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout.as_millis() as i32) };
+    unsafe {
+        libc::poll(
+            fds.as_mut_ptr(),
+            n as libc::nfds_t,
+            timeout.as_millis() as i32,
+        )
+    };
 }

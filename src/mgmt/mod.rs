@@ -52,14 +52,22 @@ pub struct RpcError {
 }
 
 pub(crate) fn invalid_params(msg: impl Into<String>) -> RpcError {
-    RpcError { code: -32602, message: msg.into() }
+    RpcError {
+        code: -32602,
+        message: msg.into(),
+    }
 }
 pub(crate) fn failed(msg: impl Into<String>) -> RpcError {
-    RpcError { code: -32000, message: msg.into() }
+    RpcError {
+        code: -32000,
+        message: msg.into(),
+    }
 }
 
 pub(crate) fn param<'a>(p: &'a Value, name: &str) -> Result<&'a str, RpcError> {
-    p.get(name).and_then(Value::as_str).ok_or_else(|| invalid_params(format!("missing string parameter '{name}'")))
+    p.get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid_params(format!("missing string parameter '{name}'")))
 }
 
 /// What a JSON-RPC socket serves: the target's management, or a site-link relay's control.
@@ -70,7 +78,9 @@ pub trait Handler: Send + Sync + 'static {
     fn handle_line(&self, line: &str) -> Value {
         let req: Value = match serde_json::from_str(line) {
             Ok(v) => v,
-            Err(e) => return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}}),
+            Err(e) => {
+                return json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32700, "message": format!("parse error: {e}")}})
+            }
         };
         let id = req.get("id").cloned().unwrap_or(Value::Null);
         let Some(method) = req.get("method").and_then(Value::as_str) else {
@@ -78,7 +88,9 @@ pub trait Handler: Send + Sync + 'static {
         };
         match self.call(method, req.get("params").unwrap_or(&Value::Null)) {
             Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
-            Err(e) => json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}}),
+            Err(e) => {
+                json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}})
+            }
         }
     }
 }
@@ -95,23 +107,47 @@ impl Managed {
             m if m.starts_with("volume_") => self.volume_call(m, params),
             m if m.starts_with("ana_") => self.ana_call(m, params),
             "stats" => self.stats(params),
-            "hosts_reload" => crate::server::reload_hosts_from(&self.target, self.config_path.as_deref()).map(|s| json!({"reloaded": s})).map_err(failed),
+            "hosts_reload" => {
+                crate::server::reload_hosts_from(&self.target, self.config_path.as_deref())
+                    .map(|s| json!({"reloaded": s}))
+                    .map_err(failed)
+            }
             "stats_reset" => self.stats(&json!({"reset": true})),
             "device_fault" => self.device_fault(params),
             "subsystem_list" => Ok(self.subsystem_list()),
             "remote_status" => Ok(self.remote_status()),
-            "site_status" => Ok(json!(self.sites.iter().map(|s| s.status()).collect::<Vec<_>>())),
+            "site_status" => Ok(json!(self
+                .sites
+                .iter()
+                .map(|s| s.status())
+                .collect::<Vec<_>>())),
             "site_handover" | "site_takeover" => self.site_command(method, params),
             "controller_list" => Ok(self.controller_list()),
             "host_add" | "host_remove" => self.host_change(method == "host_add", params),
-            _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
+            _ => Err(RpcError {
+                code: -32601,
+                message: format!("unknown method '{method}'"),
+            }),
         }
     }
 
     fn device_fault(&self, p: &Value) -> Result<Value, RpcError> {
         let dev = param(p, "device")?;
-        let c = self.faults.iter().find(|(n, _)| n == dev).map(|(_, c)| c).ok_or_else(|| failed(format!("device '{dev}' does not exist or has no fault_injection")))?;
-        let num = |k: &str| p.get(k).and_then(Value::as_u64).ok_or_else(|| invalid_params(format!("missing number parameter '{k}'")));
+        let c = self
+            .faults
+            .iter()
+            .find(|(n, _)| n == dev)
+            .map(|(_, c)| c)
+            .ok_or_else(|| {
+                failed(format!(
+                    "device '{dev}' does not exist or has no fault_injection"
+                ))
+            })?;
+        let num = |k: &str| {
+            p.get(k)
+                .and_then(Value::as_u64)
+                .ok_or_else(|| invalid_params(format!("missing number parameter '{k}'")))
+        };
         match param(p, "action")? {
             "fail" => c.fail_device(true),
             "heal" => c.heal(),
@@ -129,7 +165,11 @@ impl Managed {
     fn site_command(&self, method: &str, p: &Value) -> Result<Value, RpcError> {
         use crate::site::control::Command;
         let name = param(p, "volume")?;
-        let site = self.sites.iter().find(|s| s.volume == name).ok_or_else(|| invalid_params(format!("no stretched volume '{name}'")))?;
+        let site = self
+            .sites
+            .iter()
+            .find(|s| s.volume == name)
+            .ok_or_else(|| invalid_params(format!("no stretched volume '{name}'")))?;
         let cmd = if method == "site_handover" {
             Command::Handover
         } else if p.get("force").and_then(Value::as_bool) == Some(true) {
@@ -186,7 +226,11 @@ impl Managed {
         if !crate::config::valid_nqn(host) {
             return Err(invalid_params(format!("'{host}' is not a valid host NQN")));
         }
-        let s = self.target.subsystem(nqn).filter(|s| s.kind == SubsystemKind::Nvm).ok_or_else(|| failed(format!("unknown subsystem '{nqn}'")))?;
+        let s = self
+            .target
+            .subsystem(nqn)
+            .filter(|s| s.kind == SubsystemKind::Nvm)
+            .ok_or_else(|| failed(format!("unknown subsystem '{nqn}'")))?;
         let mut hosts = s.hosts.write().unwrap();
         let present = hosts.iter().any(|h| h == host);
         match (add, present) {
@@ -222,7 +266,10 @@ impl MgmtServer {
 pub fn serve(path: &Path, managed: Arc<dyn Handler>) -> std::io::Result<MgmtServer> {
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
-            return Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, format!("{} is in use by another target", path.display())));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("{} is in use by another target", path.display()),
+            ));
         }
         std::fs::remove_file(path)?;
     }
@@ -235,25 +282,40 @@ pub fn serve(path: &Path, managed: Arc<dyn Handler>) -> std::io::Result<MgmtServ
     let active = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stopper = Arc::new(Stopper::new()?);
     let stopping = stopper.clone();
-    let thread = std::thread::Builder::new().name("mgmt".into()).spawn(move || {
-        accept_until_stopped(&listener, &stopping, |l| l.accept().map(|(c, _)| c), |conn| {
-            if active.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CLIENTS {
-                warn!("management client limit reached");
-                return;
-            }
-            let (m, active) = (managed.clone(), active.clone());
-            active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = std::thread::Builder::new().name("mgmt-client".into()).spawn(move || {
-                serve_client(conn, m.as_ref());
-                active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-            });
-        });
-    })?;
-    Ok(MgmtServer { path: path.to_path_buf(), stopper, thread: Some(thread) })
+    let thread = std::thread::Builder::new()
+        .name("mgmt".into())
+        .spawn(move || {
+            accept_until_stopped(
+                &listener,
+                &stopping,
+                |l| l.accept().map(|(c, _)| c),
+                |conn| {
+                    if active.load(std::sync::atomic::Ordering::Relaxed) >= MAX_CLIENTS {
+                        warn!("management client limit reached");
+                        return;
+                    }
+                    let (m, active) = (managed.clone(), active.clone());
+                    active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = std::thread::Builder::new()
+                        .name("mgmt-client".into())
+                        .spawn(move || {
+                            serve_client(conn, m.as_ref());
+                            active.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                        });
+                },
+            );
+        })?;
+    Ok(MgmtServer {
+        path: path.to_path_buf(),
+        stopper,
+        thread: Some(thread),
+    })
 }
 
 fn serve_client(conn: UnixStream, m: &dyn Handler) {
-    let Ok(mut out) = conn.try_clone() else { return };
+    let Ok(mut out) = conn.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(std::io::Read::take(conn, MAX_CLIENT_BYTES));
     let mut line = String::new();
     while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
@@ -267,15 +329,22 @@ fn serve_client(conn: UnixStream, m: &dyn Handler) {
 
 /// Client side: one call, one answer.
 pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, String> {
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("cannot reach the target at {}: {e}", socket.display()))?;
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot reach the target at {}: {e}", socket.display()))?;
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     let req = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
     writeln!(s, "{req}").map_err(|e| e.to_string())?;
     let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).map_err(|e| e.to_string())?;
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}"))?;
     match v.get("error") {
-        Some(e) => Err(e.get("message").and_then(Value::as_str).unwrap_or("unknown error").to_string()),
+        Some(e) => Err(e
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown error")
+            .to_string()),
         None => Ok(v.get("result").cloned().unwrap_or(Value::Null)),
     }
 }
@@ -283,5 +352,6 @@ pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, String>
 pub const DEFAULT_SOCKET: &str = "/run/nvmf-raid.sock";
 
 pub fn default_socket() -> PathBuf {
-    std::env::var_os("NVMF_RAID_SOCKET").map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
+    std::env::var_os("NVMF_RAID_SOCKET")
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from)
 }

@@ -46,8 +46,18 @@ impl Managed {
                 json!({"subsystem": nqn, "nsid": nsid, "ops": ops.to_json(buckets)})
             })
             .collect();
-        let members: Vec<Value> = all.members.iter().map(|m| json!({"volume": m.volume, "device": m.device, "ops": m.ops.to_json(buckets)})).collect();
-        let reactors: Vec<Value> = per_reactor.iter().enumerate().map(|(i, s)| json!({"reactor": i, "ops": s.reactor.to_json(buckets)})).collect();
-        Ok(json!({"reset": reset, "namespaces": namespaces, "members": members, "reactors": reactors}))
+        let members: Vec<Value> = all
+            .members
+            .iter()
+            .map(|m| json!({"volume": m.volume, "device": m.device, "ops": m.ops.to_json(buckets)}))
+            .collect();
+        let reactors: Vec<Value> = per_reactor
+            .iter()
+            .enumerate()
+            .map(|(i, s)| json!({"reactor": i, "ops": s.reactor.to_json(buckets)}))
+            .collect();
+        Ok(
+            json!({"reset": reset, "namespaces": namespaces, "members": members, "reactors": reactors}),
+        )
     }
 }

@@ -26,7 +26,12 @@ impl Managed {
             }
             "volume_replace_member" => {
                 let v = self.volume(param(p, "volume")?)?;
-                v.replace(param(p, "member")?, param(p, "spare")?, p.get("force").and_then(Value::as_bool).unwrap_or(false)).map_err(refused)?;
+                v.replace(
+                    param(p, "member")?,
+                    param(p, "spare")?,
+                    p.get("force").and_then(Value::as_bool).unwrap_or(false),
+                )
+                .map_err(refused)?;
                 Ok(self.status_of(v))
             }
             "volume_remove_member" => {
@@ -37,9 +42,15 @@ impl Managed {
             "volume_scrub" => {
                 let v = self.volume(param(p, "volume")?)?;
                 match p.get("action").and_then(Value::as_str).unwrap_or("start") {
-                    "start" => v.start_scrub(p.get("repair").and_then(Value::as_bool).unwrap_or(false)).map_err(refused)?,
+                    "start" => v
+                        .start_scrub(p.get("repair").and_then(Value::as_bool).unwrap_or(false))
+                        .map_err(refused)?,
                     "stop" => v.scrub().stop(),
-                    other => return Err(invalid_params(format!("action '{other}': use start or stop"))),
+                    other => {
+                        return Err(invalid_params(format!(
+                            "action '{other}': use start or stop"
+                        )))
+                    }
                 }
                 if let Some(rate) = p.get("bytes_per_sec").and_then(Value::as_u64) {
                     v.scrub().set_rate(rate);
@@ -48,20 +59,35 @@ impl Managed {
             }
             "volume_rebuild_rate" => {
                 let v = self.volume(param(p, "volume")?)?;
-                let rate = p.get("bytes_per_sec").and_then(Value::as_u64).ok_or_else(|| invalid_params("missing number parameter 'bytes_per_sec'"))?;
+                let rate = p
+                    .get("bytes_per_sec")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| invalid_params("missing number parameter 'bytes_per_sec'"))?;
                 v.health().rebuild.set_rate(rate);
                 Ok(self.status_of(v))
             }
-            _ => Err(RpcError { code: -32601, message: format!("unknown method '{method}'") }),
+            _ => Err(RpcError {
+                code: -32601,
+                message: format!("unknown method '{method}'"),
+            }),
         }
     }
 
     fn volume(&self, name: &str) -> Result<&Arc<RaidBdev>, RpcError> {
-        self.volumes.iter().find(|v| v.name() == name).ok_or_else(|| failed(format!("unknown volume '{name}'")))
+        self.volumes
+            .iter()
+            .find(|v| v.name() == name)
+            .ok_or_else(|| failed(format!("unknown volume '{name}'")))
     }
 
     fn volume_status(&self, only: Option<&str>) -> Value {
-        Value::Array(self.volumes.iter().filter(|v| only.is_none_or(|n| n == v.name())).map(|v| self.status_of(v)).collect())
+        Value::Array(
+            self.volumes
+                .iter()
+                .filter(|v| only.is_none_or(|n| n == v.name()))
+                .map(|v| self.status_of(v))
+                .collect(),
+        )
     }
 
     fn status_of(&self, v: &RaidBdev) -> Value {
@@ -92,13 +118,18 @@ impl Managed {
     fn fail_member(&self, p: &Value) -> Result<Value, RpcError> {
         let v = self.volume(param(p, "volume")?)?;
         let member = param(p, "member")?;
-        let slot = v.member_index(member).ok_or_else(|| failed(format!("volume '{}' has no member '{member}'", v.name())))?;
+        let slot = v
+            .member_index(member)
+            .ok_or_else(|| failed(format!("volume '{}' has no member '{member}'", v.name())))?;
         let h = v.health();
         if h.is_failed(slot) {
             return Err(failed(format!("member '{member}' has already failed")));
         }
         if !v.can_lose(slot) && !p.get("force").and_then(Value::as_bool).unwrap_or(false) {
-            return Err(failed(format!("failing '{member}' would take volume '{}' offline (pass force to do it anyway)", v.name())));
+            return Err(failed(format!(
+                "failing '{member}' would take volume '{}' offline (pass force to do it anyway)",
+                v.name()
+            )));
         }
         h.fail(slot, "failed by the operator");
         Ok(json!({"volume": v.name(), "member": member, "state": "failed"}))
@@ -108,19 +139,33 @@ impl Managed {
     fn spare_device(&self, v: &RaidBdev, p: &Value) -> Result<Arc<dyn Bdev>, RpcError> {
         if let Some(path) = p.get("path").and_then(Value::as_str) {
             let name = p.get("device").and_then(Value::as_str).unwrap_or(path);
-            if self.devices.iter().any(|(n, _)| n == name) || self.volumes.iter().any(|o| o.health().uses_device(name)) {
+            if self.devices.iter().any(|(n, _)| n == name)
+                || self.volumes.iter().any(|o| o.health().uses_device(name))
+            {
                 return Err(failed(format!("a device named '{name}' already exists")));
             }
-            let f = FileBdev::open(name, std::path::Path::new(path), v.block_size(), None).map_err(|e| failed(format!("cannot open '{path}': {e}")))?;
+            let f = FileBdev::open(name, std::path::Path::new(path), v.block_size(), None)
+                .map_err(|e| failed(format!("cannot open '{path}': {e}")))?;
             return Ok(Arc::new(f));
         }
         let name = param(p, "device")?;
-        let (_, dev) = self.devices.iter().find(|(n, _)| n == name).ok_or_else(|| failed(format!("no device named '{name}' is configured (or pass path)")))?;
+        let (_, dev) = self
+            .devices
+            .iter()
+            .find(|(n, _)| n == name)
+            .ok_or_else(|| {
+                failed(format!(
+                    "no device named '{name}' is configured (or pass path)"
+                ))
+            })?;
         if self.namespace_devices.iter().any(|n| n == name) {
             return Err(failed(format!("device '{name}' backs a namespace")));
         }
         if let Some(o) = self.volumes.iter().find(|o| o.health().uses_device(name)) {
-            return Err(failed(format!("device '{name}' already belongs to volume '{}'", o.name())));
+            return Err(failed(format!(
+                "device '{name}' already belongs to volume '{}'",
+                o.name()
+            )));
         }
         Ok(dev.clone())
     }

@@ -15,20 +15,36 @@ use super::{NsCounterTotals, TransportLimits};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminResult {
     /// `result` is CQE dw0 and dw1 (8-byte properties use both).
-    Done { status: u16, result: u64, data_len: usize },
+    Done {
+        status: u16,
+        result: u64,
+        data_len: usize,
+    },
     /// An Asynchronous Event Request: held until an event occurs.
     Deferred,
 }
 
 impl AdminResult {
     fn ok(result: u32) -> Self {
-        AdminResult::Done { status: status::SUCCESS, result: result as u64, data_len: 0 }
+        AdminResult::Done {
+            status: status::SUCCESS,
+            result: result as u64,
+            data_len: 0,
+        }
     }
     fn data(len: usize) -> Self {
-        AdminResult::Done { status: status::SUCCESS, result: 0, data_len: len }
+        AdminResult::Done {
+            status: status::SUCCESS,
+            result: 0,
+            data_len: len,
+        }
     }
     fn err(sc: u16) -> Self {
-        AdminResult::Done { status: sc | status::DNR, result: 0, data_len: 0 }
+        AdminResult::Done {
+            status: sc | status::DNR,
+            result: 0,
+            data_len: 0,
+        }
     }
 }
 
@@ -68,7 +84,11 @@ pub fn execute(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
         admin::ASYNC_EVENT_REQUEST => AdminResult::Deferred,
         admin::SITE_MESSAGE if !discovery => match cx.target.site_messages.get() {
             Some(h) => match h.message(data) {
-                Ok((dw0, dw1)) => AdminResult::Done { status: status::SUCCESS, result: dw0 as u64 | (dw1 as u64) << 32, data_len: 0 },
+                Ok((dw0, dw1)) => AdminResult::Done {
+                    status: status::SUCCESS,
+                    result: dw0 as u64 | (dw1 as u64) << 32,
+                    data_len: 0,
+                },
                 Err(sc) => AdminResult::err(sc),
             },
             None => AdminResult::err(status::INVALID_OPCODE),
@@ -84,7 +104,11 @@ fn fabrics_property(cx: &AdminCtx, sqe: &Sqe) -> AdminResult {
     let offset = sqe.cdw11();
     match sqe.fctype {
         fabrics::PROPERTY_GET => match (offset, size8) {
-            (property::CAP, true) => AdminResult::Done { status: status::SUCCESS, result: cx.limits.cap(), data_len: 0 },
+            (property::CAP, true) => AdminResult::Done {
+                status: status::SUCCESS,
+                result: cx.limits.cap(),
+                data_len: 0,
+            },
             (property::VS, false) => AdminResult::ok(identify::VERSION_1_3),
             (property::CC, false) => AdminResult::ok(cx.ctrl.cc.load(Ordering::Relaxed)),
             (property::CSTS, false) => AdminResult::ok(cx.ctrl.csts.load(Ordering::Relaxed)),
@@ -134,14 +158,18 @@ fn identify(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
             identify::namespace(&mut page, subsys.namespace(sqe.nsid));
         }
         cns::ACTIVE_NS_LIST => identify::active_ns_list(&mut page, subsys, sqe.nsid),
-        cns::CSI_ACTIVE_NS_LIST if csi == 0 => identify::active_ns_list(&mut page, subsys, sqe.nsid),
+        cns::CSI_ACTIVE_NS_LIST if csi == 0 => {
+            identify::active_ns_list(&mut page, subsys, sqe.nsid)
+        }
         cns::NS_DESCRIPTORS => match subsys.namespace(sqe.nsid) {
             Some(ns) => identify::ns_descriptors(&mut page, ns),
             None => return AdminResult::err(status::INVALID_NAMESPACE),
         },
         // NVM command set specific structures: nothing beyond the defaults to report.
         cns::CSI_CONTROLLER | cns::CSI_NAMESPACE if csi == 0 => {}
-        cns::NS_CS_INDEPENDENT => identify::ns_cs_independent(&mut page, subsys.namespace(sqe.nsid)),
+        cns::NS_CS_INDEPENDENT => {
+            identify::ns_cs_independent(&mut page, subsys.namespace(sqe.nsid))
+        }
         _ => return AdminResult::err(status::INVALID_FIELD),
     }
     copy_out(&page[..], 0, data)
@@ -169,7 +197,9 @@ fn get_log_page(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
     let discovery = subsys.kind == SubsystemKind::Discovery;
     let mut page = Vec::with_capacity(4096);
     match lid {
-        log::DISCOVERY if discovery => identify::discovery_log(&mut page, cx.target, &cx.ctrl.hostnqn),
+        log::DISCOVERY if discovery => {
+            identify::discovery_log(&mut page, cx.target, &cx.ctrl.hostnqn)
+        }
         _ if discovery => return AdminResult::err(status::INVALID_LOG_PAGE),
         log::ERROR => page.resize(64, 0),
         log::SMART => identify::smart_log(&mut page, &NsCounterTotals::of(&subsys.namespaces)),
@@ -201,7 +231,8 @@ fn set_features(cx: &AdminCtx, sqe: &Sqe) -> AdminResult {
                 return AdminResult::err(status::INVALID_FIELD);
             }
             let granted = (nsq.min(ncq) + 1).min(cx.target.max_io_queues as u32);
-            ctrl.io_queues_granted.store(granted as u16, Ordering::Relaxed);
+            ctrl.io_queues_granted
+                .store(granted as u16, Ordering::Relaxed);
             AdminResult::ok(number_of_queues_dw0(granted))
         }
         feature::ASYNC_EVENT_CONFIG => {
@@ -227,9 +258,9 @@ fn get_features(cx: &AdminCtx, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
     let ctrl = cx.ctrl;
     let nvm = ctrl.subsys.kind == SubsystemKind::Nvm;
     match fid {
-        feature::NUMBER_OF_QUEUES if nvm => {
-            AdminResult::ok(number_of_queues_dw0(ctrl.io_queues_granted.load(Ordering::Relaxed) as u32))
-        }
+        feature::NUMBER_OF_QUEUES if nvm => AdminResult::ok(number_of_queues_dw0(
+            ctrl.io_queues_granted.load(Ordering::Relaxed) as u32,
+        )),
         feature::ASYNC_EVENT_CONFIG => AdminResult::ok(ctrl.aen_config.load(Ordering::Relaxed)),
         feature::KEEP_ALIVE_TIMER => AdminResult::ok(ctrl.kato_ms.load(Ordering::Relaxed)),
         feature::VOLATILE_WRITE_CACHE if nvm => AdminResult::ok(1),
@@ -264,7 +295,10 @@ mod tests {
             cntlid_min: crate::nvmf::subsystem::CNTLID_MIN,
             cntlid_max: crate::nvmf::subsystem::CNTLID_MAX,
         };
-        let port = Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() };
+        let port = Port {
+            id: 1,
+            addr: "127.0.0.1:4420".parse().unwrap(),
+        };
         Target::new(vec![Arc::new(s)], vec![port], 8, 16)
     }
 
@@ -278,16 +312,32 @@ mod tests {
             model: "M".into(),
             allow_any_host: true,
             hosts: RwLock::new(vec![]),
-            namespaces: [3, 1, 7].iter().map(|&id| Namespace::new(nqn, id, 0, 512, 2048)).collect(),
+            namespaces: [3, 1, 7]
+                .iter()
+                .map(|&id| Namespace::new(nqn, id, 0, 512, 2048))
+                .collect(),
             cntlid_min: 0x10,
             cntlid_max: 0x1F,
         };
-        let ports = vec![Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() }, Port { id: 2, addr: "127.0.0.1:4421".parse().unwrap() }];
+        let ports = vec![
+            Port {
+                id: 1,
+                addr: "127.0.0.1:4420".parse().unwrap(),
+            },
+            Port {
+                id: 2,
+                addr: "127.0.0.1:4421".parse().unwrap(),
+            },
+        ];
         Target::new(vec![Arc::new(s)], ports, 8, 16)
     }
 
     fn ana_log_sqe(len: usize, offset: u64, rgo: bool, rae: bool) -> Sqe {
-        let mut s = Sqe { opcode: admin::GET_LOG_PAGE, nsid: u32::MAX, ..Default::default() };
+        let mut s = Sqe {
+            opcode: admin::GET_LOG_PAGE,
+            nsid: u32::MAX,
+            ..Default::default()
+        };
         let numd = (len / 4 - 1) as u32;
         s.cdw[0] = log::ANA as u32 | (rgo as u32) << 8 | (rae as u32) << 15 | (numd & 0xFFFF) << 16;
         s.cdw[1] = numd >> 16;
@@ -305,11 +355,25 @@ mod tests {
 
     fn run(t: &Target, c: &Controller, sqe: &Sqe, data: &mut [u8]) -> AdminResult {
         let lim = TransportLimits::default();
-        execute(&AdminCtx { target: t, ctrl: c, limits: &lim, outstanding_aers: 0 }, sqe, data)
+        execute(
+            &AdminCtx {
+                target: t,
+                ctrl: c,
+                limits: &lim,
+                outstanding_aers: 0,
+            },
+            sqe,
+            data,
+        )
     }
 
     fn identify_sqe(cns: u8, nsid: u32) -> Sqe {
-        let mut s = Sqe { opcode: admin::IDENTIFY, nsid, sgl_len: 4096, ..Default::default() };
+        let mut s = Sqe {
+            opcode: admin::IDENTIFY,
+            nsid,
+            sgl_len: 4096,
+            ..Default::default()
+        };
         s.cdw[0] = cns as u32;
         s
     }
@@ -317,12 +381,20 @@ mod tests {
     #[test]
     fn identify_controller_fields_the_host_checks() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 5000).unwrap();
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 5000)
+            .unwrap();
         let mut d = vec![0u8; 4096];
-        assert_eq!(run(&t, &c, &identify_sqe(1, 0), &mut d), AdminResult::data(4096));
+        assert_eq!(
+            run(&t, &c, &identify_sqe(1, 0), &mut d),
+            AdminResult::data(4096)
+        );
         assert_eq!(u16::from_le_bytes([d[78], d[79]]), c.cntlid);
         assert_ne!(u16::from_le_bytes([d[320], d[321]]), 0, "KAS");
-        assert!(u32::from_le_bytes(d[1792..1796].try_into().unwrap()) >= 4, "ioccsz");
+        assert!(
+            u32::from_le_bytes(d[1792..1796].try_into().unwrap()) >= 4,
+            "ioccsz"
+        );
         assert_eq!(u16::from_le_bytes([d[514], d[515]]), 128, "maxcmd");
         assert_eq!(d[77], 8, "MDTS 1 MiB");
         assert_eq!(&d[768..778], b"nqn.test:a");
@@ -331,16 +403,33 @@ mod tests {
     #[test]
     fn identify_reports_ana_for_nvm_subsystems_only() {
         let t = two_port_target();
-        let c = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0).unwrap();
-        assert!((0x10..=0x1F).contains(&c.cntlid), "cntlid {} from the subsystem's range", c.cntlid);
+        let c = t
+            .create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0)
+            .unwrap();
+        assert!(
+            (0x10..=0x1F).contains(&c.cntlid),
+            "cntlid {} from the subsystem's range",
+            c.cntlid
+        );
         let mut d = vec![0u8; 4096];
         run(&t, &c, &identify_sqe(1, 0), &mut d);
         assert_eq!(u16::from_le_bytes([d[78], d[79]]), c.cntlid);
         assert_eq!(d[76], 0b1010, "CMIC: several controllers, ANA reporting");
-        assert_eq!(le32(&d, 92) & (1 << 11), 1 << 11, "OAES: ANA change notices");
-        assert_eq!(le32(&d, 92) & (1 << 8), 1 << 8, "OAES: namespace attribute notices");
+        assert_eq!(
+            le32(&d, 92) & (1 << 11),
+            1 << 11,
+            "OAES: ANA change notices"
+        );
+        assert_eq!(
+            le32(&d, 92) & (1 << 8),
+            1 << 8,
+            "OAES: namespace attribute notices"
+        );
         assert_eq!(d[342], 10, "ANATT");
-        assert_eq!(d[343], 0xDF, "ANACAP: all five states, constant and non-zero ANAGRPID");
+        assert_eq!(
+            d[343], 0xDF,
+            "ANACAP: all five states, constant and non-zero ANAGRPID"
+        );
         assert_eq!(le32(&d, 344), 1, "ANAGRPMAX");
         assert_eq!(le32(&d, 348), 1, "NANAGRPID");
         assert_eq!(le32(&d, 540), 7, "MNAN");
@@ -349,21 +438,45 @@ mod tests {
         assert_eq!(d[30] & 1, 1, "NMIC shared");
         assert_eq!(le32(&d, 92), 1, "ANAGRPID");
         run(&t, &c, &identify_sqe(cns::NS_CS_INDEPENDENT, 7), &mut d);
-        assert_eq!((d[1], le32(&d, 4)), (1, 1), "NMIC and ANAGRPID of the I/O command set independent page");
+        assert_eq!(
+            (d[1], le32(&d, 4)),
+            (1, 1),
+            "NMIC and ANAGRPID of the I/O command set independent page"
+        );
 
-        let disc = t.create_controller(crate::nvmf::spec::DISCOVERY_NQN, "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let disc = t
+            .create_controller(
+                crate::nvmf::spec::DISCOVERY_NQN,
+                "nqn.host:1",
+                [0; 16],
+                1,
+                0,
+            )
+            .unwrap();
         run(&t, &disc, &identify_sqe(1, 0), &mut d);
-        assert_eq!((d[76], d[342], d[343], le32(&d, 344), le32(&d, 92)), (0, 0, 0, 0, 0), "no ANA on discovery");
+        assert_eq!(
+            (d[76], d[342], d[343], le32(&d, 344), le32(&d, 92)),
+            (0, 0, 0, 0, 0),
+            "no ANA on discovery"
+        );
     }
 
     #[test]
     fn ana_log_page_layout_follows_the_port() {
         let t = two_port_target();
-        t.ana.set_initial(2, crate::nvmf::ana::AnaState::NonOptimized);
-        let c1 = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let c2 = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0).unwrap();
+        t.ana
+            .set_initial(2, crate::nvmf::ana::AnaState::NonOptimized);
+        let c1 = t
+            .create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
+        let c2 = t
+            .create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 2, 0)
+            .unwrap();
         let mut d = vec![0xEEu8; 64];
-        assert_eq!(run(&t, &c1, &ana_log_sqe(64, 0, false, false), &mut d), AdminResult::data(64));
+        assert_eq!(
+            run(&t, &c1, &ana_log_sqe(64, 0, false, false), &mut d),
+            AdminResult::data(64)
+        );
         assert_eq!(le64(&d, 0), 0, "header change count");
         assert_eq!(u16::from_le_bytes([d[8], d[9]]), 1, "one group descriptor");
         assert!(d[10..16].iter().all(|b| *b == 0), "reserved");
@@ -372,17 +485,31 @@ mod tests {
         assert_eq!(le64(&d, 24), 0, "group change count");
         assert_eq!(d[32], 0x01, "optimized on port 1");
         assert!(d[33..48].iter().all(|b| *b == 0), "reserved");
-        assert_eq!([le32(&d, 48), le32(&d, 52), le32(&d, 56)], [1, 3, 7], "NSIDs, ascending");
+        assert_eq!(
+            [le32(&d, 48), le32(&d, 52), le32(&d, 56)],
+            [1, 3, 7],
+            "NSIDs, ascending"
+        );
         assert_eq!(le32(&d, 60), 0, "zero past the page");
         run(&t, &c2, &ana_log_sqe(64, 0, false, false), &mut d);
         assert_eq!(d[32], 0x02, "non-optimized on port 2");
 
-        let ch = t.set_ana_state(1, None, crate::nvmf::ana::AnaState::Inaccessible).unwrap();
+        let ch = t
+            .set_ana_state(1, None, crate::nvmf::ana::AnaState::Inaccessible)
+            .unwrap();
         assert_eq!(ch.len(), 1);
         run(&t, &c1, &ana_log_sqe(64, 0, false, false), &mut d);
-        assert_eq!((le64(&d, 0), le64(&d, 24), d[32]), (1, 1, 0x03), "port 1 changed");
+        assert_eq!(
+            (le64(&d, 0), le64(&d, 24), d[32]),
+            (1, 1, 0x03),
+            "port 1 changed"
+        );
         run(&t, &c2, &ana_log_sqe(64, 0, false, false), &mut d);
-        assert_eq!((le64(&d, 0), le64(&d, 24), d[32]), (1, 0, 0x02), "port 2: only the global count moved");
+        assert_eq!(
+            (le64(&d, 0), le64(&d, 24), d[32]),
+            (1, 0, 0x02),
+            "port 2: only the global count moved"
+        );
 
         // Return Groups Only: the descriptor without its NSIDs.
         run(&t, &c1, &ana_log_sqe(64, 0, true, false), &mut d);
@@ -391,17 +518,33 @@ mod tests {
 
         // Offset and length: a window into the same page.
         let mut w = vec![0u8; 8];
-        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 48, false, false), &mut w), AdminResult::data(8));
+        assert_eq!(
+            run(&t, &c1, &ana_log_sqe(8, 48, false, false), &mut w),
+            AdminResult::data(8)
+        );
         assert_eq!([le32(&w, 0), le32(&w, 4)], [1, 3]);
-        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 64, false, false), &mut w), AdminResult::err(status::INVALID_FIELD), "past the end");
-        assert_eq!(run(&t, &c1, &ana_log_sqe(8, 2, false, false), &mut w), AdminResult::err(status::INVALID_FIELD), "unaligned");
+        assert_eq!(
+            run(&t, &c1, &ana_log_sqe(8, 64, false, false), &mut w),
+            AdminResult::err(status::INVALID_FIELD),
+            "past the end"
+        );
+        assert_eq!(
+            run(&t, &c1, &ana_log_sqe(8, 2, false, false), &mut w),
+            AdminResult::err(status::INVALID_FIELD),
+            "unaligned"
+        );
     }
 
     #[test]
     fn reading_the_ana_log_rearms_the_notice_unless_retained() {
         let t = two_port_target();
-        let c = t.create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let mut s = Sqe { opcode: admin::SET_FEATURES, ..Default::default() };
+        let c = t
+            .create_controller("nqn.test:ana", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
+        let mut s = Sqe {
+            opcode: admin::SET_FEATURES,
+            ..Default::default()
+        };
         s.cdw[0] = feature::ASYNC_EVENT_CONFIG as u32;
         s.cdw[1] = 1 << 11;
         assert_eq!(run(&t, &c, &s, &mut []), AdminResult::ok(0));
@@ -409,7 +552,10 @@ mod tests {
         t.set_ana_state(1, None, Inaccessible).unwrap();
         assert!(c.take_ana_change_event());
         t.set_ana_state(1, None, Optimized).unwrap();
-        assert!(!c.take_ana_change_event(), "masked until the log page is read");
+        assert!(
+            !c.take_ana_change_event(),
+            "masked until the log page is read"
+        );
         let mut d = vec![0u8; 64];
         run(&t, &c, &ana_log_sqe(64, 0, false, true), &mut d);
         t.set_ana_state(1, None, Inaccessible).unwrap();
@@ -423,20 +569,36 @@ mod tests {
     #[test]
     fn inactive_namespace_is_zeroed_and_unknown_cns_invalid() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
         let mut d = vec![0xFFu8; 4096];
-        assert_eq!(run(&t, &c, &identify_sqe(0, 9), &mut d), AdminResult::data(4096));
+        assert_eq!(
+            run(&t, &c, &identify_sqe(0, 9), &mut d),
+            AdminResult::data(4096)
+        );
         assert!(d.iter().all(|b| *b == 0));
-        assert_eq!(run(&t, &c, &identify_sqe(0x55, 1), &mut d), AdminResult::err(status::INVALID_FIELD));
-        assert_eq!(run(&t, &c, &identify_sqe(0, 1), &mut d), AdminResult::data(4096));
+        assert_eq!(
+            run(&t, &c, &identify_sqe(0x55, 1), &mut d),
+            AdminResult::err(status::INVALID_FIELD)
+        );
+        assert_eq!(
+            run(&t, &c, &identify_sqe(0, 1), &mut d),
+            AdminResult::data(4096)
+        );
         assert_eq!(u64::from_le_bytes(d[0..8].try_into().unwrap()), 2048);
     }
 
     #[test]
     fn number_of_queues_is_capped() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let mut s = Sqe { opcode: admin::SET_FEATURES, ..Default::default() };
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
+        let mut s = Sqe {
+            opcode: admin::SET_FEATURES,
+            ..Default::default()
+        };
         s.cdw[0] = feature::NUMBER_OF_QUEUES as u32;
         s.cdw[1] = 63 | 63 << 16;
         assert_eq!(run(&t, &c, &s, &mut []), AdminResult::ok(7 | 7 << 16));
@@ -448,8 +610,14 @@ mod tests {
     #[test]
     fn properties_enable_and_shutdown() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let mut s = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_SET, ..Default::default() };
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
+        let mut s = Sqe {
+            opcode: admin::FABRICS,
+            fctype: fabrics::PROPERTY_SET,
+            ..Default::default()
+        };
         s.cdw[1] = property::CC;
         s.cdw[2] = 1 | (6 << 16) | (4 << 20);
         run(&t, &c, &s, &mut []);
@@ -457,10 +625,16 @@ mod tests {
         s.cdw[2] |= 1 << 14;
         run(&t, &c, &s, &mut []);
         assert_eq!((c.csts.load(Ordering::Relaxed) >> 2) & 3, 2);
-        let mut g = Sqe { opcode: admin::FABRICS, fctype: fabrics::PROPERTY_GET, ..Default::default() };
+        let mut g = Sqe {
+            opcode: admin::FABRICS,
+            fctype: fabrics::PROPERTY_GET,
+            ..Default::default()
+        };
         g.cdw[0] = 1;
         g.cdw[1] = property::CAP;
-        let AdminResult::Done { result, .. } = run(&t, &c, &g, &mut []) else { panic!() };
+        let AdminResult::Done { result, .. } = run(&t, &c, &g, &mut []) else {
+            panic!()
+        };
         assert_eq!(result & 0xFFFF, 127);
         assert_eq!(result >> 37 & 1, 1, "CSS NVM");
     }
@@ -468,47 +642,101 @@ mod tests {
     #[test]
     fn log_pages_and_unknown_lid() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let mut s = Sqe { opcode: admin::GET_LOG_PAGE, ..Default::default() };
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
+        let mut s = Sqe {
+            opcode: admin::GET_LOG_PAGE,
+            ..Default::default()
+        };
         s.cdw[0] = log::SMART as u32 | (127 << 16);
         let mut d = vec![0u8; 512];
         assert_eq!(run(&t, &c, &s, &mut d), AdminResult::data(512));
         s.cdw[0] = 0x42 | (127 << 16);
-        assert_eq!(run(&t, &c, &s, &mut d), AdminResult::err(status::INVALID_LOG_PAGE));
+        assert_eq!(
+            run(&t, &c, &s, &mut d),
+            AdminResult::err(status::INVALID_LOG_PAGE)
+        );
         s.cdw[0] = log::DISCOVERY as u32 | (127 << 16);
-        assert_eq!(run(&t, &c, &s, &mut d), AdminResult::err(status::INVALID_LOG_PAGE));
+        assert_eq!(
+            run(&t, &c, &s, &mut d),
+            AdminResult::err(status::INVALID_LOG_PAGE)
+        );
     }
 
     #[test]
     fn discovery_log_lists_allowed_subsystems_per_port() {
         let t = target();
-        let disc = t.create_controller(crate::nvmf::spec::DISCOVERY_NQN, "nqn.host:1", [0; 16], 1, 0).unwrap();
-        let mut s = Sqe { opcode: admin::GET_LOG_PAGE, ..Default::default() };
+        let disc = t
+            .create_controller(
+                crate::nvmf::spec::DISCOVERY_NQN,
+                "nqn.host:1",
+                [0; 16],
+                1,
+                0,
+            )
+            .unwrap();
+        let mut s = Sqe {
+            opcode: admin::GET_LOG_PAGE,
+            ..Default::default()
+        };
         s.cdw[0] = log::DISCOVERY as u32 | (((3 * 1024 / 4) - 1) << 16);
         let mut d = vec![0u8; 3072];
         assert_eq!(run(&t, &disc, &s, &mut d), AdminResult::data(3072));
         assert_eq!(u64::from_le_bytes(d[8..16].try_into().unwrap()), 2);
-        let other = t.create_controller(crate::nvmf::spec::DISCOVERY_NQN, "nqn.host:other", [0; 16], 1, 0).unwrap();
+        let other = t
+            .create_controller(
+                crate::nvmf::spec::DISCOVERY_NQN,
+                "nqn.host:other",
+                [0; 16],
+                1,
+                0,
+            )
+            .unwrap();
         run(&t, &other, &s, &mut d);
-        assert_eq!(u64::from_le_bytes(d[8..16].try_into().unwrap()), 1, "disallowed host sees only discovery");
+        assert_eq!(
+            u64::from_le_bytes(d[8..16].try_into().unwrap()),
+            1,
+            "disallowed host sees only discovery"
+        );
     }
 
     #[test]
     fn disallowed_host_cannot_create_controller() {
         let t = target();
-        assert!(t.create_controller("nqn.test:a", "nqn.host:evil", [0; 16], 1, 0).is_err());
-        assert!(t.create_controller("nqn.test:none", "nqn.host:1", [0; 16], 1, 0).is_err());
+        assert!(t
+            .create_controller("nqn.test:a", "nqn.host:evil", [0; 16], 1, 0)
+            .is_err());
+        assert!(t
+            .create_controller("nqn.test:none", "nqn.host:1", [0; 16], 1, 0)
+            .is_err());
     }
 
     #[test]
     fn aer_limit() {
         let t = target();
-        let c = t.create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let c = t
+            .create_controller("nqn.test:a", "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
         let lim = TransportLimits::default();
-        let s = Sqe { opcode: admin::ASYNC_EVENT_REQUEST, ..Default::default() };
-        let cx = AdminCtx { target: &t, ctrl: &c, limits: &lim, outstanding_aers: 4 };
-        assert_eq!(execute(&cx, &s, &mut []), AdminResult::err(status::ASYNC_EVENT_LIMIT_EXCEEDED));
-        let cx = AdminCtx { outstanding_aers: 0, ..cx };
+        let s = Sqe {
+            opcode: admin::ASYNC_EVENT_REQUEST,
+            ..Default::default()
+        };
+        let cx = AdminCtx {
+            target: &t,
+            ctrl: &c,
+            limits: &lim,
+            outstanding_aers: 4,
+        };
+        assert_eq!(
+            execute(&cx, &s, &mut []),
+            AdminResult::err(status::ASYNC_EVENT_LIMIT_EXCEEDED)
+        );
+        let cx = AdminCtx {
+            outstanding_aers: 0,
+            ..cx
+        };
         assert_eq!(execute(&cx, &s, &mut []), AdminResult::Deferred);
     }
 }

@@ -23,9 +23,19 @@ pub enum AnaState {
 }
 
 impl AnaState {
-    pub const ALL: [AnaState; 5] = [AnaState::Optimized, AnaState::NonOptimized, AnaState::Inaccessible, AnaState::PersistentLoss, AnaState::Change];
+    pub const ALL: [AnaState; 5] = [
+        AnaState::Optimized,
+        AnaState::NonOptimized,
+        AnaState::Inaccessible,
+        AnaState::PersistentLoss,
+        AnaState::Change,
+    ];
     /// The states a listener may start in (`[[listener]] ana_state`).
-    pub const INITIAL: [AnaState; 3] = [AnaState::Optimized, AnaState::NonOptimized, AnaState::Inaccessible];
+    pub const INITIAL: [AnaState; 3] = [
+        AnaState::Optimized,
+        AnaState::NonOptimized,
+        AnaState::Inaccessible,
+    ];
 
     pub fn code(self) -> u8 {
         self as u8
@@ -54,7 +64,11 @@ impl AnaState {
 
     /// Names of `states`, for error messages: "optimized, non-optimized, inaccessible".
     pub fn names(states: &[AnaState]) -> String {
-        states.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+        states
+            .iter()
+            .map(|s| s.name())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -67,7 +81,12 @@ impl std::fmt::Display for AnaState {
 impl std::str::FromStr for AnaState {
     type Err = String;
     fn from_str(s: &str) -> Result<AnaState, String> {
-        AnaState::parse(s).ok_or_else(|| format!("'{s}' is not an ANA state ({})", AnaState::names(&AnaState::ALL)))
+        AnaState::parse(s).ok_or_else(|| {
+            format!(
+                "'{s}' is not an ANA state ({})",
+                AnaState::names(&AnaState::ALL)
+            )
+        })
     }
 }
 
@@ -137,14 +156,26 @@ impl AnaTable {
     /// Every group optimized on every port, change count 0.
     pub fn new(port_ids: &[u16], subsystems: usize) -> AnaTable {
         let n = port_ids.len() * subsystems * GROUPS_PER_SUBSYSTEM as usize;
-        let cells = (0..n).map(|_| Cell { state: AtomicU8::new(AnaState::Optimized.code()), change_count: AtomicU64::new(0) }).collect();
-        AnaTable { port_ids: port_ids.to_vec(), subsystems, cells, change_count: AtomicU64::new(0), writer: Mutex::new(()) }
+        let cells = (0..n)
+            .map(|_| Cell {
+                state: AtomicU8::new(AnaState::Optimized.code()),
+                change_count: AtomicU64::new(0),
+            })
+            .collect();
+        AnaTable {
+            port_ids: port_ids.to_vec(),
+            subsystems,
+            cells,
+            change_count: AtomicU64::new(0),
+            writer: Mutex::new(()),
+        }
     }
 
     /// The cell of group 1 of (port, subsystem index), or None for an unknown port.
     pub fn slot(&self, port_id: u16, subsystem: usize) -> Option<usize> {
         let p = self.port_ids.iter().position(|&id| id == port_id)?;
-        (subsystem < self.subsystems).then(|| (p * self.subsystems + subsystem) * GROUPS_PER_SUBSYSTEM as usize)
+        (subsystem < self.subsystems)
+            .then(|| (p * self.subsystems + subsystem) * GROUPS_PER_SUBSYSTEM as usize)
     }
 
     fn cell(&self, slot: usize, anagrpid: u32) -> Option<&Cell> {
@@ -157,13 +188,18 @@ impl AnaTable {
     /// The state of group `anagrpid` at `slot`: one atomic load. A group the table does
     /// not know is reported inaccessible.
     pub fn state(&self, slot: usize, anagrpid: u32) -> AnaState {
-        self.group(slot, anagrpid).map_or(AnaState::Inaccessible, |g| g.state)
+        self.group(slot, anagrpid)
+            .map_or(AnaState::Inaccessible, |g| g.state)
     }
 
     pub fn group(&self, slot: usize, anagrpid: u32) -> Option<GroupState> {
         let c = self.cell(slot, anagrpid)?;
-        let state = AnaState::from_code(c.state.load(Ordering::Acquire)).unwrap_or(AnaState::Inaccessible);
-        Some(GroupState { state, change_count: c.change_count.load(Ordering::Relaxed) })
+        let state =
+            AnaState::from_code(c.state.load(Ordering::Acquire)).unwrap_or(AnaState::Inaccessible);
+        Some(GroupState {
+            state,
+            change_count: c.change_count.load(Ordering::Relaxed),
+        })
     }
 
     /// The global ANA change count: incremented by every state change.
@@ -173,7 +209,9 @@ impl AnaTable {
 
     /// Set every group of `port_id` to `state` before any host connects: not a change.
     pub fn set_initial(&self, port_id: u16, state: AnaState) {
-        let Some(first) = self.slot(port_id, 0) else { return };
+        let Some(first) = self.slot(port_id, 0) else {
+            return;
+        };
         let n = self.subsystems * GROUPS_PER_SUBSYSTEM as usize;
         for c in &self.cells[first..first + n] {
             c.state.store(state.code(), Ordering::Release);
@@ -187,9 +225,16 @@ impl AnaTable {
 
     /// Change one group (with the writer lock held): returns the old state and the new
     /// change count, or None when the group is already in `state` (nothing changes).
-    pub fn change(&self, _writer: &std::sync::MutexGuard<'_, ()>, slot: usize, anagrpid: u32, state: AnaState) -> Option<(AnaState, u64)> {
+    pub fn change(
+        &self,
+        _writer: &std::sync::MutexGuard<'_, ()>,
+        slot: usize,
+        anagrpid: u32,
+        state: AnaState,
+    ) -> Option<(AnaState, u64)> {
         let c = self.cell(slot, anagrpid)?;
-        let old = AnaState::from_code(c.state.load(Ordering::Acquire)).unwrap_or(AnaState::Inaccessible);
+        let old =
+            AnaState::from_code(c.state.load(Ordering::Acquire)).unwrap_or(AnaState::Inaccessible);
         if old == state {
             return None;
         }
@@ -214,7 +259,11 @@ mod tests {
         for s in AnaState::ALL {
             if let Some(st) = io_status(s) {
                 assert_eq!(st >> 8 & 0x7, 3, "{s}: status code type 3 (path related)");
-                assert_eq!(st & status::DNR, 0, "{s}: the host must be free to retry elsewhere");
+                assert_eq!(
+                    st & status::DNR,
+                    0,
+                    "{s}: the host must be free to retry elsewhere"
+                );
             }
         }
     }
@@ -235,10 +284,16 @@ mod tests {
             assert_eq!(AnaState::from_code(s.code()), Some(s));
             assert_eq!(s.to_string().parse::<AnaState>(), Ok(s));
         }
-        assert_eq!(AnaState::parse("Non_Optimized"), Some(AnaState::NonOptimized));
+        assert_eq!(
+            AnaState::parse("Non_Optimized"),
+            Some(AnaState::NonOptimized)
+        );
         assert_eq!(AnaState::parse("up"), None);
         assert_eq!(AnaState::from_code(0), None);
-        assert!("up".parse::<AnaState>().unwrap_err().contains("persistent-loss"));
+        assert!("up"
+            .parse::<AnaState>()
+            .unwrap_err()
+            .contains("persistent-loss"));
     }
 
     #[test]
@@ -254,15 +309,45 @@ mod tests {
         assert_eq!(t.state(t.slot(2, 0).unwrap(), 1), AnaState::NonOptimized);
         assert_eq!(t.change_count(), 0, "the initial state is not a change");
         let w = t.lock_writer();
-        assert_eq!(t.change(&w, a, 1, AnaState::Inaccessible), Some((AnaState::Optimized, 1)));
-        assert_eq!(t.change(&w, a, 1, AnaState::Inaccessible), None, "same state: no change");
-        assert_eq!(t.change(&w, b, 1, AnaState::Optimized), Some((AnaState::NonOptimized, 2)));
+        assert_eq!(
+            t.change(&w, a, 1, AnaState::Inaccessible),
+            Some((AnaState::Optimized, 1))
+        );
+        assert_eq!(
+            t.change(&w, a, 1, AnaState::Inaccessible),
+            None,
+            "same state: no change"
+        );
+        assert_eq!(
+            t.change(&w, b, 1, AnaState::Optimized),
+            Some((AnaState::NonOptimized, 2))
+        );
         assert_eq!(t.change(&w, a, 2, AnaState::Optimized), None, "no group 2");
         drop(w);
-        assert_eq!(t.group(a, 1), Some(GroupState { state: AnaState::Inaccessible, change_count: 1 }));
-        assert_eq!(t.group(b, 1), Some(GroupState { state: AnaState::Optimized, change_count: 2 }));
-        assert_eq!(t.group(t.slot(1, 0).unwrap(), 1).unwrap().change_count, 0, "other subsystems untouched");
+        assert_eq!(
+            t.group(a, 1),
+            Some(GroupState {
+                state: AnaState::Inaccessible,
+                change_count: 1
+            })
+        );
+        assert_eq!(
+            t.group(b, 1),
+            Some(GroupState {
+                state: AnaState::Optimized,
+                change_count: 2
+            })
+        );
+        assert_eq!(
+            t.group(t.slot(1, 0).unwrap(), 1).unwrap().change_count,
+            0,
+            "other subsystems untouched"
+        );
         assert_eq!(t.change_count(), 2);
-        assert_eq!(t.state(a, 0), AnaState::Inaccessible, "group 0 does not exist");
+        assert_eq!(
+            t.state(a, 0),
+            AnaState::Inaccessible,
+            "group 0 does not exist"
+        );
     }
 }

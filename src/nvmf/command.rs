@@ -147,7 +147,12 @@ impl ConnectCmd {
 
 /// Build a Connect SQE (used by the in-tree host).
 pub fn connect_sqe(cid: u16, qid: u16, sqsize: u16, cattr: u8, kato_ms: u32) -> Sqe {
-    let mut s = Sqe { opcode: admin::FABRICS, fctype: fabrics::CONNECT, cid, ..Default::default() };
+    let mut s = Sqe {
+        opcode: admin::FABRICS,
+        fctype: fabrics::CONNECT,
+        cid,
+        ..Default::default()
+    };
     s.cdw[0] = (qid as u32) << 16;
     s.cdw[1] = sqsize as u32 | (cattr as u32) << 16;
     s.cdw[2] = kato_ms;
@@ -156,15 +161,32 @@ pub fn connect_sqe(cid: u16, qid: u16, sqsize: u16, cattr: u8, kato_ms: u32) -> 
     s
 }
 
-pub fn rw_sqe(opcode: u8, cid: u16, nsid: u32, slba: u64, nlb: u32, len: u32, in_capsule: bool) -> Sqe {
+pub fn rw_sqe(
+    opcode: u8,
+    cid: u16,
+    nsid: u32,
+    slba: u64,
+    nlb: u32,
+    len: u32,
+    in_capsule: bool,
+) -> Sqe {
     debug_assert!(matches!(opcode, io::READ | io::WRITE | io::WRITE_ZEROES));
-    let mut s = Sqe { opcode, cid, nsid, ..Default::default() };
+    let mut s = Sqe {
+        opcode,
+        cid,
+        nsid,
+        ..Default::default()
+    };
     s.cdw[0] = slba as u32;
     s.cdw[1] = (slba >> 32) as u32;
     s.cdw[2] = nlb - 1;
     if opcode != io::WRITE_ZEROES {
         s.sgl_len = len;
-        s.sgl_type = if in_capsule { SGL_IN_CAPSULE } else { SGL_TRANSPORT };
+        s.sgl_type = if in_capsule {
+            SGL_IN_CAPSULE
+        } else {
+            SGL_TRANSPORT
+        };
     }
     s
 }
@@ -239,7 +261,14 @@ mod tests {
 
     #[test]
     fn cqe_round_trip_keeps_status_and_phase_bit_clear() {
-        let c = Cqe { dw0: 1, dw1: 2, sqhd: 3, sqid: 4, cid: 5, status: 0x4182 };
+        let c = Cqe {
+            dw0: 1,
+            dw1: 2,
+            sqhd: 3,
+            sqid: 4,
+            cid: 5,
+            status: 0x4182,
+        };
         let b = c.encode();
         assert_eq!(b[14] & 1, 0);
         assert_eq!(Cqe::parse(&b), c);

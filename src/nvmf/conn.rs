@@ -157,7 +157,11 @@ struct TxItem {
 
 impl TxItem {
     fn new(what: TxWhat) -> TxItem {
-        TxItem { what, sent: 0, len: 0 }
+        TxItem {
+            what,
+            sent: 0,
+            len: 0,
+        }
     }
 }
 
@@ -222,9 +226,18 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(sock: TcpStream, index: u16, generation: u16, port_id: u16, lim: &TransportLimits) -> std::io::Result<Conn> {
+    pub fn new(
+        sock: TcpStream,
+        index: u16,
+        generation: u16,
+        port_id: u16,
+        lim: &TransportLimits,
+    ) -> std::io::Result<Conn> {
         let depth = lim.queue_depth as usize;
-        let rx_len = pdu::MAX_HEADER_LEN + lim.inline_data.max(lim.max_h2c_data as usize) + pdu::DIGEST_LEN + 64 * 1024;
+        let rx_len = pdu::MAX_HEADER_LEN
+            + lim.inline_data.max(lim.max_h2c_data as usize)
+            + pdu::DIGEST_LEN
+            + 64 * 1024;
         let _ = sock.set_nodelay(true);
         // SAFETY: msghdr is plain data; zero is a valid empty header.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -241,12 +254,22 @@ impl Conn {
             recv_armed: false,
             direct: None,
             awaiting_data: 0,
-            rx_iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2]),
+            rx_iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; 2],
+            ),
             rx_msg: Box::new(msg),
             tx: VecDeque::with_capacity(2 * depth + 4),
             send_armed: false,
             send_bytes: 0,
-            iov: Box::new([libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; MAX_IOV]),
+            iov: Box::new(
+                [libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                }; MAX_IOV],
+            ),
             msg: Box::new(msg),
             ic_resp: [0; pdu::IC_LEN],
             term_req: [0; pdu::TERM_HLEN + pdu::TERM_MAX_DATA],
@@ -269,7 +292,10 @@ impl Conn {
 
     /// The in-capsule buffer region, for registration with the ring.
     pub fn inline_iovec(&self) -> libc::iovec {
-        libc::iovec { iov_base: self.inline.as_ptr() as *mut libc::c_void, iov_len: self.inline.len() }
+        libc::iovec {
+            iov_base: self.inline.as_ptr() as *mut libc::c_void,
+            iov_len: self.inline.len(),
+        }
     }
 
     pub fn set_inline_reg_index(&mut self, index: u16) {
@@ -334,8 +360,18 @@ impl Conn {
         if n == 0 {
             return;
         }
-        let first: Vec<String> =
-            self.slots.iter().filter(busy).take(4).map(|s| format!("cid {} opcode {:#04x} {:?}", s.sqe.cid, s.sqe.opcode, s.state)).collect();
+        let first: Vec<String> = self
+            .slots
+            .iter()
+            .filter(busy)
+            .take(4)
+            .map(|s| {
+                format!(
+                    "cid {} opcode {:#04x} {:?}",
+                    s.sqe.cid, s.sqe.opcode, s.state
+                )
+            })
+            .collect();
         let qid = self.session.binding().map(|b| b.qid);
         info!(conn = self.index, qid, why, in_flight = n, first = ?first, "connection closing with commands in flight");
     }
@@ -351,19 +387,33 @@ impl Conn {
         self.session.release(env.target);
     }
 
-
     /// Periodic check: keep-alive expiry, a dead association, a silent new connection,
     /// and asynchronous events for the parked event requests.
     pub fn tick(&mut self, env: &mut Env) {
         if self.in_handshake() && Instant::now() > self.handshake_deadline {
-            let why = if self.phase == Phase::AwaitingIcReq { "no ICReq in time" } else { "no Fabrics Connect in time" };
-            crate::warn_limited!(conn = self.index, why, "handshake deadline passed: closing connection");
+            let why = if self.phase == Phase::AwaitingIcReq {
+                "no ICReq in time"
+            } else {
+                "no Fabrics Connect in time"
+            };
+            crate::warn_limited!(
+                conn = self.index,
+                why,
+                "handshake deadline passed: closing connection"
+            );
             self.close(why);
         }
-        if self.phase == Phase::Terminating && self.terminated_at.is_some_and(|t| t.elapsed() > TERM_LINGER) {
+        if self.phase == Phase::Terminating
+            && self
+                .terminated_at
+                .is_some_and(|t| t.elapsed() > TERM_LINGER)
+        {
             self.close("C2HTermReq not accepted in time");
         }
-        if let Some(why) = self.session.tick(std::mem::take(&mut self.active_since_tick)) {
+        if let Some(why) = self
+            .session
+            .tick(std::mem::take(&mut self.active_since_tick))
+        {
             self.close(why);
         }
         if self.phase == Phase::Ready {
@@ -373,8 +423,16 @@ impl Conn {
 
     /// Complete one parked Asynchronous Event Request with the event the session has.
     fn deliver_async_event(&mut self, env: &mut Env) {
-        let Some(parked) = self.slots.iter().position(|s| s.state == SlotState::AsyncEvent) else { return };
-        let Some(dw0) = self.session.take_event() else { return };
+        let Some(parked) = self
+            .slots
+            .iter()
+            .position(|s| s.state == SlotState::AsyncEvent)
+        else {
+            return;
+        };
+        let Some(dw0) = self.session.take_event() else {
+            return;
+        };
         self.session.aer_released();
         self.slots[parked].state = SlotState::Executing;
         self.complete(parked as u16, status::SUCCESS, dw0 as u64, env);
@@ -407,8 +465,14 @@ impl Conn {
         let e = match direct {
             Some(d) => {
                 let payload = self.direct_target(d, env);
-                self.rx_iov[0] = libc::iovec { iov_base: payload as *mut libc::c_void, iov_len: d.payload_left() };
-                self.rx_iov[1] = libc::iovec { iov_base: ptr as *mut libc::c_void, iov_len: rx_len };
+                self.rx_iov[0] = libc::iovec {
+                    iov_base: payload as *mut libc::c_void,
+                    iov_len: d.payload_left(),
+                };
+                self.rx_iov[1] = libc::iovec {
+                    iov_base: ptr as *mut libc::c_void,
+                    iov_len: rx_len,
+                };
                 self.rx_msg.msg_iov = self.rx_iov.as_mut_ptr();
                 self.rx_msg.msg_iovlen = 2;
                 opcode::RecvMsg::new(self.fd(), &mut *self.rx_msg).build()
@@ -424,7 +488,11 @@ impl Conn {
         self.recv_armed = false;
         self.ops_in_flight -= 1;
         if res <= 0 {
-            self.close(if res == 0 { "peer closed" } else { "recv error" });
+            self.close(if res == 0 {
+                "peer closed"
+            } else {
+                "recv error"
+            });
             return;
         }
         if self.phase == Phase::Closing || self.phase == Phase::Terminating {
@@ -473,7 +541,9 @@ impl Conn {
         if let Some(d) = self.direct.filter(|d| d.payload_left() > 0) {
             taken = data.len().min(d.payload_left());
             // SAFETY: the target holds payload_left() bytes of the slot's buffer.
-            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.direct_target(d, env), taken) };
+            unsafe {
+                std::ptr::copy_nonoverlapping(data.as_ptr(), self.direct_target(d, env), taken)
+            };
         }
         let n = (data.len() - taken).min(self.rx.len() - self.rx_tail);
         self.rx[self.rx_tail..self.rx_tail + n].copy_from_slice(&data[taken..taken + n]);
@@ -488,7 +558,9 @@ impl Conn {
         if self.send_armed {
             for v in &self.iov[..self.msg.msg_iovlen] {
                 // SAFETY: the iovecs point at live slot/connection memory until on_send.
-                out.extend_from_slice(unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) });
+                out.extend_from_slice(unsafe {
+                    std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len)
+                });
             }
         }
         out
@@ -507,7 +579,12 @@ impl Conn {
 
     fn decode_params(&self, env: &Env) -> DecodeParams {
         let max_data = env.limits.inline_data.max(env.limits.max_h2c_data as usize) as u32;
-        DecodeParams { hdgst: self.hdgst, ddgst: self.ddgst, max_data, from_host: true }
+        DecodeParams {
+            hdgst: self.hdgst,
+            ddgst: self.ddgst,
+            max_data,
+            from_host: true,
+        }
     }
 
     fn parse_rx(&mut self, env: &mut Env) {
@@ -553,7 +630,11 @@ impl Conn {
             return false;
         };
         let here = (avail.len() - hdr.data_off).min(hdr.data_len);
-        if hdr.data_len - here < DIRECT_MIN || self.check_h2c(hdr.cccid, hdr.ttag, hdr.datao, hdr.data_len).is_err() {
+        if hdr.data_len - here < DIRECT_MIN
+            || self
+                .check_h2c(hdr.cccid, hdr.ttag, hdr.datao, hdr.data_len)
+                .is_err()
+        {
             return false;
         }
         let at = hdr.datao as usize;
@@ -561,7 +642,11 @@ impl Conn {
         let rx = std::mem::take(&mut self.rx);
         self.data_mut(hdr.ttag, env)[at..at + here].copy_from_slice(&rx[head..head + here]);
         self.rx = rx;
-        self.direct = Some(DirectRx { slot: hdr.ttag, hdr, got: here });
+        self.direct = Some(DirectRx {
+            slot: hdr.ttag,
+            hdr,
+            got: here,
+        });
         self.rx_head += hdr.data_off + here;
         true
     }
@@ -576,7 +661,8 @@ impl Conn {
         }
         let at = d.hdr.datao as usize;
         let ddgst_ok = !d.hdr.ddgst || {
-            let sent = u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
+            let sent =
+                u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
             sent == pdu::crc32c(&self.data_mut(d.slot, env)[at..at + d.hdr.data_len])
         };
         self.rx_head += digest;
@@ -590,7 +676,9 @@ impl Conn {
         if self.rx_head == self.rx_tail {
             self.rx_head = 0;
             self.rx_tail = 0;
-        } else if self.rx.len() - self.rx_head < need.max(pdu::MAX_HEADER_LEN) || self.rx.len() - self.rx_tail < 16 * 1024 {
+        } else if self.rx.len() - self.rx_head < need.max(pdu::MAX_HEADER_LEN)
+            || self.rx.len() - self.rx_tail < 16 * 1024
+        {
             self.rx.copy_within(self.rx_head..self.rx_tail, 0);
             self.rx_tail -= self.rx_head;
             self.rx_head = 0;
@@ -600,29 +688,56 @@ impl Conn {
     fn on_pdu(&mut self, f: pdu::Frame, env: &mut Env) -> Result<(), PduError> {
         match (self.phase, f.pdu) {
             (Phase::AwaitingIcReq, Pdu::IcReq(r)) => self.on_ic_req(&r, env),
-            (Phase::AwaitingIcReq, _) | (Phase::Ready, Pdu::IcReq(_)) => Err(PduError { fes: Fes::PduSequenceError, fei: 0 }),
+            (Phase::AwaitingIcReq, _) | (Phase::Ready, Pdu::IcReq(_)) => Err(PduError {
+                fes: Fes::PduSequenceError,
+                fei: 0,
+            }),
             (_, Pdu::CapsuleCmd { sqe, data }) => self.on_command(sqe, data, f.ddgst_ok, env),
-            (_, Pdu::H2CData { cccid, ttag, datao, last: _, data }) => self.on_h2c_data(cccid, ttag, datao, data, f.ddgst_ok, env),
+            (
+                _,
+                Pdu::H2CData {
+                    cccid,
+                    ttag,
+                    datao,
+                    last: _,
+                    data,
+                },
+            ) => self.on_h2c_data(cccid, ttag, datao, data, f.ddgst_ok, env),
             (_, Pdu::TermReq { fes, .. }) => {
                 info!(conn = self.index, fes, "host terminated the connection");
                 self.close("H2CTermReq");
                 Ok(())
             }
             // The decoder accepts only host-to-controller PDU types.
-            _ => Err(PduError { fes: Fes::InvalidHeaderField, fei: 0 }),
+            _ => Err(PduError {
+                fes: Fes::InvalidHeaderField,
+                fei: 0,
+            }),
         }
     }
 
     fn on_ic_req(&mut self, r: &pdu::IcReq, env: &mut Env) -> Result<(), PduError> {
         if r.pfv != 0 {
-            return Err(PduError { fes: Fes::UnsupportedParameter, fei: 8 });
+            return Err(PduError {
+                fes: Fes::UnsupportedParameter,
+                fei: 8,
+            });
         }
         if r.hpda != 0 {
-            return Err(PduError { fes: Fes::UnsupportedParameter, fei: 10 });
+            return Err(PduError {
+                fes: Fes::UnsupportedParameter,
+                fei: 10,
+            });
         }
         self.hdgst = r.hdgst;
         self.ddgst = r.ddgst;
-        let resp = IcResp { pfv: 0, cpda: 0, hdgst: r.hdgst, ddgst: r.ddgst, maxh2cdata: env.limits.max_h2c_data };
+        let resp = IcResp {
+            pfv: 0,
+            cpda: 0,
+            hdgst: r.hdgst,
+            ddgst: r.ddgst,
+            maxh2cdata: env.limits.max_h2c_data,
+        };
         pdu::encode_ic_resp(&mut self.ic_resp, &resp);
         self.tx.push_back(TxItem::new(TxWhat::IcResp));
         self.phase = Phase::Ready;
@@ -634,7 +749,13 @@ impl Conn {
     fn terminate(&mut self, e: PduError, offending: &[u8]) {
         crate::warn_limited!(conn = self.index, error = %e, "malformed PDU: terminating connection");
         let hdr_len = offending.len().min(pdu::TERM_MAX_DATA);
-        self.term_len = pdu::encode_term_req(&mut self.term_req, false, e.fes, e.fei, &offending[..hdr_len]);
+        self.term_len = pdu::encode_term_req(
+            &mut self.term_req,
+            false,
+            e.fes,
+            e.fei,
+            &offending[..hdr_len],
+        );
         // Responses already queued still go out first; nothing new is accepted.
         self.tx.push_back(TxItem::new(TxWhat::TermReq));
         self.phase = Phase::Terminating;
@@ -644,22 +765,39 @@ impl Conn {
     // ----------------------------------------------------------------- commands
 
     fn depth(&self) -> usize {
-        self.session.binding().map_or(self.slots.len(), |b| b.depth as usize)
+        self.session
+            .binding()
+            .map_or(self.slots.len(), |b| b.depth as usize)
     }
 
-    fn on_command(&mut self, sqe_bytes: &[u8; 64], data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
+    fn on_command(
+        &mut self,
+        sqe_bytes: &[u8; 64],
+        data: &[u8],
+        ddgst_ok: bool,
+        env: &mut Env,
+    ) -> Result<(), PduError> {
         let sqe = Sqe::parse(sqe_bytes);
         self.active_since_tick = true;
         let in_use = self.slots.len() - self.free_slots.len();
         if in_use >= self.depth() {
             // More commands outstanding than the queue holds.
-            return Err(PduError { fes: Fes::PduSequenceError, fei: 0 });
+            return Err(PduError {
+                fes: Fes::PduSequenceError,
+                fei: 0,
+            });
         }
         let s = self.free_slots.pop().expect("slot accounting");
         self.advance_sqhd();
         let slot = &mut self.slots[s as usize];
         debug_assert_eq!(slot.state, SlotState::Free);
-        *slot = Slot { state: SlotState::Executing, sqe, xfer_len: sqe.sgl_len, started: Some(Stamp::now()), ..Slot::new() };
+        *slot = Slot {
+            state: SlotState::Executing,
+            sqe,
+            xfer_len: sqe.sgl_len,
+            started: Some(Stamp::now()),
+            ..Slot::new()
+        };
         let dir = command::data_direction(&sqe);
         if let Some(sc) = self.check_data_descriptor(&sqe, dir, data.len(), ddgst_ok, env) {
             self.complete(s, sc | status::DNR, 0, env);
@@ -682,13 +820,23 @@ impl Conn {
     }
 
     /// Validate the data descriptor against the PDU; Some(status) rejects the command.
-    fn check_data_descriptor(&self, sqe: &Sqe, dir: DataDir, in_capsule: usize, ddgst_ok: bool, env: &Env) -> Option<u16> {
+    fn check_data_descriptor(
+        &self,
+        sqe: &Sqe,
+        dir: DataDir,
+        in_capsule: usize,
+        ddgst_ok: bool,
+        env: &Env,
+    ) -> Option<u16> {
         let len = sqe.sgl_len as usize;
         if !ddgst_ok {
             return Some(TRANSIENT_TRANSPORT_ERROR);
         }
         if in_capsule > 0 {
-            let ok = dir == DataDir::HostToController && sqe.sgl_type == command::SGL_IN_CAPSULE && in_capsule == len && len <= self.inline_size;
+            let ok = dir == DataDir::HostToController
+                && sqe.sgl_type == command::SGL_IN_CAPSULE
+                && in_capsule == len
+                && len <= self.inline_size;
             return (!ok).then_some(status::SGL_DATA_LENGTH_INVALID);
         }
         if dir == DataDir::None || len == 0 {
@@ -723,7 +871,12 @@ impl Conn {
     fn data_buffer_ready(&mut self, s: u16, env: &mut Env) {
         let slot = &mut self.slots[s as usize];
         if command::data_direction(&slot.sqe) == DataDir::HostToController {
-            let r = R2t { cccid: slot.sqe.cid, ttag: s, r2to: 0, r2tl: slot.xfer_len };
+            let r = R2t {
+                cccid: slot.sqe.cid,
+                ttag: s,
+                r2to: 0,
+                r2tl: slot.xfer_len,
+            };
             slot.r2t_len = pdu::encode_r2t(&mut slot.r2t_hdr, &r, self.hdgst) as u8;
             slot.state = SlotState::AwaitingData;
             self.awaiting_data += 1;
@@ -734,7 +887,15 @@ impl Conn {
         }
     }
 
-    fn on_h2c_data(&mut self, cccid: u16, ttag: u16, datao: u32, data: &[u8], ddgst_ok: bool, env: &mut Env) -> Result<(), PduError> {
+    fn on_h2c_data(
+        &mut self,
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        data: &[u8],
+        ddgst_ok: bool,
+        env: &mut Env,
+    ) -> Result<(), PduError> {
         self.check_h2c(cccid, ttag, datao, data.len())?;
         self.data_mut(ttag, env)[datao as usize..datao as usize + data.len()].copy_from_slice(data);
         self.accept_h2c(ttag, data.len(), ddgst_ok, env);
@@ -744,16 +905,28 @@ impl Conn {
     /// Whether H2CData for (cccid, ttag) at `datao` with `len` bytes fits the transfer.
     fn check_h2c(&self, cccid: u16, ttag: u16, datao: u32, len: usize) -> Result<(), PduError> {
         let Some(slot) = self.slots.get(ttag as usize) else {
-            return Err(PduError { fes: Fes::InvalidHeaderField, fei: 10 });
+            return Err(PduError {
+                fes: Fes::InvalidHeaderField,
+                fei: 10,
+            });
         };
         if slot.state != SlotState::AwaitingData || slot.sqe.cid != cccid {
-            return Err(PduError { fes: Fes::InvalidHeaderField, fei: if slot.sqe.cid != cccid { 8 } else { 10 } });
+            return Err(PduError {
+                fes: Fes::InvalidHeaderField,
+                fei: if slot.sqe.cid != cccid { 8 } else { 10 },
+            });
         }
         if datao != slot.received {
-            return Err(PduError { fes: Fes::DataOutOfRange, fei: 12 });
+            return Err(PduError {
+                fes: Fes::DataOutOfRange,
+                fei: 12,
+            });
         }
         if datao as usize + len > slot.xfer_len as usize {
-            return Err(PduError { fes: Fes::DataOutOfRange, fei: 16 });
+            return Err(PduError {
+                fes: Fes::DataOutOfRange,
+                fei: 16,
+            });
         }
         Ok(())
     }
@@ -807,14 +980,35 @@ impl Conn {
         // SAFETY: the slot owns its data buffer until it is freed, which cannot happen
         // while the execution layer runs; the borrow only spans that call.
         let data = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr(), data.len()) };
-        let mut x = ExecEnv { sq: &mut *env.sq, channels: &mut *env.channels, target: env.target, limits: env.limits };
-        let outcome = self.session.execute(Request { sqe, data, buf_index, user_data }, &mut x);
+        let mut x = ExecEnv {
+            sq: &mut *env.sq,
+            channels: &mut *env.channels,
+            target: env.target,
+            limits: env.limits,
+        };
+        let outcome = self.session.execute(
+            Request {
+                sqe,
+                data,
+                buf_index,
+                user_data,
+            },
+            &mut x,
+        );
         match outcome {
-            Outcome::Done { status, result, data_out } => {
+            Outcome::Done {
+                status,
+                result,
+                data_out,
+            } => {
                 self.slots[s as usize].data_out = data_out;
                 self.complete(s, status, result, env);
             }
-            Outcome::Io { pending, status, stat } => {
+            Outcome::Io {
+                pending,
+                status,
+                stat,
+            } => {
                 let slot = &mut self.slots[s as usize];
                 slot.pending_ops += pending;
                 slot.status = status;
@@ -854,32 +1048,56 @@ impl Conn {
         if matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return self.free_slot(s, env);
         }
-        let (qid, no_sq_flow) = self.session.binding().map_or((0, false), |b| (b.qid, b.no_sq_flow));
+        let (qid, no_sq_flow) = self
+            .session
+            .binding()
+            .map_or((0, false), |b| (b.qid, b.no_sq_flow));
         let (hdgst, ddgst) = (self.hdgst, self.ddgst);
         let sqhd = self.sqhd;
-        let data_out = if sc & 0x7FF == 0 { self.slots[s as usize].data_out } else { 0 };
+        let data_out = if sc & 0x7FF == 0 {
+            self.slots[s as usize].data_out
+        } else {
+            0
+        };
         // Without SQ flow control the host needs no SQ head, so a clean read's last data
         // PDU can carry the completion itself (as the Linux target does).
         let whole = data_out == self.slots[s as usize].xfer_len;
-        let success_in_data = no_sq_flow && data_out > 0 && whole && sc == status::SUCCESS && result == 0;
+        let success_in_data =
+            no_sq_flow && data_out > 0 && whole && sc == status::SUCCESS && result == 0;
         if data_out > 0 {
             let d = &self.data_mut(s, env)[..data_out as usize];
             let digest = if ddgst { pdu::crc32c(d) } else { 0 };
             let slot = &mut self.slots[s as usize];
-            let h = DataHeader { cccid: slot.sqe.cid, ttag: 0, datao: 0, datal: data_out, last: true, success: success_in_data };
-            slot.data_hdr_len = pdu::encode_data_header(&mut slot.data_hdr, true, &h, hdgst, ddgst) as u8;
+            let h = DataHeader {
+                cccid: slot.sqe.cid,
+                ttag: 0,
+                datao: 0,
+                datal: data_out,
+                last: true,
+                success: success_in_data,
+            };
+            slot.data_hdr_len =
+                pdu::encode_data_header(&mut slot.data_hdr, true, &h, hdgst, ddgst) as u8;
             slot.ddgst = digest.to_le_bytes();
         }
         let slot = &mut self.slots[s as usize];
         slot.data_out = data_out;
         if let (Some(t), Some((ns, class, bytes))) = (slot.started, slot.stat) {
             let bytes = if sc & 0x7FF == 0 { bytes as u64 } else { 0 };
-            env.stats.record(ns as usize, class, t.elapsed_micros(), bytes);
+            env.stats
+                .record(ns as usize, class, t.elapsed_micros(), bytes);
         }
         slot.resp_len = if success_in_data {
             0
         } else {
-            let cqe = Cqe { dw0: result as u32, dw1: (result >> 32) as u32, sqhd, sqid: qid, cid: slot.sqe.cid, status: sc };
+            let cqe = Cqe {
+                dw0: result as u32,
+                dw1: (result >> 32) as u32,
+                sqhd,
+                sqid: qid,
+                cid: slot.sqe.cid,
+                status: sc,
+            };
             pdu::encode_capsule_resp(&mut slot.resp_hdr, &cqe.encode(), hdgst) as u8
         };
         slot.state = SlotState::Transmitting;
@@ -957,7 +1175,10 @@ impl Conn {
                     break 'items;
                 }
                 // SAFETY: skip < len, so the pointer stays inside the segment.
-                self.iov[n_iov] = libc::iovec { iov_base: unsafe { p.add(skip) } as *mut libc::c_void, iov_len: len - skip };
+                self.iov[n_iov] = libc::iovec {
+                    iov_base: unsafe { p.add(skip) } as *mut libc::c_void,
+                    iov_len: len - skip,
+                };
                 bytes += len - skip;
                 skip = 0;
                 n_iov += 1;
@@ -987,7 +1208,10 @@ impl Conn {
         debug_assert!(left <= self.send_bytes);
         while left > 0 {
             let item = *self.tx.front().expect("sent bytes belong to queued items");
-            debug_assert!(item.len > item.sent, "a sent item was measured when its send was armed");
+            debug_assert!(
+                item.len > item.sent,
+                "a sent item was measured when its send was armed"
+            );
             let remaining = item.len - item.sent;
             if left < remaining {
                 self.tx.front_mut().unwrap().sent += left;

@@ -44,17 +44,29 @@ pub type IoStat = (u32, OpClass, u32);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Finished: respond with `status`, `result` and the first `data_out` bytes of data.
-    Done { status: u16, result: u64, data_out: u32 },
+    Done {
+        status: u16,
+        result: u64,
+        data_out: u32,
+    },
     /// Block I/O submitted: `pending` completions follow (through `io_status`), each
     /// folded into `status` (already non-success if a synchronous part failed).
-    Io { pending: u16, status: u16, stat: Option<IoStat> },
+    Io {
+        pending: u16,
+        status: u16,
+        stat: Option<IoStat>,
+    },
     /// An Asynchronous Event Request: held until an event completes it.
     Parked,
 }
 
 impl Outcome {
     fn done(status: u16) -> Outcome {
-        Outcome::Done { status, result: 0, data_out: 0 }
+        Outcome::Done {
+            status,
+            result: 0,
+            data_out: 0,
+        }
     }
 }
 
@@ -77,7 +89,11 @@ pub struct Session {
 
 impl Session {
     pub fn new(port_id: u16) -> Session {
-        Session { port_id, binding: None, aers: 0 }
+        Session {
+            port_id,
+            binding: None,
+            aers: 0,
+        }
     }
 
     pub fn binding(&self) -> Option<&Binding> {
@@ -128,8 +144,13 @@ impl Session {
     /// An asynchronous event to report on a parked Asynchronous Event Request (its
     /// completion dword 0), taken from the controller: today the ANA change notice.
     pub fn take_event(&self) -> Option<u32> {
-        let b = self.binding.as_ref().filter(|b| b.qid == 0 && self.aers > 0)?;
-        b.ctrl.take_ana_change_event().then(super::ana::aen_completion_dw0)
+        let b = self
+            .binding
+            .as_ref()
+            .filter(|b| b.qid == 0 && self.aers > 0)?;
+        b.ctrl
+            .take_ana_change_event()
+            .then(super::ana::aen_completion_dw0)
     }
 
     /// The queue is gone: the admin queue ends its controller, an I/O queue frees its qid.
@@ -147,10 +168,28 @@ impl Session {
     // ----------------------------------------------------------------- admin
 
     fn admin(&mut self, req: Request, env: &mut ExecEnv) -> Outcome {
-        let ctrl = self.binding.as_ref().expect("admin queue is bound").ctrl.clone();
-        let cx = AdminCtx { target: env.target, ctrl: &ctrl, limits: env.limits, outstanding_aers: self.aers };
+        let ctrl = self
+            .binding
+            .as_ref()
+            .expect("admin queue is bound")
+            .ctrl
+            .clone();
+        let cx = AdminCtx {
+            target: env.target,
+            ctrl: &ctrl,
+            limits: env.limits,
+            outstanding_aers: self.aers,
+        };
         match admin::execute(&cx, &req.sqe, req.data) {
-            AdminResult::Done { status, result, data_len } => Outcome::Done { status, result, data_out: data_len as u32 },
+            AdminResult::Done {
+                status,
+                result,
+                data_len,
+            } => Outcome::Done {
+                status,
+                result,
+                data_out: data_len as u32,
+            },
             AdminResult::Deferred => {
                 self.aers += 1;
                 Outcome::Parked
@@ -173,48 +212,108 @@ impl Session {
         };
         let (subnqn, hostnqn) = (nqn(connect_data::SUBNQN), nqn(connect_data::HOSTNQN));
         let hostid: [u8; 16] = data[..16].try_into().unwrap();
-        let cntlid = u16::from_le_bytes([data[connect_data::CNTLID], data[connect_data::CNTLID + 1]]);
+        let cntlid =
+            u16::from_le_bytes([data[connect_data::CNTLID], data[connect_data::CNTLID + 1]]);
         match self.bind_queue(&c, &subnqn, &hostnqn, hostid, cntlid, env) {
-            Ok(ctrl_id) => Outcome::Done { status: status::SUCCESS, result: ctrl_id as u64, data_out: 0 },
+            Ok(ctrl_id) => Outcome::Done {
+                status: status::SUCCESS,
+                result: ctrl_id as u64,
+                data_out: 0,
+            },
             Err((sc, result)) => {
-                info!(subnqn, hostnqn, qid = c.qid, status = format_args!("{sc:#x}"), "connect refused");
-                Outcome::Done { status: sc | status::DNR, result: result as u64, data_out: 0 }
+                info!(
+                    subnqn,
+                    hostnqn,
+                    qid = c.qid,
+                    status = format_args!("{sc:#x}"),
+                    "connect refused"
+                );
+                Outcome::Done {
+                    status: sc | status::DNR,
+                    result: result as u64,
+                    data_out: 0,
+                }
             }
         }
     }
 
     /// Attach this queue to a controller; Err carries (status, result dw0).
-    fn bind_queue(&mut self, c: &ConnectCmd, subnqn: &str, hostnqn: &str, hostid: [u8; 16], cntlid: u16, env: &ExecEnv) -> Result<u16, (u16, u32)> {
-        let invalid = |off: usize| (status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_data_field(off as u16));
+    fn bind_queue(
+        &mut self,
+        c: &ConnectCmd,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        cntlid: u16,
+        env: &ExecEnv,
+    ) -> Result<u16, (u16, u32)> {
+        let invalid = |off: usize| {
+            (
+                status::CONNECT_INVALID_PARAMETERS,
+                spec::connect_invalid_data_field(off as u16),
+            )
+        };
         if c.recfmt != 0 {
             return Err((status::CONNECT_INCOMPATIBLE_FORMAT, 0));
         }
-        let max_depth = if c.qid == 0 { env.limits.admin_queue_depth } else { env.limits.queue_depth };
+        let max_depth = if c.qid == 0 {
+            env.limits.admin_queue_depth
+        } else {
+            env.limits.queue_depth
+        };
         if c.sqsize == 0 || c.sqsize >= max_depth {
-            return Err((status::CONNECT_INVALID_PARAMETERS, spec::connect_invalid_cmd_field(44)));
+            return Err((
+                status::CONNECT_INVALID_PARAMETERS,
+                spec::connect_invalid_cmd_field(44),
+            ));
         }
         let map_err = |e: ConnectError| match e {
             ConnectError::UnknownSubsystem => invalid(connect_data::SUBNQN),
-            ConnectError::HostNotAllowed => (status::CONNECT_INVALID_HOST, spec::connect_invalid_data_field(connect_data::HOSTNQN as u16)),
+            ConnectError::HostNotAllowed => (
+                status::CONNECT_INVALID_HOST,
+                spec::connect_invalid_data_field(connect_data::HOSTNQN as u16),
+            ),
             ConnectError::UnknownController => invalid(connect_data::CNTLID),
-            ConnectError::QueueInUse | ConnectError::TooManyControllers => (status::CONNECT_CONTROLLER_BUSY, 0),
+            ConnectError::QueueInUse | ConnectError::TooManyControllers => {
+                (status::CONNECT_CONTROLLER_BUSY, 0)
+            }
         };
         let ctrl = if c.qid == 0 {
             if cntlid != 0xFFFF {
                 return Err(invalid(connect_data::CNTLID));
             }
-            let ctrl = env.target.create_controller(subnqn, hostnqn, hostid, self.port_id, c.kato_ms).map_err(map_err)?;
-            info!(cntlid = ctrl.cntlid, subnqn, hostnqn, kato_ms = c.kato_ms, "controller created");
+            let ctrl = env
+                .target
+                .create_controller(subnqn, hostnqn, hostid, self.port_id, c.kato_ms)
+                .map_err(map_err)?;
+            info!(
+                cntlid = ctrl.cntlid,
+                subnqn,
+                hostnqn,
+                kato_ms = c.kato_ms,
+                "controller created"
+            );
             ctrl
         } else {
-            env.target.attach_io_queue(cntlid, subnqn, hostnqn, c.qid).map_err(map_err)?
+            env.target
+                .attach_io_queue(cntlid, subnqn, hostnqn, c.qid)
+                .map_err(map_err)?
         };
         let id = ctrl.cntlid;
         let no_sq_flow = c.sq_flow_control_disabled();
         if no_sq_flow {
-            info!(cntlid = id, qid = c.qid, "queue without SQ flow control: clean reads complete in their data PDU");
+            info!(
+                cntlid = id,
+                qid = c.qid,
+                "queue without SQ flow control: clean reads complete in their data PDU"
+            );
         }
-        self.binding = Some(Binding { ctrl, qid: c.qid, depth: c.sqsize + 1, no_sq_flow });
+        self.binding = Some(Binding {
+            ctrl,
+            qid: c.qid,
+            depth: c.sqsize + 1,
+            no_sq_flow,
+        });
         Ok(id)
     }
 
@@ -239,7 +338,10 @@ impl Session {
         if let Some(refused) = env.target.ana_io_status(ctrl, ns) {
             return Outcome::done(refused);
         }
-        let lba_range_ok = |slba: u64, nlb: u64| slba.checked_add(nlb).is_some_and(|end| end <= ns.num_blocks);
+        let lba_range_ok = |slba: u64, nlb: u64| {
+            slba.checked_add(nlb)
+                .is_some_and(|end| end <= ns.num_blocks)
+        };
         let shift = ns.lba_shift();
         let (op, offset, len) = match sqe.opcode {
             io::READ | io::WRITE => {
@@ -250,7 +352,11 @@ impl Session {
                 if nlb << shift != req.data.len() as u64 {
                     return Outcome::done(status::SGL_DATA_LENGTH_INVALID | status::DNR);
                 }
-                let op = if sqe.opcode == io::READ { BdevOp::Read } else { BdevOp::Write };
+                let op = if sqe.opcode == io::READ {
+                    BdevOp::Read
+                } else {
+                    BdevOp::Write
+                };
                 ns.counters.record(op == BdevOp::Write, nlb << shift);
                 (op, slba << shift, nlb << shift)
             }
@@ -284,16 +390,29 @@ fn dataset_management(ns: &Namespace, req: Request, env: &mut ExecEnv) -> Outcom
         return Outcome::done(status::SGL_DATA_LENGTH_INVALID | status::DNR);
     }
     for (i, r) in req.data.chunks_exact(16).take(nr).enumerate() {
-        ranges[i] = (u64::from_le_bytes(r[8..16].try_into().unwrap()), u32::from_le_bytes(r[4..8].try_into().unwrap()) as u64);
+        ranges[i] = (
+            u64::from_le_bytes(r[8..16].try_into().unwrap()),
+            u32::from_le_bytes(r[4..8].try_into().unwrap()) as u64,
+        );
     }
-    if ranges[..nr].iter().any(|&(slba, nlb)| slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks)) {
+    if ranges[..nr]
+        .iter()
+        .any(|&(slba, nlb)| slba.checked_add(nlb).is_none_or(|end| end > ns.num_blocks))
+    {
         return Outcome::done(status::LBA_OUT_OF_RANGE | status::DNR);
     }
     let shift = ns.lba_shift();
     let mut io = Submission::new(&sqe, req.data.len() as u32, None);
     for &(slba, nlb) in &ranges[..nr] {
         if nlb > 0 {
-            io.submit(ns.device, BdevOp::Discard, slba << shift, (nlb << shift) as u32, &req, env);
+            io.submit(
+                ns.device,
+                BdevOp::Discard,
+                slba << shift,
+                (nlb << shift) as u32,
+                &req,
+                env,
+            );
         }
     }
     io.outcome()
@@ -310,20 +429,51 @@ struct Submission {
 
 impl Submission {
     fn new(sqe: &Sqe, xfer_len: u32, stat: Option<IoStat>) -> Submission {
-        Submission { opcode: sqe.opcode, xfer_len, pending: 0, status: status::SUCCESS, stat }
+        Submission {
+            opcode: sqe.opcode,
+            xfer_len,
+            pending: 0,
+            status: status::SUCCESS,
+            stat,
+        }
     }
 
-    fn submit(&mut self, device: usize, op: BdevOp, offset: u64, len: u32, req: &Request, env: &mut ExecEnv) {
-        let buf = if matches!(op, BdevOp::Read | BdevOp::Write) { req.data.as_ptr() as *mut u8 } else { std::ptr::null_mut() };
-        let bio = BdevIo { op, offset, len, buf, buf_index: req.buf_index, user_data: req.user_data };
+    fn submit(
+        &mut self,
+        device: usize,
+        op: BdevOp,
+        offset: u64,
+        len: u32,
+        req: &Request,
+        env: &mut ExecEnv,
+    ) {
+        let buf = if matches!(op, BdevOp::Read | BdevOp::Write) {
+            req.data.as_ptr() as *mut u8
+        } else {
+            std::ptr::null_mut()
+        };
+        let bio = BdevIo {
+            op,
+            offset,
+            len,
+            buf,
+            buf_index: req.buf_index,
+            user_data: req.user_data,
+        };
         match env.channels[device].submit(&bio, env.sq) {
             Submitted::Queued => self.pending += 1,
-            Submitted::Done(res) => self.status = io_status(self.opcode, self.xfer_len, res, self.status),
+            Submitted::Done(res) => {
+                self.status = io_status(self.opcode, self.xfer_len, res, self.status)
+            }
         }
     }
 
     fn outcome(self) -> Outcome {
-        Outcome::Io { pending: self.pending, status: self.status, stat: self.stat }
+        Outcome::Io {
+            pending: self.pending,
+            status: self.status,
+            stat: self.stat,
+        }
     }
 }
 
@@ -360,11 +510,35 @@ mod tests {
         assert_eq!(s, status::SUCCESS);
         let s = io_status(io::WRITE, 4096, -libc::EIO, s);
         assert_eq!(s, status::WRITE_FAULT);
-        assert_eq!(io_status(io::WRITE, 4096, -libc::ENXIO, s), status::WRITE_FAULT);
-        assert_eq!(io_status(io::READ, 4096, 512, status::SUCCESS), status::UNRECOVERED_READ_ERROR);
-        assert_eq!(io_status(io::READ, 4096, -libc::ENXIO, status::SUCCESS), status::NAMESPACE_NOT_READY | status::DNR);
-        assert_eq!(io_status(io::FLUSH, 0, -libc::EIO, status::SUCCESS), status::INTERNAL_ERROR);
-        assert_eq!(io_status(io::DATASET_MANAGEMENT, 16, 0, status::SUCCESS), status::SUCCESS);
-        assert_eq!(io_status(io::WRITE, 4096, crate::site::stretch::REFUSED, status::SUCCESS), status::ANA_INACCESSIBLE, "no DNR: the host tries the other site");
+        assert_eq!(
+            io_status(io::WRITE, 4096, -libc::ENXIO, s),
+            status::WRITE_FAULT
+        );
+        assert_eq!(
+            io_status(io::READ, 4096, 512, status::SUCCESS),
+            status::UNRECOVERED_READ_ERROR
+        );
+        assert_eq!(
+            io_status(io::READ, 4096, -libc::ENXIO, status::SUCCESS),
+            status::NAMESPACE_NOT_READY | status::DNR
+        );
+        assert_eq!(
+            io_status(io::FLUSH, 0, -libc::EIO, status::SUCCESS),
+            status::INTERNAL_ERROR
+        );
+        assert_eq!(
+            io_status(io::DATASET_MANAGEMENT, 16, 0, status::SUCCESS),
+            status::SUCCESS
+        );
+        assert_eq!(
+            io_status(
+                io::WRITE,
+                4096,
+                crate::site::stretch::REFUSED,
+                status::SUCCESS
+            ),
+            status::ANA_INACCESSIBLE,
+            "no DNR: the host tries the other site"
+        );
     }
 }

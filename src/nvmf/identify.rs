@@ -56,7 +56,15 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put16(out, 78, ctrl.cntlid);
     put32(out, 80, VERSION_1_3);
     // oaes: namespace attribute and ANA change notices.
-    put32(out, 92, if nvm { (1 << 8) | ana::AEC_ANA_CHANGE } else { 0 });
+    put32(
+        out,
+        92,
+        if nvm {
+            (1 << 8) | ana::AEC_ANA_CHANGE
+        } else {
+            0
+        },
+    );
     put32(out, 96, 1 | (1 << 6)); // ctratt: 128-bit host identifier, traffic-based keep-alive
     out[111] = if nvm { 1 } else { 2 }; // cntrltype
     out[258] = 3; // acl
@@ -80,7 +88,7 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put32(out, 516, nn);
     put16(out, 520, if nvm { (1 << 2) | (1 << 3) } else { 0 }); // oncs: DSM, write zeroes
     out[525] = if nvm { 1 } else { 0 }; // vwc present: hosts must flush
-    // sgls: supported, with the address field as an in-capsule offset.
+                                        // sgls: supported, with the address field as an in-capsule offset.
     put32(out, 536, (1 << 0) | (1 << 20));
     put32(out, 540, nn); // mnan
     put_nqn(out, 768, &subsys.nqn);
@@ -89,7 +97,7 @@ pub fn controller(out: &mut [u8; IDENTIFY_LEN], ctrl: &Controller, lim: &Transpo
     put16(out, 1800, 0); // icdoff
     out[1802] = 0; // fcatt: dynamic controller model
     out[1803] = 1; // msdbd
-    // Power state 0: 25 W, as the kernel target reports.
+                   // Power state 0: 25 W, as the kernel target reports.
     put16(out, 2048, 0x09c4);
     put32(out, 2052, 0x10);
     put32(out, 2056, 0x4);
@@ -114,7 +122,12 @@ pub fn namespace(out: &mut [u8; IDENTIFY_LEN], ns: Option<&Namespace>) {
 /// CNS 02h/07h: active namespace IDs greater than `after`.
 pub fn active_ns_list(out: &mut [u8; IDENTIFY_LEN], subsys: &Subsystem, after: u32) {
     out.fill(0);
-    let mut ids: Vec<u32> = subsys.namespaces.iter().map(|n| n.nsid).filter(|&id| id > after).collect();
+    let mut ids: Vec<u32> = subsys
+        .namespaces
+        .iter()
+        .map(|n| n.nsid)
+        .filter(|&id| id > after)
+        .collect();
     ids.sort_unstable();
     for (i, id) in ids.iter().take(IDENTIFY_LEN / 4).enumerate() {
         put32(out, i * 4, *id);
@@ -156,7 +169,7 @@ pub fn smart_log(page: &mut Vec<u8>, counters: &crate::nvmf::NsCounterTotals) {
     put16(page, 1, 0); // composite temperature unknown
     page[3] = 100; // available spare
     page[4] = 10; // spare threshold
-    // Data units are thousands of 512-byte units, rounded up.
+                  // Data units are thousands of 512-byte units, rounded up.
     let units = |bytes: u64| (bytes / 512).div_ceil(1000);
     put64(page, 32, units(counters.bytes_read));
     put64(page, 48, units(counters.bytes_written));
@@ -175,12 +188,25 @@ pub fn command_effects_log(page: &mut Vec<u8>, nvm: bool) {
     page.resize(4096, 0);
     const CSUPP: u32 = 1;
     const LBCC: u32 = 1 << 1;
-    for op in [admin::GET_LOG_PAGE, admin::IDENTIFY, admin::ABORT, admin::SET_FEATURES, admin::GET_FEATURES, admin::ASYNC_EVENT_REQUEST, admin::KEEP_ALIVE] {
+    for op in [
+        admin::GET_LOG_PAGE,
+        admin::IDENTIFY,
+        admin::ABORT,
+        admin::SET_FEATURES,
+        admin::GET_FEATURES,
+        admin::ASYNC_EVENT_REQUEST,
+        admin::KEEP_ALIVE,
+    ] {
         put32(page, op as usize * 4, CSUPP);
     }
     if nvm {
         put32(page, 1024 + io::READ as usize * 4, CSUPP);
-        for op in [io::FLUSH, io::WRITE, io::WRITE_ZEROES, io::DATASET_MANAGEMENT] {
+        for op in [
+            io::FLUSH,
+            io::WRITE,
+            io::WRITE_ZEROES,
+            io::DATASET_MANAGEMENT,
+        ] {
             put32(page, 1024 + op as usize * 4, CSUPP | LBCC);
         }
     }
@@ -200,7 +226,16 @@ pub fn ana_log(page: &mut Vec<u8>, target: &Target, ctrl: &Controller, groups_on
     put16(page, 8, groups.len() as u16);
     for g in groups {
         let st = target.ana_group(ctrl, g);
-        let mut nsids: Vec<u32> = if groups_only { Vec::new() } else { subsys.namespaces.iter().filter(|n| n.anagrpid == g).map(|n| n.nsid).collect() };
+        let mut nsids: Vec<u32> = if groups_only {
+            Vec::new()
+        } else {
+            subsys
+                .namespaces
+                .iter()
+                .filter(|n| n.anagrpid == g)
+                .map(|n| n.nsid)
+                .collect()
+        };
         nsids.sort_unstable();
         let mut d = [0u8; ANA_GROUP_DESCRIPTOR];
         put32(&mut d, 0, g); // anagrpid
@@ -227,7 +262,11 @@ pub fn discovery_log(page: &mut Vec<u8>, target: &Target, hostnqn: &str) {
             let mut e = [0u8; 1024];
             e[0] = 3; // trtype TCP
             e[1] = if port.addr.is_ipv4() { 1 } else { 2 }; // adrfam
-            e[2] = if subsys.kind == SubsystemKind::Nvm { 2 } else { 3 }; // subtype
+            e[2] = if subsys.kind == SubsystemKind::Nvm {
+                2
+            } else {
+                3
+            }; // subtype
             e[3] = 0x2; // treq: secure channel not required
             put16(&mut e, 4, port.id);
             put16(&mut e, 6, 0xFFFF); // cntlid: dynamic
@@ -240,11 +279,19 @@ pub fn discovery_log(page: &mut Vec<u8>, target: &Target, hostnqn: &str) {
             entries += 1;
         }
     }
-    put64(page, 0, target.discovery_genctr.load(std::sync::atomic::Ordering::Relaxed));
+    put64(
+        page,
+        0,
+        target
+            .discovery_genctr
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     put64(page, 8, entries);
 }
 
 /// Trailing-space trimmed string out of an identify field (used by the host side).
 pub fn field_str(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim_end_matches([' ', '\0']).to_string()
+    String::from_utf8_lossy(b)
+        .trim_end_matches([' ', '\0'])
+        .to_string()
 }

@@ -113,11 +113,33 @@ pub struct R2t {
 pub enum Pdu<'a> {
     IcReq(IcReq),
     IcResp(IcResp),
-    TermReq { from_host: bool, fes: u16, fei: u32, data: &'a [u8] },
-    CapsuleCmd { sqe: &'a [u8; 64], data: &'a [u8] },
-    CapsuleResp { cqe: &'a [u8; 16] },
-    H2CData { cccid: u16, ttag: u16, datao: u32, last: bool, data: &'a [u8] },
-    C2HData { cccid: u16, datao: u32, last: bool, success: bool, data: &'a [u8] },
+    TermReq {
+        from_host: bool,
+        fes: u16,
+        fei: u32,
+        data: &'a [u8],
+    },
+    CapsuleCmd {
+        sqe: &'a [u8; 64],
+        data: &'a [u8],
+    },
+    CapsuleResp {
+        cqe: &'a [u8; 16],
+    },
+    H2CData {
+        cccid: u16,
+        ttag: u16,
+        datao: u32,
+        last: bool,
+        data: &'a [u8],
+    },
+    C2HData {
+        cccid: u16,
+        datao: u32,
+        last: bool,
+        success: bool,
+        data: &'a [u8],
+    },
     R2T(R2t),
 }
 
@@ -171,7 +193,13 @@ fn common_header(buf: &[u8], p: &DecodeParams) -> Result<(u8, u8, usize, usize, 
     if hlen != want_hlen {
         return Err(PduError::new(Fes::InvalidHeaderField, 2));
     }
-    Ok((ty, fl, hlen, plen, frame_layout(ty, fl, hlen, pdo, plen, p)?))
+    Ok((
+        ty,
+        fl,
+        hlen,
+        plen,
+        frame_layout(ty, fl, hlen, pdo, plen, p)?,
+    ))
 }
 
 /// An H2CData PDU whose header has arrived and whose payload has not all arrived yet.
@@ -228,10 +256,14 @@ pub fn decode<'a>(buf: &'a [u8], p: &DecodeParams) -> Result<Decoded<'a>, PduErr
         return Err(PduError::new(Fes::HeaderDigestError, 0));
     }
     let data = &pdu_bytes[layout.data_off..layout.data_off + layout.data_len];
-    let ddgst_ok = !layout.ddgst
-        || le32(pdu_bytes, layout.data_off + layout.data_len) == crc32c(data);
+    let ddgst_ok =
+        !layout.ddgst || le32(pdu_bytes, layout.data_off + layout.data_len) == crc32c(data);
     let pdu = parse_body(ty, fl, pdu_bytes, data)?;
-    Ok(Decoded::Frame(Frame { pdu, len: plen, ddgst_ok }))
+    Ok(Decoded::Frame(Frame {
+        pdu,
+        len: plen,
+        ddgst_ok,
+    }))
 }
 
 struct Layout {
@@ -258,14 +290,24 @@ fn frame_layout(
         if pdo != 0 {
             return Err(PduError::new(Fes::InvalidHeaderField, 3));
         }
-        return Ok(Layout { hdgst: false, ddgst: false, data_off: IC_LEN, data_len: 0 });
+        return Ok(Layout {
+            hdgst: false,
+            ddgst: false,
+            data_off: IC_LEN,
+            data_len: 0,
+        });
     }
     if ty == H2C_TERM_REQ || ty == C2H_TERM_REQ {
         // TermReqs never carry digests; their data is the offending header.
         if !(TERM_HLEN..=TERM_HLEN + TERM_MAX_DATA).contains(&plen) {
             return Err(PduError::new(Fes::InvalidHeaderField, 4));
         }
-        return Ok(Layout { hdgst: false, ddgst: false, data_off: TERM_HLEN, data_len: plen - TERM_HLEN });
+        return Ok(Layout {
+            hdgst: false,
+            ddgst: false,
+            data_off: TERM_HLEN,
+            data_len: plen - TERM_HLEN,
+        });
     }
     let hdgst = fl & flags::HDGST != 0;
     if hdgst != p.hdgst {
@@ -278,12 +320,20 @@ fn frame_layout(
     let carries_data = matches!(ty, CAPSULE_CMD | H2C_DATA | C2H_DATA);
     if !carries_data || plen == hdr_end {
         if plen != hdr_end || (pdo != 0 && pdo != hdr_end) {
-            return Err(PduError::new(Fes::InvalidHeaderField, if plen != hdr_end { 4 } else { 3 }));
+            return Err(PduError::new(
+                Fes::InvalidHeaderField,
+                if plen != hdr_end { 4 } else { 3 },
+            ));
         }
         if fl & flags::DDGST != 0 && !carries_data {
             return Err(PduError::new(Fes::InvalidHeaderField, 1));
         }
-        return Ok(Layout { hdgst, ddgst: false, data_off: hdr_end, data_len: 0 });
+        return Ok(Layout {
+            hdgst,
+            ddgst: false,
+            data_off: hdr_end,
+            data_len: 0,
+        });
     }
     let ddgst = fl & flags::DDGST != 0;
     if ddgst != p.ddgst {
@@ -301,7 +351,12 @@ fn frame_layout(
     if data_len > p.max_data as usize {
         return Err(PduError::new(Fes::DataLimitExceeded, 4));
     }
-    Ok(Layout { hdgst, ddgst, data_off: pdo, data_len })
+    Ok(Layout {
+        hdgst,
+        ddgst,
+        data_off: pdo,
+        data_len,
+    })
 }
 
 fn parse_body<'a>(ty: u8, fl: u8, b: &'a [u8], data: &'a [u8]) -> Result<Pdu<'a>, PduError> {
@@ -333,8 +388,13 @@ fn parse_body<'a>(ty: u8, fl: u8, b: &'a [u8], data: &'a [u8]) -> Result<Pdu<'a>
             fei: le32(b, 10),
             data,
         },
-        CAPSULE_CMD => Pdu::CapsuleCmd { sqe: b[8..72].try_into().unwrap(), data },
-        CAPSULE_RESP => Pdu::CapsuleResp { cqe: b[8..24].try_into().unwrap() },
+        CAPSULE_CMD => Pdu::CapsuleCmd {
+            sqe: b[8..72].try_into().unwrap(),
+            data,
+        },
+        CAPSULE_RESP => Pdu::CapsuleResp {
+            cqe: b[8..24].try_into().unwrap(),
+        },
         H2C_DATA => {
             let datal = le32(b, 16);
             if datal as usize != data.len() {
@@ -361,7 +421,12 @@ fn parse_body<'a>(ty: u8, fl: u8, b: &'a [u8], data: &'a [u8]) -> Result<Pdu<'a>
                 data,
             }
         }
-        R2T => Pdu::R2T(R2t { cccid: le16(b, 8), ttag: le16(b, 10), r2to: le32(b, 12), r2tl: le32(b, 16) }),
+        R2T => Pdu::R2T(R2t {
+            cccid: le16(b, 8),
+            ttag: le16(b, 10),
+            r2to: le32(b, 12),
+            r2tl: le32(b, 16),
+        }),
         _ => return Err(PduError::new(Fes::InvalidHeaderField, 0)),
     })
 }
@@ -394,7 +459,10 @@ fn data_pdu_lengths(hlen: usize, data_len: usize, hdgst: bool, ddgst: bool) -> (
     if data_len == 0 {
         return (0, hdr_end);
     }
-    (hdr_end, hdr_end + data_len + if ddgst { DIGEST_LEN } else { 0 })
+    (
+        hdr_end,
+        hdr_end + data_len + if ddgst { DIGEST_LEN } else { 0 },
+    )
 }
 
 fn digest_flags(hdgst: bool, ddgst: bool, has_data: bool) -> u8 {
@@ -422,11 +490,28 @@ pub fn encode_ic_resp(out: &mut [u8], r: &IcResp) -> usize {
 }
 
 /// TermReq header plus up to 128 bytes of the offending header; returns total length.
-pub fn encode_term_req(out: &mut [u8], from_host: bool, fes: Fes, fei: u32, offending: &[u8]) -> usize {
+pub fn encode_term_req(
+    out: &mut [u8],
+    from_host: bool,
+    fes: Fes,
+    fei: u32,
+    offending: &[u8],
+) -> usize {
     let n = offending.len().min(TERM_MAX_DATA);
-    let ty = if from_host { pdu_type::H2C_TERM_REQ } else { pdu_type::C2H_TERM_REQ };
+    let ty = if from_host {
+        pdu_type::H2C_TERM_REQ
+    } else {
+        pdu_type::C2H_TERM_REQ
+    };
     out[..TERM_HLEN].fill(0);
-    put_common(out, ty, 0, TERM_HLEN, if n > 0 { TERM_HLEN } else { 0 }, TERM_HLEN + n);
+    put_common(
+        out,
+        ty,
+        0,
+        TERM_HLEN,
+        if n > 0 { TERM_HLEN } else { 0 },
+        TERM_HLEN + n,
+    );
     out[8..10].copy_from_slice(&(fes as u16).to_le_bytes());
     out[10..14].copy_from_slice(&fei.to_le_bytes());
     out[TERM_HLEN..TERM_HLEN + n].copy_from_slice(&offending[..n]);
@@ -434,16 +519,36 @@ pub fn encode_term_req(out: &mut [u8], from_host: bool, fes: Fes, fei: u32, offe
 }
 
 /// CapsuleCmd header; `data_len` bytes of in-capsule data follow.
-pub fn encode_capsule_cmd(out: &mut [u8], sqe: &[u8; 64], data_len: usize, hdgst: bool, ddgst: bool) -> usize {
+pub fn encode_capsule_cmd(
+    out: &mut [u8],
+    sqe: &[u8; 64],
+    data_len: usize,
+    hdgst: bool,
+    ddgst: bool,
+) -> usize {
     let (pdo, plen) = data_pdu_lengths(CAPSULE_CMD_HLEN, data_len, hdgst, ddgst);
-    put_common(out, pdu_type::CAPSULE_CMD, digest_flags(hdgst, ddgst, data_len > 0), CAPSULE_CMD_HLEN, pdo, plen);
+    put_common(
+        out,
+        pdu_type::CAPSULE_CMD,
+        digest_flags(hdgst, ddgst, data_len > 0),
+        CAPSULE_CMD_HLEN,
+        pdo,
+        plen,
+    );
     out[8..72].copy_from_slice(sqe);
     finish_header(out, CAPSULE_CMD_HLEN, hdgst)
 }
 
 pub fn encode_capsule_resp(out: &mut [u8], cqe: &[u8; 16], hdgst: bool) -> usize {
     let plen = CAPSULE_RESP_HLEN + if hdgst { DIGEST_LEN } else { 0 };
-    put_common(out, pdu_type::CAPSULE_RESP, digest_flags(hdgst, false, false), CAPSULE_RESP_HLEN, 0, plen);
+    put_common(
+        out,
+        pdu_type::CAPSULE_RESP,
+        digest_flags(hdgst, false, false),
+        CAPSULE_RESP_HLEN,
+        0,
+        plen,
+    );
     out[8..24].copy_from_slice(cqe);
     finish_header(out, CAPSULE_RESP_HLEN, hdgst)
 }
@@ -460,7 +565,13 @@ pub struct DataHeader {
     pub success: bool,
 }
 
-pub fn encode_data_header(out: &mut [u8], to_host: bool, h: &DataHeader, hdgst: bool, ddgst: bool) -> usize {
+pub fn encode_data_header(
+    out: &mut [u8],
+    to_host: bool,
+    h: &DataHeader,
+    hdgst: bool,
+    ddgst: bool,
+) -> usize {
     let (pdo, plen) = data_pdu_lengths(DATA_HLEN, h.datal as usize, hdgst, ddgst);
     let mut fl = digest_flags(hdgst, ddgst, h.datal > 0);
     if h.last {
@@ -469,7 +580,11 @@ pub fn encode_data_header(out: &mut [u8], to_host: bool, h: &DataHeader, hdgst: 
     if h.success {
         fl |= flags::SUCCESS;
     }
-    let ty = if to_host { pdu_type::C2H_DATA } else { pdu_type::H2C_DATA };
+    let ty = if to_host {
+        pdu_type::C2H_DATA
+    } else {
+        pdu_type::H2C_DATA
+    };
     out[..DATA_HLEN].fill(0);
     put_common(out, ty, fl, DATA_HLEN, pdo, plen);
     out[8..10].copy_from_slice(&h.cccid.to_le_bytes());
@@ -484,7 +599,14 @@ pub fn encode_data_header(out: &mut [u8], to_host: bool, h: &DataHeader, hdgst: 
 pub fn encode_r2t(out: &mut [u8], r: &R2t, hdgst: bool) -> usize {
     let plen = R2T_HLEN + if hdgst { DIGEST_LEN } else { 0 };
     out[..R2T_HLEN].fill(0);
-    put_common(out, pdu_type::R2T, digest_flags(hdgst, false, false), R2T_HLEN, 0, plen);
+    put_common(
+        out,
+        pdu_type::R2T,
+        digest_flags(hdgst, false, false),
+        R2T_HLEN,
+        0,
+        plen,
+    );
     out[8..10].copy_from_slice(&r.cccid.to_le_bytes());
     out[10..12].copy_from_slice(&r.ttag.to_le_bytes());
     out[12..16].copy_from_slice(&r.r2to.to_le_bytes());
@@ -497,10 +619,20 @@ mod tests {
     use super::*;
 
     fn host_params(hdgst: bool, ddgst: bool) -> DecodeParams {
-        DecodeParams { hdgst, ddgst, max_data: 1 << 20, from_host: true }
+        DecodeParams {
+            hdgst,
+            ddgst,
+            max_data: 1 << 20,
+            from_host: true,
+        }
     }
     fn ctrl_params(hdgst: bool, ddgst: bool) -> DecodeParams {
-        DecodeParams { hdgst, ddgst, max_data: 1 << 20, from_host: false }
+        DecodeParams {
+            hdgst,
+            ddgst,
+            max_data: 1 << 20,
+            from_host: false,
+        }
     }
 
     fn frame<'a>(d: Decoded<'a>) -> Frame<'a> {
@@ -513,7 +645,14 @@ mod tests {
     #[test]
     fn h2c_header_ahead_only_for_a_valid_header_with_payload_still_to_come() {
         for (hd, dd) in [(false, false), (true, true)] {
-            let h = DataHeader { cccid: 5, ttag: 2, datao: 4096, datal: 8192, last: true, success: false };
+            let h = DataHeader {
+                cccid: 5,
+                ttag: 2,
+                datao: 4096,
+                datal: 8192,
+                last: true,
+                success: false,
+            };
             let mut b = vec![0u8; 128];
             let n = encode_data_header(&mut b, false, &h, hd, dd);
             b.truncate(n);
@@ -523,22 +662,44 @@ mod tests {
             assert_eq!((ahead.cccid, ahead.ttag, ahead.datao), (5, 2, 4096));
             assert_eq!((ahead.data_off, ahead.data_len, ahead.ddgst), (n, 8192, dd));
             assert_eq!(h2c_header_ahead(&b[..n - 1], &p), None, "header incomplete");
-            assert_eq!(h2c_header_ahead(&b, &p), None, "whole PDU: decoded as usual");
+            assert_eq!(
+                h2c_header_ahead(&b, &p),
+                None,
+                "whole PDU: decoded as usual"
+            );
             if hd {
                 let mut bad = b.clone();
                 bad[n - 1] ^= 1;
-                assert_eq!(h2c_header_ahead(&bad[..n + 100], &p), None, "bad header digest");
+                assert_eq!(
+                    h2c_header_ahead(&bad[..n + 100], &p),
+                    None,
+                    "bad header digest"
+                );
             }
-            assert_eq!(h2c_header_ahead(&b[..n + 100], &host_params(!hd, dd)), None, "digest mismatch");
+            assert_eq!(
+                h2c_header_ahead(&b[..n + 100], &host_params(!hd, dd)),
+                None,
+                "digest mismatch"
+            );
         }
         let mut cmd = [0u8; 72];
         encode_capsule_cmd(&mut cmd, &[0u8; 64], 0, false, false);
-        assert_eq!(h2c_header_ahead(&cmd, &host_params(false, false)), None, "not H2CData");
+        assert_eq!(
+            h2c_header_ahead(&cmd, &host_params(false, false)),
+            None,
+            "not H2CData"
+        );
     }
 
     #[test]
     fn ic_req_round_trip() {
-        let r = IcReq { pfv: 0, hpda: 0, hdgst: true, ddgst: false, maxr2t: 0 };
+        let r = IcReq {
+            pfv: 0,
+            hpda: 0,
+            hdgst: true,
+            ddgst: false,
+            maxr2t: 0,
+        };
         let mut b = [0u8; 128];
         assert_eq!(encode_ic_req(&mut b, &r), 128);
         let f = frame(decode(&b, &host_params(false, false)).unwrap());
@@ -548,10 +709,19 @@ mod tests {
 
     #[test]
     fn ic_resp_round_trip() {
-        let r = IcResp { pfv: 0, cpda: 0, hdgst: true, ddgst: true, maxh2cdata: 131072 };
+        let r = IcResp {
+            pfv: 0,
+            cpda: 0,
+            hdgst: true,
+            ddgst: true,
+            maxh2cdata: 131072,
+        };
         let mut b = [0u8; 128];
         encode_ic_resp(&mut b, &r);
-        assert_eq!(frame(decode(&b, &ctrl_params(false, false)).unwrap()).pdu, Pdu::IcResp(r));
+        assert_eq!(
+            frame(decode(&b, &ctrl_params(false, false)).unwrap()).pdu,
+            Pdu::IcResp(r)
+        );
     }
 
     fn capsule(sqe: &[u8; 64], data: &[u8], hd: bool, dd: bool) -> Vec<u8> {
@@ -585,8 +755,14 @@ mod tests {
     fn incomplete_reports_needed_length() {
         let sqe = [0u8; 64];
         let b = capsule(&sqe, &[1, 2, 3, 4], false, false);
-        assert_eq!(decode(&b[..5], &host_params(false, false)).unwrap(), Decoded::Incomplete(8));
-        assert_eq!(decode(&b[..20], &host_params(false, false)).unwrap(), Decoded::Incomplete(b.len()));
+        assert_eq!(
+            decode(&b[..5], &host_params(false, false)).unwrap(),
+            Decoded::Incomplete(8)
+        );
+        assert_eq!(
+            decode(&b[..20], &host_params(false, false)).unwrap(),
+            Decoded::Incomplete(b.len())
+        );
     }
 
     #[test]
@@ -596,7 +772,10 @@ mod tests {
         b[20] ^= 0xFF;
         assert_eq!(
             decode(&b, &host_params(true, false)).unwrap_err(),
-            PduError { fes: Fes::HeaderDigestError, fei: 0 }
+            PduError {
+                fes: Fes::HeaderDigestError,
+                fei: 0
+            }
         );
     }
 
@@ -620,7 +799,13 @@ mod tests {
     fn rejects_unknown_type_bad_hlen_bad_pdo_and_wrong_direction() {
         let mut b = capsule(&[0; 64], &[1; 8], false, false);
         b[0] = 0x0F;
-        assert_eq!(decode(&b, &host_params(false, false)).unwrap_err(), PduError { fes: Fes::InvalidHeaderField, fei: 0 });
+        assert_eq!(
+            decode(&b, &host_params(false, false)).unwrap_err(),
+            PduError {
+                fes: Fes::InvalidHeaderField,
+                fei: 0
+            }
+        );
         let mut b = capsule(&[0; 64], &[1; 8], false, false);
         b[2] = 70;
         assert_eq!(decode(&b, &host_params(false, false)).unwrap_err().fei, 2);
@@ -634,7 +819,10 @@ mod tests {
     #[test]
     fn rejects_oversized_data() {
         let b = capsule(&[0; 64], &[0; 4096], false, false);
-        let p = DecodeParams { max_data: 1024, ..host_params(false, false) };
+        let p = DecodeParams {
+            max_data: 1024,
+            ..host_params(false, false)
+        };
         assert_eq!(decode(&b, &p).unwrap_err().fes, Fes::DataLimitExceeded);
     }
 
@@ -649,7 +837,14 @@ mod tests {
     fn data_pdus_round_trip() {
         let payload = [0xA5u8; 300];
         for (hd, dd) in [(false, false), (true, true)] {
-            let h = DataHeader { cccid: 3, ttag: 9, datao: 4096, datal: 300, last: true, success: false };
+            let h = DataHeader {
+                cccid: 3,
+                ttag: 9,
+                datao: 4096,
+                datal: 300,
+                last: true,
+                success: false,
+            };
             let mut b = vec![0u8; 28];
             let n = encode_data_header(&mut b, false, &h, hd, dd);
             b.truncate(n);
@@ -658,7 +853,16 @@ mod tests {
                 b.extend_from_slice(&crc32c(&payload).to_le_bytes());
             }
             let f = frame(decode(&b, &host_params(hd, dd)).unwrap());
-            assert_eq!(f.pdu, Pdu::H2CData { cccid: 3, ttag: 9, datao: 4096, last: true, data: &payload });
+            assert_eq!(
+                f.pdu,
+                Pdu::H2CData {
+                    cccid: 3,
+                    ttag: 9,
+                    datao: 4096,
+                    last: true,
+                    data: &payload
+                }
+            );
 
             let mut b = vec![0u8; 28];
             let n = encode_data_header(&mut b, true, &h, hd, dd);
@@ -668,13 +872,29 @@ mod tests {
                 b.extend_from_slice(&crc32c(&payload).to_le_bytes());
             }
             let f = frame(decode(&b, &ctrl_params(hd, dd)).unwrap());
-            assert_eq!(f.pdu, Pdu::C2HData { cccid: 3, datao: 4096, last: true, success: false, data: &payload });
+            assert_eq!(
+                f.pdu,
+                Pdu::C2HData {
+                    cccid: 3,
+                    datao: 4096,
+                    last: true,
+                    success: false,
+                    data: &payload
+                }
+            );
         }
     }
 
     #[test]
     fn datal_must_match_pdu_length() {
-        let h = DataHeader { cccid: 1, ttag: 1, datao: 0, datal: 16, last: true, success: false };
+        let h = DataHeader {
+            cccid: 1,
+            ttag: 1,
+            datao: 0,
+            datal: 16,
+            last: true,
+            success: false,
+        };
         let mut b = vec![0u8; 24];
         encode_data_header(&mut b, false, &h, false, false);
         b.extend_from_slice(&[0u8; 16]);
@@ -684,21 +904,40 @@ mod tests {
 
     #[test]
     fn r2t_resp_and_term_round_trip() {
-        let r = R2t { cccid: 5, ttag: 6, r2to: 0, r2tl: 65536 };
+        let r = R2t {
+            cccid: 5,
+            ttag: 6,
+            r2to: 0,
+            r2tl: 65536,
+        };
         let mut b = [0u8; 28];
         let n = encode_r2t(&mut b, &r, true);
         assert_eq!(n, 28);
-        assert_eq!(frame(decode(&b, &ctrl_params(true, false)).unwrap()).pdu, Pdu::R2T(r));
+        assert_eq!(
+            frame(decode(&b, &ctrl_params(true, false)).unwrap()).pdu,
+            Pdu::R2T(r)
+        );
 
         let cqe = [7u8; 16];
         let n = encode_capsule_resp(&mut b, &cqe, false);
-        assert_eq!(frame(decode(&b[..n], &ctrl_params(false, false)).unwrap()).pdu, Pdu::CapsuleResp { cqe: &cqe });
+        assert_eq!(
+            frame(decode(&b[..n], &ctrl_params(false, false)).unwrap()).pdu,
+            Pdu::CapsuleResp { cqe: &cqe }
+        );
 
         let mut t = [0u8; 152];
         let n = encode_term_req(&mut t, false, Fes::HeaderDigestError, 0, &[0xEE; 200]);
         assert_eq!(n, 152);
         let f = frame(decode(&t[..n], &ctrl_params(true, true)).unwrap());
-        assert_eq!(f.pdu, Pdu::TermReq { from_host: false, fes: 3, fei: 0, data: &[0xEE; 128] });
+        assert_eq!(
+            f.pdu,
+            Pdu::TermReq {
+                from_host: false,
+                fes: 3,
+                fei: 0,
+                data: &[0xEE; 128]
+            }
+        );
     }
 
     mod prop {

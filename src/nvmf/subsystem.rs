@@ -52,7 +52,11 @@ pub struct NsCounters {
 
 impl NsCounters {
     pub fn record(&self, write: bool, bytes: u64) {
-        let (ops, total) = if write { (&self.writes, &self.bytes_written) } else { (&self.reads, &self.bytes_read) };
+        let (ops, total) = if write {
+            (&self.writes, &self.bytes_written)
+        } else {
+            (&self.reads, &self.bytes_read)
+        };
         ops.fetch_add(1, Ordering::Relaxed);
         total.fetch_add(bytes, Ordering::Relaxed);
     }
@@ -60,9 +64,26 @@ impl NsCounters {
 
 impl Namespace {
     /// A namespace with identifiers derived from (subsystem NQN, NSID).
-    pub fn new(subnqn: &str, nsid: u32, device: usize, block_size: u32, num_blocks: u64) -> Namespace {
+    pub fn new(
+        subnqn: &str,
+        nsid: u32,
+        device: usize,
+        block_size: u32,
+        num_blocks: u64,
+    ) -> Namespace {
         let (nguid, uuid, eui64) = stable_ids(subnqn, nsid);
-        Namespace { nsid, device, block_size, num_blocks, nguid, uuid, eui64, counters: Default::default(), stats_index: 0, anagrpid: ana::DEFAULT_GROUP }
+        Namespace {
+            nsid,
+            device,
+            block_size,
+            num_blocks,
+            nguid,
+            uuid,
+            eui64,
+            counters: Default::default(),
+            stats_index: 0,
+            anagrpid: ana::DEFAULT_GROUP,
+        }
     }
 
     pub fn lba_shift(&self) -> u32 {
@@ -171,7 +192,15 @@ pub struct Controller {
 }
 
 impl Controller {
-    pub fn new(cntlid: u16, subsys: Arc<Subsystem>, hostnqn: String, hostid: [u8; 16], port_id: u16, kato_ms: u32, max_queues: u16) -> Self {
+    pub fn new(
+        cntlid: u16,
+        subsys: Arc<Subsystem>,
+        hostnqn: String,
+        hostid: [u8; 16],
+        port_id: u16,
+        kato_ms: u32,
+        max_queues: u16,
+    ) -> Self {
         let mut connected = vec![false; max_queues as usize + 1];
         connected[0] = true;
         Controller {
@@ -213,11 +242,18 @@ impl Controller {
     }
 
     pub fn connected_io_queues(&self) -> usize {
-        self.connected.lock().unwrap().iter().skip(1).filter(|c| **c).count()
+        self.connected
+            .lock()
+            .unwrap()
+            .iter()
+            .skip(1)
+            .filter(|c| **c)
+            .count()
     }
 
     pub fn touch_keepalive(&self) {
-        self.keepalive_ms.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.keepalive_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     /// True once the keep-alive timeout has passed without a keep-alive.
@@ -238,10 +274,16 @@ impl Controller {
         if self.is_dead() || self.aen_config.load(Ordering::Relaxed) & ana::AEC_ANA_CHANGE == 0 {
             return false;
         }
-        if self.aen_masked.fetch_or(PENDING_ANA_CHANGE, Ordering::AcqRel) & PENDING_ANA_CHANGE != 0 {
+        if self
+            .aen_masked
+            .fetch_or(PENDING_ANA_CHANGE, Ordering::AcqRel)
+            & PENDING_ANA_CHANGE
+            != 0
+        {
             return false;
         }
-        self.pending_aen.fetch_or(PENDING_ANA_CHANGE, Ordering::AcqRel);
+        self.pending_aen
+            .fetch_or(PENDING_ANA_CHANGE, Ordering::AcqRel);
         true
     }
 
@@ -249,13 +291,17 @@ impl Controller {
     /// Asynchronous Event Request with `ana::aen_completion_dw0()`. Call it only with an
     /// AER to complete, or the notice is lost until the next change.
     pub fn take_ana_change_event(&self) -> bool {
-        self.pending_aen.fetch_and(!PENDING_ANA_CHANGE, Ordering::AcqRel) & PENDING_ANA_CHANGE != 0
+        self.pending_aen
+            .fetch_and(!PENDING_ANA_CHANGE, Ordering::AcqRel)
+            & PENDING_ANA_CHANGE
+            != 0
     }
 
     /// The host read the ANA log page without Retain Asynchronous Event: later changes
     /// raise notices again.
     pub fn ana_log_read(&self) {
-        self.aen_masked.fetch_and(!PENDING_ANA_CHANGE, Ordering::AcqRel);
+        self.aen_masked
+            .fetch_and(!PENDING_ANA_CHANGE, Ordering::AcqRel);
     }
 
     /// Mark the association over; every queue of it closes on its next timer tick.
@@ -341,8 +387,16 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(mut subsystems: Vec<Arc<Subsystem>>, ports: Vec<Port>, max_io_queues: u16, max_controllers: usize) -> Target {
-        if !subsystems.iter().any(|s| s.kind == SubsystemKind::Discovery) {
+    pub fn new(
+        mut subsystems: Vec<Arc<Subsystem>>,
+        ports: Vec<Port>,
+        max_io_queues: u16,
+        max_controllers: usize,
+    ) -> Target {
+        if !subsystems
+            .iter()
+            .any(|s| s.kind == SubsystemKind::Discovery)
+        {
             subsystems.insert(0, Arc::new(Subsystem::discovery()));
         }
         let port_ids: Vec<u16> = ports.iter().map(|p| p.id).collect();
@@ -365,8 +419,19 @@ impl Target {
 
     /// Admin queue Connect: create a controller with a fresh cntlid from the subsystem's
     /// range.
-    pub fn create_controller(&self, subnqn: &str, hostnqn: &str, hostid: [u8; 16], port_id: u16, kato_ms: u32) -> Result<Arc<Controller>, ConnectError> {
-        let index = self.subsystems.iter().position(|s| s.nqn == subnqn).ok_or(ConnectError::UnknownSubsystem)?;
+    pub fn create_controller(
+        &self,
+        subnqn: &str,
+        hostnqn: &str,
+        hostid: [u8; 16],
+        port_id: u16,
+        kato_ms: u32,
+    ) -> Result<Arc<Controller>, ConnectError> {
+        let index = self
+            .subsystems
+            .iter()
+            .position(|s| s.nqn == subnqn)
+            .ok_or(ConnectError::UnknownSubsystem)?;
         let subsys = &self.subsystems[index];
         if !subsys.host_allowed(hostnqn) {
             return Err(ConnectError::HostNotAllowed);
@@ -375,10 +440,27 @@ impl Target {
         if ctrls.len() >= self.max_controllers {
             return Err(ConnectError::TooManyControllers);
         }
-        let cntlid = free_cntlid(subsys.cntlid_min, subsys.cntlid_max, &self.cntlid_cursors[index], |id| ctrls.contains_key(&id))
-            .ok_or(ConnectError::TooManyControllers)?;
-        let queues = if subsys.kind == SubsystemKind::Discovery { 0 } else { self.max_io_queues };
-        let mut ctrl = Controller::new(cntlid, subsys.clone(), hostnqn.to_string(), hostid, port_id, kato_ms, queues);
+        let cntlid = free_cntlid(
+            subsys.cntlid_min,
+            subsys.cntlid_max,
+            &self.cntlid_cursors[index],
+            |id| ctrls.contains_key(&id),
+        )
+        .ok_or(ConnectError::TooManyControllers)?;
+        let queues = if subsys.kind == SubsystemKind::Discovery {
+            0
+        } else {
+            self.max_io_queues
+        };
+        let mut ctrl = Controller::new(
+            cntlid,
+            subsys.clone(),
+            hostnqn.to_string(),
+            hostid,
+            port_id,
+            kato_ms,
+            queues,
+        );
         ctrl.ana_slot = self.ana.slot(port_id, index);
         let ctrl = Arc::new(ctrl);
         ctrl.touch_keepalive();
@@ -387,8 +469,20 @@ impl Target {
     }
 
     /// I/O queue Connect: find the controller the admin queue created.
-    pub fn attach_io_queue(&self, cntlid: u16, subnqn: &str, hostnqn: &str, qid: u16) -> Result<Arc<Controller>, ConnectError> {
-        let ctrl = self.controllers.lock().unwrap().get(&cntlid).cloned().ok_or(ConnectError::UnknownController)?;
+    pub fn attach_io_queue(
+        &self,
+        cntlid: u16,
+        subnqn: &str,
+        hostnqn: &str,
+        qid: u16,
+    ) -> Result<Arc<Controller>, ConnectError> {
+        let ctrl = self
+            .controllers
+            .lock()
+            .unwrap()
+            .get(&cntlid)
+            .cloned()
+            .ok_or(ConnectError::UnknownController)?;
         if ctrl.is_dead() || ctrl.subsys.nqn != subnqn || ctrl.hostnqn != hostnqn {
             return Err(ConnectError::UnknownController);
         }
@@ -416,7 +510,8 @@ impl Target {
     /// Lock-free: one atomic load, for the I/O path. A controller on a port the table
     /// does not know reports optimized.
     pub fn ana_state(&self, ctrl: &Controller, anagrpid: u32) -> AnaState {
-        ctrl.ana_slot.map_or(AnaState::Optimized, |slot| self.ana.state(slot, anagrpid))
+        ctrl.ana_slot
+            .map_or(AnaState::Optimized, |slot| self.ana.state(slot, anagrpid))
     }
 
     /// The status an I/O command on namespace `ns` gets from `ctrl` because of the path's
@@ -427,20 +522,33 @@ impl Target {
 
     /// State and change count of group `anagrpid` as `ctrl` reports it (ANA log page).
     pub fn ana_group(&self, ctrl: &Controller, anagrpid: u32) -> ana::GroupState {
-        let unknown = ana::GroupState { state: AnaState::Optimized, change_count: 0 };
-        ctrl.ana_slot.and_then(|slot| self.ana.group(slot, anagrpid)).unwrap_or(unknown)
+        let unknown = ana::GroupState {
+            state: AnaState::Optimized,
+            change_count: 0,
+        };
+        ctrl.ana_slot
+            .and_then(|slot| self.ana.group(slot, anagrpid))
+            .unwrap_or(unknown)
     }
 
     /// Set the ANA state of every group of one NVM subsystem (or of all, `subnqn` None)
     /// on port `port_id`. Each group that changes bumps the change count and raises an
     /// ANA change notice on the live controllers of its subsystem connected through that
     /// port (those that enabled the notices). Groups already in `state` are left alone.
-    pub fn set_ana_state(&self, port_id: u16, subnqn: Option<&str>, state: AnaState) -> Result<Vec<AnaChange>, AnaError> {
+    pub fn set_ana_state(
+        &self,
+        port_id: u16,
+        subnqn: Option<&str>,
+        state: AnaState,
+    ) -> Result<Vec<AnaChange>, AnaError> {
         if !self.ports.iter().any(|p| p.id == port_id) {
             return Err(AnaError::UnknownPort(port_id));
         }
         let chosen: Vec<usize> = (0..self.subsystems.len())
-            .filter(|&i| self.subsystems[i].kind == SubsystemKind::Nvm && subnqn.is_none_or(|n| self.subsystems[i].nqn == n))
+            .filter(|&i| {
+                self.subsystems[i].kind == SubsystemKind::Nvm
+                    && subnqn.is_none_or(|n| self.subsystems[i].nqn == n)
+            })
             .collect();
         if let (Some(n), true) = (subnqn, chosen.is_empty()) {
             return Err(AnaError::UnknownSubsystem(n.to_string()));
@@ -449,10 +557,21 @@ impl Target {
         let mut changes = Vec::new();
         for i in chosen {
             let s = &self.subsystems[i];
-            let slot = self.ana.slot(port_id, i).expect("every port and subsystem has cells");
+            let slot = self
+                .ana
+                .slot(port_id, i)
+                .expect("every port and subsystem has cells");
             for g in s.ana_groups() {
                 if let Some((from, change_count)) = self.ana.change(&writer, slot, g, state) {
-                    changes.push(AnaChange { port_id, subsystem: s.nqn.clone(), anagrpid: g, from, to: state, change_count, notified: 0 });
+                    changes.push(AnaChange {
+                        port_id,
+                        subsystem: s.nqn.clone(),
+                        anagrpid: g,
+                        from,
+                        to: state,
+                        change_count,
+                        notified: 0,
+                    });
                 }
             }
         }
@@ -471,13 +590,40 @@ impl Target {
         let ctrls = self.controllers();
         let mut out = Vec::new();
         for p in &self.ports {
-            for (i, s) in self.subsystems.iter().enumerate().filter(|(_, s)| s.kind == SubsystemKind::Nvm) {
-                let Some(slot) = self.ana.slot(p.id, i) else { continue };
-                let controllers = ctrls.iter().filter(|c| c.port_id == p.id && Arc::ptr_eq(&c.subsys, s) && !c.is_dead()).count();
+            for (i, s) in self
+                .subsystems
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.kind == SubsystemKind::Nvm)
+            {
+                let Some(slot) = self.ana.slot(p.id, i) else {
+                    continue;
+                };
+                let controllers = ctrls
+                    .iter()
+                    .filter(|c| c.port_id == p.id && Arc::ptr_eq(&c.subsys, s) && !c.is_dead())
+                    .count();
                 for g in s.ana_groups() {
-                    let st = self.ana.group(slot, g).unwrap_or(ana::GroupState { state: AnaState::Inaccessible, change_count: 0 });
-                    let nsids = s.namespaces.iter().filter(|n| n.anagrpid == g).map(|n| n.nsid).collect();
-                    out.push(AnaGroupReport { port_id: p.id, addr: p.addr, subsystem: s.nqn.clone(), anagrpid: g, state: st.state, change_count: st.change_count, nsids, controllers });
+                    let st = self.ana.group(slot, g).unwrap_or(ana::GroupState {
+                        state: AnaState::Inaccessible,
+                        change_count: 0,
+                    });
+                    let nsids = s
+                        .namespaces
+                        .iter()
+                        .filter(|n| n.anagrpid == g)
+                        .map(|n| n.nsid)
+                        .collect();
+                    out.push(AnaGroupReport {
+                        port_id: p.id,
+                        addr: p.addr,
+                        subsystem: s.nqn.clone(),
+                        anagrpid: g,
+                        state: st.state,
+                        change_count: st.change_count,
+                        nsids,
+                        controllers,
+                    });
                 }
             }
         }
@@ -493,10 +639,13 @@ fn free_cntlid(min: u16, max: u16, cursor: &AtomicU32, used: impl Fn(u16) -> boo
     }
     let span = (max - min) as u32 + 1;
     let start = cursor.load(Ordering::Relaxed) % span;
-    (0..span).map(|i| (start + i) % span).find(|&off| !used(min + off as u16)).map(|off| {
-        cursor.store((off + 1) % span, Ordering::Relaxed);
-        min + off as u16
-    })
+    (0..span)
+        .map(|i| (start + i) % span)
+        .find(|&off| !used(min + off as u16))
+        .map(|off| {
+            cursor.store((off + 1) % span, Ordering::Relaxed);
+            min + off as u16
+        })
 }
 
 #[cfg(test)]
@@ -511,14 +660,26 @@ mod tests {
             model: "M".into(),
             allow_any_host: true,
             hosts: RwLock::new(vec![]),
-            namespaces: vec![Namespace::new(nqn, 1, 0, 512, 1024), Namespace::new(nqn, 2, 0, 512, 1024)],
+            namespaces: vec![
+                Namespace::new(nqn, 1, 0, 512, 1024),
+                Namespace::new(nqn, 2, 0, 512, 1024),
+            ],
             cntlid_min: min,
             cntlid_max: max,
         })
     }
 
     fn ports() -> Vec<Port> {
-        vec![Port { id: 1, addr: "127.0.0.1:4420".parse().unwrap() }, Port { id: 2, addr: "127.0.0.1:4421".parse().unwrap() }]
+        vec![
+            Port {
+                id: 1,
+                addr: "127.0.0.1:4420".parse().unwrap(),
+            },
+            Port {
+                id: 2,
+                addr: "127.0.0.1:4421".parse().unwrap(),
+            },
+        ]
     }
 
     fn connect(t: &Target, nqn: &str, port: u16) -> Result<Arc<Controller>, ConnectError> {
@@ -527,15 +688,36 @@ mod tests {
 
     #[test]
     fn controller_ids_stay_in_the_subsystem_range() {
-        let t = Target::new(vec![nvm("nqn.t:a", 100, 102), nvm("nqn.t:b", 200, 0xFFEF)], ports(), 4, 64);
-        let a: Vec<u16> = (0..3).map(|_| connect(&t, "nqn.t:a", 1).unwrap().cntlid).collect();
+        let t = Target::new(
+            vec![nvm("nqn.t:a", 100, 102), nvm("nqn.t:b", 200, 0xFFEF)],
+            ports(),
+            4,
+            64,
+        );
+        let a: Vec<u16> = (0..3)
+            .map(|_| connect(&t, "nqn.t:a", 1).unwrap().cntlid)
+            .collect();
         assert_eq!(a, [100, 101, 102]);
-        assert_eq!(connect(&t, "nqn.t:a", 2).unwrap_err(), ConnectError::TooManyControllers, "range full");
-        assert_eq!(connect(&t, "nqn.t:b", 1).unwrap().cntlid, 200, "other subsystem, other range");
+        assert_eq!(
+            connect(&t, "nqn.t:a", 2).unwrap_err(),
+            ConnectError::TooManyControllers,
+            "range full"
+        );
+        assert_eq!(
+            connect(&t, "nqn.t:b", 1).unwrap().cntlid,
+            200,
+            "other subsystem, other range"
+        );
         t.remove_controller(101);
-        assert_eq!(connect(&t, "nqn.t:a", 1).unwrap().cntlid, 101, "a freed ID is handed out again");
+        assert_eq!(
+            connect(&t, "nqn.t:a", 1).unwrap().cntlid,
+            101,
+            "a freed ID is handed out again"
+        );
         // The discovery subsystem keeps the full range.
-        let d = t.create_controller(DISCOVERY_NQN, "nqn.host:1", [0; 16], 1, 0).unwrap();
+        let d = t
+            .create_controller(DISCOVERY_NQN, "nqn.host:1", [0; 16], 1, 0)
+            .unwrap();
         assert!((CNTLID_MIN..=CNTLID_MAX).contains(&d.cntlid));
     }
 
@@ -543,24 +725,41 @@ mod tests {
     fn free_cntlid_rotates_and_refuses_bad_ranges() {
         let cursor = AtomicU32::new(0);
         assert_eq!(free_cntlid(5, 7, &cursor, |_| false), Some(5));
-        assert_eq!(free_cntlid(5, 7, &cursor, |_| false), Some(6), "not the one just handed out");
-        assert_eq!(free_cntlid(5, 7, &cursor, |id| id == 7), Some(5), "wraps and skips used IDs");
+        assert_eq!(
+            free_cntlid(5, 7, &cursor, |_| false),
+            Some(6),
+            "not the one just handed out"
+        );
+        assert_eq!(
+            free_cntlid(5, 7, &cursor, |id| id == 7),
+            Some(5),
+            "wraps and skips used IDs"
+        );
         assert_eq!(free_cntlid(5, 7, &cursor, |_| true), None);
         assert_eq!(free_cntlid(0, 7, &cursor, |_| false), None);
         assert_eq!(free_cntlid(9, 7, &cursor, |_| false), None);
-        assert_eq!(free_cntlid(0xFFEF, 0xFFEF, &AtomicU32::new(0), |_| false), Some(0xFFEF));
+        assert_eq!(
+            free_cntlid(0xFFEF, 0xFFEF, &AtomicU32::new(0), |_| false),
+            Some(0xFFEF)
+        );
     }
 
     #[test]
     fn ana_changes_notify_the_controllers_of_that_port_only() {
-        let t = Target::new(vec![nvm("nqn.t:a", 1, 100), nvm("nqn.t:b", 101, 200)], ports(), 4, 64);
+        let t = Target::new(
+            vec![nvm("nqn.t:a", 1, 100), nvm("nqn.t:b", 101, 200)],
+            ports(),
+            4,
+            64,
+        );
         t.ana.set_initial(2, AnaState::NonOptimized);
         let a1 = connect(&t, "nqn.t:a", 1).unwrap();
         let a2 = connect(&t, "nqn.t:a", 2).unwrap();
         let b1 = connect(&t, "nqn.t:b", 1).unwrap();
         let quiet = connect(&t, "nqn.t:a", 1).unwrap();
         for c in [&a1, &a2, &b1] {
-            c.aen_config.store(ana::AEC_ANA_CHANGE | 0x100, Ordering::Relaxed);
+            c.aen_config
+                .store(ana::AEC_ANA_CHANGE | 0x100, Ordering::Relaxed);
         }
         let ns = &t.subsystems[1].namespaces[0];
         assert_eq!(t.subsystems[1].nqn, "nqn.t:a");
@@ -568,40 +767,85 @@ mod tests {
         assert_eq!(t.ana_state(&a2, 1), AnaState::NonOptimized);
         assert_eq!(t.ana_io_status(&a1, ns), None);
 
-        let ch = t.set_ana_state(1, Some("nqn.t:a"), AnaState::Inaccessible).unwrap();
+        let ch = t
+            .set_ana_state(1, Some("nqn.t:a"), AnaState::Inaccessible)
+            .unwrap();
         assert_eq!(ch.len(), 1);
-        assert_eq!((ch[0].from, ch[0].to, ch[0].change_count, ch[0].notified), (AnaState::Optimized, AnaState::Inaccessible, 1, 1));
-        assert_eq!(t.ana_io_status(&a1, ns), Some(super::super::spec::status::ANA_INACCESSIBLE));
-        assert_eq!(t.ana_state(&a2, 1), AnaState::NonOptimized, "the other port keeps its state");
-        assert_eq!(t.ana_state(&b1, 1), AnaState::Optimized, "the other subsystem keeps its state");
+        assert_eq!(
+            (ch[0].from, ch[0].to, ch[0].change_count, ch[0].notified),
+            (AnaState::Optimized, AnaState::Inaccessible, 1, 1)
+        );
+        assert_eq!(
+            t.ana_io_status(&a1, ns),
+            Some(super::super::spec::status::ANA_INACCESSIBLE)
+        );
+        assert_eq!(
+            t.ana_state(&a2, 1),
+            AnaState::NonOptimized,
+            "the other port keeps its state"
+        );
+        assert_eq!(
+            t.ana_state(&b1, 1),
+            AnaState::Optimized,
+            "the other subsystem keeps its state"
+        );
         assert!(a1.take_ana_change_event());
         assert!(!a1.take_ana_change_event(), "taken once");
         assert!(!a2.take_ana_change_event() && !b1.take_ana_change_event());
         assert!(!quiet.take_ana_change_event(), "notices not enabled");
 
         // Reported and not yet read: the next change raises no new notice...
-        t.set_ana_state(1, Some("nqn.t:a"), AnaState::Change).unwrap();
+        t.set_ana_state(1, Some("nqn.t:a"), AnaState::Change)
+            .unwrap();
         assert!(!a1.take_ana_change_event());
         // ...until the host read the log page.
         a1.ana_log_read();
-        t.set_ana_state(1, Some("nqn.t:a"), AnaState::Optimized).unwrap();
+        t.set_ana_state(1, Some("nqn.t:a"), AnaState::Optimized)
+            .unwrap();
         assert!(a1.take_ana_change_event());
 
         // No subsystem named: every subsystem on the port; nothing changes twice.
         let ch = t.set_ana_state(1, None, AnaState::Optimized).unwrap();
         assert!(ch.is_empty(), "{ch:?}");
         let ch = t.set_ana_state(1, None, AnaState::NonOptimized).unwrap();
-        assert_eq!(ch.iter().map(|c| c.subsystem.as_str()).collect::<Vec<_>>(), ["nqn.t:a", "nqn.t:b"]);
+        assert_eq!(
+            ch.iter().map(|c| c.subsystem.as_str()).collect::<Vec<_>>(),
+            ["nqn.t:a", "nqn.t:b"]
+        );
         assert_eq!(t.ana.change_count(), 5);
         assert!(b1.take_ana_change_event());
-        assert_eq!(t.set_ana_state(9, None, AnaState::Optimized).unwrap_err(), AnaError::UnknownPort(9));
-        assert_eq!(t.set_ana_state(1, Some(DISCOVERY_NQN), AnaState::Optimized).unwrap_err(), AnaError::UnknownSubsystem(DISCOVERY_NQN.into()));
+        assert_eq!(
+            t.set_ana_state(9, None, AnaState::Optimized).unwrap_err(),
+            AnaError::UnknownPort(9)
+        );
+        assert_eq!(
+            t.set_ana_state(1, Some(DISCOVERY_NQN), AnaState::Optimized)
+                .unwrap_err(),
+            AnaError::UnknownSubsystem(DISCOVERY_NQN.into())
+        );
 
         let r = t.ana_report();
         assert_eq!(r.len(), 4, "two ports x two subsystems");
-        let a_on_2 = r.iter().find(|g| g.port_id == 2 && g.subsystem == "nqn.t:a").unwrap();
-        assert_eq!((a_on_2.state, a_on_2.change_count, a_on_2.controllers, a_on_2.nsids.clone()), (AnaState::NonOptimized, 0, 1, vec![1, 2]));
-        let a_on_1 = r.iter().find(|g| g.port_id == 1 && g.subsystem == "nqn.t:a").unwrap();
-        assert_eq!((a_on_1.state, a_on_1.change_count, a_on_1.controllers), (AnaState::NonOptimized, 4, 2));
+        let a_on_2 = r
+            .iter()
+            .find(|g| g.port_id == 2 && g.subsystem == "nqn.t:a")
+            .unwrap();
+        assert_eq!(
+            (
+                a_on_2.state,
+                a_on_2.change_count,
+                a_on_2.controllers,
+                a_on_2.nsids.clone()
+            ),
+            (AnaState::NonOptimized, 0, 1, vec![1, 2])
+        );
+        let a_on_1 = r
+            .iter()
+            .find(|g| g.port_id == 1 && g.subsystem == "nqn.t:a")
+            .unwrap();
+        assert_eq!(
+            (a_on_1.state, a_on_1.change_count, a_on_1.controllers),
+            (AnaState::NonOptimized, 4, 2)
+        );
     }
 }

@@ -115,7 +115,11 @@ fn stream(blocks: &[&[u8]], len: usize, outs: &[*mut u8]) -> Stream {
     let offset = |p: *const u8| p as usize % 4096;
     let mut present = blocks.iter().filter(|b| !b.is_empty());
     let first = present.clone().next().map_or(0, |b| offset(b.as_ptr()));
-    let aliased = present.by_ref().filter(|b| offset(b.as_ptr()) == first).count() >= L1_WAYS;
+    let aliased = present
+        .by_ref()
+        .filter(|b| offset(b.as_ptr()) == first)
+        .count()
+        >= L1_WAYS;
     if aliased {
         Stream::Prefetch
     } else if outs.iter().all(|p| (*p as usize).is_multiple_of(32)) {
@@ -416,9 +420,15 @@ pub unsafe fn pq_gen(data: &[&[u8]], p: Option<&mut [u8]>, q: &mut [u8]) {
         match p {
             Some(p) => {
                 let pp = p.as_mut_ptr();
-                with_stream!(stream(data, len, &[pp, qp]), pq_gen_impl[true](data, pp, qp, len))
+                with_stream!(
+                    stream(data, len, &[pp, qp]),
+                    pq_gen_impl[true](data, pp, qp, len)
+                )
             }
-            None => with_stream!(stream(data, len, &[qp]), pq_gen_impl[false](data, core::ptr::null_mut(), qp, len)),
+            None => with_stream!(
+                stream(data, len, &[qp]),
+                pq_gen_impl[false](data, core::ptr::null_mut(), qp, len)
+            ),
         }
     }
 }
@@ -430,7 +440,12 @@ pub unsafe fn pq_gen(data: &[&[u8]], p: Option<&mut [u8]>, q: &mut [u8]) {
 /// # Safety
 /// See the module contract; P and Q non-null with `len` bytes when used.
 #[target_feature(enable = "avx2")]
-unsafe fn update_impl<const WP: bool, const WQ: bool>(updates: &[Update<'_>], p: *mut u8, q: *mut u8, len: usize) {
+unsafe fn update_impl<const WP: bool, const WQ: bool>(
+    updates: &[Update<'_>],
+    p: *mut u8,
+    q: *mut u8,
+    len: usize,
+) {
     // SAFETY (all passes): `off + 32 * U <= len`, and every old/new block, P and Q have
     // `len` bytes; update indices were checked to be below 255 (pow_table takes them mod 255
     // anyway).
@@ -491,7 +506,9 @@ pub unsafe fn update(updates: &[Update<'_>], p: Option<&mut [u8]>, q: Option<&mu
     // SAFETY: forwarded contract; present outputs have `len` bytes (checked by the wrapper).
     unsafe {
         match (p, q) {
-            (Some(p), Some(q)) => update_impl::<true, true>(updates, p.as_mut_ptr(), q.as_mut_ptr(), q.len()),
+            (Some(p), Some(q)) => {
+                update_impl::<true, true>(updates, p.as_mut_ptr(), q.as_mut_ptr(), q.len())
+            }
             (Some(p), None) => update_impl::<true, false>(updates, p.as_mut_ptr(), null, p.len()),
             (None, Some(q)) => update_impl::<false, true>(updates, null, q.as_mut_ptr(), q.len()),
             (None, None) => {}
@@ -553,7 +570,13 @@ unsafe fn recover_from_p_impl<const WQ: bool, const PF: bool, const NT: bool>(
 
 /// # Safety
 /// See the module contract.
-pub unsafe fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], q: Option<&mut [u8]>) {
+pub unsafe fn recover_from_p(
+    data: &[&[u8]],
+    x: usize,
+    p: &[u8],
+    dx: &mut [u8],
+    q: Option<&mut [u8]>,
+) {
     let len = dx.len();
     let (pp, xp) = (p.as_ptr(), dx.as_mut_ptr());
     // SAFETY: forwarded contract; Q, when present, has `len` bytes (checked by the wrapper);
@@ -562,14 +585,29 @@ pub unsafe fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], 
         match q {
             Some(q) => {
                 let qp = q.as_mut_ptr();
-                with_stream!(stream(data, len, &[xp, qp]), recover_from_p_impl[true](data, x, pp, xp, qp, len))
+                with_stream!(
+                    stream(data, len, &[xp, qp]),
+                    recover_from_p_impl[true](data, x, pp, xp, qp, len)
+                )
             }
             // No Horner loop, so nothing to prefetch for: a plain XOR.
             None => match stream(data, len, &[xp]) {
-                Stream::NonTemporal => {
-                    recover_from_p_impl::<false, false, true>(data, x, pp, xp, core::ptr::null_mut(), len)
-                }
-                _ => recover_from_p_impl::<false, false, false>(data, x, pp, xp, core::ptr::null_mut(), len),
+                Stream::NonTemporal => recover_from_p_impl::<false, false, true>(
+                    data,
+                    x,
+                    pp,
+                    xp,
+                    core::ptr::null_mut(),
+                    len,
+                ),
+                _ => recover_from_p_impl::<false, false, false>(
+                    data,
+                    x,
+                    pp,
+                    xp,
+                    core::ptr::null_mut(),
+                    len,
+                ),
             },
         }
     }
@@ -615,7 +653,13 @@ unsafe fn recover_from_q_impl<const WP: bool, const PF: bool, const NT: bool>(
 
 /// # Safety
 /// See the module contract.
-pub unsafe fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], p: Option<&mut [u8]>) {
+pub unsafe fn recover_from_q(
+    data: &[&[u8]],
+    x: usize,
+    q: &[u8],
+    dx: &mut [u8],
+    p: Option<&mut [u8]>,
+) {
     let len = dx.len();
     let (qp, xp) = (q.as_ptr(), dx.as_mut_ptr());
     // SAFETY: forwarded contract; P, when present, has `len` bytes (checked by the wrapper);
@@ -624,7 +668,10 @@ pub unsafe fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], 
         match p {
             Some(p) => {
                 let pp = p.as_mut_ptr();
-                with_stream!(stream(data, len, &[xp, pp]), recover_from_q_impl[true](data, x, qp, xp, pp, len))
+                with_stream!(
+                    stream(data, len, &[xp, pp]),
+                    recover_from_q_impl[true](data, x, qp, xp, pp, len)
+                )
             }
             None => with_stream!(
                 stream(data, len, &[xp]),
@@ -681,9 +728,19 @@ unsafe fn recover_two_impl<const PF: bool, const NT: bool>(
 
 /// # Safety
 /// See the module contract; `x < y < data.len()`.
-pub unsafe fn recover_two(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8]) {
+pub unsafe fn recover_two(
+    data: &[&[u8]],
+    x: usize,
+    y: usize,
+    p: &[u8],
+    q: &[u8],
+    dx: &mut [u8],
+    dy: &mut [u8],
+) {
     let len = dx.len();
     let (pp, qp, xp, yp) = (p.as_ptr(), q.as_ptr(), dx.as_mut_ptr(), dy.as_mut_ptr());
     // SAFETY: forwarded contract; NT only for 32-byte aligned outputs (`stream`).
-    unsafe { with_stream!(stream(data, len, &[xp, yp]), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len)) }
+    unsafe {
+        with_stream!(stream(data, len, &[xp, yp]), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len))
+    }
 }

@@ -118,7 +118,10 @@ impl MulTable {
 }
 
 const fn build_mul_tables() -> [MulTable; 256] {
-    let mut t = [MulTable { lo: [0; 16], hi: [0; 16] }; 256];
+    let mut t = [MulTable {
+        lo: [0; 16],
+        hi: [0; 16],
+    }; 256];
     let mut c = 0;
     while c < 256 {
         t[c] = MulTable::new(c as u8);
@@ -157,7 +160,10 @@ pub fn inv_pow_table(i: usize) -> &'static MulTable {
 pub fn two_data_coefficients(x: usize, y: usize) -> (u8, u8) {
     let gx = exp2(x);
     let gy = exp2(y);
-    assert!(gx != gy, "two_data_coefficients: x and y must differ modulo 255");
+    assert!(
+        gx != gy,
+        "two_data_coefficients: x and y must differ modulo 255"
+    );
     let b = inv(gx ^ gy);
     let a = mul(gy, b);
     (a, b)
@@ -213,7 +219,10 @@ mod tests {
         }
         for i in 0..600 {
             assert_eq!(*pow_table(i), MulTable::new(exp2(i)));
-            assert_eq!(mul(pow_table(i).mul(0x5a), inv_pow_table(i).mul(1)), mul(0x5a, 1));
+            assert_eq!(
+                mul(pow_table(i).mul(0x5a), inv_pow_table(i).mul(1)),
+                mul(0x5a, 1)
+            );
         }
     }
 

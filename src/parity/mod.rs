@@ -199,7 +199,14 @@ impl Kernels {
     }
 
     /// D_x from P (and Q regenerated into `q_out`). See [`recover_data_from_p`].
-    pub fn recover_data_from_p(&self, data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], q_out: Option<&mut [u8]>) {
+    pub fn recover_data_from_p(
+        &self,
+        data: &[&[u8]],
+        x: usize,
+        p: &[u8],
+        dx: &mut [u8],
+        q_out: Option<&mut [u8]>,
+    ) {
         let len = check_len(dx.len());
         check_out("recover_data_from_p", "P", p.len(), len);
         if let Some(q) = &q_out {
@@ -215,7 +222,14 @@ impl Kernels {
     }
 
     /// D_x from Q (and P regenerated into `p_out`). See [`recover_data_from_q`].
-    pub fn recover_data_from_q(&self, data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], p_out: Option<&mut [u8]>) {
+    pub fn recover_data_from_q(
+        &self,
+        data: &[&[u8]],
+        x: usize,
+        q: &[u8],
+        dx: &mut [u8],
+        p_out: Option<&mut [u8]>,
+    ) {
         let len = check_len(dx.len());
         check_out("recover_data_from_q", "Q", q.len(), len);
         if let Some(p) = &p_out {
@@ -267,27 +281,43 @@ impl Kernels {
 
 #[track_caller]
 fn check_len(len: usize) -> usize {
-    assert!(len.is_multiple_of(LEN_MULTIPLE), "parity: block length {len} is not a multiple of {LEN_MULTIPLE}");
+    assert!(
+        len.is_multiple_of(LEN_MULTIPLE),
+        "parity: block length {len} is not a multiple of {LEN_MULTIPLE}"
+    );
     len
 }
 
 #[track_caller]
 fn check_out(f: &str, what: &str, got: usize, len: usize) {
-    assert!(got == len, "{f}: {what} has {got} bytes, the other blocks {len}");
+    assert!(
+        got == len,
+        "{f}: {what} has {got} bytes, the other blocks {len}"
+    );
 }
 
 #[track_caller]
 fn check_index(f: &str, i: usize, k: usize) {
-    assert!(i < k, "{f}: index {i} is outside the stripe's {k} data blocks");
+    assert!(
+        i < k,
+        "{f}: index {i} is outside the stripe's {k} data blocks"
+    );
 }
 
 #[track_caller]
 fn check_blocks(f: &str, data: &[&[u8]], len: usize, missing: &[usize]) {
     let k = data.len();
-    assert!((1..=MAX_DATA_BLOCKS).contains(&k), "{f}: {k} data blocks (1 to {MAX_DATA_BLOCKS} supported)");
+    assert!(
+        (1..=MAX_DATA_BLOCKS).contains(&k),
+        "{f}: {k} data blocks (1 to {MAX_DATA_BLOCKS} supported)"
+    );
     for (i, d) in data.iter().enumerate() {
         if !missing.contains(&i) {
-            assert!(d.len() == len, "{f}: data block {i} has {} bytes, expected {len}", d.len());
+            assert!(
+                d.len() == len,
+                "{f}: data block {i} has {} bytes, expected {len}",
+                d.len()
+            );
         }
     }
 }
@@ -295,7 +325,11 @@ fn check_blocks(f: &str, data: &[&[u8]], len: usize, missing: &[usize]) {
 #[track_caller]
 fn check_updates(f: &str, updates: &[Update<'_>], len: usize) {
     for u in updates {
-        assert!(u.index < MAX_DATA_BLOCKS, "{f}: block index {} >= {MAX_DATA_BLOCKS}", u.index);
+        assert!(
+            u.index < MAX_DATA_BLOCKS,
+            "{f}: block index {} >= {MAX_DATA_BLOCKS}",
+            u.index
+        );
         assert!(
             u.old.len() == len && u.new.len() == len,
             "{f}: block {} has old {} / new {} bytes, parity {len}",
@@ -335,21 +369,41 @@ pub fn pq_update(updates: &[Update<'_>], p: &mut [u8], q: &mut [u8]) {
 
 /// Rebuild data block `x` from P and the other data blocks (`data[x]` is not read). With
 /// `q_out`, Q is regenerated in the same pass (for a stripe that lost D_x and Q).
-pub fn recover_data_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], q_out: Option<&mut [u8]>) {
+pub fn recover_data_from_p(
+    data: &[&[u8]],
+    x: usize,
+    p: &[u8],
+    dx: &mut [u8],
+    q_out: Option<&mut [u8]>,
+) {
     Kernels::get().recover_data_from_p(data, x, p, dx, q_out)
 }
 
 /// Rebuild data block `x` from Q and the other data blocks (`data[x]` is not read):
 /// D_x = g^-x (Q ^ sum_{i != x} g^i D_i). With `p_out`, P is regenerated in the same pass (for
 /// a stripe that lost D_x and P).
-pub fn recover_data_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], p_out: Option<&mut [u8]>) {
+pub fn recover_data_from_q(
+    data: &[&[u8]],
+    x: usize,
+    q: &[u8],
+    dx: &mut [u8],
+    p_out: Option<&mut [u8]>,
+) {
     Kernels::get().recover_data_from_q(data, x, q, dx, p_out)
 }
 
 /// Rebuild data blocks `x` and `y` (distinct, any order) from P, Q and the other data blocks
 /// (`data[x]` and `data[y]` are not read), in one pass over the inputs.
 #[allow(clippy::too_many_arguments)]
-pub fn recover_two_data(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8]) {
+pub fn recover_two_data(
+    data: &[&[u8]],
+    x: usize,
+    y: usize,
+    p: &[u8],
+    q: &[u8],
+    dx: &mut [u8],
+    dy: &mut [u8],
+) {
     Kernels::get().recover_two_data(data, x, y, p, q, dx, dy)
 }
 
@@ -402,7 +456,8 @@ mod tests {
                     for x in 0..k {
                         let mut d = data.clone();
                         d[x] = &[];
-                        let (mut dx, mut q2, mut p3) = (vec![0u8; len], vec![0u8; len], vec![0u8; len]);
+                        let (mut dx, mut q2, mut p3) =
+                            (vec![0u8; len], vec![0u8; len], vec![0u8; len]);
                         kern.recover_data_from_p(&d, x, &p, &mut dx, Some(&mut q2));
                         assert_eq!(dx, bufs[x], "{:?} k={k} len={len} D{x}+Q", kern.isa());
                         assert_eq!(q2, q);

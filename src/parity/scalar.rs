@@ -71,7 +71,15 @@ fn mul_const(t: &MulTable, c: &Chunk) -> Chunk {
 
 /// Horner step over data blocks `hi - 1` down to `lo`: q = q * {02} ^ D_i (and p ^= D_i).
 #[inline(always)]
-fn horner(data: &[&[u8]], lo: usize, hi: usize, off: usize, q: &mut Chunk, p: &mut Chunk, with_p: bool) {
+fn horner(
+    data: &[&[u8]],
+    lo: usize,
+    hi: usize,
+    off: usize,
+    q: &mut Chunk,
+    p: &mut Chunk,
+    with_p: bool,
+) {
     for i in (lo..hi).rev() {
         let d = load(data[i], off);
         mul2(q);
@@ -141,7 +149,13 @@ pub fn update(updates: &[Update<'_>], mut p: Option<&mut [u8]>, mut q: Option<&m
 }
 
 /// Dx = P ^ (XOR of the other data blocks); with `q_out`, also Q regenerated.
-pub fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], mut q_out: Option<&mut [u8]>) {
+pub fn recover_from_p(
+    data: &[&[u8]],
+    x: usize,
+    p: &[u8],
+    dx: &mut [u8],
+    mut q_out: Option<&mut [u8]>,
+) {
     let len = dx.len();
     let k = data.len();
     let with_q = q_out.is_some();
@@ -168,7 +182,13 @@ pub fn recover_from_p(data: &[&[u8]], x: usize, p: &[u8], dx: &mut [u8], mut q_o
 }
 
 /// Dx = g^-x (Q ^ Q') where Q' is the Q of the other data blocks; with `p_out`, also P.
-pub fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], mut p_out: Option<&mut [u8]>) {
+pub fn recover_from_q(
+    data: &[&[u8]],
+    x: usize,
+    q: &[u8],
+    dx: &mut [u8],
+    mut p_out: Option<&mut [u8]>,
+) {
     let len = dx.len();
     let k = data.len();
     let inv = gf::inv_pow_table(x);
@@ -191,7 +211,15 @@ pub fn recover_from_q(data: &[&[u8]], x: usize, q: &[u8], dx: &mut [u8], mut p_o
 
 /// Data blocks x < y from P and Q; see [`gf::two_data_coefficients`].
 #[allow(clippy::too_many_arguments)]
-pub fn recover_two(data: &[&[u8]], x: usize, y: usize, p: &[u8], q: &[u8], dx: &mut [u8], dy: &mut [u8]) {
+pub fn recover_two(
+    data: &[&[u8]],
+    x: usize,
+    y: usize,
+    p: &[u8],
+    q: &[u8],
+    dx: &mut [u8],
+    dy: &mut [u8],
+) {
     let len = dx.len();
     let k = data.len();
     let (a, b) = gf::two_data_coefficients(x, y);

@@ -14,7 +14,12 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { small_size: 128 * 1024, small_count: 256, large_size: 1 << 20, large_count: 32 }
+        PoolConfig {
+            small_size: 128 * 1024,
+            small_count: 256,
+            large_size: 1 << 20,
+            large_count: 32,
+        }
     }
 }
 
@@ -66,7 +71,10 @@ impl BufferPool {
             for i in 0..count {
                 // SAFETY: the offset stays inside the class region.
                 let base = unsafe { c.region.as_ptr().add(i * c.size) };
-                v.push(libc::iovec { iov_base: base as *mut libc::c_void, iov_len: c.size });
+                v.push(libc::iovec {
+                    iov_base: base as *mut libc::c_void,
+                    iov_len: c.size,
+                });
             }
         }
         v
@@ -81,7 +89,10 @@ impl BufferPool {
         for (ci, c) in self.classes.iter_mut().enumerate() {
             if len <= c.size {
                 if let Some(index) = c.free.pop() {
-                    return Some(PoolBuf { class: ci as u8, index });
+                    return Some(PoolBuf {
+                        class: ci as u8,
+                        index,
+                    });
                 }
             }
         }
@@ -111,7 +122,8 @@ impl BufferPool {
 
     /// Registered buffer index, when the pool is registered with the ring.
     pub fn reg_index(&self, b: PoolBuf) -> Option<u16> {
-        self.registered.then(|| self.classes[b.class as usize].first_reg_index + b.index as u16)
+        self.registered
+            .then(|| self.classes[b.class as usize].first_reg_index + b.index as u16)
     }
 
     pub fn free_count(&self) -> usize {
@@ -129,7 +141,12 @@ mod tests {
 
     #[test]
     fn takes_smallest_fitting_class_and_returns() {
-        let cfg = PoolConfig { small_size: 8192, small_count: 2, large_size: 65536, large_count: 1 };
+        let cfg = PoolConfig {
+            small_size: 8192,
+            small_count: 2,
+            large_size: 65536,
+            large_count: 1,
+        };
         let mut p = BufferPool::new(&cfg).unwrap();
         let a = p.get(100).unwrap();
         let b = p.get(8192).unwrap();

@@ -20,9 +20,9 @@ use crate::nvmf::conn::{Conn, Env};
 use crate::nvmf::subsystem::Target;
 use crate::nvmf::TransportLimits;
 use crate::stats::{ReactorRecorder, Snapshot};
+use crate::util::clock::Stamp;
 use bufpool::{BufferPool, PoolConfig};
 use token::{Kind, Token};
-use crate::util::clock::Stamp;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,7 +46,10 @@ pub enum Msg {
     /// Take over a freshly accepted connection.
     Adopt { sock: TcpStream, port_id: u16 },
     /// Send copies of the statistics (and reset them when asked).
-    Stats { reset: bool, reply: Sender<Snapshot> },
+    Stats {
+        reset: bool,
+        reply: Sender<Snapshot>,
+    },
 }
 
 /// A reactor's mailbox: messages plus an eventfd that wakes it from io_uring_enter.
@@ -98,7 +101,13 @@ pub struct Shared {
 impl Shared {
     pub fn new(target: Arc<Target>, mailboxes: Vec<Mailbox>) -> Self {
         let stats = mailboxes.iter().map(|_| ReactorStats::default()).collect();
-        Shared { target, mailboxes, stats, stop: AtomicBool::new(false), next_reactor: AtomicUsize::new(0) }
+        Shared {
+            target,
+            mailboxes,
+            stats,
+            stop: AtomicBool::new(false),
+            next_reactor: AtomicUsize::new(0),
+        }
     }
 
     /// Every reactor's statistics (each reset afterwards when `reset`). A reactor that does
@@ -113,18 +122,29 @@ impl Shared {
                 rx
             })
             .collect();
-        replies.into_iter().filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok()).collect()
+        replies
+            .into_iter()
+            .filter_map(|rx| rx.recv_timeout(Duration::from_secs(1)).ok())
+            .collect()
     }
 
     /// Busy and idle polling seconds of every reactor, as of their last tick.
     pub fn utilisation(&self) -> Vec<(f64, f64)> {
         let secs = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 / 1e9;
-        self.stats.iter().map(|s| (secs(&s.busy_ns), secs(&s.idle_ns))).collect()
+        self.stats
+            .iter()
+            .map(|s| (secs(&s.busy_ns), secs(&s.idle_ns)))
+            .collect()
     }
 
     /// (connections, pool buffers in use) summed over reactors, as of their last tick.
     pub fn resource_use(&self) -> (usize, usize) {
-        self.stats.iter().fold((0, 0), |(c, b), s| (c + s.connections.load(Ordering::Relaxed), b + s.buffers_in_use.load(Ordering::Relaxed)))
+        self.stats.iter().fold((0, 0), |(c, b), s| {
+            (
+                c + s.connections.load(Ordering::Relaxed),
+                b + s.buffers_in_use.load(Ordering::Relaxed),
+            )
+        })
     }
 
     pub fn request_stop(&self) {
@@ -148,7 +168,10 @@ pub struct HandshakeLimits {
 
 impl Default for HandshakeLimits {
     fn default() -> Self {
-        HandshakeLimits { timeout: crate::nvmf::conn::HANDSHAKE_TIMEOUT, per_source: 32 }
+        HandshakeLimits {
+            timeout: crate::nvmf::conn::HANDSHAKE_TIMEOUT,
+            per_source: 32,
+        }
     }
 }
 
@@ -258,7 +281,12 @@ pub fn run(
 /// says there is work. Measured: 4 KiB random reads on the null namespace went from about
 /// 300K to 450K IOPS at QD32 and from 27K to 45K at QD1. Kernels before 6.1 lack it.
 fn build_ring() -> std::io::Result<IoUring> {
-    let deferred = IoUring::builder().setup_clamp().setup_single_issuer().setup_defer_taskrun().setup_taskrun_flag().build(RING_ENTRIES);
+    let deferred = IoUring::builder()
+        .setup_clamp()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES);
     deferred.or_else(|e| {
         warn!(error = %e, "io_uring without deferred task work (kernel older than 6.1?): completions cost an interrupt each");
         IoUring::builder().setup_clamp().build(RING_ENTRIES)
@@ -266,36 +294,59 @@ fn build_ring() -> std::io::Result<IoUring> {
 }
 
 impl Reactor {
-    fn new(cfg: ReactorConfig, shared: Arc<Shared>, devices: &[Arc<dyn Bdev>], inbox: Receiver<Msg>) -> std::io::Result<Reactor> {
+    fn new(
+        cfg: ReactorConfig,
+        shared: Arc<Shared>,
+        devices: &[Arc<dyn Bdev>],
+        inbox: Receiver<Msg>,
+    ) -> std::io::Result<Reactor> {
         let ring = build_ring()?;
         let mut pool = BufferPool::new(&cfg.pool)?;
         let max = cfg.max_connections.min(u16::MAX as usize - pool.capacity());
         // Table layout: the pool's buffers, then one entry per connection slot for that
         // connection's in-capsule buffers (filled in when a connection is adopted).
         let table = (pool.capacity() + max) as u32;
-        let registered = ring.submitter().register_buffers_sparse(table).and_then(|()| {
-            // SAFETY: the pool's regions live as long as the ring (both are reactor fields).
-            unsafe { ring.submitter().register_buffers_update(0, &pool.iovecs(), None) }
-        });
+        let registered = ring
+            .submitter()
+            .register_buffers_sparse(table)
+            .and_then(|()| {
+                // SAFETY: the pool's regions live as long as the ring (both are reactor fields).
+                unsafe {
+                    ring.submitter()
+                        .register_buffers_update(0, &pool.iovecs(), None)
+                }
+            });
         match registered {
             Ok(()) => pool.set_registered(true),
-            Err(e) => warn!(reactor = cfg.index, error = %e, "buffer registration failed; using unregistered buffers"),
+            Err(e) => {
+                warn!(reactor = cfg.index, error = %e, "buffer registration failed; using unregistered buffers")
+            }
         }
         let mut files = Files(Vec::new());
         let mut channels = Vec::with_capacity(devices.len());
         for (i, d) in devices.iter().enumerate() {
             // A device that cannot be opened any more (a volume left it out) fails its I/O.
-            channels.push(d.open_channel(&mut files, crate::bdev::ChildRoute::top(i as u16)).unwrap_or_else(|e| {
-                warn!(device = d.name(), error = %e, "cannot open device");
-                Box::new(crate::bdev::FailingChannel)
-            }));
+            channels.push(
+                d.open_channel(&mut files, crate::bdev::ChildRoute::top(i as u16))
+                    .unwrap_or_else(|e| {
+                        warn!(device = d.name(), error = %e, "cannot open device");
+                        Box::new(crate::bdev::FailingChannel)
+                    }),
+            );
         }
         if !files.0.is_empty() {
             ring.submitter().register_files(&files.0)?;
         }
-        let polled = (0..channels.len()).filter(|&d| channels[d].needs_polling()).collect();
+        let polled = (0..channels.len())
+            .filter(|&d| channels[d].needs_polling())
+            .collect();
         let eventfd = shared.mailboxes[cfg.index].eventfd.clone();
-        let namespaces = shared.target.subsystems.iter().map(|s| s.namespaces.len()).sum();
+        let namespaces = shared
+            .target
+            .subsystems
+            .iter()
+            .map(|s| s.namespaces.len())
+            .sum();
         Ok(Reactor {
             index: cfg.index,
             ring,
@@ -339,11 +390,19 @@ impl Reactor {
     fn stop_listening(&mut self) {
         for i in 0..self.listeners.len() {
             let t = Token::new(Kind::Accept, 0, 0, i as u32).encode();
-            self.push(opcode::AsyncCancel::new(t).build().user_data(Token::new(Kind::Ignore, 0, 0, 0).encode()));
+            self.push(
+                opcode::AsyncCancel::new(t)
+                    .build()
+                    .user_data(Token::new(Kind::Ignore, 0, 0, 0).encode()),
+            );
         }
         if !self.listeners.is_empty() {
             let _ = self.ring.submit();
-            info!(reactor = self.index, listeners = self.listeners.len(), "listeners closed: no new connections");
+            info!(
+                reactor = self.index,
+                listeners = self.listeners.len(),
+                "listeners closed: no new connections"
+            );
         }
         // The ring keeps its own reference to a socket until the cancelled accept returns;
         // closing ours lets the kernel release the port once it has.
@@ -352,7 +411,13 @@ impl Reactor {
 
     fn arm_wakeup(&mut self) {
         let t = Token::new(Kind::Wakeup, 0, 0, 0).encode();
-        let e = opcode::Read::new(types::Fd(self.eventfd.as_raw_fd()), self.wake_buf.as_mut_ptr(), 8).build().user_data(t);
+        let e = opcode::Read::new(
+            types::Fd(self.eventfd.as_raw_fd()),
+            self.wake_buf.as_mut_ptr(),
+            8,
+        )
+        .build()
+        .user_data(t);
         self.push(e);
     }
 
@@ -388,7 +453,9 @@ impl Reactor {
             if events != 0 {
                 last_event = now;
             }
-            let sleep = self.mode == PollMode::Adaptive && events == 0 && now.nanos_since(last_event) > ADAPTIVE_SPIN_NS;
+            let sleep = self.mode == PollMode::Adaptive
+                && events == 0
+                && now.nanos_since(last_event) > ADAPTIVE_SPIN_NS;
             let submit = !sleep && self.must_enter_kernel();
             self.turns.end(events != 0 || submit, sleep);
             let r = if sleep {
@@ -454,7 +521,10 @@ impl Reactor {
                 }
                 let st = &self.shared.stats[self.index];
                 st.connections.store(self.active.len(), Ordering::Relaxed);
-                st.buffers_in_use.store(self.pool.capacity() - self.pool.free_count(), Ordering::Relaxed);
+                st.buffers_in_use.store(
+                    self.pool.capacity() - self.pool.free_count(),
+                    Ordering::Relaxed,
+                );
                 self.turns.publish(st);
                 self.drain_inbox();
                 self.arm_tick();
@@ -473,7 +543,12 @@ impl Reactor {
         for i in 0..self.polled.len() {
             let d = self.polled[i];
             let base = self.child_done.len();
-            let Reactor { ring, channels, child_done, .. } = self;
+            let Reactor {
+                ring,
+                channels,
+                child_done,
+                ..
+            } = self;
             waiting += channels[d].poll(&mut RingSq(ring), child_done) as usize;
             while self.child_done.len() > base {
                 let (user_data, r) = self.child_done.pop().unwrap();
@@ -487,7 +562,12 @@ impl Reactor {
     /// shared stack handles nested composites without allocating.
     fn on_child(&mut self, device: usize, tag: u64, res: i32) {
         let base = self.child_done.len();
-        let Reactor { ring, channels, child_done, .. } = self;
+        let Reactor {
+            ring,
+            channels,
+            child_done,
+            ..
+        } = self;
         channels[device].child_complete(tag, res, &mut RingSq(ring), child_done);
         while self.child_done.len() > base {
             let (user_data, r) = self.child_done.pop().unwrap();
@@ -497,19 +577,43 @@ impl Reactor {
 
     fn conn_event(&mut self, t: Token, f: impl FnOnce(&mut Conn, &mut Env)) {
         if self.with_conn(t.conn, Some(t.generation), f).is_none() {
-            crate::warn_limited!(conn = t.conn, "completion for a connection that no longer exists");
+            crate::warn_limited!(
+                conn = t.conn,
+                "completion for a connection that no longer exists"
+            );
         }
     }
 
     /// Run `f` on a live connection with the reactor's environment.
-    fn with_conn<R>(&mut self, id: u16, generation: Option<u16>, f: impl FnOnce(&mut Conn, &mut Env) -> R) -> Option<R> {
-        let Reactor { ring, pool, channels, conns, shared, limits, stats, .. } = self;
+    fn with_conn<R>(
+        &mut self,
+        id: u16,
+        generation: Option<u16>,
+        f: impl FnOnce(&mut Conn, &mut Env) -> R,
+    ) -> Option<R> {
+        let Reactor {
+            ring,
+            pool,
+            channels,
+            conns,
+            shared,
+            limits,
+            stats,
+            ..
+        } = self;
         let conn = conns.get_mut(id as usize)?.as_mut()?;
         if generation.is_some_and(|g| g != conn.generation) {
             return None;
         }
         let mut sq = RingSq(ring);
-        let mut env = Env { sq: &mut sq, pool, channels, target: &shared.target, limits, stats };
+        let mut env = Env {
+            sq: &mut sq,
+            pool,
+            channels,
+            target: &shared.target,
+            limits,
+            stats,
+        };
         Some(f(conn, &mut env))
     }
 
@@ -558,7 +662,11 @@ impl Reactor {
         for ch in self.channels.iter_mut() {
             ch.member_stats(&mut members, reset);
         }
-        let snap = Snapshot { namespaces: self.stats.namespaces.clone(), members, reactor: self.stats.reactor_total() };
+        let snap = Snapshot {
+            namespaces: self.stats.namespaces.clone(),
+            members,
+            reactor: self.stats.reactor_total(),
+        };
         if reset {
             self.stats.reset();
         }
@@ -583,20 +691,31 @@ impl Reactor {
         if self.waiting_adopt.len() < MAX_WAITING_ADOPT && self.evict_a_handshake() {
             self.waiting_adopt.push_back((sock, port_id));
         } else {
-            crate::warn_limited!(reactor = self.index, ?peer, "connection limit reached: refusing connection");
+            crate::warn_limited!(
+                reactor = self.index,
+                ?peer,
+                "connection limit reached: refusing connection"
+            );
         }
     }
 
     /// Connections of this reactor in their handshake, from `peer` (every source: None).
     fn handshakes(&self, peer: Option<Option<std::net::IpAddr>>) -> impl Iterator<Item = u16> + '_ {
         self.active.iter().copied().filter(move |&id| {
-            let c = self.conns[id as usize].as_ref().expect("active connections exist");
+            let c = self.conns[id as usize]
+                .as_ref()
+                .expect("active connections exist");
             c.in_handshake() && peer.is_none_or(|p| self.peers[id as usize] == p)
         })
     }
 
     fn oldest(&self, ids: impl Iterator<Item = u16>) -> Option<u16> {
-        ids.min_by_key(|&id| self.conns[id as usize].as_ref().expect("active connections exist").created())
+        ids.min_by_key(|&id| {
+            self.conns[id as usize]
+                .as_ref()
+                .expect("active connections exist")
+                .created()
+        })
     }
 
     /// A new connection from `peer`: if that source already holds its share of handshakes,
@@ -606,8 +725,15 @@ impl Reactor {
             return;
         }
         if let Some(id) = self.oldest(self.handshakes(Some(peer))) {
-            crate::warn_limited!(reactor = self.index, ?peer, limit = self.handshake.per_source, "too many connections in their handshake from one source: closing the oldest");
-            self.with_conn(id, None, |c, _| c.close("too many handshakes from its source"));
+            crate::warn_limited!(
+                reactor = self.index,
+                ?peer,
+                limit = self.handshake.per_source,
+                "too many connections in their handshake from one source: closing the oldest"
+            );
+            self.with_conn(id, None, |c, _| {
+                c.close("too many handshakes from its source")
+            });
         }
     }
 
@@ -621,10 +747,16 @@ impl Reactor {
                 None => per_source.push((p, 1)),
             }
         }
-        let Some(&(hog, _)) = per_source.iter().max_by_key(|(_, n)| *n) else { return false };
-        let Some(id) = self.oldest(self.handshakes(Some(hog))) else { return false };
+        let Some(&(hog, _)) = per_source.iter().max_by_key(|(_, n)| *n) else {
+            return false;
+        };
+        let Some(id) = self.oldest(self.handshakes(Some(hog))) else {
+            return false;
+        };
         crate::warn_limited!(reactor = self.index, peer = ?hog, "connection limit reached: closing the oldest connection in its handshake to make room");
-        self.with_conn(id, None, |c, _| c.close("evicted: connection limit reached during its handshake"));
+        self.with_conn(id, None, |c, _| {
+            c.close("evicted: connection limit reached during its handshake")
+        });
         true
     }
 
@@ -634,7 +766,12 @@ impl Reactor {
         self.generations[id as usize] = generation;
         match Conn::new(sock, id, generation, port_id, &self.limits) {
             Ok(mut c) => {
-                debug!(reactor = self.index, conn = id, ?peer, "connection accepted");
+                debug!(
+                    reactor = self.index,
+                    conn = id,
+                    ?peer,
+                    "connection accepted"
+                );
                 c.set_handshake_timeout(self.handshake.timeout);
                 self.register_inline(&mut c);
                 self.conns[id as usize] = Some(Box::new(c));
@@ -652,7 +789,9 @@ impl Reactor {
     /// Give slots freed this turn to connections waiting for one.
     fn place_waiting(&mut self) {
         while !self.free_ids.is_empty() {
-            let Some((sock, port_id)) = self.waiting_adopt.pop_front() else { return };
+            let Some((sock, port_id)) = self.waiting_adopt.pop_front() else {
+                return;
+            };
             if self.stopping() {
                 continue;
             }
@@ -702,7 +841,11 @@ impl Reactor {
         let iov = c.inline_iovec();
         // SAFETY: the connection (and its inline region) outlives the registration: the
         // entry is cleared in unregister_inline before the connection is dropped.
-        match unsafe { self.ring.submitter().register_buffers_update(index, &[iov], None) } {
+        match unsafe {
+            self.ring
+                .submitter()
+                .register_buffers_update(index, &[iov], None)
+        } {
             Ok(()) => c.set_inline_reg_index(index as u16),
             Err(e) => debug!(error = %e, "in-capsule buffer registration failed"),
         }
@@ -710,9 +853,18 @@ impl Reactor {
 
     fn unregister_inline(&mut self, id: u16) {
         if self.pool.is_registered() {
-            let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+            let empty = libc::iovec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
             // SAFETY: clearing a table entry references no memory.
-            let _ = unsafe { self.ring.submitter().register_buffers_update(self.inline_table_index(id), &[empty], None) };
+            let _ = unsafe {
+                self.ring.submitter().register_buffers_update(
+                    self.inline_table_index(id),
+                    &[empty],
+                    None,
+                )
+            };
         }
     }
 
@@ -737,7 +889,13 @@ struct TurnClock {
 
 impl TurnClock {
     fn new() -> TurnClock {
-        TurnClock { last: Stamp::now(), busy: false, slept: true, busy_ns: 0, idle_ns: 0 }
+        TurnClock {
+            last: Stamp::now(),
+            busy: false,
+            slept: true,
+            busy_ns: 0,
+            idle_ns: 0,
+        }
     }
 
     /// Start a turn: account the previous one. Returns the time now.

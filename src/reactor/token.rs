@@ -49,11 +49,19 @@ pub const CHILD_TAG_BITS: u32 = 44;
 impl Token {
     pub fn new(kind: Kind, conn: u16, generation: u16, aux: u32) -> Token {
         debug_assert!(aux < 1 << AUX_BITS);
-        Token { kind, conn, generation, aux }
+        Token {
+            kind,
+            conn,
+            generation,
+            aux,
+        }
     }
 
     pub fn encode(self) -> u64 {
-        (self.kind as u64) << 60 | (self.conn as u64) << 44 | (self.generation as u64) << AUX_BITS | self.aux as u64
+        (self.kind as u64) << 60
+            | (self.conn as u64) << 44
+            | (self.generation as u64) << AUX_BITS
+            | self.aux as u64
     }
 
     /// The token of a composite device's child operation: channel `index`, `tag`.
@@ -83,7 +91,16 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for kind in [Kind::Accept, Kind::Recv, Kind::Send, Kind::Bdev, Kind::Wakeup, Kind::Tick, Kind::Child, Kind::Ignore] {
+        for kind in [
+            Kind::Accept,
+            Kind::Recv,
+            Kind::Send,
+            Kind::Bdev,
+            Kind::Wakeup,
+            Kind::Tick,
+            Kind::Child,
+            Kind::Ignore,
+        ] {
             let t = Token::new(kind, 65535, 65535, (1 << 28) - 1);
             assert_eq!(Token::decode(t.encode()), Some(t));
         }

@@ -7,7 +7,7 @@
 //! Starting --peer serves alone--> (send our dirty regions) Target
 //! Starting --both clean, not serving--> Mirrored       (else the leader: Source, all dirty)
 //! Starting --peer unreachable for the link timeout--> Suspended
-//! Mirrored --peer lost or a peer write failed--> Suspended
+//! Mirrored --peer lost, a peer write failed, or the peer suspended--> Suspended
 //! Suspended --witness won, then the fence delay--> Solo
 //! Suspended --witness lost or unreachable--> Fenced
 //! Solo --peer back and reported its dirty regions--> Source
@@ -99,7 +99,10 @@ pub struct SiteInbox {
 
 impl SiteInbox {
     pub fn add(&self, volume: &str, shared: Arc<SiteShared>, inbox: Arc<Inbox>) {
-        self.volumes.lock().unwrap().insert(volume.to_string(), (shared, inbox));
+        self.volumes
+            .lock()
+            .unwrap()
+            .insert(volume.to_string(), (shared, inbox));
     }
 }
 
@@ -109,8 +112,16 @@ impl SiteMessages for SiteInbox {
         let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
         let m: Value = serde_json::from_slice(&data[..end]).map_err(|_| invalid)?;
         let volume = m["volume"].as_str().ok_or(invalid)?;
-        let (shared, inbox) = self.volumes.lock().unwrap().get(volume).cloned().ok_or(invalid)?;
-        inbox.peer_mode.store(m["mode"].as_u64().unwrap_or(0) as u8, Ordering::Release);
+        let (shared, inbox) = self
+            .volumes
+            .lock()
+            .unwrap()
+            .get(volume)
+            .cloned()
+            .ok_or(invalid)?;
+        inbox
+            .peer_mode
+            .store(m["mode"].as_u64().unwrap_or(0) as u8, Ordering::Release);
         *inbox.peer_seen.lock().unwrap() = Some(Instant::now());
         if let (Some(regions), Some(round)) = (m["dirty"].as_array(), m["round"].as_u64()) {
             let mut d = inbox.peer_dirty.lock().unwrap();
@@ -126,7 +137,9 @@ impl SiteMessages for SiteInbox {
             *inbox.peer_leader.lock().unwrap() = l.to_string();
         }
         if m["full"].as_bool() == Some(true) {
-            inbox.peer_full_round.store(m["dirty_done"].as_u64().unwrap_or(0), Ordering::Release);
+            inbox
+                .peer_full_round
+                .store(m["dirty_done"].as_u64().unwrap_or(0), Ordering::Release);
         }
         if let Some(round) = m["want_dirty"].as_u64() {
             inbox.dirty_request.store(round, Ordering::Release);
@@ -191,6 +204,8 @@ pub struct SiteController {
     /// Last successful exchange with the peer, and the peer's mode then.
     last_exchange: Option<Instant>,
     peer_mode: Mode,
+    /// Since when the peer has been in `peer_mode` (by our exchanges).
+    peer_mode_since: Instant,
     last_witness_beat: Instant,
     last_witness_ok: Instant,
     rtt_us: Arc<AtomicU64>,
@@ -270,8 +285,14 @@ impl SiteController {
         crash_ranges: Option<Vec<(u64, u64)>>,
     ) -> std::io::Result<(SiteHandle, std::thread::JoinHandle<()>)> {
         // No state yet: a new site, whose copy is as good as any (the first resync sets it).
-        let new_site = SavedState { fresh: true, ..SavedState::default() };
-        let saved: SavedState = std::fs::read(&cfg.state_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(new_site);
+        let new_site = SavedState {
+            fresh: true,
+            ..SavedState::default()
+        };
+        let saved: SavedState = std::fs::read(&cfg.state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(new_site);
         let mut clean_start = saved.clean;
         if saved.clean {
             for r in &saved.dirty {
@@ -284,24 +305,54 @@ impl SiteController {
                 shared.dirty.mark(offset, len);
             }
             clean_start = true;
-            info!(volume = cfg.volume, regions = shared.dirty.count(), "restart after a crash while mirrored: the regions written at the crash are dirty");
+            info!(
+                volume = cfg.volume,
+                regions = shared.dirty.count(),
+                "restart after a crash while mirrored: the regions written at the crash are dirty"
+            );
         }
         // Until the next clean stop, a crash leaves the file saying "unknown".
-        write_state(&cfg.state_file, &SavedState { clean: false, mode: "starting".into(), dirty: vec![], fresh: saved.fresh })?;
-        let witness = cfg.witness.map(|w| Witness::new(Etcd::new(w), &cfg.site, &cfg.volume, cfg.witness_ttl_s));
+        write_state(
+            &cfg.state_file,
+            &SavedState {
+                clean: false,
+                mode: "starting".into(),
+                dirty: vec![],
+                fresh: saved.fresh,
+            },
+        )?;
+        let witness = cfg
+            .witness
+            .map(|w| Witness::new(Etcd::new(w), &cfg.site, &cfg.volume, cfg.witness_ttl_s));
         let status = SiteStatus {
             volume: cfg.volume.clone(),
             site: cfg.site.clone(),
             peer_site: cfg.peer_site.clone(),
             leader: shared.is_leader(),
-            witness: cfg.witness.map(|w| w.to_string()).unwrap_or_else(|| "none".into()),
+            witness: cfg
+                .witness
+                .map(|w| w.to_string())
+                .unwrap_or_else(|| "none".into()),
             ..SiteStatus::default()
         };
         let status = Arc::new(Mutex::new(status));
         let (tx, rx) = crossbeam::channel::unbounded();
         let stop = Arc::new(AtomicBool::new(false));
-        let handle = SiteHandle { volume: cfg.volume.clone(), shared: shared.clone(), status: status.clone(), commands: tx, stop: stop.clone() };
-        info!(volume = cfg.volume, site = cfg.site, peer = cfg.peer_site, leader = shared.is_leader(), clean_start, "site controller starting");
+        let handle = SiteHandle {
+            volume: cfg.volume.clone(),
+            shared: shared.clone(),
+            status: status.clone(),
+            commands: tx,
+            stop: stop.clone(),
+        };
+        info!(
+            volume = cfg.volume,
+            site = cfg.site,
+            peer = cfg.peer_site,
+            leader = shared.is_leader(),
+            clean_start,
+            "site controller starting"
+        );
         let c = SiteController {
             cfg,
             shared,
@@ -315,6 +366,7 @@ impl SiteController {
             started: Instant::now(),
             last_exchange: None,
             peer_mode: Mode::Starting,
+            peer_mode_since: Instant::now(),
             last_witness_beat: Instant::now(),
             last_witness_ok: Instant::now(),
             rtt_us: Arc::new(AtomicU64::new(0)),
@@ -326,7 +378,9 @@ impl SiteController {
             resync_started: None,
         };
         c.apply_ana();
-        let t = std::thread::Builder::new().name(format!("site-{}", c.cfg.volume)).spawn(move || c.run())?;
+        let t = std::thread::Builder::new()
+            .name(format!("site-{}", c.cfg.volume))
+            .spawn(move || c.run())?;
         Ok((handle, t))
     }
 
@@ -355,7 +409,14 @@ impl SiteController {
             return;
         }
         self.shared.set_mode(m);
-        info!(volume = self.cfg.volume, site = self.cfg.site, from = old.name(), to = m.name(), why, "site mode changed");
+        info!(
+            volume = self.cfg.volume,
+            site = self.cfg.site,
+            from = old.name(),
+            to = m.name(),
+            why,
+            "site mode changed"
+        );
         if matches!(m, Mode::Fenced | Mode::Starting) {
             // A new round of agreeing with the peer on who resyncs whom.
             self.round = new_round(self.round);
@@ -376,7 +437,12 @@ impl SiteController {
             Mode::Fenced | Mode::Target => self.fresh = false,
             Mode::Starting | Mode::Suspended => {}
         }
-        let state = SavedState { clean: false, mode: m.name().into(), dirty: vec![], fresh: self.fresh };
+        let state = SavedState {
+            clean: false,
+            mode: m.name().into(),
+            dirty: vec![],
+            fresh: self.fresh,
+        };
         if let Err(e) = write_state(&self.cfg.state_file, &state) {
             warn!(volume = self.cfg.volume, error = %e, "cannot save the site state");
         }
@@ -386,7 +452,11 @@ impl SiteController {
 
     /// Host paths are optimized while this site serves, inaccessible otherwise.
     fn apply_ana(&self) {
-        let state = if self.mode().serves_hosts() { AnaState::Optimized } else { AnaState::Inaccessible };
+        let state = if self.mode().serves_hosts() {
+            AnaState::Optimized
+        } else {
+            AnaState::Inaccessible
+        };
         for (port, nqn) in &self.cfg.host_paths {
             if let Err(e) = self.target.set_ana_state(*port, Some(nqn), state) {
                 warn!(volume = self.cfg.volume, port, error = %e, "cannot set the ANA state");
@@ -395,25 +465,36 @@ impl SiteController {
     }
 
     fn peer_reachable(&self) -> bool {
-        self.last_exchange.is_some_and(|t| t.elapsed() < self.cfg.link_timeout)
+        self.last_exchange
+            .is_some_and(|t| t.elapsed() < self.cfg.link_timeout)
     }
 
     /// Send our state (plus `extra` fields) to the peer; note its answer.
     fn exchange(&mut self, extra: Value) -> bool {
         let mut m = json!({"volume": self.cfg.volume, "site": self.cfg.site, "mode": self.mode() as u8, "leader": self.cfg.leader, "fresh": self.fresh});
-        if self.mode() == Mode::Solo || (matches!(self.mode(), Mode::Starting | Mode::Fenced) && self.fresh) {
+        if self.mode() == Mode::Solo
+            || (matches!(self.mode(), Mode::Starting | Mode::Fenced) && self.fresh)
+        {
             m["want_dirty"] = json!(self.round);
         }
         if let (Some(o), Some(e)) = (m.as_object_mut(), extra.as_object()) {
             o.extend(e.clone());
         }
         let t = Instant::now();
-        match self.replica.site_message(m.to_string().as_bytes(), self.cfg.link_timeout / 2) {
+        match self
+            .replica
+            .site_message(m.to_string().as_bytes(), self.cfg.link_timeout / 2)
+        {
             Ok((mode, _dirty)) if t.elapsed() < self.cfg.link_timeout => {
-                self.rtt_us.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.rtt_us
+                    .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
                 self.shared.link_rtt.record(t.elapsed().as_micros() as u64);
                 self.last_exchange = Some(Instant::now());
-                self.peer_mode = Mode::from_u8(mode as u8);
+                let mode = Mode::from_u8(mode as u8);
+                if mode != self.peer_mode {
+                    self.peer_mode = mode;
+                    self.peer_mode_since = Instant::now();
+                }
                 true
             }
             _ => false,
@@ -426,32 +507,49 @@ impl SiteController {
             self.inbox.handed_over.store(false, Ordering::Release);
         }
         let in_sync = self.inbox.in_sync.swap(0, Ordering::AcqRel);
-        if matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) && in_sync != 0 && in_sync == self.dirty_answered {
+        if matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target)
+            && in_sync != 0
+            && in_sync == self.dirty_answered
+        {
             self.shared.dirty.clear_all();
             self.shared.peer_failed.store(false, Ordering::Release);
             return self.set_mode(Mode::Mirrored, "the peer resynchronised this site");
         }
         let asked = self.inbox.dirty_request.load(Ordering::Acquire);
-        if asked != 0 && asked != self.dirty_answered && matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target) {
+        if asked != 0
+            && asked != self.dirty_answered
+            && matches!(self.mode(), Mode::Starting | Mode::Fenced | Mode::Target)
+        {
             self.send_dirty(asked);
         }
         let reachable = self.peer_reachable();
         let peer = self.peer_mode;
-        let peer_serves_alone = reachable && matches!(peer, Mode::Solo | Mode::Source);
         match self.mode() {
             Mode::Starting => self.step_starting(reachable, peer),
             Mode::Mirrored => {
-                if self.inbox.handed_over.swap(false, Ordering::AcqRel) {
-                    self.take_over_from_peer();
-                } else if !reachable || self.shared.peer_failed.load(Ordering::Acquire) {
-                    self.lose_peer(if reachable { "a write to the peer failed" } else { "the peer is unreachable" });
-                } else if peer_serves_alone {
-                    self.become_target("the peer serves alone");
+                let seen = PeerView {
+                    reachable,
+                    peer,
+                    peer_for: self.peer_mode_since.elapsed(),
+                    peer_failed: self.shared.peer_failed.load(Ordering::Acquire),
+                };
+                match mirrored_step(
+                    self.inbox.handed_over.swap(false, Ordering::AcqRel),
+                    &seen,
+                    self.cfg.link_timeout,
+                ) {
+                    MirroredStep::Stay => {}
+                    MirroredStep::TakeOver => self.take_over_from_peer(),
+                    MirroredStep::LosePeer(why) => self.lose_peer(why),
+                    MirroredStep::BecomeTarget => self.become_target("the peer serves alone"),
                 }
             }
             Mode::Suspended => self.decide(),
             Mode::Solo => {
-                if reachable && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round && matches!(peer, Mode::Target) {
+                if reachable
+                    && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round
+                    && matches!(peer, Mode::Target)
+                {
                     self.start_resync();
                 }
             }
@@ -461,7 +559,12 @@ impl SiteController {
                 } else {
                     self.merge_peer_dirty();
                     let copying = self.shared.copying.load(Ordering::Acquire);
-                    if self.shared.dirty.count() == 0 && !copying && peer == Mode::Target {
+                    // The peer is Mirrored already if it took our in-sync notice but the
+                    // answer was lost: say it again, and mirror too.
+                    if self.shared.dirty.count() == 0
+                        && !copying
+                        && matches!(peer, Mode::Target | Mode::Mirrored)
+                    {
                         self.finish_resync();
                     }
                 }
@@ -479,15 +582,24 @@ impl SiteController {
         let peer_leader = self.inbox.peer_leader.lock().unwrap().clone();
         if reachable && !peer_leader.is_empty() && peer_leader != self.cfg.leader {
             // Two sites that both order (or both forward) would corrupt or loop: refuse.
-            crate::warn_limited!(volume = self.cfg.volume, ours = self.cfg.leader, peer = peer_leader, "the sites disagree on the leader: fix the configuration");
-            self.status.lock().unwrap().last_change = format!("waiting: the peer says the leader is '{peer_leader}', this site says '{}'", self.cfg.leader);
+            crate::warn_limited!(
+                volume = self.cfg.volume,
+                ours = self.cfg.leader,
+                peer = peer_leader,
+                "the sites disagree on the leader: fix the configuration"
+            );
+            self.status.lock().unwrap().last_change = format!(
+                "waiting: the peer says the leader is '{peer_leader}', this site says '{}'",
+                self.cfg.leader
+            );
             return;
         }
         if !reachable {
             if self.started.elapsed() > self.cfg.link_timeout * 2 {
                 if !self.fresh {
                     // The peer went on without this copy: it must not serve alone.
-                    self.status.lock().unwrap().last_change = "waiting for the peer: this copy is behind it".into();
+                    self.status.lock().unwrap().last_change =
+                        "waiting for the peer: this copy is behind it".into();
                     return;
                 }
                 if !self.clean_start {
@@ -508,7 +620,14 @@ impl SiteController {
             return;
         }
         // Both directions must work: the peer's own messages tell whether its copy is fresh.
-        if !reachable || self.inbox.peer_seen.lock().unwrap().is_none_or(|t| t.elapsed() > self.cfg.link_timeout) {
+        if !reachable
+            || self
+                .inbox
+                .peer_seen
+                .lock()
+                .unwrap()
+                .is_none_or(|t| t.elapsed() > self.cfg.link_timeout)
+        {
             return;
         }
         match peer {
@@ -516,19 +635,28 @@ impl SiteController {
             Mode::Mirrored | Mode::Suspended => {} // it will notice it lost us
             Mode::Starting | Mode::Fenced | Mode::Target => {
                 let peer_fresh = self.inbox.peer_fresh.load(Ordering::Acquire);
-                let source = if self.fresh != peer_fresh { self.fresh } else { self.fresh && self.shared.is_leader() };
+                let source = if self.fresh != peer_fresh {
+                    self.fresh
+                } else {
+                    self.fresh && self.shared.is_leader()
+                };
                 if !self.fresh && !peer_fresh {
                     self.status.lock().unwrap().last_change = "neither copy is known to hold every write: `site takeover --force` at the site to keep".into();
                     return;
                 }
                 if source {
-                    if peer == Mode::Target && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round {
+                    if peer == Mode::Target
+                        && self.inbox.peer_dirty_round.load(Ordering::Acquire) == self.round
+                    {
                         if !self.clean_start {
                             self.shared.dirty.set_all();
                         }
                         self.start_resync();
                     }
-                } else if self.dirty_answered != 0 && self.dirty_answered == self.inbox.dirty_request.load(Ordering::Acquire) && self.mode() != Mode::Target {
+                } else if self.dirty_answered != 0
+                    && self.dirty_answered == self.inbox.dirty_request.load(Ordering::Acquire)
+                    && self.mode() != Mode::Target
+                {
                     self.become_target("the peer will resynchronise this site");
                 }
             }
@@ -555,7 +683,12 @@ impl SiteController {
     }
 
     fn merge_peer_dirty(&mut self) {
-        if self.inbox.peer_full_round.compare_exchange(self.round, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if self
+            .inbox
+            .peer_full_round
+            .compare_exchange(self.round, 0, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
             self.shared.dirty.set_all();
         }
         let (round, regions) = std::mem::take(&mut *self.inbox.peer_dirty.lock().unwrap());
@@ -567,9 +700,15 @@ impl SiteController {
     fn start_resync(&mut self) {
         self.merge_peer_dirty();
         self.shared.peer_failed.store(false, Ordering::Release);
-        self.resync_started = Some((Instant::now(), self.shared.resync_bytes.load(Ordering::Relaxed)));
+        self.resync_started = Some((
+            Instant::now(),
+            self.shared.resync_bytes.load(Ordering::Relaxed),
+        ));
         let dirty = self.shared.dirty.count();
-        self.set_mode(Mode::Source, &format!("the peer is back: copying {dirty} dirty regions"));
+        self.set_mode(
+            Mode::Source,
+            &format!("the peer is back: copying {dirty} dirty regions"),
+        );
     }
 
     /// The peer stopped serving and handed the volume over (planned maintenance): serve
@@ -577,7 +716,10 @@ impl SiteController {
     fn take_over_from_peer(&mut self) {
         if let Some(w) = self.witness.as_mut() {
             if let Role::Fenced { why } = w.peer_lost().clone() {
-                warn!(volume = self.cfg.volume, why, "the witness refused the hand-over");
+                warn!(
+                    volume = self.cfg.volume,
+                    why, "the witness refused the hand-over"
+                );
                 return self.set_mode(Mode::Fenced, &why);
             }
         }
@@ -590,10 +732,14 @@ impl SiteController {
     fn finish_resync(&mut self) {
         self.shared.set_quiesce(true);
         let deadline = Instant::now() + self.cfg.link_timeout;
-        while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+        while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(1));
         }
-        let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0 && self.shared.dirty.count() == 0 && self.exchange(json!({"in_sync": self.round}));
+        let ok = self.shared.peer_writes_in_flight.load(Ordering::Acquire) == 0
+            && self.shared.dirty.count() == 0
+            && self.exchange(json!({"in_sync": self.round}));
         if ok {
             if !self.shared.is_leader() {
                 // Mirrored, this site forwards its writes to the leader, whose forward
@@ -615,7 +761,12 @@ impl SiteController {
 
     /// The peer is lost: hold host I/O and ask the witness.
     fn lose_peer(&mut self, why: &str) {
-        warn!(volume = self.cfg.volume, site = self.cfg.site, why, "peer site lost");
+        warn!(
+            volume = self.cfg.volume,
+            site = self.cfg.site,
+            why,
+            "peer site lost"
+        );
         // Writes the peer ordered and sent here just before: the peer may not have them
         // (it crashed before its own local write), so they go back to it at the rejoin.
         for r in self.shared.recent.since(self.cfg.link_timeout * 3) {
@@ -628,7 +779,9 @@ impl SiteController {
     fn decide(&mut self) {
         let role = match self.witness.as_mut() {
             Some(w) => w.peer_lost().clone(),
-            None => Role::Fenced { why: "no witness is configured".into() },
+            None => Role::Fenced {
+                why: "no witness is configured".into(),
+            },
         };
         self.status.lock().unwrap().witness_role = format!("{role:?}");
         match role {
@@ -662,14 +815,20 @@ impl SiteController {
             return;
         }
         self.last_witness_beat = Instant::now();
-        let Some(w) = self.witness.as_mut() else { return };
+        let Some(w) = self.witness.as_mut() else {
+            return;
+        };
         let r = w.heartbeat();
         let role = w.role.clone();
         match r {
             Ok(()) => self.last_witness_ok = Instant::now(),
-            Err(e) => crate::warn_limited!(volume = self.cfg.volume, error = %e, "witness unreachable"),
+            Err(e) => {
+                crate::warn_limited!(volume = self.cfg.volume, error = %e, "witness unreachable")
+            }
         }
-        if matches!(self.mode(), Mode::Solo | Mode::Source) && self.last_witness_ok.elapsed() > ttl * 2 / 3 {
+        if matches!(self.mode(), Mode::Solo | Mode::Source)
+            && self.last_witness_ok.elapsed() > ttl * 2 / 3
+        {
             return self.set_mode(Mode::Fenced, "the witness lease could not be renewed");
         }
         if let (Role::Fenced { why }, Mode::Solo | Mode::Source) = (&role, self.mode()) {
@@ -686,17 +845,29 @@ impl SiteController {
                 // retry it on the peer's paths.
                 self.shared.set_quiesce(true);
                 let deadline = Instant::now() + self.cfg.link_timeout;
-                while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+                while self.shared.peer_writes_in_flight.load(Ordering::Acquire) > 0
+                    && Instant::now() < deadline
+                {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 self.shared.set_mode(Mode::Suspended);
                 let told = self.exchange(json!({"handover": true}));
                 self.shared.set_quiesce(false);
                 self.maintenance = true;
-                self.set_mode(Mode::Fenced, if told { "handed over to the peer: in maintenance until restarted" } else { "handed over (the peer did not answer)" });
+                self.set_mode(
+                    Mode::Fenced,
+                    if told {
+                        "handed over to the peer: in maintenance until restarted"
+                    } else {
+                        "handed over (the peer did not answer)"
+                    },
+                );
             }
             Command::ForceTakeover => {
-                warn!(volume = self.cfg.volume, "forced takeover: serving alone without the witness");
+                warn!(
+                    volume = self.cfg.volume,
+                    "forced takeover: serving alone without the witness"
+                );
                 self.witness = None;
                 self.set_mode(Mode::Solo, "forced takeover");
             }
@@ -706,13 +877,22 @@ impl SiteController {
     fn publish(&mut self) {
         let reachable = self.peer_reachable();
         let eta = self.resync_started.and_then(|(t, base)| {
-            let done = self.shared.resync_bytes.load(Ordering::Relaxed).saturating_sub(base);
+            let done = self
+                .shared
+                .resync_bytes
+                .load(Ordering::Relaxed)
+                .saturating_sub(base);
             let left = self.shared.dirty.count() * super::dirty::REGION;
-            (done > 0 && self.mode() == Mode::Source).then(|| (left as f64 / (done as f64 / t.elapsed().as_secs_f64().max(1e-3))) as u64)
+            (done > 0 && self.mode() == Mode::Source)
+                .then(|| (left as f64 / (done as f64 / t.elapsed().as_secs_f64().max(1e-3))) as u64)
         });
         let mut s = self.status.lock().unwrap();
         s.peer_reachable = reachable;
-        s.peer_mode = if reachable { self.peer_mode.name().into() } else { "unknown".into() };
+        s.peer_mode = if reachable {
+            self.peer_mode.name().into()
+        } else {
+            "unknown".into()
+        };
         s.link_rtt_us = self.rtt_us.load(Ordering::Relaxed);
         s.resync_eta_secs = eta;
         if let Some(w) = &self.witness {
@@ -722,20 +902,76 @@ impl SiteController {
 
     fn save_on_stop(&mut self) {
         let mode = self.mode();
-        let state = SavedState { clean: true, mode: mode.name().into(), dirty: self.shared.dirty.list(), fresh: self.fresh };
+        let state = SavedState {
+            clean: true,
+            mode: mode.name().into(),
+            dirty: self.shared.dirty.list(),
+            fresh: self.fresh,
+        };
         if let Err(e) = write_state(&self.cfg.state_file, &state) {
             warn!(volume = self.cfg.volume, error = %e, "cannot save the site state");
         }
         if let Some(w) = self.witness.as_mut() {
             let _ = w.shutdown();
         }
-        info!(volume = self.cfg.volume, mode = mode.name(), dirty = state.dirty.len(), "site controller stopped");
+        info!(
+            volume = self.cfg.volume,
+            mode = mode.name(),
+            dirty = state.dirty.len(),
+            "site controller stopped"
+        );
+    }
+}
+
+/// What a mirrored site saw of its peer at its last exchange.
+#[derive(Debug, Clone, Copy)]
+struct PeerView {
+    reachable: bool,
+    peer: Mode,
+    /// How long the peer has been in `peer`.
+    peer_for: Duration,
+    /// A write to the peer failed (ordered, forwarded or copied).
+    peer_failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MirroredStep {
+    Stay,
+    /// The peer handed the volume over for maintenance.
+    TakeOver,
+    /// Stop serving (reads too) and ask the witness.
+    LosePeer(&'static str),
+    BecomeTarget,
+}
+
+/// What a mirrored site does next. Both sites must stop serving when either one stops
+/// mirroring: a site whose write to the peer failed asks the witness and, if it wins,
+/// serves alone after the fence delay; the peer, still reachable, must not go on serving
+/// reads from a copy that will miss those writes. So a peer seen suspended for a tick
+/// (a hand-over passes through suspended for one exchange only) makes this site suspend
+/// too, well within the fence delay. A peer that stays out of mirroring (restarted,
+/// fenced, stuck as a target) for a link timeout counts as lost.
+fn mirrored_step(handed_over: bool, seen: &PeerView, link_timeout: Duration) -> MirroredStep {
+    match seen.peer {
+        _ if handed_over => MirroredStep::TakeOver,
+        _ if !seen.reachable => MirroredStep::LosePeer("the peer is unreachable"),
+        _ if seen.peer_failed => MirroredStep::LosePeer("a write to the peer failed"),
+        Mode::Solo | Mode::Source => MirroredStep::BecomeTarget,
+        Mode::Suspended if seen.peer_for >= TICK => {
+            MirroredStep::LosePeer("the peer suspended mirroring")
+        }
+        Mode::Starting | Mode::Fenced | Mode::Target if seen.peer_for >= link_timeout => {
+            MirroredStep::LosePeer("the peer stopped mirroring")
+        }
+        _ => MirroredStep::Stay,
     }
 }
 
 /// A round number not used before: milliseconds since the epoch, always increasing.
 fn new_round(previous: u64) -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     now.max(previous + 1)
 }
 
@@ -744,4 +980,91 @@ fn write_state(path: &std::path::Path, s: &SavedState) -> std::io::Result<()> {
     std::fs::write(&tmp, serde_json::to_vec(s).map_err(std::io::Error::other)?)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(peer: Mode, ms: u64) -> PeerView {
+        PeerView {
+            reachable: true,
+            peer,
+            peer_for: Duration::from_millis(ms),
+            peer_failed: false,
+        }
+    }
+
+    #[test]
+    fn a_mirrored_site_stops_serving_when_its_peer_stops_mirroring() {
+        let link = Duration::from_secs(1);
+        assert_eq!(
+            mirrored_step(false, &view(Mode::Mirrored, 5000), link),
+            MirroredStep::Stay
+        );
+        assert!(matches!(
+            mirrored_step(
+                false,
+                &PeerView {
+                    reachable: false,
+                    ..view(Mode::Mirrored, 0)
+                },
+                link
+            ),
+            MirroredStep::LosePeer(_)
+        ));
+        assert!(matches!(
+            mirrored_step(
+                false,
+                &PeerView {
+                    peer_failed: true,
+                    ..view(Mode::Mirrored, 0)
+                },
+                link
+            ),
+            MirroredStep::LosePeer(_)
+        ));
+        // The peer's write to us failed and it asks the witness: we must not serve reads
+        // it may no longer mirror here.
+        assert!(matches!(
+            mirrored_step(false, &view(Mode::Suspended, 150), link),
+            MirroredStep::LosePeer(_)
+        ));
+        assert_eq!(
+            mirrored_step(false, &view(Mode::Suspended, 20), link),
+            MirroredStep::Stay,
+            "one exchange's grace for a hand-over"
+        );
+        assert_eq!(
+            mirrored_step(true, &view(Mode::Suspended, 20), link),
+            MirroredStep::TakeOver
+        );
+        assert_eq!(
+            mirrored_step(true, &view(Mode::Fenced, 5000), link),
+            MirroredStep::TakeOver,
+            "the hand-over comes first"
+        );
+        assert_eq!(
+            mirrored_step(false, &view(Mode::Solo, 0), link),
+            MirroredStep::BecomeTarget
+        );
+        assert_eq!(
+            mirrored_step(false, &view(Mode::Source, 0), link),
+            MirroredStep::BecomeTarget
+        );
+        for m in [Mode::Starting, Mode::Fenced, Mode::Target] {
+            assert_eq!(
+                mirrored_step(false, &view(m, 300), link),
+                MirroredStep::Stay,
+                "{m:?}: the peer may be leaving a resync"
+            );
+            assert!(
+                matches!(
+                    mirrored_step(false, &view(m, 1500), link),
+                    MirroredStep::LosePeer(_)
+                ),
+                "{m:?}"
+            );
+        }
+    }
 }

@@ -17,7 +17,12 @@ pub struct RecentWrites {
 
 impl RecentWrites {
     pub fn new(bytes: u64) -> RecentWrites {
-        RecentWrites { ticks: (0..bytes.div_ceil(REGION)).map(|_| std::sync::atomic::AtomicU32::new(0)).collect(), start: std::time::Instant::now() }
+        RecentWrites {
+            ticks: (0..bytes.div_ceil(REGION))
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
+            start: std::time::Instant::now(),
+        }
     }
 
     fn now(&self) -> u32 {
@@ -35,8 +40,13 @@ impl RecentWrites {
 
     /// Regions written within the last `window`.
     pub fn since(&self, window: std::time::Duration) -> Vec<u64> {
-        let from = self.now().saturating_sub((window.as_millis() / 10) as u32 + 1).max(1);
-        (0..self.ticks.len() as u64).filter(|&r| self.ticks[r as usize].load(Ordering::Relaxed) >= from).collect()
+        let from = self
+            .now()
+            .saturating_sub((window.as_millis() / 10) as u32 + 1)
+            .max(1);
+        (0..self.ticks.len() as u64)
+            .filter(|&r| self.ticks[r as usize].load(Ordering::Relaxed) >= from)
+            .collect()
     }
 
     pub fn clear(&self) {
@@ -55,7 +65,12 @@ pub struct DirtyMap {
 impl DirtyMap {
     pub fn new(bytes: u64) -> DirtyMap {
         let regions = bytes.div_ceil(REGION);
-        DirtyMap { words: (0..regions.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(), regions }
+        DirtyMap {
+            words: (0..regions.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            regions,
+        }
     }
 
     pub fn regions(&self) -> u64 {
@@ -80,7 +95,9 @@ impl DirtyMap {
     }
 
     pub fn is_set(&self, region: u64) -> bool {
-        region < self.regions && self.words[(region / 64) as usize].load(Ordering::Acquire) & (1 << (region % 64)) != 0
+        region < self.regions
+            && self.words[(region / 64) as usize].load(Ordering::Acquire) & (1 << (region % 64))
+                != 0
     }
 
     pub fn clear_all(&self) {
@@ -117,7 +134,10 @@ impl DirtyMap {
     }
 
     pub fn count(&self) -> u64 {
-        self.words.iter().map(|w| w.load(Ordering::Acquire).count_ones() as u64).sum()
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Acquire).count_ones() as u64)
+            .sum()
     }
 
     /// The set regions (for handing them to the peer).
@@ -154,7 +174,10 @@ mod tests {
         r.note(REGION + 5, 10);
         assert_eq!(r.since(std::time::Duration::from_secs(1)), vec![1]);
         std::thread::sleep(std::time::Duration::from_millis(60));
-        assert!(r.since(std::time::Duration::from_millis(20)).is_empty(), "older than the window");
+        assert!(
+            r.since(std::time::Duration::from_millis(20)).is_empty(),
+            "older than the window"
+        );
         r.note(3 * REGION, 1);
         r.clear();
         assert!(r.since(std::time::Duration::from_secs(10)).is_empty());
@@ -164,6 +187,10 @@ mod tests {
     fn spans_cover_exactly_the_touched_regions() {
         assert_eq!(DirtyMap::span(0, REGION), 0..1);
         assert_eq!(DirtyMap::span(1, REGION), 0..2);
-        assert_eq!(DirtyMap::span(3 * REGION, 0), 3..4, "a zero-length write still names its region");
+        assert_eq!(
+            DirtyMap::span(3 * REGION, 0),
+            3..4,
+            "a zero-length write still names its region"
+        );
     }
 }

@@ -69,7 +69,10 @@ impl Mode {
 
     /// Whether hosts may use this site's paths (its ANA state is optimized).
     pub fn serves_hosts(self) -> bool {
-        matches!(self, Mode::Mirrored | Mode::Solo | Mode::Source | Mode::Suspended)
+        matches!(
+            self,
+            Mode::Mirrored | Mode::Solo | Mode::Source | Mode::Suspended
+        )
     }
 }
 
@@ -98,7 +101,11 @@ impl LatencyHistogram {
 
     /// Per-bucket counts (not cumulative), the sum in microseconds and the count.
     pub fn snapshot(&self) -> ([u64; 20], u64, u64) {
-        (self.buckets.each_ref().map(|b| b.load(Ordering::Relaxed)), self.sum_us.load(Ordering::Relaxed), self.count.load(Ordering::Relaxed))
+        (
+            self.buckets.each_ref().map(|b| b.load(Ordering::Relaxed)),
+            self.sum_us.load(Ordering::Relaxed),
+            self.count.load(Ordering::Relaxed),
+        )
     }
 }
 

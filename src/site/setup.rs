@@ -27,7 +27,10 @@ pub struct Stretch {
 pub fn with_site_links(cfg: &Config) -> Config {
     let mut cfg = cfg.clone();
     for s in cfg.stretches.clone() {
-        cfg.listeners.push(ListenerSection { address: s.link_listener.clone(), ana_state: None });
+        cfg.listeners.push(ListenerSection {
+            address: s.link_listener.clone(),
+            ana_state: None,
+        });
         cfg.subsystems.push(SubsystemSection {
             nqn: s.link_nqn(),
             serial: None,
@@ -36,8 +39,16 @@ pub fn with_site_links(cfg: &Config) -> Config {
             allow_any_host: false,
             hosts: vec![site_hostnqn(&s.peer_site)],
             namespaces: vec![
-                NamespaceSection { nsid: Some(1), device: format!("{}:replica", s.name), uuid: None },
-                NamespaceSection { nsid: Some(2), device: format!("{}:forward", s.name), uuid: None },
+                NamespaceSection {
+                    nsid: Some(1),
+                    device: format!("{}:replica", s.name),
+                    uuid: None,
+                },
+                NamespaceSection {
+                    nsid: Some(2),
+                    device: format!("{}:forward", s.name),
+                    uuid: None,
+                },
             ],
             cntlid_min: crate::nvmf::subsystem::CNTLID_MIN as u32,
             cntlid_max: crate::nvmf::subsystem::CNTLID_MAX as u32,
@@ -71,9 +82,37 @@ fn leg(s: &StretchSection, nsid: u32) -> RemoteConfig {
 pub fn build(s: &StretchSection, local: Arc<dyn Bdev>) -> std::io::Result<Stretch> {
     let bytes = local.num_blocks() * local.block_size() as u64;
     let crash_ranges = local.crash_ranges();
-    let replica = Arc::new(RemoteBdev::open(&format!("{}.replica", s.name), leg(s, 1), local.block_size(), Some(bytes))?);
-    let forward = Arc::new(RemoteBdev::open(&format!("{}.forward", s.name), leg(s, 2), local.block_size(), Some(bytes))?);
-    let shared = Arc::new(SiteShared::new(&s.name, bytes, s.leader == s.site, s.resync_rate.0));
-    let bdev = Arc::new(StretchBdev::new(&s.name, local, replica.clone(), forward.clone(), shared)?);
-    Ok(Stretch { cfg: s.clone(), bdev, replica, forward, inbox: Arc::new(Inbox::default()), crash_ranges })
+    let replica = Arc::new(RemoteBdev::open(
+        &format!("{}.replica", s.name),
+        leg(s, 1),
+        local.block_size(),
+        Some(bytes),
+    )?);
+    let forward = Arc::new(RemoteBdev::open(
+        &format!("{}.forward", s.name),
+        leg(s, 2),
+        local.block_size(),
+        Some(bytes),
+    )?);
+    let shared = Arc::new(SiteShared::new(
+        &s.name,
+        bytes,
+        s.leader == s.site,
+        s.resync_rate.0,
+    ));
+    let bdev = Arc::new(StretchBdev::new(
+        &s.name,
+        local,
+        replica.clone(),
+        forward.clone(),
+        shared,
+    )?);
+    Ok(Stretch {
+        cfg: s.clone(),
+        bdev,
+        replica,
+        forward,
+        inbox: Arc::new(Inbox::default()),
+        crash_ranges,
+    })
 }

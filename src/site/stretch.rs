@@ -20,7 +20,10 @@ use std::time::Instant;
 
 use super::dirty::REGION;
 use super::{Mode, SiteShared, LOCK_UNIT};
-use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
+use crate::bdev::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink,
+    Submitted,
+};
 use crate::reactor::token::{Kind, Token};
 use crate::util::aligned::AlignedRegion;
 use crate::util::bucket::TokenBucket;
@@ -54,10 +57,18 @@ impl std::fmt::Debug for StretchBdev {
 impl StretchBdev {
     /// `replica`: the peer's copy (its local volume); `forward`: the peer's stretched
     /// volume, where writes go when the peer orders them.
-    pub fn new(name: &str, local: Arc<dyn Bdev>, replica: Arc<dyn Bdev>, forward: Arc<dyn Bdev>, shared: Arc<SiteShared>) -> std::io::Result<StretchBdev> {
+    pub fn new(
+        name: &str,
+        local: Arc<dyn Bdev>,
+        replica: Arc<dyn Bdev>,
+        forward: Arc<dyn Bdev>,
+        shared: Arc<SiteShared>,
+    ) -> std::io::Result<StretchBdev> {
         let bytes = local.num_blocks() * local.block_size() as u64;
         for (what, d) in [("replica", &replica), ("forward", &forward)] {
-            if d.num_blocks() * d.block_size() as u64 != bytes || d.block_size() != local.block_size() {
+            if d.num_blocks() * d.block_size() as u64 != bytes
+                || d.block_size() != local.block_size()
+            {
                 return Err(std::io::Error::other(format!(
                     "stretched volume {name}: the peer's {what} namespace has {} blocks of {} bytes, the local volume {} of {}",
                     d.num_blocks(),
@@ -67,15 +78,36 @@ impl StretchBdev {
                 )));
             }
         }
-        let info = BdevInfo { name: name.to_string(), block_size: local.block_size(), num_blocks: local.num_blocks() };
-        Ok(StretchBdev { info, origin: Origin::Host, local, replica, forward, shared })
+        let info = BdevInfo {
+            name: name.to_string(),
+            block_size: local.block_size(),
+            num_blocks: local.num_blocks(),
+        };
+        Ok(StretchBdev {
+            info,
+            origin: Origin::Host,
+            local,
+            replica,
+            forward,
+            shared,
+        })
     }
 
     /// The same volume as the peer sees it through the link (namespace 2): it takes the
     /// writes the peer forwards for this site to order, and nothing else.
     pub fn peer_view(&self) -> StretchBdev {
-        let info = BdevInfo { name: format!("{}:forward", self.info.name), ..self.info.clone() };
-        StretchBdev { info, origin: Origin::Peer, local: self.local.clone(), replica: self.replica.clone(), forward: self.forward.clone(), shared: self.shared.clone() }
+        let info = BdevInfo {
+            name: format!("{}:forward", self.info.name),
+            ..self.info.clone()
+        };
+        StretchBdev {
+            info,
+            origin: Origin::Peer,
+            local: self.local.clone(),
+            replica: self.replica.clone(),
+            forward: self.forward.clone(),
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -84,9 +116,17 @@ impl Bdev for StretchBdev {
         &self.info
     }
 
-    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         let legs = [&self.local, &self.replica, &self.forward];
-        let legs: Vec<Box<dyn BdevChannel>> = legs.iter().enumerate().map(|(i, d)| d.open_channel(files, route.member(i))).collect::<Result<_, _>>()?;
+        let legs: Vec<Box<dyn BdevChannel>> = legs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| d.open_channel(files, route.member(i)))
+            .collect::<Result<_, _>>()?;
         Ok(Box::new(StretchChannel {
             origin: self.origin,
             route,
@@ -185,7 +225,13 @@ struct CopyDriver {
 
 impl CopyDriver {
     fn new() -> std::io::Result<CopyDriver> {
-        Ok(CopyDriver { is_driver: false, buf: AlignedRegion::new(0)?, region: None, cursor: 0, bucket: TokenBucket::default() })
+        Ok(CopyDriver {
+            is_driver: false,
+            buf: AlignedRegion::new(0)?,
+            region: None,
+            cursor: 0,
+            bucket: TokenBucket::default(),
+        })
     }
 }
 
@@ -230,7 +276,10 @@ impl StretchChannel {
     }
 
     fn leg_io(&self, io: &BdevIo, tag: u64) -> BdevIo {
-        BdevIo { user_data: self.route.token(tag), ..*io }
+        BdevIo {
+            user_data: self.route.token(tag),
+            ..*io
+        }
     }
 
     fn submit_leg(&mut self, leg: usize, io: BdevIo, tag: u64, sq: &mut dyn SqeSink) {
@@ -244,7 +293,13 @@ impl StretchChannel {
     fn start(&mut self, id: u32, sq: &mut dyn SqeSink) -> bool {
         let sh = &self.shared;
         let op = self.ops.get_mut(id);
-        let route = route_of(op.io.op, sh.mode(), sh.is_leader(), sh.quiesced(), self.origin);
+        let route = route_of(
+            op.io.op,
+            sh.mode(),
+            sh.is_leader(),
+            sh.quiesced(),
+            self.origin,
+        );
         match route {
             Route::Hold => return false,
             Route::Refuse => {
@@ -258,7 +313,11 @@ impl StretchChannel {
                 self.submit_leg(LOCAL, io, leg_tag(id, LOCAL), sq);
             }
             Route::Ordered => {
-                let (first, count) = if op.io.op == BdevOp::Flush { (0, 0) } else { Self::lock_range(&op.io) };
+                let (first, count) = if op.io.op == BdevOp::Flush {
+                    (0, 0)
+                } else {
+                    Self::lock_range(&op.io)
+                };
                 if count > 0 && !sh.locks.try_lock_range(first, count) {
                     return false;
                 }
@@ -326,16 +385,22 @@ impl StretchChannel {
         match op.route {
             Route::Ordered if op.local_res != expect => self.finish(id, -libc::EIO, done),
             Route::Ordered if peer_ok => {
-                sh.mirrored_writes.record(op.started.elapsed().as_micros() as u64);
+                sh.mirrored_writes
+                    .record(op.started.elapsed().as_micros() as u64);
                 self.finish(id, expect, done)
             }
             Route::Forward if peer_ok => {
-                sh.mirrored_writes.record(op.started.elapsed().as_micros() as u64);
+                sh.mirrored_writes
+                    .record(op.started.elapsed().as_micros() as u64);
                 self.finish(id, expect, done)
             }
             Route::Ordered | Route::Forward => {
                 // The peer missed it (or may have): the local copy is what counts now.
-                crate::warn_limited!(volume = sh.name, res = op.peer_res, "write to the peer site failed");
+                crate::warn_limited!(
+                    volume = sh.name,
+                    res = op.peer_res,
+                    "write to the peer site failed"
+                );
                 if op.io.op != BdevOp::Flush {
                     sh.dirty.mark(op.io.offset, op.io.len as u64);
                 }
@@ -345,7 +410,13 @@ impl StretchChannel {
             }
             Route::Refuse => self.finish(id, REFUSED, done),
             Route::Local | Route::Solo => {
-                let res = if op.local_res == expect { expect } else if op.local_res == REFUSED { REFUSED } else { op.local_res.min(-1) };
+                let res = if op.local_res == expect {
+                    expect
+                } else if op.local_res == REFUSED {
+                    REFUSED
+                } else {
+                    op.local_res.min(-1)
+                };
                 self.finish(id, res, done)
             }
             Route::Hold => unreachable!("held ops are not running"),
@@ -400,8 +471,14 @@ impl StretchChannel {
     fn take_leg_completions(&mut self, out: &mut Completions, done: &mut Completions) {
         for (user_data, res) in out.drain(..) {
             match Token::decode(user_data) {
-                Some(t) if t.kind == Kind::Child && t.conn == self.route.index && t.child_tag() >= self.route.base && t.child_tag() - self.route.base < self.route.own_tags() => {
-                    self.leg_done.push_back((t.child_tag() - self.route.base, res));
+                Some(t)
+                    if t.kind == Kind::Child
+                        && t.conn == self.route.index
+                        && t.child_tag() >= self.route.base
+                        && t.child_tag() - self.route.base < self.route.own_tags() =>
+                {
+                    self.leg_done
+                        .push_back((t.child_tag() - self.route.base, res));
                 }
                 _ => done.push((user_data, res)),
             }
@@ -419,12 +496,18 @@ impl StretchChannel {
     /// While this site is the resync source: copy the next dirty region to the peer.
     fn drive_copy(&mut self, sq: &mut dyn SqeSink) {
         // Checked every loop turn: nothing to do unless this site is the resync source.
-        if self.shared.mode() != Mode::Source || self.shared.quiesced() || self.copy.region.is_some() {
+        if self.shared.mode() != Mode::Source
+            || self.shared.quiesced()
+            || self.copy.region.is_some()
+        {
             return;
         }
         let sh = self.shared.clone();
         if !self.copy.is_driver {
-            self.copy.is_driver = sh.copy_driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+            self.copy.is_driver = sh
+                .copy_driver
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
             if !self.copy.is_driver {
                 return;
             }
@@ -433,13 +516,26 @@ impl StretchChannel {
                 Err(_) => return,
             }
         }
-        if !self.copy.bucket.take(sh.resync_rate.load(Ordering::Relaxed) as f64, REGION as f64, 0.05) {
+        if !self.copy.bucket.take(
+            sh.resync_rate.load(Ordering::Relaxed) as f64,
+            REGION as f64,
+            0.05,
+        ) {
             return;
         }
-        let Some(region) = sh.dirty.take_next(self.copy.cursor) else { return };
+        let Some(region) = sh.dirty.take_next(self.copy.cursor) else {
+            return;
+        };
         let offset = region * REGION;
         let len = REGION.min(self.bytes - offset);
-        let io = BdevIo { op: BdevOp::Read, offset, len: len as u32, buf: self.copy.buf.as_ptr(), buf_index: None, user_data: 0 };
+        let io = BdevIo {
+            op: BdevOp::Read,
+            offset,
+            len: len as u32,
+            buf: self.copy.buf.as_ptr(),
+            buf_index: None,
+            user_data: 0,
+        };
         let range = Self::lock_range(&io);
         if !sh.locks.try_lock_range(range.0, range.1) {
             sh.dirty.set(region);
@@ -467,7 +563,14 @@ impl StretchChannel {
             return;
         }
         if read_done {
-            let io = BdevIo { op: BdevOp::Write, offset, len: len as u32, buf: self.copy.buf.as_ptr(), buf_index: None, user_data: 0 };
+            let io = BdevIo {
+                op: BdevOp::Write,
+                offset,
+                len: len as u32,
+                buf: self.copy.buf.as_ptr(),
+                buf_index: None,
+                user_data: 0,
+            };
             return self.submit_leg(REPLICA, io, COPY_TAG + 1, sq);
         }
         self.shared.resync_bytes.fetch_add(len, Ordering::Relaxed);
@@ -479,7 +582,16 @@ impl StretchChannel {
 
 impl BdevChannel for StretchChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
-        let op = Op { io: *io, route: Route::Hold, stage: Stage::Waiting, pending: 0, local_res: 0, peer_res: 0, locked: None, started: Instant::now() };
+        let op = Op {
+            io: *io,
+            route: Route::Hold,
+            stage: Stage::Waiting,
+            pending: 0,
+            local_res: 0,
+            peer_res: 0,
+            locked: None,
+            started: Instant::now(),
+        };
         let Some(id) = self.ops.insert(op) else {
             return Submitted::Done(-libc::EBUSY);
         };
@@ -489,7 +601,10 @@ impl BdevChannel for StretchChannel {
         }
         let mut parked = std::mem::take(&mut self.parked);
         self.drain(&mut parked, sq);
-        let own = parked.iter().rposition(|&(ud, _)| ud == io.user_data).map(|i| parked.swap_remove(i).1);
+        let own = parked
+            .iter()
+            .rposition(|&(ud, _)| ud == io.user_data)
+            .map(|i| parked.swap_remove(i).1);
         self.parked = parked;
         match own {
             Some(res) => Submitted::Done(res),
@@ -527,7 +642,12 @@ impl BdevChannel for StretchChannel {
         self.drive_copy(sq);
         self.drain(done, sq);
         let mode = self.shared.mode();
-        let lock_wait = mode != Mode::Suspended && !self.shared.quiesced() && self.held.iter().any(|&id| self.ops.get(id).stage == Stage::Waiting);
+        let lock_wait = mode != Mode::Suspended
+            && !self.shared.quiesced()
+            && self
+                .held
+                .iter()
+                .any(|&id| self.ops.get(id).stage == Stage::Waiting);
         let copying = self.copy.is_driver && mode == Mode::Source && self.shared.dirty.count() > 0;
         waiting || lock_wait || copying || !self.parked.is_empty()
     }
@@ -541,30 +661,94 @@ mod tests {
     #[test]
     fn routes_follow_the_mode() {
         use BdevOp::*;
-        assert_eq!(route_of(Read, Mode::Mirrored, false, false, Origin::Host), Route::Local);
-        assert_eq!(route_of(Write, Mode::Mirrored, true, false, Origin::Host), Route::Ordered);
-        assert_eq!(route_of(Write, Mode::Mirrored, false, false, Origin::Host), Route::Forward);
-        assert_eq!(route_of(Write, Mode::Mirrored, true, true, Origin::Host), Route::Hold, "a hand-over holds writes");
-        assert_eq!(route_of(Read, Mode::Mirrored, true, true, Origin::Host), Route::Local, "but not reads");
-        assert_eq!(route_of(Write, Mode::Source, false, false, Origin::Host), Route::Ordered, "the resync source orders");
-        assert_eq!(route_of(Discard, Mode::Solo, false, false, Origin::Host), Route::Solo);
+        assert_eq!(
+            route_of(Read, Mode::Mirrored, false, false, Origin::Host),
+            Route::Local
+        );
+        assert_eq!(
+            route_of(Write, Mode::Mirrored, true, false, Origin::Host),
+            Route::Ordered
+        );
+        assert_eq!(
+            route_of(Write, Mode::Mirrored, false, false, Origin::Host),
+            Route::Forward
+        );
+        assert_eq!(
+            route_of(Write, Mode::Mirrored, true, true, Origin::Host),
+            Route::Hold,
+            "a hand-over holds writes"
+        );
+        assert_eq!(
+            route_of(Read, Mode::Mirrored, true, true, Origin::Host),
+            Route::Local,
+            "but not reads"
+        );
+        assert_eq!(
+            route_of(Write, Mode::Source, false, false, Origin::Host),
+            Route::Ordered,
+            "the resync source orders"
+        );
+        assert_eq!(
+            route_of(Discard, Mode::Solo, false, false, Origin::Host),
+            Route::Solo
+        );
         for m in [Mode::Starting, Mode::Fenced, Mode::Target] {
-            assert_eq!(route_of(Read, m, true, false, Origin::Host), Route::Refuse, "{m:?}");
-            assert_eq!(route_of(Write, m, true, false, Origin::Host), Route::Refuse, "{m:?}");
+            assert_eq!(
+                route_of(Read, m, true, false, Origin::Host),
+                Route::Refuse,
+                "{m:?}"
+            );
+            assert_eq!(
+                route_of(Write, m, true, false, Origin::Host),
+                Route::Refuse,
+                "{m:?}"
+            );
         }
-        assert_eq!(route_of(Read, Mode::Suspended, true, false, Origin::Host), Route::Hold, "no stale reads while the witness decides");
-        assert_eq!(route_of(Write, Mode::Mirrored, true, false, Origin::Peer), Route::Ordered, "the leader orders forwarded writes");
-        assert_eq!(route_of(Write, Mode::Mirrored, false, false, Origin::Peer), Route::Refuse, "a follower never forwards again");
-        assert_eq!(route_of(Write, Mode::Solo, false, false, Origin::Peer), Route::Refuse, "a late forwarded write after a cut is refused");
-        assert_eq!(route_of(Read, Mode::Mirrored, true, false, Origin::Peer), Route::Refuse);
+        assert_eq!(
+            route_of(Read, Mode::Suspended, true, false, Origin::Host),
+            Route::Hold,
+            "no stale reads while the witness decides"
+        );
+        assert_eq!(
+            route_of(Write, Mode::Mirrored, true, false, Origin::Peer),
+            Route::Ordered,
+            "the leader orders forwarded writes"
+        );
+        assert_eq!(
+            route_of(Write, Mode::Mirrored, false, false, Origin::Peer),
+            Route::Refuse,
+            "a follower never forwards again"
+        );
+        assert_eq!(
+            route_of(Write, Mode::Solo, false, false, Origin::Peer),
+            Route::Refuse,
+            "a late forwarded write after a cut is refused"
+        );
+        assert_eq!(
+            route_of(Read, Mode::Mirrored, true, false, Origin::Peer),
+            Route::Refuse
+        );
     }
 
     #[test]
     fn lock_ranges_cover_the_units_touched() {
-        let io = |offset: u64, len: u32| BdevIo { op: BdevOp::Write, offset, len, buf: std::ptr::null_mut(), buf_index: None, user_data: 0 };
+        let io = |offset: u64, len: u32| BdevIo {
+            op: BdevOp::Write,
+            offset,
+            len,
+            buf: std::ptr::null_mut(),
+            buf_index: None,
+            user_data: 0,
+        };
         assert_eq!(StretchChannel::lock_range(&io(0, 4096)), (0, 1));
-        assert_eq!(StretchChannel::lock_range(&io(LOCK_UNIT - 512, 1024)), (0, 2));
-        assert_eq!(StretchChannel::lock_range(&io(3 * LOCK_UNIT, LOCK_UNIT as u32)), (3, 1));
+        assert_eq!(
+            StretchChannel::lock_range(&io(LOCK_UNIT - 512, 1024)),
+            (0, 2)
+        );
+        assert_eq!(
+            StretchChannel::lock_range(&io(3 * LOCK_UNIT, LOCK_UNIT as u32)),
+            (3, 1)
+        );
         assert_eq!(DirtyMap::span(0, REGION), 0..1);
     }
 }
@@ -587,8 +771,15 @@ impl std::fmt::Debug for ReplicaView {
 
 impl ReplicaView {
     pub fn new(stretch: &StretchBdev) -> ReplicaView {
-        let info = BdevInfo { name: format!("{}:replica", stretch.info.name), ..stretch.info.clone() };
-        ReplicaView { info, local: stretch.local.clone(), shared: stretch.shared.clone() }
+        let info = BdevInfo {
+            name: format!("{}:replica", stretch.info.name),
+            ..stretch.info.clone()
+        };
+        ReplicaView {
+            info,
+            local: stretch.local.clone(),
+            shared: stretch.shared.clone(),
+        }
     }
 }
 
@@ -609,8 +800,15 @@ impl Bdev for ReplicaView {
         &self.info
     }
 
-    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
-        Ok(Box::new(ReplicaChannel { inner: self.local.open_channel(files, route)?, shared: self.shared.clone() }))
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
+        Ok(Box::new(ReplicaChannel {
+            inner: self.local.open_channel(files, route)?,
+            shared: self.shared.clone(),
+        }))
     }
 }
 
@@ -622,7 +820,11 @@ struct ReplicaChannel {
 impl BdevChannel for ReplicaChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
         if io.op != BdevOp::Read {
-            if !replica_writable(self.shared.mode(), self.shared.is_leader(), self.shared.quiesced()) {
+            if !replica_writable(
+                self.shared.mode(),
+                self.shared.is_leader(),
+                self.shared.quiesced(),
+            ) {
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
                 return Submitted::Done(REFUSED);
             }
@@ -656,11 +858,23 @@ mod replica_tests {
     fn the_peer_writes_this_copy_only_while_it_orders_or_resyncs_it() {
         assert!(replica_writable(Mode::Mirrored, false, false));
         assert!(replica_writable(Mode::Target, true, false));
-        for m in [Mode::Starting, Mode::Suspended, Mode::Solo, Mode::Fenced, Mode::Source] {
+        for m in [
+            Mode::Starting,
+            Mode::Suspended,
+            Mode::Solo,
+            Mode::Fenced,
+            Mode::Source,
+        ] {
             assert!(!replica_writable(m, false, false), "{m:?}");
         }
-        assert!(!replica_writable(Mode::Mirrored, true, false), "the leader's copy is written by the leader only");
-        assert!(replica_writable(Mode::Source, false, true), "a follower handing the order back to the leader");
+        assert!(
+            !replica_writable(Mode::Mirrored, true, false),
+            "the leader's copy is written by the leader only"
+        );
+        assert!(
+            replica_writable(Mode::Source, false, true),
+            "a follower handing the order back to the leader"
+        );
         assert!(!replica_writable(Mode::Source, true, true));
     }
 }

@@ -46,7 +46,10 @@ impl AlignedRegion {
         // Advice only, so failure is harmless.
         // SAFETY: advice on the mapping just made.
         unsafe { libc::madvise(p, len, libc::MADV_HUGEPAGE) };
-        let region = AlignedRegion { ptr: NonNull::new(p as *mut u8).unwrap(), len };
+        let region = AlignedRegion {
+            ptr: NonNull::new(p as *mut u8).unwrap(),
+            len,
+        };
         if populate {
             region.fault_in();
         }
@@ -55,7 +58,14 @@ impl AlignedRegion {
 
     fn fault_in(&self) {
         // SAFETY: the whole range is our mapping.
-        if unsafe { libc::madvise(self.ptr.as_ptr() as *mut libc::c_void, self.len, libc::MADV_POPULATE_WRITE) } == 0 {
+        if unsafe {
+            libc::madvise(
+                self.ptr.as_ptr() as *mut libc::c_void,
+                self.len,
+                libc::MADV_POPULATE_WRITE,
+            )
+        } == 0
+        {
             return;
         }
         // Kernels before 5.14: touch every page.

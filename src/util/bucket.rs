@@ -39,7 +39,13 @@ mod tests {
         // The first take finds no credit yet; the burst then bounds what accrues.
         assert!(!b.take(1000.0, 10.0, 0.05));
         std::thread::sleep(std::time::Duration::from_millis(100));
-        assert!(b.take(1000.0, 50.0, 0.05), "50 bytes of credit after 100 ms at 1000 B/s");
-        assert!(!b.take(1000.0, 50.0, 0.05), "the burst holds no more than 50 ms of the rate");
+        assert!(
+            b.take(1000.0, 50.0, 0.05),
+            "50 bytes of credit after 100 ms at 1000 B/s"
+        );
+        assert!(
+            !b.take(1000.0, 50.0, 0.05),
+            "the burst holds no more than 50 ms of the rate"
+        );
     }
 }

@@ -53,7 +53,11 @@ fn read(c: &Clock) -> u64 {
 fn calibrate() -> Clock {
     let origin = Instant::now();
     if !invariant_tsc() {
-        return Clock { tsc: false, nanos_per_tick: 1.0, origin };
+        return Clock {
+            tsc: false,
+            nanos_per_tick: 1.0,
+            origin,
+        };
     }
     #[cfg(target_arch = "x86_64")]
     {
@@ -64,10 +68,18 @@ fn calibrate() -> Clock {
         let t1 = unsafe { core::arch::x86_64::_rdtsc() };
         let nanos = i0.elapsed().as_nanos() as f64;
         if t1 > t0 {
-            return Clock { tsc: true, nanos_per_tick: nanos / (t1 - t0) as f64, origin };
+            return Clock {
+                tsc: true,
+                nanos_per_tick: nanos / (t1 - t0) as f64,
+                origin,
+            };
         }
     }
-    Clock { tsc: false, nanos_per_tick: 1.0, origin }
+    Clock {
+        tsc: false,
+        nanos_per_tick: 1.0,
+        origin,
+    }
 }
 
 fn invariant_tsc() -> bool {
@@ -96,7 +108,10 @@ mod tests {
         let us = s.elapsed_micros();
         // A sleep lasts at least as long as asked; the upper bound only guards against a
         // unit error (ticks or nanoseconds taken for microseconds).
-        assert!((29_000..2_000_000).contains(&us), "{us} us for a 30 ms sleep");
+        assert!(
+            (29_000..2_000_000).contains(&us),
+            "{us} us for a 30 ms sleep"
+        );
         assert!(Stamp::now() >= s);
     }
 }

@@ -13,7 +13,9 @@ impl RangeLocks {
     }
 
     pub fn try_lock(&self, key: usize) -> bool {
-        self.0[key].compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed).is_ok()
+        self.0[key]
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
     }
 
     pub fn unlock(&self, key: usize) {
@@ -27,7 +29,10 @@ impl RangeLocks {
 
     /// Lock keys `first .. first + count` (mod the bucket count), all or none.
     pub fn try_lock_range(&self, first: u64, count: u32) -> bool {
-        debug_assert!((count as usize) < self.buckets(), "a range never wraps onto itself");
+        debug_assert!(
+            (count as usize) < self.buckets(),
+            "a range never wraps onto itself"
+        );
         let key = |i: u32| ((first + i as u64) % self.buckets() as u64) as usize;
         for i in 0..count {
             if !self.try_lock(key(i)) {

@@ -3,8 +3,8 @@
 pub mod aligned;
 pub mod bucket;
 pub mod clock;
-pub mod locks;
 pub mod le;
+pub mod locks;
 pub mod ratelimit;
 pub mod slab;
 pub mod stopper;

@@ -20,12 +20,17 @@ pub struct RateLimit {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// Log it; `suppressed` lines were dropped since the last one logged.
-    Log { suppressed: u64 },
+    Log {
+        suppressed: u64,
+    },
     Drop,
 }
 
 fn now_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: ts is a valid timespec; the coarse clock costs no system call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -33,7 +38,11 @@ fn now_ns() -> u64 {
 
 impl RateLimit {
     pub const fn new() -> RateLimit {
-        RateLimit { window_start: AtomicU64::new(0), in_window: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+        RateLimit {
+            window_start: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
     }
 
     pub fn check(&self) -> Verdict {
@@ -48,7 +57,9 @@ impl RateLimit {
             self.in_window.store(0, Relaxed);
         }
         if self.in_window.fetch_add(1, Relaxed) < BURST {
-            Verdict::Log { suppressed: self.suppressed.swap(0, Relaxed) }
+            Verdict::Log {
+                suppressed: self.suppressed.swap(0, Relaxed),
+            }
         } else {
             self.suppressed.fetch_add(1, Relaxed);
             Verdict::Drop
@@ -91,7 +102,13 @@ mod tests {
         for _ in 0..1000 {
             assert_eq!(r.check_at(t0 + 1), Verdict::Drop);
         }
-        assert_eq!(r.check_at(t0 + WINDOW_NS), Verdict::Log { suppressed: 1000 });
-        assert_eq!(r.check_at(t0 + WINDOW_NS + 1), Verdict::Log { suppressed: 0 });
+        assert_eq!(
+            r.check_at(t0 + WINDOW_NS),
+            Verdict::Log { suppressed: 1000 }
+        );
+        assert_eq!(
+            r.check_at(t0 + WINDOW_NS + 1),
+            Verdict::Log { suppressed: 0 }
+        );
     }
 }

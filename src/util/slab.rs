@@ -9,7 +9,10 @@ pub struct Slab<T> {
 impl<T> Slab<T> {
     pub fn with_capacity(n: usize) -> Self {
         assert!(n <= u32::MAX as usize);
-        Slab { entries: (0..n).map(|_| None).collect(), free: (0..n as u32).rev().collect() }
+        Slab {
+            entries: (0..n).map(|_| None).collect(),
+            free: (0..n as u32).rev().collect(),
+        }
     }
 
     /// Store `v`; None when the slab is full.
@@ -32,11 +35,15 @@ impl<T> Slab<T> {
     }
 
     pub fn get(&self, k: u32) -> &T {
-        self.entries[k as usize].as_ref().expect("slab key not live")
+        self.entries[k as usize]
+            .as_ref()
+            .expect("slab key not live")
     }
 
     pub fn get_mut(&mut self, k: u32) -> &mut T {
-        self.entries[k as usize].as_mut().expect("slab key not live")
+        self.entries[k as usize]
+            .as_mut()
+            .expect("slab key not live")
     }
 
     pub fn len(&self) -> usize {

@@ -29,7 +29,9 @@ pub struct Stopper {
 
 impl Stopper {
     pub fn new() -> std::io::Result<Stopper> {
-        Ok(Stopper { eventfd: eventfd()? })
+        Ok(Stopper {
+            eventfd: eventfd()?,
+        })
     }
 
     /// Wake every waiter, now and later.
@@ -40,8 +42,16 @@ impl Stopper {
     /// Wait until `fd` is readable (true) or the stop is signalled (false).
     pub fn wait_readable(&self, fd: RawFd) -> bool {
         let mut fds = [
-            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.eventfd.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.eventfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         loop {
             // SAFETY: fds is a valid array of two pollfd for the duration of the call.
@@ -56,14 +66,20 @@ impl Stopper {
 
 /// Accept connections on a non-blocking `listener` and hand each to `serve` until
 /// `stopper` is signalled.
-pub fn accept_until_stopped<L, S>(listener: &L, stopper: &Stopper, accept: impl Fn(&L) -> std::io::Result<S>, mut serve: impl FnMut(S))
-where
+pub fn accept_until_stopped<L, S>(
+    listener: &L,
+    stopper: &Stopper,
+    accept: impl Fn(&L) -> std::io::Result<S>,
+    mut serve: impl FnMut(S),
+) where
     L: AsRawFd,
 {
     while stopper.wait_readable(listener.as_raw_fd()) {
         match accept(listener) {
             Ok(s) => serve(s),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 // Out of descriptors and the like: do not spin on it.
@@ -87,7 +103,12 @@ mod tests {
         let s = stopper.clone();
         let t = std::thread::spawn(move || {
             let mut served = 0;
-            accept_until_stopped(&listener, &s, |l| l.accept().map(|(c, _)| c), |_| served += 1);
+            accept_until_stopped(
+                &listener,
+                &s,
+                |l| l.accept().map(|(c, _)| c),
+                |_| served += 1,
+            );
             served
         });
         std::os::unix::net::UnixStream::connect(&path).unwrap();

@@ -66,7 +66,11 @@ pub enum AssemblyError {
     #[error("devices '{0}' and '{1}' both claim slot {2}")]
     SlotTwice(String, String, u16),
     #[error("the configuration says {field} = {config} but the superblocks say {disk}")]
-    Mismatch { field: &'static str, config: String, disk: String },
+    Mismatch {
+        field: &'static str,
+        config: String,
+        disk: String,
+    },
 }
 
 /// Derive a device identity from the volume and the slot it first filled.
@@ -78,19 +82,32 @@ pub fn device_id(volume_uuid: &[u8; 16], slot: usize) -> [u8; 16] {
 
 /// A fresh identity for a device joining as a spare.
 pub fn spare_id(volume_uuid: &[u8; 16], device_name: &str) -> [u8; 16] {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mut name = volume_uuid.to_vec();
     name.extend_from_slice(device_name.as_bytes());
     name.extend_from_slice(&nanos.to_le_bytes());
     *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &name).as_bytes()
 }
 
-pub fn assemble(w: &Wanted, cands: &[Candidate], new_uuid: [u8; 16]) -> Result<Assembly, AssemblyError> {
+pub fn assemble(
+    w: &Wanted,
+    cands: &[Candidate],
+    new_uuid: [u8; 16],
+) -> Result<Assembly, AssemblyError> {
     // The newest superblock of this volume (by name) is authoritative.
-    let ours = cands.iter().filter_map(|c| c.sb.as_ref()).filter(|sb| sb.volume_name == w.name).max_by_key(|sb| sb.generation);
+    let ours = cands
+        .iter()
+        .filter_map(|c| c.sb.as_ref())
+        .filter(|sb| sb.volume_name == w.name)
+        .max_by_key(|sb| sb.generation);
     if let (None, Some(c)) = (ours, cands.iter().find(|c| c.sb.is_some())) {
         let other = c.sb.as_ref().unwrap().volume_name.clone();
-        return Err(AssemblyError::Foreign { device: c.name.clone(), other });
+        return Err(AssemblyError::Foreign {
+            device: c.name.clone(),
+            other,
+        });
     }
     let Some(auth) = ours else {
         return Ok(create(w, cands, new_uuid));
@@ -99,9 +116,21 @@ pub fn assemble(w: &Wanted, cands: &[Candidate], new_uuid: [u8; 16]) -> Result<A
     let mut a = Assembly {
         volume_uuid: auth.volume_uuid,
         created: false,
-        slots: auth.slots.iter().map(|s| SlotFill { device: None, state: s.state, id: s.device }).collect(),
+        slots: auth
+            .slots
+            .iter()
+            .map(|s| SlotFill {
+                device: None,
+                state: s.state,
+                id: s.device,
+            })
+            .collect(),
         spares: Vec::new(),
-        rebuild_from: if auth.rebuild_checkpoint == NO_REBUILD { 0 } else { auth.rebuild_checkpoint },
+        rebuild_from: if auth.rebuild_checkpoint == NO_REBUILD {
+            0
+        } else {
+            auth.rebuild_checkpoint
+        },
         generation: auth.generation,
         unclean: !auth.clean,
         notes: Vec::new(),
@@ -118,9 +147,11 @@ pub fn assemble(w: &Wanted, cands: &[Candidate], new_uuid: [u8; 16]) -> Result<A
         place_blank(&mut a, cands, ci)?;
     }
     for (slot, fill) in a.slots.iter_mut().enumerate() {
-        if fill.device.is_none() && matches!(fill.state, SlotState::Active | SlotState::Rebuilding) {
+        if fill.device.is_none() && matches!(fill.state, SlotState::Active | SlotState::Rebuilding)
+        {
             fill.state = SlotState::Missing;
-            a.notes.push(format!("slot {slot} has no device: treated as failed"));
+            a.notes
+                .push(format!("slot {slot} has no device: treated as failed"));
         }
     }
     Ok(a)
@@ -133,8 +164,19 @@ fn create(w: &Wanted, cands: &[Candidate], uuid: [u8; 16]) -> Assembly {
     Assembly {
         volume_uuid: uuid,
         created: true,
-        slots: members.iter().enumerate().map(|(slot, &ci)| SlotFill { device: Some(ci), state: SlotState::Active, id: device_id(&uuid, slot) }).collect(),
-        spares: (0..cands.len()).filter(|&i| cands[i].spare).map(|i| (i, spare_id(&uuid, &cands[i].name))).collect(),
+        slots: members
+            .iter()
+            .enumerate()
+            .map(|(slot, &ci)| SlotFill {
+                device: Some(ci),
+                state: SlotState::Active,
+                id: device_id(&uuid, slot),
+            })
+            .collect(),
+        spares: (0..cands.len())
+            .filter(|&i| cands[i].spare)
+            .map(|i| (i, spare_id(&uuid, &cands[i].name)))
+            .collect(),
         rebuild_from: 0,
         generation: 0,
         unclean: false,
@@ -143,7 +185,12 @@ fn create(w: &Wanted, cands: &[Candidate], uuid: [u8; 16]) -> Assembly {
 }
 
 /// Put candidate `ci` where its superblock says, or among the spares.
-fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) -> Result<(), AssemblyError> {
+fn place(
+    a: &mut Assembly,
+    auth: &Superblock,
+    cands: &[Candidate],
+    ci: usize,
+) -> Result<(), AssemblyError> {
     let c = &cands[ci];
     let Some(sb) = c.sb.as_ref() else {
         debug_assert!(c.spare, "blank members are placed by place_blank");
@@ -151,13 +198,19 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
         return Ok(());
     };
     if sb.volume_uuid != auth.volume_uuid {
-        return Err(AssemblyError::Foreign { device: c.name.clone(), other: sb.volume_name.clone() });
+        return Err(AssemblyError::Foreign {
+            device: c.name.clone(),
+            other: sb.volume_name.clone(),
+        });
     }
     if sb.this_slot == SPARE_SLOT {
         // Roles come from the superblocks: a device added as a spare at run time is a
         // spare even where the configuration still lists it as a member.
         if !c.spare {
-            a.notes.push(format!("device '{}' is listed as a member but is a hot spare: used as a spare", c.name));
+            a.notes.push(format!(
+                "device '{}' is listed as a member but is a hot spare: used as a spare",
+                c.name
+            ));
         }
         a.spares.push((ci, sb.this_device));
         return Ok(());
@@ -166,16 +219,26 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
     if sb.this_device != auth.slots[slot].device {
         // A former member whose slot has since been rebuilt onto another device.
         if c.spare {
-            a.notes.push(format!("device '{}' was replaced in slot {slot}: reused as a spare", c.name));
+            a.notes.push(format!(
+                "device '{}' was replaced in slot {slot}: reused as a spare",
+                c.name
+            ));
             a.spares.push((ci, spare_id(&a.volume_uuid, &c.name)));
         } else {
-            a.notes.push(format!("device '{}' was replaced in slot {slot} and is no longer a member: ignored", c.name));
+            a.notes.push(format!(
+                "device '{}' was replaced in slot {slot} and is no longer a member: ignored",
+                c.name
+            ));
         }
         return Ok(());
     }
     let fill = &mut a.slots[slot];
     if let Some(prev) = fill.device {
-        return Err(AssemblyError::SlotTwice(cands[prev].name.clone(), c.name.clone(), sb.this_slot));
+        return Err(AssemblyError::SlotTwice(
+            cands[prev].name.clone(),
+            c.name.clone(),
+            sb.this_slot,
+        ));
     }
     fill.device = Some(ci);
     match fill.state {
@@ -183,7 +246,10 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
             // Absent at an earlier start and back now: its data is old, rebuild it.
             fill.state = SlotState::Rebuilding;
             a.rebuild_from = 0;
-            a.notes.push(format!("device '{}' is back in slot {slot} after being absent: rebuilding it", c.name));
+            a.notes.push(format!(
+                "device '{}' is back in slot {slot} after being absent: rebuilding it",
+                c.name
+            ));
         }
         SlotState::Rebuilding if sb.generation < auth.generation => a.rebuild_from = 0,
         SlotState::Active if sb.generation < auth.generation => {
@@ -201,7 +267,9 @@ fn place(a: &mut Assembly, auth: &Superblock, cands: &[Candidate], ci: usize) ->
 /// position when several are) and is rebuilt there, like a spare.
 fn place_blank(a: &mut Assembly, cands: &[Candidate], ci: usize) -> Result<(), AssemblyError> {
     let c = &cands[ci];
-    let open: Vec<usize> = (0..a.slots.len()).filter(|&s| a.slots[s].device.is_none()).collect();
+    let open: Vec<usize> = (0..a.slots.len())
+        .filter(|&s| a.slots[s].device.is_none())
+        .collect();
     let slot = match (c.position.filter(|p| open.contains(p)), open.as_slice()) {
         (Some(p), _) => p,
         (None, [only]) => *only,
@@ -212,23 +280,44 @@ fn place_blank(a: &mut Assembly, cands: &[Candidate], ci: usize) -> Result<(), A
     fill.state = SlotState::Rebuilding;
     fill.id = spare_id(&a.volume_uuid, &c.name);
     a.rebuild_from = 0;
-    a.notes.push(format!("device '{}' has no superblock: it replaces the device of slot {slot} and is rebuilt", c.name));
+    a.notes.push(format!(
+        "device '{}' has no superblock: it replaces the device of slot {slot} and is rebuilt",
+        c.name
+    ));
     Ok(())
 }
 
 fn check_geometry(w: &Wanted, sb: &Superblock) -> Result<(), AssemblyError> {
-    let mismatch = |field, config: String, disk: String| Err(AssemblyError::Mismatch { field, config, disk });
+    let mismatch = |field, config: String, disk: String| {
+        Err(AssemblyError::Mismatch {
+            field,
+            config,
+            disk,
+        })
+    };
     if sb.level != w.level {
         return mismatch("level", format!("{:?}", w.level), format!("{:?}", sb.level));
     }
     if sb.slots.len() != w.members {
-        return mismatch("members (count)", w.members.to_string(), sb.slots.len().to_string());
+        return mismatch(
+            "members (count)",
+            w.members.to_string(),
+            sb.slots.len().to_string(),
+        );
     }
     if sb.strip_blocks != w.strip_blocks || sb.block_size != w.block_size {
-        return mismatch("strip_size", format!("{}", w.strip_blocks as u64 * w.block_size as u64), format!("{}", sb.strip_blocks as u64 * sb.block_size as u64));
+        return mismatch(
+            "strip_size",
+            format!("{}", w.strip_blocks as u64 * w.block_size as u64),
+            format!("{}", sb.strip_blocks as u64 * sb.block_size as u64),
+        );
     }
     if sb.group_size != w.group_size {
-        return mismatch("group_size", w.group_size.to_string(), sb.group_size.to_string());
+        return mismatch(
+            "group_size",
+            w.group_size.to_string(),
+            sb.group_size.to_string(),
+        );
     }
     if sb.volume_name != w.name {
         return mismatch("name", w.name.clone(), sb.volume_name.clone());
@@ -242,7 +331,14 @@ mod tests {
     use crate::volume::superblock::Slot;
 
     fn wanted() -> Wanted {
-        Wanted { name: "v".into(), level: Level::Raid5, group_size: 4, strip_blocks: 128, block_size: 512, members: 4 }
+        Wanted {
+            name: "v".into(),
+            level: Level::Raid5,
+            group_size: 4,
+            strip_blocks: 128,
+            block_size: 512,
+            members: 4,
+        }
     }
 
     fn sb(slot: u16, generation: u64, failed: &[usize]) -> Superblock {
@@ -262,12 +358,29 @@ mod tests {
             created: 0,
             this_slot: slot,
             this_device: device_id(&uuid, slot as usize),
-            slots: (0..4).map(|i| Slot { state: if failed.contains(&i) { SlotState::Failed } else { SlotState::Active }, device: device_id(&uuid, i) }).collect(),
+            slots: (0..4)
+                .map(|i| Slot {
+                    state: if failed.contains(&i) {
+                        SlotState::Failed
+                    } else {
+                        SlotState::Active
+                    },
+                    device: device_id(&uuid, i),
+                })
+                .collect(),
         }
     }
 
     fn cands(sbs: Vec<Option<Superblock>>) -> Vec<Candidate> {
-        sbs.into_iter().enumerate().map(|(i, sb)| Candidate { name: format!("d{i}"), sb, spare: false, position: Some(i) }).collect()
+        sbs.into_iter()
+            .enumerate()
+            .map(|(i, sb)| Candidate {
+                name: format!("d{i}"),
+                sb,
+                spare: false,
+                position: Some(i),
+            })
+            .collect()
     }
 
     fn devices(a: &Assembly) -> Vec<Option<usize>> {
@@ -293,7 +406,12 @@ mod tests {
 
     #[test]
     fn superblock_order_wins_over_config_order() {
-        let c = cands(vec![Some(sb(2, 5, &[])), Some(sb(0, 5, &[])), Some(sb(3, 5, &[])), Some(sb(1, 5, &[]))]);
+        let c = cands(vec![
+            Some(sb(2, 5, &[])),
+            Some(sb(0, 5, &[])),
+            Some(sb(3, 5, &[])),
+            Some(sb(1, 5, &[])),
+        ]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
         assert_eq!(devices(&a), vec![Some(1), Some(3), Some(0), Some(2)]);
         assert_eq!(states(&a), vec![Active; 4]);
@@ -302,7 +420,12 @@ mod tests {
 
     #[test]
     fn member_behind_by_an_interrupted_update_is_kept() {
-        let c = cands(vec![Some(sb(0, 7, &[])), Some(sb(1, 7, &[])), Some(sb(2, 6, &[])), Some(sb(3, 7, &[]))]);
+        let c = cands(vec![
+            Some(sb(0, 7, &[])),
+            Some(sb(1, 7, &[])),
+            Some(sb(2, 6, &[])),
+            Some(sb(3, 7, &[])),
+        ]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
         assert_eq!(states(&a), vec![Active; 4]);
         assert!(a.notes[0].contains("interrupted"));
@@ -310,8 +433,20 @@ mod tests {
 
     #[test]
     fn recorded_failure_and_missing_device_stay_failed() {
-        let c = cands(vec![Some(sb(0, 8, &[1])), Some(sb(1, 7, &[])), Some(sb(2, 8, &[1]))]);
-        let a = assemble(&Wanted { members: 4, ..wanted() }, &c, [1; 16]).unwrap();
+        let c = cands(vec![
+            Some(sb(0, 8, &[1])),
+            Some(sb(1, 7, &[])),
+            Some(sb(2, 8, &[1])),
+        ]);
+        let a = assemble(
+            &Wanted {
+                members: 4,
+                ..wanted()
+            },
+            &c,
+            [1; 16],
+        )
+        .unwrap();
         assert_eq!(states(&a), vec![Active, Failed, Active, Missing]);
     }
 
@@ -333,7 +468,10 @@ mod tests {
         let spare_dev = [5; 16];
         let with = |slot: u16| {
             let mut s = sb(slot, 9, &[]);
-            s.slots[2] = Slot { state: Rebuilding, device: spare_dev };
+            s.slots[2] = Slot {
+                state: Rebuilding,
+                device: spare_dev,
+            };
             s.rebuild_checkpoint = 77;
             s
         };
@@ -343,7 +481,14 @@ mod tests {
         spare.this_slot = SPARE_SLOT;
         spare.this_device = [6; 16];
         // The replaced device still lists itself in slot 2: ignored.
-        let mut c = cands(vec![Some(with(0)), Some(with(1)), Some(sb(2, 8, &[])), Some(with(3)), Some(rebuilding), Some(spare)]);
+        let mut c = cands(vec![
+            Some(with(0)),
+            Some(with(1)),
+            Some(sb(2, 8, &[])),
+            Some(with(3)),
+            Some(rebuilding),
+            Some(spare),
+        ]);
         c[4].spare = true;
         c[5].spare = true;
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
@@ -351,20 +496,42 @@ mod tests {
         assert_eq!(states(&a), vec![Active, Active, Rebuilding, Active]);
         assert_eq!(a.rebuild_from, 77);
         assert_eq!(a.spares, vec![(5, [6; 16])]);
-        assert!(a.notes.iter().any(|n| n.contains("'d2' was replaced")), "{:?}", a.notes);
+        assert!(
+            a.notes.iter().any(|n| n.contains("'d2' was replaced")),
+            "{:?}",
+            a.notes
+        );
     }
 
     #[test]
     fn a_blank_device_replaces_the_failed_member_and_is_rebuilt() {
         // Slot 2 was failed; its device came back blank (a replaced disk).
-        let c = cands(vec![Some(sb(0, 7, &[2])), Some(sb(1, 7, &[2])), None, Some(sb(3, 7, &[2]))]);
+        let c = cands(vec![
+            Some(sb(0, 7, &[2])),
+            Some(sb(1, 7, &[2])),
+            None,
+            Some(sb(3, 7, &[2])),
+        ]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
         assert_eq!(devices(&a), vec![Some(0), Some(1), Some(2), Some(3)]);
         assert_eq!(states(&a)[2], SlotState::Rebuilding);
-        assert_ne!(a.slots[2].id, sb(0, 7, &[2]).slots[2].device, "the new device gets an identity of its own");
-        assert!(a.notes.iter().any(|n| n.contains("'d2' has no superblock")), "{:?}", a.notes);
+        assert_ne!(
+            a.slots[2].id,
+            sb(0, 7, &[2]).slots[2].device,
+            "the new device gets an identity of its own"
+        );
+        assert!(
+            a.notes.iter().any(|n| n.contains("'d2' has no superblock")),
+            "{:?}",
+            a.notes
+        );
         // An active member's disk swapped while the target was down: the same.
-        let c = cands(vec![Some(sb(0, 7, &[])), None, Some(sb(2, 7, &[])), Some(sb(3, 7, &[]))]);
+        let c = cands(vec![
+            Some(sb(0, 7, &[])),
+            None,
+            Some(sb(2, 7, &[])),
+            Some(sb(3, 7, &[])),
+        ]);
         let a = assemble(&wanted(), &c, [1; 16]).unwrap();
         assert_eq!(states(&a)[1], SlotState::Rebuilding);
     }
@@ -374,14 +541,32 @@ mod tests {
         let mut foreign = sb(1, 5, &[]);
         foreign.volume_uuid = [3; 16];
         foreign.volume_name = "other".into();
-        let e = assemble(&wanted(), &cands(vec![Some(sb(0, 5, &[])), Some(foreign)]), [1; 16]).unwrap_err();
+        let e = assemble(
+            &wanted(),
+            &cands(vec![Some(sb(0, 5, &[])), Some(foreign)]),
+            [1; 16],
+        )
+        .unwrap_err();
         assert!(matches!(e, AssemblyError::Foreign { .. }), "{e}");
         // A blank device whose configured slot is taken while several others are open.
         let e = assemble(&wanted(), &cands(vec![None, Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();
         assert_eq!(e, AssemblyError::Blank("d0".into()));
-        let e = assemble(&Wanted { level: Level::Raid6, ..wanted() }, &cands(vec![Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();
+        let e = assemble(
+            &Wanted {
+                level: Level::Raid6,
+                ..wanted()
+            },
+            &cands(vec![Some(sb(0, 5, &[]))]),
+            [1; 16],
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("level"), "{e}");
-        let e = assemble(&wanted(), &cands(vec![Some(sb(0, 5, &[])), Some(sb(0, 5, &[]))]), [1; 16]).unwrap_err();
+        let e = assemble(
+            &wanted(),
+            &cands(vec![Some(sb(0, 5, &[])), Some(sb(0, 5, &[]))]),
+            [1; 16],
+        )
+        .unwrap_err();
         assert!(matches!(e, AssemblyError::SlotTwice(..)));
     }
 }

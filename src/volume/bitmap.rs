@@ -44,7 +44,9 @@ pub struct WriteIntent {
 impl WriteIntent {
     /// Regions for `rows` member rows of `row_bytes` each.
     pub fn new(rows: u64, row_bytes: u64) -> Self {
-        let mut region_rows = (MIN_REGION_BYTES / row_bytes.max(1)).max(1).next_power_of_two();
+        let mut region_rows = (MIN_REGION_BYTES / row_bytes.max(1))
+            .max(1)
+            .next_power_of_two();
         while rows.div_ceil(region_rows) > MAX_REGIONS as u64 {
             region_rows *= 2;
         }
@@ -67,7 +69,10 @@ impl WriteIntent {
 
     /// Regions holding member rows `first..=last`.
     pub fn regions_of(&self, first_row: u64, last_row: u64) -> (u32, u32) {
-        ((first_row / self.region_rows) as u32, (last_row / self.region_rows) as u32)
+        (
+            (first_row / self.region_rows) as u32,
+            (last_row / self.region_rows) as u32,
+        )
     }
 
     /// A write to regions `r0..=r1` begins. Returns true when their bits are durable, so
@@ -150,7 +155,10 @@ impl WriteIntent {
     pub fn sweep(&self) -> bool {
         let mut cleared = false;
         for r in 0..self.regions() {
-            if self.touched[r].swap(false, SeqCst) || self.state[r].load(SeqCst) != DIRTY || self.inflight[r].load(SeqCst) != 0 {
+            if self.touched[r].swap(false, SeqCst)
+                || self.state[r].load(SeqCst) != DIRTY
+                || self.inflight[r].load(SeqCst) != 0
+            {
                 continue;
             }
             self.state[r].store(CLEAN, SeqCst);
@@ -176,17 +184,30 @@ impl WriteIntent {
 
 /// The dirty regions a bitmap block records, if it is intact and belongs to this volume
 /// and geometry; None means nothing is known (resync everything).
-pub fn decode(b: &[u8], volume_uuid: &[u8; 16], region_rows: u64, regions: usize) -> Option<Vec<u32>> {
+pub fn decode(
+    b: &[u8],
+    volume_uuid: &[u8; 16],
+    region_rows: u64,
+    regions: usize,
+) -> Option<Vec<u32>> {
     if b.len() < BITMAP_BYTES || b[0..8] != MAGIC || b[24..40] != volume_uuid[..] {
         return None;
     }
     let mut copy = [0u8; BITMAP_BYTES];
     copy.copy_from_slice(&b[..BITMAP_BYTES]);
     copy[8..12].fill(0);
-    if crc32c::crc32c(&copy) != u32_at(b, 8) || u32_at(b, 16) as u64 != region_rows || u32_at(b, 20) as usize != regions {
+    if crc32c::crc32c(&copy) != u32_at(b, 8)
+        || u32_at(b, 16) as u64 != region_rows
+        || u32_at(b, 20) as usize != regions
+    {
         return None;
     }
-    Some((0..regions).filter(|r| b[HEADER + r / 8] & (1 << (r % 8)) != 0).map(|r| r as u32).collect())
+    Some(
+        (0..regions)
+            .filter(|r| b[HEADER + r / 8] & (1 << (r % 8)) != 0)
+            .map(|r| r as u32)
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -210,7 +231,10 @@ mod tests {
         assert!(w.needs_flush());
         let (block, pending) = w.encode(&[7; 16]);
         assert_eq!(pending, vec![0, 1]);
-        assert_eq!(decode(&block[..], &[7; 16], w.region_rows(), w.regions()), Some(vec![0, 1]));
+        assert_eq!(
+            decode(&block[..], &[7; 16], w.region_rows(), w.regions()),
+            Some(vec![0, 1])
+        );
         w.flushed(&pending);
         assert!(w.ready(0, 1));
         // In flight: a sweep clears nothing.
@@ -223,7 +247,10 @@ mod tests {
         assert!(w.sweep(), "region 0 was idle over a whole sweep");
         assert!(w.sweep(), "region 1 is idle now");
         let (block, _) = w.encode(&[7; 16]);
-        assert_eq!(decode(&block[..], &[7; 16], w.region_rows(), w.regions()), Some(vec![]));
+        assert_eq!(
+            decode(&block[..], &[7; 16], w.region_rows(), w.regions()),
+            Some(vec![])
+        );
     }
 
     #[test]
@@ -231,9 +258,18 @@ mod tests {
         let w = WriteIntent::new(4096, 65536);
         w.begin(3, 3);
         let (mut block, _) = w.encode(&[7; 16]);
-        assert_eq!(decode(&block[..], &[8; 16], w.region_rows(), w.regions()), None);
+        assert_eq!(
+            decode(&block[..], &[8; 16], w.region_rows(), w.regions()),
+            None
+        );
         block[HEADER] ^= 1;
-        assert_eq!(decode(&block[..], &[7; 16], w.region_rows(), w.regions()), None);
-        assert_eq!(decode(&[0u8; BITMAP_BYTES], &[7; 16], w.region_rows(), w.regions()), None);
+        assert_eq!(
+            decode(&block[..], &[7; 16], w.region_rows(), w.regions()),
+            None
+        );
+        assert_eq!(
+            decode(&[0u8; BITMAP_BYTES], &[7; 16], w.region_rows(), w.regions()),
+            None
+        );
     }
 }

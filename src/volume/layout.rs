@@ -62,11 +62,19 @@ impl Level {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     #[error("{level:?} needs at least {min} members, got {got}")]
-    TooFewMembers { level: Level, min: usize, got: usize },
+    TooFewMembers {
+        level: Level,
+        min: usize,
+        got: usize,
+    },
     #[error("{members} members cannot be split into groups of {group}: need a multiple of {group} and at least two groups")]
     BadGrouping { members: usize, group: usize },
     #[error("{level:?} needs groups of at least {min} members, got {got}")]
-    GroupTooSmall { level: Level, min: usize, got: usize },
+    GroupTooSmall {
+        level: Level,
+        min: usize,
+        got: usize,
+    },
     #[error("parity groups hold at most {max} members, got {got}")]
     GroupTooLarge { max: usize, got: usize },
     #[error("strip size must be a power of two number of blocks, got {0}")]
@@ -86,7 +94,10 @@ impl Location {
     /// Mirror copy `c` of a block whose first copy is here: the same offset on the next
     /// members of the group.
     pub fn copy(self, c: usize) -> Location {
-        Location { member: self.member + c, ..self }
+        Location {
+            member: self.member + c,
+            ..self
+        }
     }
 }
 
@@ -116,7 +127,12 @@ pub struct Layout {
 
 impl Layout {
     /// `group_size` matters for RAID 10/50/60 (members per group) and is ignored elsewhere.
-    pub fn new(level: Level, member_sizes: &[u64], group_size: usize, strip_blocks: u64) -> Result<Layout, LayoutError> {
+    pub fn new(
+        level: Level,
+        member_sizes: &[u64],
+        group_size: usize,
+        strip_blocks: u64,
+    ) -> Result<Layout, LayoutError> {
         let members = member_sizes.len();
         if !strip_blocks.is_power_of_two() {
             return Err(LayoutError::BadStrip(strip_blocks));
@@ -126,25 +142,53 @@ impl Layout {
             Level::Raid0 | Level::Concat => 1,
             _ => members,
         };
-        if level.is_grouped() && (group == 0 || !members.is_multiple_of(group) || members / group < 2) {
+        if level.is_grouped()
+            && (group == 0 || !members.is_multiple_of(group) || members / group < 2)
+        {
             return Err(LayoutError::BadGrouping { members, group });
         }
         if level.parity_count() > 0 && group - level.parity_count() > super::plan::MAX_DATA {
-            return Err(LayoutError::GroupTooLarge { max: super::plan::MAX_DATA + level.parity_count(), got: group });
+            return Err(LayoutError::GroupTooLarge {
+                max: super::plan::MAX_DATA + level.parity_count(),
+                got: group,
+            });
         }
         if level.is_grouped() && group < level.min_group() {
-            return Err(LayoutError::GroupTooSmall { level, min: level.min_group(), got: group });
+            return Err(LayoutError::GroupTooSmall {
+                level,
+                min: level.min_group(),
+                got: group,
+            });
         }
         if !level.is_grouped() && members < level.min_group() {
-            return Err(LayoutError::TooFewMembers { level, min: level.min_group(), got: members });
+            return Err(LayoutError::TooFewMembers {
+                level,
+                min: level.min_group(),
+                got: members,
+            });
         }
         let smallest = member_sizes.iter().copied().min().unwrap_or(0);
-        let member_blocks = if level == Level::Concat { smallest } else { smallest / strip_blocks * strip_blocks };
+        let member_blocks = if level == Level::Concat {
+            smallest
+        } else {
+            smallest / strip_blocks * strip_blocks
+        };
         if member_blocks == 0 {
             return Err(LayoutError::MembersTooSmall);
         }
-        let concat_sizes = if level == Level::Concat { member_sizes.to_vec() } else { Vec::new() };
-        Ok(Layout { level, members, group_size: group, strip_blocks, member_blocks, concat_sizes })
+        let concat_sizes = if level == Level::Concat {
+            member_sizes.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Layout {
+            level,
+            members,
+            group_size: group,
+            strip_blocks,
+            member_blocks,
+            concat_sizes,
+        })
     }
 
     pub fn groups(&self) -> usize {
@@ -209,7 +253,11 @@ impl Layout {
     fn strip_of(&self, lba: u64) -> (usize, u64, u64) {
         let strip = lba / self.strip_blocks;
         let groups = self.groups() as u64;
-        let unit = if self.level.parity_count() > 0 { self.data_per_stripe() as u64 } else { 1 };
+        let unit = if self.level.parity_count() > 0 {
+            self.data_per_stripe() as u64
+        } else {
+            1
+        };
         let group = (strip / unit) % groups;
         let group_strip = strip / (unit * groups) * unit + strip % unit;
         (group as usize, group_strip, lba % self.strip_blocks)
@@ -220,7 +268,12 @@ impl Layout {
         debug_assert!(self.level.parity_count() > 0);
         let (group, group_strip, offset) = self.strip_of(lba);
         let k = self.data_per_stripe() as u64;
-        StripPos { group, stripe: group_strip / k, data_index: (group_strip % k) as usize, offset }
+        StripPos {
+            group,
+            stripe: group_strip / k,
+            data_index: (group_strip % k) as usize,
+            offset,
+        }
     }
 
     /// Member slot (within its group) of P for a stripe.
@@ -258,15 +311,24 @@ impl Layout {
                 let (member, member_lba) = self.concat_member(lba);
                 Location { member, member_lba }
             }
-            Level::Raid1 => Location { member: 0, member_lba: lba },
+            Level::Raid1 => Location {
+                member: 0,
+                member_lba: lba,
+            },
             Level::Raid0 | Level::Raid10 => {
                 let (group, group_strip, offset) = self.strip_of(lba);
-                Location { member: self.member_of(group, 0), member_lba: group_strip * self.strip_blocks + offset }
+                Location {
+                    member: self.member_of(group, 0),
+                    member_lba: group_strip * self.strip_blocks + offset,
+                }
             }
             _ => {
                 let p = self.strip_pos(lba);
                 let slot = self.data_slot(p.stripe, p.data_index);
-                Location { member: self.member_of(p.group, slot), member_lba: p.stripe * self.strip_blocks + p.offset }
+                Location {
+                    member: self.member_of(p.group, slot),
+                    member_lba: p.stripe * self.strip_blocks + p.offset,
+                }
             }
         }
     }
@@ -329,14 +391,20 @@ mod tests {
     /// Rows are in volume order: every block of a row lies in that row's volume range.
     #[test]
     fn rows_map_to_contiguous_volume_ranges() {
-        for (level, members, group) in all_levels().into_iter().filter(|(l, _, _)| *l != Level::Concat) {
+        for (level, members, group) in all_levels()
+            .into_iter()
+            .filter(|(l, _, _)| *l != Level::Concat)
+        {
             for strip in [1u64, 4, 8] {
                 let sizes: Vec<u64> = (0..members).map(|m| 96 + m as u64 * 5).collect();
                 let l = Layout::new(level, &sizes, group, strip).unwrap();
                 for lba in 0..l.capacity() {
                     let row = l.locate(lba).member_lba / strip;
                     let (start, end) = l.volume_blocks_of_rows(row, row + 1);
-                    assert!((start..end).contains(&lba), "{level:?} strip {strip}: lba {lba} in row {row}, outside {start}..{end}");
+                    assert!(
+                        (start..end).contains(&lba),
+                        "{level:?} strip {strip}: lba {lba} in row {row}, outside {start}..{end}"
+                    );
                 }
             }
         }
@@ -354,9 +422,16 @@ mod tests {
                 for lba in 0..l.capacity() {
                     for loc in l.copies(lba) {
                         assert!(loc.member < members, "{level:?} lba {lba}");
-                        let limit = if level == Level::Concat { sizes[loc.member] } else { l.member_blocks };
+                        let limit = if level == Level::Concat {
+                            sizes[loc.member]
+                        } else {
+                            l.member_blocks
+                        };
                         assert!(loc.member_lba < limit, "{level:?} lba {lba} beyond member");
-                        assert!(seen.insert(loc), "{level:?} strip {strip}: {loc:?} used twice (lba {lba})");
+                        assert!(
+                            seen.insert(loc),
+                            "{level:?} strip {strip}: {loc:?} used twice (lba {lba})"
+                        );
                     }
                     if level.parity_count() > 0 {
                         let p = l.strip_pos(lba);
@@ -368,11 +443,23 @@ mod tests {
                         }
                     }
                 }
-                let copies = if matches!(level, Level::Raid1 | Level::Raid10) { l.group_size as u64 } else { 1 };
+                let copies = if matches!(level, Level::Raid1 | Level::Raid10) {
+                    l.group_size as u64
+                } else {
+                    1
+                };
                 let parity_blocks = (l.groups() * level.parity_count()) as u64 * l.member_blocks;
-                let used: u64 = if level == Level::Concat { sizes.iter().sum() } else { l.member_blocks * members as u64 };
+                let used: u64 = if level == Level::Concat {
+                    sizes.iter().sum()
+                } else {
+                    l.member_blocks * members as u64
+                };
                 assert_eq!(seen.len() as u64, l.capacity() * copies);
-                assert_eq!(l.capacity() * copies + parity_blocks, used, "{level:?}: every member block is data or parity");
+                assert_eq!(
+                    l.capacity() * copies + parity_blocks,
+                    used,
+                    "{level:?}: every member block is data or parity"
+                );
             }
         }
     }
@@ -383,7 +470,10 @@ mod tests {
         let p: Vec<usize> = (0..8).map(|s| l.p_slot(s)).collect();
         assert_eq!(p, vec![3, 2, 1, 0, 3, 2, 1, 0]);
         // md left-symmetric: data follows parity.
-        assert_eq!((0..3).map(|i| l.data_slot(1, i)).collect::<Vec<_>>(), vec![3, 0, 1]);
+        assert_eq!(
+            (0..3).map(|i| l.data_slot(1, i)).collect::<Vec<_>>(),
+            vec![3, 0, 1]
+        );
     }
 
     #[test]
@@ -417,13 +507,34 @@ mod tests {
 
     #[test]
     fn rejects_bad_geometry() {
-        assert!(matches!(Layout::new(Level::Raid5, &[64; 2], 0, 8), Err(LayoutError::TooFewMembers { .. })));
-        assert!(matches!(Layout::new(Level::Raid6, &[64; 3], 0, 8), Err(LayoutError::TooFewMembers { .. })));
-        assert!(matches!(Layout::new(Level::Raid10, &[64; 5], 2, 8), Err(LayoutError::BadGrouping { .. })));
-        assert!(matches!(Layout::new(Level::Raid50, &[64; 3], 3, 8), Err(LayoutError::BadGrouping { .. })));
-        assert!(matches!(Layout::new(Level::Raid60, &[64; 6], 3, 8), Err(LayoutError::GroupTooSmall { .. })));
-        assert!(matches!(Layout::new(Level::Raid0, &[64; 2], 0, 6), Err(LayoutError::BadStrip(6))));
-        assert!(matches!(Layout::new(Level::Raid0, &[4; 2], 0, 8), Err(LayoutError::MembersTooSmall)));
+        assert!(matches!(
+            Layout::new(Level::Raid5, &[64; 2], 0, 8),
+            Err(LayoutError::TooFewMembers { .. })
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid6, &[64; 3], 0, 8),
+            Err(LayoutError::TooFewMembers { .. })
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid10, &[64; 5], 2, 8),
+            Err(LayoutError::BadGrouping { .. })
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid50, &[64; 3], 3, 8),
+            Err(LayoutError::BadGrouping { .. })
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid60, &[64; 6], 3, 8),
+            Err(LayoutError::GroupTooSmall { .. })
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid0, &[64; 2], 0, 6),
+            Err(LayoutError::BadStrip(6))
+        ));
+        assert!(matches!(
+            Layout::new(Level::Raid0, &[4; 2], 0, 8),
+            Err(LayoutError::MembersTooSmall)
+        ));
     }
 
     #[test]
@@ -433,6 +544,12 @@ mod tests {
         assert_eq!(l.run_in_strip(13), 3);
         let c = Layout::new(Level::Concat, &[10, 20], 0, 8).unwrap();
         assert_eq!(c.run_in_strip(4), 6);
-        assert_eq!(c.locate(12), Location { member: 1, member_lba: 2 });
+        assert_eq!(
+            c.locate(12),
+            Location {
+                member: 1,
+                member_lba: 2
+            }
+        );
     }
 }

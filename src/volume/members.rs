@@ -95,15 +95,22 @@ impl RebuildState {
     /// Move the frontier up to `frontier` for the rebuild of `epoch`, unless that rebuild
     /// was restarted or held meanwhile.
     pub(super) fn advance(&self, epoch: u64, frontier: u64) {
-        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-            (v & HELD == 0 && epoch_of(v) == epoch && frontier > v & FRONTIER_MASK).then(|| pack(epoch, frontier, false))
-        });
+        let _ = self
+            .progress
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v & HELD == 0 && epoch_of(v) == epoch && frontier > v & FRONTIER_MASK)
+                    .then(|| pack(epoch, frontier, false))
+            });
     }
 
     /// Stop all progress and treat every row as not rebuilt, before a slot turns
     /// rebuilding: ops already in flight belong to an older epoch and no longer count.
     fn hold(&self) {
-        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(pack(epoch_of(v) + 1, 0, true)));
+        let _ = self
+            .progress
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(pack(epoch_of(v) + 1, 0, true))
+            });
     }
 
     pub fn rate(&self) -> u64 {
@@ -117,7 +124,11 @@ impl RebuildState {
     /// Start (or restart) from row `from`.
     fn restart(&self, from: u64) {
         *self.started.lock().unwrap() = Some((Instant::now(), from));
-        let _ = self.progress.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(pack(epoch_of(v) + 1, from, false)));
+        let _ = self
+            .progress
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(pack(epoch_of(v) + 1, from, false))
+            });
     }
 
     /// Progress, given whether any slot is rebuilding and the bytes one row rebuilds.
@@ -135,7 +146,11 @@ impl RebuildState {
             active,
             rows_done: done,
             rows: self.rows,
-            percent: if self.rows == 0 { 100.0 } else { done as f64 * 100.0 / self.rows as f64 },
+            percent: if self.rows == 0 {
+                100.0
+            } else {
+                done as f64 * 100.0 / self.rows as f64
+            },
             bytes_per_sec,
             eta_secs,
             rate_limit: self.rate(),
@@ -210,8 +225,23 @@ impl Members {
             volume: init.volume,
             device_count: AtomicUsize::new(devices.len()),
             slot_device: (0..init.slots.len()).map(AtomicUsize::new).collect(),
-            slot_state: init.slots.iter().map(|(_, s)| AtomicU8::new(if *s == SlotState::Missing { FAILED } else { *s as u8 })).collect(),
-            not_active: AtomicUsize::new(init.slots.iter().filter(|(_, s)| *s != SlotState::Active).count()),
+            slot_state: init
+                .slots
+                .iter()
+                .map(|(_, s)| {
+                    AtomicU8::new(if *s == SlotState::Missing {
+                        FAILED
+                    } else {
+                        *s as u8
+                    })
+                })
+                .collect(),
+            not_active: AtomicUsize::new(
+                init.slots
+                    .iter()
+                    .filter(|(_, s)| *s != SlotState::Active)
+                    .count(),
+            ),
             registry: Mutex::new(Registry { devices, spares }),
             group_size: init.group_size,
             tolerance: init.tolerance,
@@ -352,7 +382,13 @@ impl Members {
         }
         if old != FAILED {
             self.epochs.changed.fetch_add(1, Ordering::AcqRel);
-            warn!(volume = self.volume, member = name, why, online = self.online(), "member failed");
+            warn!(
+                volume = self.volume,
+                member = name,
+                why,
+                online = self.online(),
+                "member failed"
+            );
             self.request_update();
         }
     }
@@ -360,12 +396,16 @@ impl Members {
     /// Slots of a group that lack valid data somewhere (failed or rebuilding).
     pub fn degraded_in_group(&self, group: usize) -> usize {
         let g = group * self.group_size;
-        (g..g + self.group_size).filter(|&s| self.state(s) != SlotState::Active).count()
+        (g..g + self.group_size)
+            .filter(|&s| self.state(s) != SlotState::Active)
+            .count()
     }
 
     /// The volume can serve every block: no group lacks more than it tolerates.
     pub fn online(&self) -> bool {
-        self.all_active() || (0..self.slots() / self.group_size).all(|g| self.degraded_in_group(g) <= self.tolerance)
+        self.all_active()
+            || (0..self.slots() / self.group_size)
+                .all(|g| self.degraded_in_group(g) <= self.tolerance)
     }
 
     /// Whether `slot` can fail without taking the volume offline.
@@ -382,7 +422,10 @@ impl Members {
     }
 
     pub fn failed_members(&self) -> Vec<String> {
-        (0..self.slots()).filter(|&s| self.is_failed(s)).map(|s| self.slot_device(s).bdev.name().to_string()).collect()
+        (0..self.slots())
+            .filter(|&s| self.is_failed(s))
+            .map(|s| self.slot_device(s).bdev.name().to_string())
+            .collect()
     }
 
     pub fn rebuild_progress(&self) -> RebuildProgress {
@@ -426,7 +469,13 @@ impl Members {
         if self.slot_state[slot].swap(REBUILDING, Ordering::AcqRel) == ACTIVE {
             self.not_active.fetch_add(1, Ordering::AcqRel);
         }
-        info!(volume = self.volume, slot, replaces = old, spare = r.devices[device].bdev.name(), "spare takes over: rebuild starts");
+        info!(
+            volume = self.volume,
+            slot,
+            replaces = old,
+            spare = r.devices[device].bdev.name(),
+            "spare takes over: rebuild starts"
+        );
     }
 
     /// Add a device as a hot spare.
@@ -443,7 +492,10 @@ impl Members {
     /// Remove the spare named `name` from the spare list.
     pub fn remove_spare(&self, name: &str) -> Option<Device> {
         let mut r = self.registry.lock().unwrap();
-        let at = r.spares.iter().position(|&d| r.devices[d].bdev.name() == name)?;
+        let at = r
+            .spares
+            .iter()
+            .position(|&d| r.devices[d].bdev.name() == name)?;
         let d = r.spares.remove(at);
         let dev = r.devices[d].clone();
         drop(r);
@@ -455,7 +507,11 @@ impl Members {
     /// it was not) and the spare rebuilds in its place.
     pub fn replace(&self, slot: usize, spare: &str) -> Result<(), String> {
         let mut r = self.registry.lock().unwrap();
-        let at = r.spares.iter().position(|&d| r.devices[d].bdev.name() == spare).ok_or_else(|| format!("'{spare}' is not a spare of this volume"))?;
+        let at = r
+            .spares
+            .iter()
+            .position(|&d| r.devices[d].bdev.name() == spare)
+            .ok_or_else(|| format!("'{spare}' is not a spare of this volume"))?;
         let device = r.spares.remove(at);
         let name = r.devices[self.device_of(slot)].bdev.name().to_string();
         self.fail_named(slot, &name, "replaced by the operator");
@@ -476,9 +532,17 @@ impl Members {
             return;
         }
         for slot in 0..self.slots() {
-            if self.slot_state[slot].compare_exchange(REBUILDING, ACTIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if self.slot_state[slot]
+                .compare_exchange(REBUILDING, ACTIVE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 self.not_active.fetch_sub(1, Ordering::AcqRel);
-                info!(volume = self.volume, slot, member = r.devices[self.device_of(slot)].bdev.name(), "rebuild finished: member active");
+                info!(
+                    volume = self.volume,
+                    slot,
+                    member = r.devices[self.device_of(slot)].bdev.name(),
+                    "rebuild finished: member active"
+                );
             }
         }
         drop(r);
@@ -496,7 +560,11 @@ impl Members {
         if !old.present {
             return Err(format!("slot {slot} has no device"));
         }
-        r.devices.push(Device { bdev: stand_in, id: old.id, present: false });
+        r.devices.push(Device {
+            bdev: stand_in,
+            id: old.id,
+            present: false,
+        });
         self.slot_device[slot].store(r.devices.len() - 1, Ordering::Release);
         self.device_count.store(r.devices.len(), Ordering::Release);
         drop(r);
@@ -518,7 +586,11 @@ mod tests {
     /// never block a reactor, and none may be lost while wake-ups are dropped.
     #[test]
     fn metadata_requests_never_block_and_coalesce() {
-        let dev = |n: &str| Device { bdev: Arc::new(crate::bdev::NullBdev::new(n, 512, 1 << 20)), id: [0; 16], present: true };
+        let dev = |n: &str| Device {
+            bdev: Arc::new(crate::bdev::NullBdev::new(n, 512, 1 << 20)),
+            id: [0; 16],
+            present: true,
+        };
         let m = Members::new(MembersInit {
             volume: "v".into(),
             slots: vec![(dev("a"), SlotState::Active), (dev("b"), SlotState::Active)],
@@ -537,8 +609,15 @@ mod tests {
             m.request_update();
             m.request_bitmap_flush();
         }
-        assert_eq!(rx.try_iter().count(), 1, "one queued wake-up stands for all the others");
-        assert!(m.take_update_request(), "the asked-for state record is still owed");
+        assert_eq!(
+            rx.try_iter().count(),
+            1,
+            "one queued wake-up stands for all the others"
+        );
+        assert!(
+            m.take_update_request(),
+            "the asked-for state record is still owed"
+        );
         assert!(!m.take_update_request(), "and owed once");
     }
 

@@ -67,11 +67,15 @@ struct ScrubSchedule {
 }
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Read the superblock area of a device: Ok(None) when it holds none.
-pub fn read_superblock(dev: &dyn Bdev) -> std::io::Result<Result<Option<Superblock>, super::superblock::SbError>> {
+pub fn read_superblock(
+    dev: &dyn Bdev,
+) -> std::io::Result<Result<Option<Superblock>, super::superblock::SbError>> {
     let buf = AlignedRegion::new(SB_BYTES)?;
     // SAFETY: the fresh region is ours alone.
     let b = unsafe { buf.slice_mut(0, SB_BYTES) };
@@ -89,7 +93,13 @@ pub fn write_block(dev: &dyn Bdev, offset: u64, bytes: &[u8]) -> std::io::Result
 }
 
 impl Metadata {
-    pub fn new(identity: VolumeIdentity, layout: Arc<Layout>, block_size: u32, members: Arc<Members>, generation: u64) -> Self {
+    pub fn new(
+        identity: VolumeIdentity,
+        layout: Arc<Layout>,
+        block_size: u32,
+        members: Arc<Members>,
+        generation: u64,
+    ) -> Self {
         Metadata {
             identity,
             layout,
@@ -105,8 +115,17 @@ impl Metadata {
     }
 
     /// Start scrubs on a schedule (see `RaidBdev::set_scrub_schedule`).
-    pub fn with_scrub_schedule(mut self, scrub: Arc<Scrub>, every: Arc<AtomicU64>, resync: Arc<Resync>) -> Self {
-        self.schedule = Some(ScrubSchedule { scrub, every, resync });
+    pub fn with_scrub_schedule(
+        mut self,
+        scrub: Arc<Scrub>,
+        every: Arc<AtomicU64>,
+        resync: Arc<Resync>,
+    ) -> Self {
+        self.schedule = Some(ScrubSchedule {
+            scrub,
+            every,
+            resync,
+        });
         self
     }
 
@@ -119,12 +138,20 @@ impl Metadata {
             return;
         }
         if scrub::ready(&self.members, &s.resync).is_ok() && s.scrub.start(false).is_ok() {
-            info!(volume = self.identity.name, every_secs = every, "scheduled scrub started");
+            info!(
+                volume = self.identity.name,
+                every_secs = every,
+                "scheduled scrub started"
+            );
         }
     }
 
     /// Keep `intent` on the members; sweep it only while `may_sweep` says so.
-    pub fn with_intent(mut self, intent: Arc<WriteIntent>, may_sweep: Box<dyn Fn() -> bool + Send + Sync>) -> Self {
+    pub fn with_intent(
+        mut self,
+        intent: Arc<WriteIntent>,
+        may_sweep: Box<dyn Fn() -> bool + Send + Sync>,
+    ) -> Self {
         self.intent = Some(intent);
         self.may_sweep = may_sweep;
         self
@@ -147,7 +174,9 @@ impl Metadata {
 
     /// Periodic work: checkpoint a running rebuild, clear idle write-intent regions.
     fn tick(&self, last_sweep: &mut std::time::Instant) {
-        if self.members.rebuilding() && self.members.rebuild.frontier() != self.checkpointed.load(Ordering::Relaxed) {
+        if self.members.rebuilding()
+            && self.members.rebuild.frontier() != self.checkpointed.load(Ordering::Relaxed)
+        {
             self.write_all(false);
         }
         if let Some(intent) = &self.intent {
@@ -168,12 +197,23 @@ impl Metadata {
                     SlotState::Failed if !dev.present => SlotState::Missing,
                     st => st,
                 };
-                Slot { state, device: dev.id }
+                Slot {
+                    state,
+                    device: dev.id,
+                }
             })
             .collect()
     }
 
-    fn superblock(&self, this_slot: u16, this_device: [u8; 16], slots: &[Slot], generation: u64, clean: bool, checkpoint: u64) -> Superblock {
+    fn superblock(
+        &self,
+        this_slot: u16,
+        this_device: [u8; 16],
+        slots: &[Slot],
+        generation: u64,
+        clean: bool,
+        checkpoint: u64,
+    ) -> Superblock {
         Superblock {
             volume_uuid: self.identity.uuid,
             volume_name: self.identity.name.clone(),
@@ -195,8 +235,12 @@ impl Metadata {
 
     /// Every device that takes superblocks: members not failed, then spares.
     fn targets(&self) -> Vec<(Option<usize>, Device)> {
-        let members = (0..self.members.slots()).filter(|&s| !self.members.is_failed(s)).map(|s| (Some(s), self.members.slot_device(s)));
-        members.chain(self.members.spares().into_iter().map(|d| (None, d))).collect()
+        let members = (0..self.members.slots())
+            .filter(|&s| !self.members.is_failed(s))
+            .map(|s| (Some(s), self.members.slot_device(s)));
+        members
+            .chain(self.members.spares().into_iter().map(|d| (None, d)))
+            .collect()
     }
 
     /// Write a new generation of superblocks to every surviving member and spare. A member
@@ -206,7 +250,11 @@ impl Metadata {
         loop {
             *generation += 1;
             let epoch = self.members.epoch();
-            let checkpoint = if self.members.rebuilding() { self.members.rebuild.frontier() } else { NO_REBUILD };
+            let checkpoint = if self.members.rebuilding() {
+                self.members.rebuild.frontier()
+            } else {
+                NO_REBUILD
+            };
             let slots = self.slot_table();
             let mut all_written = true;
             for (slot, dev) in self.targets() {
@@ -215,7 +263,14 @@ impl Metadata {
                     all_written = false;
                     continue;
                 }
-                let sb = self.superblock(slot.map_or(SPARE_SLOT, |s| s as u16), dev.id, &slots, *generation, clean, checkpoint);
+                let sb = self.superblock(
+                    slot.map_or(SPARE_SLOT, |s| s as u16),
+                    dev.id,
+                    &slots,
+                    *generation,
+                    clean,
+                    checkpoint,
+                );
                 if let Err(e) = write_block(dev.bdev.as_ref(), 0, &sb.encode()[..]) {
                     // Like any failed member I/O: the member fails and the volume goes on.
                     warn!(volume = self.identity.name, device = dev.bdev.name(), error = %e, "superblock write failed");
@@ -234,7 +289,8 @@ impl Metadata {
     }
 
     fn update(&self) {
-        self.members.take_spares(self.layout.level.tolerance(self.layout.group_size) > 0);
+        self.members
+            .take_spares(self.layout.level.tolerance(self.layout.group_size) > 0);
         self.write_all(false);
         info!(volume = self.identity.name, failed = ?self.members.failed_members(), rebuilding = self.members.rebuilding(), "member states recorded in the superblocks");
     }
@@ -249,7 +305,9 @@ impl Metadata {
             let mut close = None;
             match rx.recv_timeout(CHECKPOINT_INTERVAL) {
                 Ok(first) => {
-                    for msg in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    for msg in
+                        std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                    {
                         if let MetaMsg::Close { reply, clean } = msg {
                             close = Some((reply, clean));
                         }

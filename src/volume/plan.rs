@@ -84,7 +84,10 @@ pub fn choose(w: &StripeWrite, parity: usize) -> Strategy {
 /// walking with this visits each stripe once, in order.
 pub fn next_stripe(layout: &Layout, io_start: u64, lba: u64, end: u64) -> (StripeWrite, u64) {
     let k = layout.data_per_stripe();
-    assert!(k <= MAX_DATA, "layout validated at most {MAX_DATA} data strips");
+    assert!(
+        k <= MAX_DATA,
+        "layout validated at most {MAX_DATA} data strips"
+    );
     let first = layout.strip_pos(lba);
     let mut w = StripeWrite {
         group: first.group,
@@ -92,7 +95,10 @@ pub fn next_stripe(layout: &Layout, io_start: u64, lba: u64, end: u64) -> (Strip
         k,
         written: [Rows::default(); MAX_DATA],
         host_block: [0; MAX_DATA],
-        rows: Rows { start: first.offset, end: first.offset },
+        rows: Rows {
+            start: first.offset,
+            end: first.offset,
+        },
     };
     let mut at = lba;
     while at < end {
@@ -101,7 +107,10 @@ pub fn next_stripe(layout: &Layout, io_start: u64, lba: u64, end: u64) -> (Strip
             break;
         }
         let n = layout.run_in_strip(at).min(end - at);
-        w.written[pos.data_index] = Rows { start: pos.offset, end: pos.offset + n };
+        w.written[pos.data_index] = Rows {
+            start: pos.offset,
+            end: pos.offset + n,
+        };
         w.host_block[pos.data_index] = at - io_start;
         w.rows.start = w.rows.start.min(pos.offset);
         w.rows.end = w.rows.end.max(pos.offset + n);
@@ -134,7 +143,13 @@ mod tests {
 
     #[test]
     fn split_covers_every_block_once_and_in_order() {
-        for (level, members, group) in [(Level::Raid5, 5, 0), (Level::Raid6, 6, 0), (Level::Raid4, 4, 0), (Level::Raid50, 6, 3), (Level::Raid60, 8, 4)] {
+        for (level, members, group) in [
+            (Level::Raid5, 5, 0),
+            (Level::Raid6, 6, 0),
+            (Level::Raid4, 4, 0),
+            (Level::Raid50, 6, 3),
+            (Level::Raid60, 8, 4),
+        ] {
             let l = Layout::new(level, &vec![512; members], group, 8).unwrap();
             for (lba, n) in [(0, 1), (3, 9), (5, 64), (0, l.capacity()), (17, 200)] {
                 let n = n.min(l.capacity() - lba);
@@ -142,7 +157,10 @@ mod tests {
                 let mut covered = 0;
                 let mut seen = std::collections::HashSet::new();
                 for w in &ws {
-                    assert!(seen.insert((w.group, w.stripe)), "{level:?}: stripe split twice");
+                    assert!(
+                        seen.insert((w.group, w.stripe)),
+                        "{level:?}: stripe split twice"
+                    );
                     for i in 0..w.k {
                         let r = w.written[i];
                         if r.is_empty() {
@@ -152,7 +170,10 @@ mod tests {
                         // The host block of each written strip maps back to the same place.
                         let vlba = lba + w.host_block[i];
                         let p = l.strip_pos(vlba);
-                        assert_eq!((p.group, p.stripe, p.data_index, p.offset), (w.group, w.stripe, i, r.start));
+                        assert_eq!(
+                            (p.group, p.stripe, p.data_index, p.offset),
+                            (w.group, w.stripe, i, r.start)
+                        );
                         covered += r.len();
                     }
                 }

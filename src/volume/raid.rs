@@ -20,18 +20,21 @@ use tracing::{info, warn};
 
 use super::assemble::{assemble, Assembly, AssemblyError, Candidate, Wanted};
 use super::bitmap::{self, WriteIntent, BITMAP_BYTES, BITMAP_OFFSET};
-use super::members::{Device, Members, MembersInit};
 use super::layout::{Layout, LayoutError, Level, Location};
+use super::members::{Device, Members, MembersInit};
 use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
+use super::rebuild::RebuildDriver;
 use super::scrub::{Scrub, ScrubDriver};
 use super::slow::{LatencyCells, SlowPolicy, PROBE_EVERY};
-use super::rebuild::RebuildDriver;
-use crate::bdev::{Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink, Submitted};
+use crate::bdev::{
+    Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, Completions, FileRegistry, SqeSink,
+    Submitted,
+};
 use crate::reactor::token::{Kind, Token};
 use crate::stats::{MemberStats, OpClass, OpSet};
-use crate::util::clock::Stamp;
 use crate::util::aligned::AlignedRegion;
+use crate::util::clock::Stamp;
 use crate::util::slab::Slab;
 
 /// Bytes at the start of every member kept for the superblock and write-intent bitmap.
@@ -58,7 +61,12 @@ pub enum VolumeError {
     #[error("member '{member}' has block size {got}, the volume uses {want}")]
     BlockSize { member: String, got: u32, want: u32 },
     #[error("member '{member}' has {have} bytes; it needs {need} bytes ({why})")]
-    TooSmall { member: String, have: u64, need: u64, why: &'static str },
+    TooSmall {
+        member: String,
+        have: u64,
+        need: u64,
+        why: &'static str,
+    },
     #[error("strip size {0} bytes is not a power of two between the block size and 1 MiB")]
     Strip(u64),
     #[error("device '{device}': superblock: {message}")]
@@ -100,12 +108,22 @@ impl Resync {
             None => rows * groups,
             Some(r) => r.len() as u64 * region_rows * groups,
         };
-        Resync { total: AtomicU64::new(total), regions: regions.unwrap_or_default(), region_rows, rows, groups, ..Default::default() }
+        Resync {
+            total: AtomicU64::new(total),
+            regions: regions.unwrap_or_default(),
+            region_rows,
+            rows,
+            groups,
+            ..Default::default()
+        }
     }
 
     /// (items done, total); total 0 when no resync was needed.
     pub fn progress(&self) -> (u64, u64) {
-        (self.done.load(Ordering::Relaxed), self.total.load(Ordering::Relaxed))
+        (
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
     }
 
     pub fn active(&self) -> bool {
@@ -129,7 +147,11 @@ impl Resync {
         } else {
             let per_region = self.region_rows * self.groups;
             let within = i % per_region;
-            (self.regions[(i / per_region) as usize] as u64 * self.region_rows + within / self.groups, within % self.groups)
+            (
+                self.regions[(i / per_region) as usize] as u64 * self.region_rows
+                    + within / self.groups,
+                within % self.groups,
+            )
         };
         (row < self.rows).then_some((group as usize, row))
     }
@@ -187,12 +209,19 @@ pub struct RaidBdev {
 }
 
 fn superblock_error(device: &str, e: impl std::fmt::Display) -> VolumeError {
-    VolumeError::Superblock { device: device.into(), message: e.to_string() }
+    VolumeError::Superblock {
+        device: device.into(),
+        message: e.to_string(),
+    }
 }
 
 /// A stand-in for a device that is absent: failed from the start, never used.
 fn stand_in(volume: &str, slot: usize, block_size: u32) -> Arc<dyn Bdev> {
-    Arc::new(crate::bdev::NullBdev::new(&format!("{volume}-missing-slot{slot}"), block_size, 0))
+    Arc::new(crate::bdev::NullBdev::new(
+        &format!("{volume}-missing-slot{slot}"),
+        block_size,
+        0,
+    ))
 }
 
 impl RaidBdev {
@@ -200,14 +229,32 @@ impl RaidBdev {
     /// slot), or create it when none carries a superblock. Writes the next generation of
     /// superblocks before returning.
     pub fn new(spec: VolumeSpec) -> Result<Self, VolumeError> {
-        let VolumeSpec { name, level, members: member_devs, absent, spares: spare_devs, group_size, strip_bytes, rebuild_rate, member_order, slow_policy } = spec;
+        let VolumeSpec {
+            name,
+            level,
+            members: member_devs,
+            absent,
+            spares: spare_devs,
+            group_size,
+            strip_bytes,
+            rebuild_rate,
+            member_order,
+            slow_policy,
+        } = spec;
         let name = name.as_str();
         let all: Vec<Arc<dyn Bdev>> = member_devs.iter().chain(&spare_devs).cloned().collect();
         let block_size = all.first().map_or(512, |m| m.block_size());
         if let Some(m) = all.iter().find(|m| m.block_size() != block_size) {
-            return Err(VolumeError::BlockSize { member: m.name().into(), got: m.block_size(), want: block_size });
+            return Err(VolumeError::BlockSize {
+                member: m.name().into(),
+                got: m.block_size(),
+                want: block_size,
+            });
         }
-        if !strip_bytes.is_power_of_two() || strip_bytes < block_size as u64 || strip_bytes > 1 << 20 {
+        if !strip_bytes.is_power_of_two()
+            || strip_bytes < block_size as u64
+            || strip_bytes > 1 << 20
+        {
             return Err(VolumeError::Strip(strip_bytes));
         }
         let data_offset = RESERVED_BYTES / block_size as u64;
@@ -219,8 +266,16 @@ impl RaidBdev {
         for (i, d) in all.iter().enumerate() {
             match read_superblock(d.as_ref()) {
                 Ok(Ok(sb)) => {
-                    let position = member_order.iter().position(|n| n == d.name()).or((i < member_devs.len()).then_some(i));
-                    candidates.push(Candidate { name: d.name().into(), sb, spare: i >= member_devs.len(), position });
+                    let position = member_order
+                        .iter()
+                        .position(|n| n == d.name())
+                        .or((i < member_devs.len()).then_some(i));
+                    candidates.push(Candidate {
+                        name: d.name().into(),
+                        sb,
+                        spare: i >= member_devs.len(),
+                        position,
+                    });
                     readable.push(d.clone());
                 }
                 Ok(Err(e)) if i < member_devs.len() => return Err(superblock_error(d.name(), e)),
@@ -228,8 +283,12 @@ impl RaidBdev {
                     warn!(volume = name, device = d.name(), error = %e, "cannot read the superblock: member left out");
                     absent.push(d.name().into());
                 }
-                Ok(Err(e)) => warn!(volume = name, device = d.name(), error = %e, "spare with a damaged superblock left out"),
-                Err(e) => warn!(volume = name, device = d.name(), error = %e, "cannot read the superblock: spare left out"),
+                Ok(Err(e)) => {
+                    warn!(volume = name, device = d.name(), error = %e, "spare with a damaged superblock left out")
+                }
+                Err(e) => {
+                    warn!(volume = name, device = d.name(), error = %e, "cannot read the superblock: spare left out")
+                }
             }
         }
         let all = readable;
@@ -238,39 +297,93 @@ impl RaidBdev {
         let wanted = Wanted {
             name: name.into(),
             level,
-            group_size: if grouped { group_size as u16 } else { (present + absent.len()) as u16 },
+            group_size: if grouped {
+                group_size as u16
+            } else {
+                (present + absent.len()) as u16
+            },
             strip_blocks: strip_blocks as u32,
             block_size,
             members: present + absent.len(),
         };
-        let seed = format!("{name}/{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        let seed = format!(
+            "{name}/{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
         let new_uuid = *uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, seed.as_bytes()).as_bytes();
         if !absent.is_empty() && candidates.iter().all(|c| c.sb.is_none()) {
-            return Err(VolumeError::Refused(format!("cannot create the volume without members {absent:?}")));
+            return Err(VolumeError::Refused(format!(
+                "cannot create the volume without members {absent:?}"
+            )));
         }
         let asm = assemble(&wanted, &candidates, new_uuid)?;
         for note in &asm.notes {
             warn!(volume = name, "{note}");
         }
-        let recorded_blocks = candidates.iter().filter_map(|c| c.sb.as_ref()).filter(|sb| sb.volume_uuid == asm.volume_uuid).map(|sb| sb.member_blocks).max();
-        let layout = Self::layout_for(name, level, &asm, &all, group_size, strip_blocks, data_offset, recorded_blocks)?;
+        let recorded_blocks = candidates
+            .iter()
+            .filter_map(|c| c.sb.as_ref())
+            .filter(|sb| sb.volume_uuid == asm.volume_uuid)
+            .map(|sb| sb.member_blocks)
+            .max();
+        let layout = Self::layout_for(
+            name,
+            level,
+            &asm,
+            &all,
+            group_size,
+            strip_blocks,
+            data_offset,
+            recorded_blocks,
+        )?;
         let needed = layout.member_blocks + data_offset;
-        if let Some((ci, _)) = asm.spares.iter().find(|(ci, _)| level != Level::Concat && all[*ci].num_blocks() < needed) {
+        if let Some((ci, _)) = asm
+            .spares
+            .iter()
+            .find(|(ci, _)| level != Level::Concat && all[*ci].num_blocks() < needed)
+        {
             let bs = block_size as u64;
-            return Err(VolumeError::SpareTooSmall { spare: all[*ci].name().into(), have: all[*ci].num_blocks() * bs, need: needed * bs });
+            return Err(VolumeError::SpareTooSmall {
+                spare: all[*ci].name().into(),
+                have: all[*ci].num_blocks() * bs,
+                need: needed * bs,
+            });
         }
-        let info = BdevInfo { name: name.into(), block_size, num_blocks: layout.capacity() };
+        let info = BdevInfo {
+            name: name.into(),
+            block_size,
+            num_blocks: layout.capacity(),
+        };
         let layout = Arc::new(layout);
         let slots = asm
             .slots
             .iter()
             .enumerate()
             .map(|(slot, f)| {
-                let bdev = f.device.map_or_else(|| stand_in(name, slot, block_size), |ci| all[ci].clone());
-                (Device { bdev, id: f.id, present: f.device.is_some() }, f.state)
+                let bdev = f
+                    .device
+                    .map_or_else(|| stand_in(name, slot, block_size), |ci| all[ci].clone());
+                (
+                    Device {
+                        bdev,
+                        id: f.id,
+                        present: f.device.is_some(),
+                    },
+                    f.state,
+                )
             })
             .collect();
-        let spares = asm.spares.iter().map(|(ci, id)| Device { bdev: all[*ci].clone(), id: *id, present: true }).collect();
+        let spares = asm
+            .spares
+            .iter()
+            .map(|(ci, id)| Device {
+                bdev: all[*ci].clone(),
+                id: *id,
+                present: true,
+            })
+            .collect();
         let health = Arc::new(Members::new(MembersInit {
             volume: name.into(),
             slots,
@@ -287,7 +400,8 @@ impl RaidBdev {
             info!(volume = name, level = ?level, "new volume: superblocks written");
         }
         let redundant = layout.level.tolerance(layout.group_size) > 0;
-        let intent = redundant.then(|| Arc::new(WriteIntent::new(layout.stripes_per_group(), strip_bytes)));
+        let intent =
+            redundant.then(|| Arc::new(WriteIntent::new(layout.stripes_per_group(), strip_bytes)));
         let resync = Arc::new(match (&intent, asm.unclean) {
             (Some(intent), true) => {
                 let dirty = Self::dirty_regions(&health, intent, &asm.volume_uuid);
@@ -297,17 +411,37 @@ impl RaidBdev {
                 }
                 let all: Vec<u32> = (0..intent.regions() as u32).collect();
                 intent.mark_dirty(dirty.as_deref().unwrap_or(&all));
-                Resync::new(dirty, intent.region_rows(), layout.stripes_per_group(), layout.groups())
+                Resync::new(
+                    dirty,
+                    intent.region_rows(),
+                    layout.stripes_per_group(),
+                    layout.groups(),
+                )
             }
             _ => Resync::new(Some(vec![]), 1, layout.stripes_per_group(), layout.groups()),
         });
-        let identity = VolumeIdentity { uuid: asm.volume_uuid, name: name.into(), data_offset, created: now_unix() };
-        let mut meta = Metadata::new(identity, layout.clone(), block_size, health.clone(), asm.generation);
+        let identity = VolumeIdentity {
+            uuid: asm.volume_uuid,
+            name: name.into(),
+            data_offset,
+            created: now_unix(),
+        };
+        let mut meta = Metadata::new(
+            identity,
+            layout.clone(),
+            block_size,
+            health.clone(),
+            asm.generation,
+        );
         if let Some(intent) = &intent {
             let r = resync.clone();
             meta = meta.with_intent(intent.clone(), Box::new(move || !r.active()));
         }
-        let scrub = Arc::new(Scrub::new(layout.stripes_per_group(), layout.groups(), DEFAULT_SCRUB_RATE));
+        let scrub = Arc::new(Scrub::new(
+            layout.stripes_per_group(),
+            layout.groups(),
+            DEFAULT_SCRUB_RATE,
+        ));
         let scrub_every = Arc::new(AtomicU64::new(0));
         if redundant {
             meta = meta.with_scrub_schedule(scrub.clone(), scrub_every.clone(), resync.clone());
@@ -324,7 +458,10 @@ impl RaidBdev {
             health.request_update();
         }
         let m = meta.clone();
-        let thread = std::thread::Builder::new().name(format!("meta-{name}")).spawn(move || m.run(rx)).map_err(|e| superblock_error(name, e))?;
+        let thread = std::thread::Builder::new()
+            .name(format!("meta-{name}"))
+            .spawn(move || m.run(rx))
+            .map_err(|e| superblock_error(name, e))?;
         Ok(RaidBdev {
             info,
             layout,
@@ -344,7 +481,16 @@ impl RaidBdev {
     /// The layout over the assembled slots. An existing volume keeps the member size its
     /// superblocks record, whatever devices are present now.
     #[allow(clippy::too_many_arguments)]
-    fn layout_for(name: &str, level: Level, asm: &Assembly, all: &[Arc<dyn Bdev>], group_size: usize, strip_blocks: u64, data_offset: u64, recorded: Option<u64>) -> Result<Layout, VolumeError> {
+    fn layout_for(
+        name: &str,
+        level: Level,
+        asm: &Assembly,
+        all: &[Arc<dyn Bdev>],
+        group_size: usize,
+        strip_blocks: u64,
+        data_offset: u64,
+        recorded: Option<u64>,
+    ) -> Result<Layout, VolumeError> {
         let usable = |ci: usize| all[ci].num_blocks().saturating_sub(data_offset);
         let mut sizes = Vec::with_capacity(asm.slots.len());
         for f in &asm.slots {
@@ -365,14 +511,33 @@ impl RaidBdev {
                 (None, r) => r.unwrap_or(u64::MAX / 4),
             };
             if size == 0 {
-                let (member, have, bs) = f.device.map_or_else(|| (name.to_string(), 0, 512), |ci| (all[ci].name().to_string(), all[ci].num_blocks(), all[ci].block_size() as u64));
-                return Err(VolumeError::TooSmall { member, have: have * bs, need: (data_offset + 1) * bs, why: "the 1 MiB metadata area plus one block of data" });
+                let (member, have, bs) = f.device.map_or_else(
+                    || (name.to_string(), 0, 512),
+                    |ci| {
+                        (
+                            all[ci].name().to_string(),
+                            all[ci].num_blocks(),
+                            all[ci].block_size() as u64,
+                        )
+                    },
+                );
+                return Err(VolumeError::TooSmall {
+                    member,
+                    have: have * bs,
+                    need: (data_offset + 1) * bs,
+                    why: "the 1 MiB metadata area plus one block of data",
+                });
             }
             sizes.push(size);
         }
         let layout = Layout::new(level, &sizes, group_size, strip_blocks)?;
-        if asm.created && level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks) {
-            info!(volume = name, used_blocks = layout.member_blocks, "members differ in size: each contributes only as much as the smallest");
+        if asm.created && level != Level::Concat && sizes.iter().any(|s| *s != layout.member_blocks)
+        {
+            info!(
+                volume = name,
+                used_blocks = layout.member_blocks,
+                "members differ in size: each contributes only as much as the smallest"
+            );
         }
         Ok(layout)
     }
@@ -404,7 +569,14 @@ impl RaidBdev {
         };
         let clean = state == Closed::Clean;
         let (reply_tx, reply_rx) = crossbeam::channel::bounded(1);
-        if self.meta_tx.send(MetaMsg::Close { reply: reply_tx, clean }).is_ok() {
+        if self
+            .meta_tx
+            .send(MetaMsg::Close {
+                reply: reply_tx,
+                clean,
+            })
+            .is_ok()
+        {
             let _ = reply_rx.recv_timeout(std::time::Duration::from_secs(30));
         }
         if let Some(t) = self.meta_thread.lock().unwrap().take() {
@@ -432,14 +604,18 @@ impl RaidBdev {
     /// Scrub (check only) every `every`, counted from the target's start or the last
     /// scrub's start; None: no schedule.
     pub fn set_scrub_schedule(&self, every: Option<std::time::Duration>) {
-        self.scrub_every.store(every.map_or(0, |d| d.as_secs().max(1)), Ordering::Relaxed);
+        self.scrub_every
+            .store(every.map_or(0, |d| d.as_secs().max(1)), Ordering::Relaxed);
     }
 
     /// Start a scrub: check every row (and repair mismatches when `repair`). Refused while
     /// the volume lacks a member, resynchronises or already scrubs.
     pub fn start_scrub(&self, repair: bool) -> Result<(), VolumeError> {
         if !self.redundant() {
-            return Err(VolumeError::Refused(format!("a {:?} volume has no parity or copies to check", self.layout.level)));
+            return Err(VolumeError::Refused(format!(
+                "a {:?} volume has no parity or copies to check",
+                self.layout.level
+            )));
         }
         super::scrub::ready(&self.health, &self.resync).map_err(VolumeError::Refused)?;
         self.scrub.start(repair).map_err(VolumeError::Refused)
@@ -447,7 +623,9 @@ impl RaidBdev {
 
     /// Member device names in slot order.
     pub fn member_names(&self) -> Vec<String> {
-        (0..self.health.slots()).map(|s| self.health.slot_device(s).bdev.name().to_string()).collect()
+        (0..self.health.slots())
+            .map(|s| self.health.slot_device(s).bdev.name().to_string())
+            .collect()
     }
 
     /// online, degraded (a member failed), rebuilding (onto a spare) or offline.
@@ -480,9 +658,13 @@ impl RaidBdev {
     /// has an intact block.
     fn dirty_regions(health: &Members, intent: &WriteIntent, uuid: &[u8; 16]) -> Option<Vec<u32>> {
         let mut union: Option<std::collections::BTreeSet<u32>> = None;
-        for slot in (0..health.slots()).filter(|&s| health.state(s) == super::members::SlotState::Active) {
+        for slot in
+            (0..health.slots()).filter(|&s| health.state(s) == super::members::SlotState::Active)
+        {
             let dev = health.slot_device(slot);
-            let Ok(buf) = AlignedRegion::new(BITMAP_BYTES) else { continue };
+            let Ok(buf) = AlignedRegion::new(BITMAP_BYTES) else {
+                continue;
+            };
             // SAFETY: the fresh region is ours alone.
             let b = unsafe { buf.slice_mut(0, BITMAP_BYTES) };
             if dev.bdev.sync_io(BdevOp::Read, BITMAP_OFFSET, b).is_err() {
@@ -503,48 +685,92 @@ impl RaidBdev {
     pub fn add_spare(&self, dev: Arc<dyn Bdev>) -> Result<(), VolumeError> {
         let refuse = |why: String| Err(VolumeError::Refused(why));
         if !self.redundant() {
-            return refuse(format!("a {:?} volume has no redundancy to rebuild", self.layout.level));
+            return refuse(format!(
+                "a {:?} volume has no redundancy to rebuild",
+                self.layout.level
+            ));
         }
         if dev.block_size() != self.info.block_size {
-            return Err(VolumeError::BlockSize { member: dev.name().into(), got: dev.block_size(), want: self.info.block_size });
+            return Err(VolumeError::BlockSize {
+                member: dev.name().into(),
+                got: dev.block_size(),
+                want: self.info.block_size,
+            });
         }
         if dev.num_blocks() < self.layout.member_blocks + self.data_offset {
             let bs = dev.block_size() as u64;
-            return Err(VolumeError::SpareTooSmall { spare: dev.name().into(), have: dev.num_blocks() * bs, need: (self.layout.member_blocks + self.data_offset) * bs });
+            return Err(VolumeError::SpareTooSmall {
+                spare: dev.name().into(),
+                have: dev.num_blocks() * bs,
+                need: (self.layout.member_blocks + self.data_offset) * bs,
+            });
         }
         if self.health.uses_device(dev.name()) {
-            return refuse(format!("device '{}' already belongs to this volume", dev.name()));
+            return refuse(format!(
+                "device '{}' already belongs to this volume",
+                dev.name()
+            ));
         }
         let id = super::assemble::spare_id(&self.volume_uuid, dev.name());
-        self.health.add_spare(Device { bdev: dev, id, present: true });
+        self.health.add_spare(Device {
+            bdev: dev,
+            id,
+            present: true,
+        });
         Ok(())
     }
 
     /// Replace member `member` by spare `spare`: the member is failed and the spare rebuilt
     /// in its place. Redundancy drops while the rebuild runs.
     pub fn replace(&self, member: &str, spare: &str, force: bool) -> Result<(), VolumeError> {
-        let slot = self.member_index(member).ok_or_else(|| VolumeError::Refused(format!("volume '{}' has no member '{member}'", self.info.name)))?;
+        let slot = self.member_index(member).ok_or_else(|| {
+            VolumeError::Refused(format!(
+                "volume '{}' has no member '{member}'",
+                self.info.name
+            ))
+        })?;
         if !force && !self.can_lose(slot) {
-            return Err(VolumeError::Refused(format!("replacing '{member}' would take volume '{}' offline while the spare rebuilds", self.info.name)));
+            return Err(VolumeError::Refused(format!(
+                "replacing '{member}' would take volume '{}' offline while the spare rebuilds",
+                self.info.name
+            )));
         }
-        self.health.replace(slot, spare).map_err(VolumeError::Refused)
+        self.health
+            .replace(slot, spare)
+            .map_err(VolumeError::Refused)
     }
 
     /// Detach a failed member so its device can be reused.
     pub fn remove_member(&self, member: &str) -> Result<(), VolumeError> {
-        let slot = self.member_index(member).ok_or_else(|| VolumeError::Refused(format!("volume '{}' has no member '{member}'", self.info.name)))?;
-        self.health.remove_failed(slot, stand_in(&self.info.name, slot, self.info.block_size)).map(|_| ()).map_err(VolumeError::Refused)
+        let slot = self.member_index(member).ok_or_else(|| {
+            VolumeError::Refused(format!(
+                "volume '{}' has no member '{member}'",
+                self.info.name
+            ))
+        })?;
+        self.health
+            .remove_failed(slot, stand_in(&self.info.name, slot, self.info.block_size))
+            .map(|_| ())
+            .map_err(VolumeError::Refused)
     }
 
     /// Take the spare named `name` off the volume.
     pub fn remove_spare(&self, name: &str) -> Result<(), VolumeError> {
-        self.health.remove_spare(name).map(|_| ()).ok_or_else(|| VolumeError::Refused(format!("'{name}' is not a spare of volume '{}'", self.info.name)))
+        self.health.remove_spare(name).map(|_| ()).ok_or_else(|| {
+            VolumeError::Refused(format!(
+                "'{name}' is not a spare of volume '{}'",
+                self.info.name
+            ))
+        })
     }
 }
 
 impl std::fmt::Debug for RaidBdev {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RaidBdev").field("name", &self.info.name).field("level", &self.layout.level).finish()
+        f.debug_struct("RaidBdev")
+            .field("name", &self.info.name)
+            .field("level", &self.layout.level)
+            .finish()
     }
 }
 
@@ -560,24 +786,52 @@ impl Bdev for RaidBdev {
         if self.layout.level == Level::Concat || self.intent.is_none() {
             return None;
         }
-        let bytes = |(start, end): (u64, u64)| (start << self.info.block_size.trailing_zeros(), (end - start) << self.info.block_size.trailing_zeros());
+        let bytes = |(start, end): (u64, u64)| {
+            (
+                start << self.info.block_size.trailing_zeros(),
+                (end - start) << self.info.block_size.trailing_zeros(),
+            )
+        };
         if r.total.load(Ordering::Relaxed) == 0 {
             return Some(vec![]);
         }
         if r.regions.is_empty() {
             return Some(vec![bytes(self.layout.volume_blocks_of_rows(0, r.rows))]);
         }
-        Some(r.regions.iter().map(|&g| bytes(self.layout.volume_blocks_of_rows(g as u64 * r.region_rows, ((g as u64 + 1) * r.region_rows).min(r.rows)))).collect())
+        Some(
+            r.regions
+                .iter()
+                .map(|&g| {
+                    bytes(self.layout.volume_blocks_of_rows(
+                        g as u64 * r.region_rows,
+                        ((g as u64 + 1) * r.region_rows).min(r.rows),
+                    ))
+                })
+                .collect(),
+        )
     }
 
-    fn open_channel(&self, files: &mut dyn FileRegistry, route: ChildRoute) -> std::io::Result<Box<dyn BdevChannel>> {
+    fn open_channel(
+        &self,
+        files: &mut dyn FileRegistry,
+        route: ChildRoute,
+    ) -> std::io::Result<Box<dyn BdevChannel>> {
         // Device channels are private to this volume channel: their completions come back
         // as Child tokens of the volume and are routed here by the reactor; those of a
         // device's own ring operations (a remote device's sockets) carry the device's route.
-        let devs: Vec<Box<dyn BdevChannel>> =
-            (0..self.health.device_count()).map(|d| self.health.device(d).bdev.open_channel(files, route.member(d))).collect::<Result<_, _>>()?;
-        let polled_devs = (0..devs.len()).filter(|&d| devs[d].needs_polling()).collect();
-        let strip_bytes = (self.layout.strip_blocks as usize) << self.info.block_size.trailing_zeros();
+        let devs: Vec<Box<dyn BdevChannel>> = (0..self.health.device_count())
+            .map(|d| {
+                self.health
+                    .device(d)
+                    .bdev
+                    .open_channel(files, route.member(d))
+            })
+            .collect::<Result<_, _>>()?;
+        let polled_devs = (0..devs.len())
+            .filter(|&d| devs[d].needs_polling())
+            .collect();
+        let strip_bytes =
+            (self.layout.strip_blocks as usize) << self.info.block_size.trailing_zeros();
         let parity = self.layout.level.parity_count() > 0;
         let redundant = self.redundant();
         Ok(Box::new(RaidChannel {
@@ -596,10 +850,20 @@ impl Bdev for RaidBdev {
             resync_driver: false,
             rebuild: RebuildDriver::default(),
             parents: Slab::with_capacity(MAX_PARENTS),
-            stripes: Slab::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
+            stripes: Slab::with_capacity(if redundant {
+                MAX_PARENTS * STRIPE_WINDOW as usize
+            } else {
+                0
+            }),
             children: Slab::with_capacity(MAX_CHILDREN),
-            member_ops: (0..self.health.device_count()).map(|_| OpSet::default()).collect(),
-            waiting: VecDeque::with_capacity(if redundant { MAX_PARENTS * STRIPE_WINDOW as usize } else { 0 }),
+            member_ops: (0..self.health.device_count())
+                .map(|_| OpSet::default())
+                .collect(),
+            waiting: VecDeque::with_capacity(if redundant {
+                MAX_PARENTS * STRIPE_WINDOW as usize
+            } else {
+                0
+            }),
             gated: VecDeque::with_capacity(if redundant { MAX_PARENTS } else { 0 }),
             intent: self.intent.clone(),
             sync_done: VecDeque::with_capacity(1024),
@@ -607,7 +871,11 @@ impl Bdev for RaidBdev {
             held: Vec::with_capacity(MAX_PARENTS),
             submitting: None,
             submit_result: None,
-            scratch: Scratch::new(if redundant { strip_bytes } else { 0 }, self.layout.group_size, parity)?,
+            scratch: Scratch::new(
+                if redundant { strip_bytes } else { 0 },
+                self.layout.group_size,
+                parity,
+            )?,
             zeroes: AlignedRegion::new(if parity { strip_bytes } else { 0 })?,
             next_copy: 0,
             scrub: self.scrub.clone(),
@@ -628,13 +896,25 @@ pub(super) struct Scratch {
 impl Scratch {
     fn new(chunk: usize, group_size: usize, parity: bool) -> std::io::Result<Scratch> {
         if chunk == 0 {
-            return Ok(Scratch { region: AlignedRegion::new(0)?, chunk: 0, free: Vec::new() });
+            return Ok(Scratch {
+                region: AlignedRegion::new(0)?,
+                chunk: 0,
+                free: Vec::new(),
+            });
         }
         // Room for several whole-stripe operations whatever the strip size; mirrors only
         // need chunks for background copies.
-        let bytes = if parity { SCRATCH_BYTES } else { SCRATCH_BYTES / 8 };
+        let bytes = if parity {
+            SCRATCH_BYTES
+        } else {
+            SCRATCH_BYTES / 8
+        };
         let count = (bytes / chunk).clamp(4 * (group_size + 2), u16::MAX as usize);
-        Ok(Scratch { region: AlignedRegion::new(count * chunk)?, chunk, free: (0..count as u16).rev().collect() })
+        Ok(Scratch {
+            region: AlignedRegion::new(count * chunk)?,
+            chunk,
+            free: (0..count as u16).rev().collect(),
+        })
     }
 
     pub(super) fn ptr(&self, id: u16) -> *mut u8 {
@@ -682,7 +962,10 @@ pub(super) enum Job {
     /// A stripe of the parity resync after an unclean shutdown.
     Resync,
     /// A row of a rebuild onto spares: the rebuild's epoch and the op's sequence number.
-    Rebuild { epoch: u64, seq: u64 },
+    Rebuild {
+        epoch: u64,
+        seq: u64,
+    },
     /// A row of a scrub.
     Scrub,
 }
@@ -831,10 +1114,12 @@ impl RaidChannel {
     fn open_new_devices(&mut self) {
         for d in self.devs.len()..self.health.device_count() {
             let bdev = self.health.device(d).bdev;
-            let ch = bdev.open_channel(&mut NoFixedFiles, self.route.member(d)).unwrap_or_else(|e| {
-                warn!(device = bdev.name(), error = %e, "cannot open device");
-                Box::new(crate::bdev::FailingChannel)
-            });
+            let ch = bdev
+                .open_channel(&mut NoFixedFiles, self.route.member(d))
+                .unwrap_or_else(|e| {
+                    warn!(device = bdev.name(), error = %e, "cannot open device");
+                    Box::new(crate::bdev::FailingChannel)
+                });
             if ch.needs_polling() {
                 self.polled_devs.push(d);
             }
@@ -845,15 +1130,35 @@ impl RaidChannel {
 
     /// Submit one I/O to the device in `slot`; its completion comes back through
     /// `sync_done` or the ring.
-    pub(super) fn child(&mut self, owner: Owner, slot: usize, mut io: BdevIo, sq: &mut dyn SqeSink) {
+    pub(super) fn child(
+        &mut self,
+        owner: Owner,
+        slot: usize,
+        mut io: BdevIo,
+        sq: &mut dyn SqeSink,
+    ) {
         debug_assert!(!self.health.is_failed(slot), "I/O to a failed member");
         let dev = self.health.device_of(slot);
         if dev >= self.devs.len() {
             self.open_new_devices();
         }
-        let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
-        let c = Child { owner, expect, slot: slot as u16, device: dev as u16, class: OpClass::of(io.op), started: Stamp::now() };
-        let tag = self.children.insert(c).expect("member I/O table sized for the worst case");
+        let expect = if matches!(io.op, BdevOp::Read | BdevOp::Write) {
+            io.len as i32
+        } else {
+            0
+        };
+        let c = Child {
+            owner,
+            expect,
+            slot: slot as u16,
+            device: dev as u16,
+            class: OpClass::of(io.op),
+            started: Stamp::now(),
+        };
+        let tag = self
+            .children
+            .insert(c)
+            .expect("member I/O table sized for the worst case");
         self.latency.begin(slot);
         match owner {
             Owner::Parent(p) => self.parents.get_mut(p).pending += 1,
@@ -865,7 +1170,14 @@ impl RaidChannel {
         }
     }
 
-    pub(super) fn member_io(&self, op: BdevOp, loc: Location, blocks: u64, buf: *mut u8, buf_index: Option<u16>) -> BdevIo {
+    pub(super) fn member_io(
+        &self,
+        op: BdevOp,
+        loc: Location,
+        blocks: u64,
+        buf: *mut u8,
+        buf_index: Option<u16>,
+    ) -> BdevIo {
         BdevIo {
             op,
             offset: (self.data_offset + loc.member_lba) << self.block_shift,
@@ -897,7 +1209,11 @@ impl RaidChannel {
         if let (Some((r0, r1)), Some(intent)) = (parent.regions, &self.intent) {
             intent.end(r0, r1);
         }
-        let result = if parent.retry { -libc::EIO } else { parent.result };
+        let result = if parent.retry {
+            -libc::EIO
+        } else {
+            parent.result
+        };
         match parent.job {
             Job::Host => {}
             Job::Resync => return self.resync_stripe_done(),
@@ -923,14 +1239,29 @@ impl RaidChannel {
     }
 
     fn on_child(&mut self, tag: u32, res: i32, sq: &mut dyn SqeSink) {
-        let Child { owner, expect, slot, device: dev, class, started } = self.children.remove(tag);
+        let Child {
+            owner,
+            expect,
+            slot,
+            device: dev,
+            class,
+            started,
+        } = self.children.remove(tag);
         let micros = started.elapsed_micros();
         self.latency.end(slot as usize, micros);
         if let Some(ops) = self.member_ops.get_mut(dev as usize) {
             ops.record(class, micros, res.max(0) as u64);
         }
         if res != expect {
-            self.health.fail_device(slot as usize, dev as usize, if res < 0 { "I/O error" } else { "short transfer" });
+            self.health.fail_device(
+                slot as usize,
+                dev as usize,
+                if res < 0 {
+                    "I/O error"
+                } else {
+                    "short transfer"
+                },
+            );
         }
         match owner {
             Owner::Parent(p) => {
@@ -985,13 +1316,21 @@ impl RaidChannel {
     /// slow when there is one and `avoid_slow`.
     fn valid_copy(&self, lba: u64, n: u64, first: usize, avoid_slow: bool) -> Option<Location> {
         let (base, copies) = (self.layout.locate(lba), self.layout.copy_count());
-        let valid = |l: &Location| !self.health.is_missing(l.member, (l.member_lba + n - 1) / self.layout.strip_blocks);
-        let mut candidates = (0..copies).map(|c| base.copy((first + c) % copies)).filter(valid);
+        let valid = |l: &Location| {
+            !self
+                .health
+                .is_missing(l.member, (l.member_lba + n - 1) / self.layout.strip_blocks)
+        };
+        let mut candidates = (0..copies)
+            .map(|c| base.copy((first + c) % copies))
+            .filter(valid);
         let first_valid = candidates.next()?;
         if !avoid_slow || !self.health.slow.is_slow(first_valid.member) {
             return Some(first_valid);
         }
-        candidates.find(|l| !self.health.slow.is_slow(l.member)).or(Some(first_valid))
+        candidates
+            .find(|l| !self.health.slow.is_slow(l.member))
+            .or(Some(first_valid))
     }
 
     /// Count a host read of `lba` against the slow members it concerns: kept off them
@@ -1021,16 +1360,33 @@ impl RaidChannel {
     /// A parity level's read of a strip on a slow member is served by reconstruction
     /// instead, while its group can do without the member.
     fn read_around(&self, loc: &Location, avoid_slow: bool) -> bool {
-        avoid_slow && self.parity() > 0 && self.health.slow.is_slow(loc.member) && self.health.can_lose(loc.member)
+        avoid_slow
+            && self.parity() > 0
+            && self.health.slow.is_slow(loc.member)
+            && self.health.can_lose(loc.member)
     }
 
     pub(super) fn fan_out(&mut self, p: u32, io: &BdevIo, sq: &mut dyn SqeSink) {
-        let sub = |io: &BdevIo, off: usize| if io.buf.is_null() { io.buf } else { io.buf.wrapping_add(off) };
+        let sub = |io: &BdevIo, off: usize| {
+            if io.buf.is_null() {
+                io.buf
+            } else {
+                io.buf.wrapping_add(off)
+            }
+        };
         match io.op {
             BdevOp::Flush => {
                 for m in 0..self.health.slots() {
                     if !self.health.is_failed(m) {
-                        self.child(Owner::Parent(p), m, BdevIo { user_data: 0, ..*io }, sq);
+                        self.child(
+                            Owner::Parent(p),
+                            m,
+                            BdevIo {
+                                user_data: 0,
+                                ..*io
+                            },
+                            sq,
+                        );
                     }
                 }
             }
@@ -1040,7 +1396,9 @@ impl RaidChannel {
                 let any_slow = ch.health.slow.any();
                 let avoid_slow = any_slow && ch.avoid_slow();
                 let copy = ch.valid_copy(lba, n, ch.next_copy, avoid_slow);
-                let around = copy.as_ref().is_some_and(|loc| ch.read_around(loc, avoid_slow));
+                let around = copy
+                    .as_ref()
+                    .is_some_and(|loc| ch.read_around(loc, avoid_slow));
                 if let (true, Some(loc)) = (any_slow, &copy) {
                     ch.note_slow_read(lba, loc, around);
                 }
@@ -1064,16 +1422,18 @@ impl RaidChannel {
                 }
             }),
             // Every copy not failed, rebuilding ones included.
-            BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard => self.for_each_run(io, |ch, lba, n, off| {
-                let base = ch.layout.locate(lba);
-                for c in 0..ch.layout.copy_count() {
-                    let loc = base.copy(c);
-                    if !ch.health.is_failed(loc.member) {
-                        let mio = ch.member_io(io.op, loc, n, sub(io, off), io.buf_index);
-                        ch.child(Owner::Parent(p), loc.member, mio, sq);
+            BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard => {
+                self.for_each_run(io, |ch, lba, n, off| {
+                    let base = ch.layout.locate(lba);
+                    for c in 0..ch.layout.copy_count() {
+                        let loc = base.copy(c);
+                        if !ch.health.is_failed(loc.member) {
+                            let mio = ch.member_io(io.op, loc, n, sub(io, off), io.buf_index);
+                            ch.child(Owner::Parent(p), loc.member, mio, sq);
+                        }
                     }
-                }
-            }),
+                })
+            }
         }
     }
 
@@ -1110,7 +1470,10 @@ impl RaidChannel {
     /// Write-intent regions of a write to volume blocks `start..end`.
     fn intent_regions(&self, start: u64, end: u64) -> Option<(u32, u32)> {
         let intent = self.intent.as_ref()?;
-        Some(intent.regions_of(self.layout.member_row(start), self.layout.member_row(end - 1)))
+        Some(intent.regions_of(
+            self.layout.member_row(start),
+            self.layout.member_row(end - 1),
+        ))
     }
 
     /// Admit every gated write that can start now, oldest first; the rest keep their order.
@@ -1127,19 +1490,29 @@ impl RaidChannel {
 
 impl BdevChannel for RaidChannel {
     fn submit(&mut self, io: &BdevIo, sq: &mut dyn SqeSink) -> Submitted {
-        let ok = if matches!(io.op, BdevOp::Read | BdevOp::Write) { io.len as i32 } else { 0 };
+        let ok = if matches!(io.op, BdevOp::Read | BdevOp::Write) {
+            io.len as i32
+        } else {
+            0
+        };
         let start = io.offset >> self.block_shift;
         let end = start + (io.len as u64 >> self.block_shift);
         let writes = matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard);
-        let parity_write = self.parity() > 0 && matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes);
-        let mirror_write = writes && matches!(self.layout.level, Level::Raid1 | Level::Raid10) && end > start;
+        let parity_write =
+            self.parity() > 0 && matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes);
+        let mirror_write =
+            writes && matches!(self.layout.level, Level::Raid1 | Level::Raid10) && end > start;
         if !self.health.online() {
             return Submitted::Done(-libc::ENXIO);
         }
         // Deallocation is advisory; on parity levels it would break parity, so it is
         // acknowledged without touching the members.
         let skip = self.parity() > 0 && io.op == BdevOp::Discard;
-        let regions = if writes && !skip && end > start { self.intent_regions(start, end) } else { None };
+        let regions = if writes && !skip && end > start {
+            self.intent_regions(start, end)
+        } else {
+            None
+        };
         let parent = Parent {
             user_data: io.user_data,
             op: io.op,
@@ -1153,7 +1526,11 @@ impl BdevChannel for RaidChannel {
             end,
             retry: false,
             job: Job::Host,
-            locks: if mirror_write { self.mirror_locks(start, end) } else { (0, 0) },
+            locks: if mirror_write {
+                self.mirror_locks(start, end)
+            } else {
+                (0, 0)
+            },
             regions,
         };
         let Some(p) = self.parents.insert(parent) else {
@@ -1191,7 +1568,11 @@ impl BdevChannel for RaidChannel {
         for (d, ops) in self.member_ops.iter_mut().enumerate() {
             if !ops.is_empty() {
                 let device = self.health.device(d).bdev.name().to_string();
-                out.push(MemberStats { volume: self.volume.clone(), device, ops: ops.clone() });
+                out.push(MemberStats {
+                    volume: self.volume.clone(),
+                    device,
+                    ops: ops.clone(),
+                });
             }
             if reset {
                 ops.reset();
@@ -1250,7 +1631,8 @@ impl RaidChannel {
     /// volume's tokens and join the other member completions.
     fn take_member_completions(&mut self, out: &mut Completions) {
         for (user_data, res) in out.drain(..) {
-            let t = Token::decode(user_data).expect("a member completes only I/O this volume submitted");
+            let t = Token::decode(user_data)
+                .expect("a member completes only I/O this volume submitted");
             let tag = t.child_tag() - self.route.base;
             debug_assert!(t.kind == Kind::Child && tag < self.route.own_tags());
             self.sync_done.push_back((tag as u32, res));
@@ -1279,15 +1661,37 @@ mod tests {
     }
 
     fn volume(level: Level, members: usize, group: usize) -> (RaidBdev, Vec<Arc<dyn Bdev>>) {
-        let m: Vec<Arc<dyn Bdev>> = (0..members).map(|i| Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>).collect();
-        let spec = VolumeSpec { name: "v".into(), level, members: m.clone(), absent: vec![], spares: vec![], group_size: group, strip_bytes: 16384, rebuild_rate: 0, member_order: vec![], slow_policy: SlowPolicy::default() };
+        let m: Vec<Arc<dyn Bdev>> = (0..members)
+            .map(|i| {
+                Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>
+            })
+            .collect();
+        let spec = VolumeSpec {
+            name: "v".into(),
+            level,
+            members: m.clone(),
+            absent: vec![],
+            spares: vec![],
+            group_size: group,
+            strip_bytes: 16384,
+            rebuild_rate: 0,
+            member_order: vec![],
+            slow_policy: SlowPolicy::default(),
+        };
         (RaidBdev::new(spec).unwrap(), m)
     }
 
     /// Submit and wait: RAM members complete at once, but a write may first wait for its
     /// write-intent bit, which the metadata thread makes durable.
     fn rw(ch: &mut dyn BdevChannel, op: BdevOp, offset: u64, buf: &mut [u8]) -> Submitted {
-        let io = BdevIo { op, offset, len: buf.len() as u32, buf: buf.as_mut_ptr(), buf_index: None, user_data: 1 };
+        let io = BdevIo {
+            op,
+            offset,
+            len: buf.len() as u32,
+            buf: buf.as_mut_ptr(),
+            buf_index: None,
+            user_data: 1,
+        };
         if let done @ Submitted::Done(_) = ch.submit(&io, &mut NoRing) {
             return done;
         }
@@ -1312,20 +1716,40 @@ mod tests {
 
     #[test]
     fn writes_read_back_and_land_where_the_layout_says() {
-        for (level, n, g) in [(Level::Raid0, 3, 0), (Level::Raid1, 3, 0), (Level::Raid10, 4, 2), (Level::Concat, 2, 0), (Level::Raid5, 4, 0), (Level::Raid6, 5, 0), (Level::Raid50, 6, 3)] {
+        for (level, n, g) in [
+            (Level::Raid0, 3, 0),
+            (Level::Raid1, 3, 0),
+            (Level::Raid10, 4, 2),
+            (Level::Concat, 2, 0),
+            (Level::Raid5, 4, 0),
+            (Level::Raid6, 5, 0),
+            (Level::Raid50, 6, 3),
+        ] {
             let (v, members) = volume(level, n, g);
             let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let len = 200_192;
             let mut data: Vec<u8> = (0..len as u32).map(|i| (i * 7 + 3) as u8).collect();
             let offset = 512 * 37;
-            assert_eq!(rw(&mut *ch, BdevOp::Write, offset, &mut data), Submitted::Done(len as i32), "{level:?}");
+            assert_eq!(
+                rw(&mut *ch, BdevOp::Write, offset, &mut data),
+                Submitted::Done(len as i32),
+                "{level:?}"
+            );
             let mut back = vec![0u8; len];
-            assert_eq!(rw(&mut *ch, BdevOp::Read, offset, &mut back), Submitted::Done(len as i32));
+            assert_eq!(
+                rw(&mut *ch, BdevOp::Read, offset, &mut back),
+                Submitted::Done(len as i32)
+            );
             assert!(back == data, "{level:?}");
             // Every copy of block 37 + 40 holds the right bytes on its member.
             for loc in v.layout().copies(37 + 40) {
                 let blk = read_member(&members[loc.member], v.data_offset + loc.member_lba, 1);
-                assert_eq!(blk, data[40 * 512..41 * 512], "{level:?} member {}", loc.member);
+                assert_eq!(
+                    blk,
+                    data[40 * 512..41 * 512],
+                    "{level:?} member {}",
+                    loc.member
+                );
             }
         }
     }
@@ -1334,29 +1758,54 @@ mod tests {
     /// data as computed from scratch.
     #[test]
     fn parity_stays_consistent_under_partial_writes() {
-        for (level, n, g) in [(Level::Raid4, 4, 0), (Level::Raid5, 5, 0), (Level::Raid6, 6, 0), (Level::Raid60, 8, 4)] {
+        for (level, n, g) in [
+            (Level::Raid4, 4, 0),
+            (Level::Raid5, 5, 0),
+            (Level::Raid6, 6, 0),
+            (Level::Raid60, 8, 4),
+        ] {
             let (v, members) = volume(level, n, g);
             let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let mut x = 12345u64;
             for _ in 0..200 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let nlb = 1 + (x >> 33) % 100;
                 let lba = (x >> 13) % (v.num_blocks() - nlb);
                 let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i ^ x) as u8).collect();
-                let op = if x.is_multiple_of(7) { BdevOp::WriteZeroes } else { BdevOp::Write };
+                let op = if x.is_multiple_of(7) {
+                    BdevOp::WriteZeroes
+                } else {
+                    BdevOp::Write
+                };
                 let res = rw(&mut *ch, op, lba * 512, &mut data);
-                assert!(matches!(res, Submitted::Done(r) if r >= 0), "{level:?} {res:?}");
+                assert!(
+                    matches!(res, Submitted::Done(r) if r >= 0),
+                    "{level:?} {res:?}"
+                );
             }
             let l = v.layout();
             let strip = l.strip_blocks as usize;
             for group in 0..l.groups() {
                 for stripe in 0..l.stripes_per_group() {
-                    let read = |slot: usize| read_member(&members[l.member_of(group, slot)], v.data_offset + stripe * l.strip_blocks, strip);
-                    let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.data_slot(stripe, i))).collect();
+                    let read = |slot: usize| {
+                        read_member(
+                            &members[l.member_of(group, slot)],
+                            v.data_offset + stripe * l.strip_blocks,
+                            strip,
+                        )
+                    };
+                    let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
+                        .map(|i| read(l.data_slot(stripe, i)))
+                        .collect();
                     let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
                     let (mut p, mut q) = (vec![0u8; strip * 512], vec![0u8; strip * 512]);
                     parity::pq_gen(&refs, &mut p, &mut q);
-                    assert!(read(l.p_slot(stripe)) == p, "{level:?} group {group} stripe {stripe}: P");
+                    assert!(
+                        read(l.p_slot(stripe)) == p,
+                        "{level:?} group {group} stripe {stripe}: P"
+                    );
                     if let Some(qs) = l.q_slot(stripe) {
                         assert!(read(qs) == q, "{level:?} group {group} stripe {stripe}: Q");
                     }
@@ -1365,8 +1814,15 @@ mod tests {
         }
     }
 
-    fn volume_with_spares(level: Level, members: usize, group: usize, spares: usize) -> (RaidBdev, Vec<u8>) {
-        let dev = |i: usize| Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>;
+    fn volume_with_spares(
+        level: Level,
+        members: usize,
+        group: usize,
+        spares: usize,
+    ) -> (RaidBdev, Vec<u8>) {
+        let dev = |i: usize| {
+            Arc::new(RamBdev::new(&format!("m{i}"), 512, 4 << 20).unwrap()) as Arc<dyn Bdev>
+        };
         let spec = VolumeSpec {
             name: "v".into(),
             level,
@@ -1385,7 +1841,9 @@ mod tests {
     }
 
     fn random_write(ch: &mut dyn BdevChannel, model: &mut [u8], x: &mut u64) {
-        *x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         let blocks = model.len() as u64 / 512;
         let nlb = 1 + (*x >> 33) % 80;
         let lba = (*x >> 11) % (blocks - nlb);
@@ -1398,8 +1856,14 @@ mod tests {
         let chunk = 64 * 1024;
         for off in (0..model.len()).step_by(chunk) {
             let mut b = vec![0u8; chunk.min(model.len() - off)];
-            assert!(matches!(rw(ch, BdevOp::Read, off as u64, &mut b), Submitted::Done(r) if r > 0), "{what}");
-            assert!(b == model[off..off + b.len()], "{what}: data differs at byte {off}");
+            assert!(
+                matches!(rw(ch, BdevOp::Read, off as u64, &mut b), Submitted::Done(r) if r > 0),
+                "{what}"
+            );
+            assert!(
+                b == model[off..off + b.len()],
+                "{what}: data differs at byte {off}"
+            );
         }
     }
 
@@ -1416,23 +1880,43 @@ mod tests {
     fn check_redundancy(v: &RaidBdev) {
         let l = v.layout();
         let strip = l.strip_blocks as usize;
-        let read = |group: usize, slot: usize, row: u64| read_member(&v.health().slot_device(l.member_of(group, slot)).bdev, v.data_offset + row * l.strip_blocks, strip);
+        let read = |group: usize, slot: usize, row: u64| {
+            read_member(
+                &v.health().slot_device(l.member_of(group, slot)).bdev,
+                v.data_offset + row * l.strip_blocks,
+                strip,
+            )
+        };
         for group in 0..l.groups() {
             for row in 0..l.stripes_per_group() {
                 if l.level.parity_count() == 0 {
                     let first = read(group, 0, row);
                     for slot in 1..l.group_size {
-                        assert!(read(group, slot, row) == first, "{:?} group {group} row {row}: copy {slot} differs", l.level);
+                        assert!(
+                            read(group, slot, row) == first,
+                            "{:?} group {group} row {row}: copy {slot} differs",
+                            l.level
+                        );
                     }
                     continue;
                 }
-                let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(group, l.data_slot(row, i), row)).collect();
+                let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
+                    .map(|i| read(group, l.data_slot(row, i), row))
+                    .collect();
                 let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
                 let (mut p, mut q) = (vec![0u8; strip * 512], vec![0u8; strip * 512]);
                 parity::pq_gen(&refs, &mut p, &mut q);
-                assert!(read(group, l.p_slot(row), row) == p, "{:?} group {group} row {row}: P", l.level);
+                assert!(
+                    read(group, l.p_slot(row), row) == p,
+                    "{:?} group {group} row {row}: P",
+                    l.level
+                );
                 if let Some(qs) = l.q_slot(row) {
-                    assert!(read(group, qs, row) == q, "{:?} group {group} row {row}: Q", l.level);
+                    assert!(
+                        read(group, qs, row) == q,
+                        "{:?} group {group} row {row}: Q",
+                        l.level
+                    );
                 }
             }
         }
@@ -1443,7 +1927,15 @@ mod tests {
     /// are active members holding consistent data and parity.
     #[test]
     fn spares_rebuild_during_io() {
-        for (level, n, g, fail) in [(Level::Raid5, 4, 0, vec![1]), (Level::Raid6, 6, 0, vec![0, 4]), (Level::Raid1, 3, 0, vec![2]), (Level::Raid10, 4, 2, vec![1, 2]), (Level::Raid50, 6, 3, vec![4]), (Level::Raid60, 8, 4, vec![1, 6]), (Level::Raid4, 4, 0, vec![3])] {
+        for (level, n, g, fail) in [
+            (Level::Raid5, 4, 0, vec![1]),
+            (Level::Raid6, 6, 0, vec![0, 4]),
+            (Level::Raid1, 3, 0, vec![2]),
+            (Level::Raid10, 4, 2, vec![1, 2]),
+            (Level::Raid50, 6, 3, vec![4]),
+            (Level::Raid60, 8, 4, vec![1, 6]),
+            (Level::Raid4, 4, 0, vec![3]),
+        ] {
             let (v, mut model) = volume_with_spares(level, n, g, fail.len());
             let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let mut x = 99u64;
@@ -1453,7 +1945,9 @@ mod tests {
             for &slot in &fail {
                 v.health().fail(slot, "test");
             }
-            wait_for("spares to take over", || v.health().rebuilding() && v.health().spares().is_empty());
+            wait_for("spares to take over", || {
+                v.health().rebuilding() && v.health().spares().is_empty()
+            });
             // Slow the rebuild so host I/O interleaves with it.
             v.health().rebuild.set_rate(64 << 10);
             let mut turns = 0;
@@ -1470,7 +1964,10 @@ mod tests {
                 }
                 assert!(turns < 100_000, "{level:?}: rebuild does not finish");
             }
-            assert!(turns > 1, "{level:?}: the rebuild finished before any host I/O interleaved");
+            assert!(
+                turns > 1,
+                "{level:?}: the rebuild finished before any host I/O interleaved"
+            );
             check_reads(&mut *ch, &model, &format!("{level:?} after rebuild"));
             check_redundancy(&v);
             for &slot in &fail {
@@ -1498,14 +1995,21 @@ mod tests {
         v.health().fail(2, "test");
         let t = std::time::Instant::now();
         while v.scrub().active() {
-            assert!(t.elapsed().as_secs() < 10, "the scrub did not end: {:?}", v.scrub().report());
+            assert!(
+                t.elapsed().as_secs() < 10,
+                "the scrub did not end: {:?}",
+                v.scrub().report()
+            );
             ch.poll(&mut NoRing, &mut done);
         }
         let r = v.scrub().report();
         assert_eq!(r.rows_done, r.rows);
         assert!(r.skipped > 0 && r.skipped < r.rows, "{r:?}");
         assert_eq!(r.mismatches, 0, "{r:?}");
-        assert!(v.start_scrub(false).is_err(), "a degraded volume cannot be scrubbed");
+        assert!(
+            v.start_scrub(false).is_err(),
+            "a degraded volume cannot be scrubbed"
+        );
         v.close();
     }
 }

@@ -45,12 +45,19 @@ impl RaidChannel {
             return;
         }
         if !self.rebuild.is_driver {
-            self.rebuild.is_driver = self.health.rebuild.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+            self.rebuild.is_driver = self
+                .health
+                .rebuild
+                .driver
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
             if !self.rebuild.is_driver {
                 return;
             }
         }
-        let Some(epoch) = self.health.rebuild.active_epoch() else { return };
+        let Some(epoch) = self.health.rebuild.active_epoch() else {
+            return;
+        };
         if epoch != self.rebuild.epoch {
             // A new rebuild (or a restart): ops of the old one still finish, but no longer count.
             let d = &mut self.rebuild;
@@ -59,7 +66,9 @@ impl RaidChannel {
             d.next_group = 0;
             d.inflight.clear();
         }
-        while self.rebuild.inflight.len() < REBUILD_WINDOW && self.rebuild.next_row < self.health.rebuild.rows {
+        while self.rebuild.inflight.len() < REBUILD_WINDOW
+            && self.rebuild.next_row < self.health.rebuild.rows
+        {
             let group = self.rebuild.next_group;
             let row = self.rebuild.next_row;
             self.rebuild.next_group += 1;
@@ -95,7 +104,9 @@ impl RaidChannel {
     /// One row op's worth of rate-limit credit, if there is that much.
     fn take_credit(&mut self) -> bool {
         let cost = self.bytes(self.layout.strip_blocks) as f64;
-        self.rebuild.bucket.take(self.health.rebuild.rate() as f64, cost, BURST_SECS)
+        self.rebuild
+            .bucket
+            .take(self.health.rebuild.rate() as f64, cost, BURST_SECS)
     }
 
     /// A rebuild row op finished (its writes to the rebuilding members are done).
@@ -137,9 +148,19 @@ impl RaidChannel {
             } else if Some(slot) == l.q_slot(w.stripe) {
                 op.chunks[Q_CHUNK]
             } else {
-                op.chunks[(0..w.k).find(|&i| l.data_slot(w.stripe, i) == slot).expect("every slot is data, P or Q")]
+                op.chunks[(0..w.k)
+                    .find(|&i| l.data_slot(w.stripe, i) == slot)
+                    .expect("every slot is data, P or Q")]
             };
-            self.stripe_io(s, BdevOp::Write, member, w.rows, self.scratch.ptr(chunk), None, sq);
+            self.stripe_io(
+                s,
+                BdevOp::Write,
+                member,
+                w.rows,
+                self.scratch.ptr(chunk),
+                None,
+                sq,
+            );
         }
     }
 
@@ -148,7 +169,10 @@ impl RaidChannel {
     /// Mirrors: take the row's lock and a chunk, then read a valid copy.
     pub(super) fn try_start_copy(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
         let mut op = *self.stripes.get(s);
-        debug_assert!(matches!(op.kind, StripeKind::Rebuild | StripeKind::Resync), "mirrors copy rows only in the background");
+        debug_assert!(
+            matches!(op.kind, StripeKind::Rebuild | StripeKind::Resync),
+            "mirrors copy rows only in the background"
+        );
         if self.scratch.free.is_empty() || !self.locks.try_lock(self.lock_key(&op.w)) {
             return false;
         }
@@ -157,8 +181,17 @@ impl RaidChannel {
         *self.stripes.get_mut(s) = op;
         match self.copy_source(&op.w) {
             Some(member) => {
-                let loc = Location { member, member_lba: op.w.stripe * self.layout.strip_blocks };
-                let io = self.member_io(BdevOp::Read, loc, self.layout.strip_blocks, self.scratch.ptr(op.chunks[0]), None);
+                let loc = Location {
+                    member,
+                    member_lba: op.w.stripe * self.layout.strip_blocks,
+                };
+                let io = self.member_io(
+                    BdevOp::Read,
+                    loc,
+                    self.layout.strip_blocks,
+                    self.scratch.ptr(op.chunks[0]),
+                    None,
+                );
                 self.child(Owner::Stripe(s), member, io, sq);
             }
             None => self.finish_stripe(s, sq),
@@ -168,7 +201,9 @@ impl RaidChannel {
 
     /// The first member of the op's mirror group that holds valid data at its row.
     fn copy_source(&self, w: &super::plan::StripeWrite) -> Option<usize> {
-        (0..self.layout.group_size).map(|i| self.layout.member_of(w.group, i)).find(|&m| !self.health.is_missing(m, w.stripe))
+        (0..self.layout.group_size)
+            .map(|i| self.layout.member_of(w.group, i))
+            .find(|&m| !self.health.is_missing(m, w.stripe))
     }
 
     /// Mirrors: the copy is read; write it to the rebuilding members (rebuild) or to every
@@ -192,7 +227,15 @@ impl RaidChannel {
                         _ => !self.health.is_failed(m) && Some(m) != source,
                     };
                     if target {
-                        self.stripe_io(s, BdevOp::Write, m, op.w.rows, self.scratch.ptr(op.chunks[0]), None, sq);
+                        self.stripe_io(
+                            s,
+                            BdevOp::Write,
+                            m,
+                            op.w.rows,
+                            self.scratch.ptr(op.chunks[0]),
+                            None,
+                            sq,
+                        );
                     }
                 }
                 if self.stripes.get(s).pending == 0 {

@@ -103,8 +103,17 @@ impl Scrub {
         if self.active() {
             return Err("a scrub is already running".into());
         }
-        *run = Run { started: Some(Instant::now()), ..Run::default() };
-        for c in [&self.next, &self.done, &self.mismatches, &self.repaired, &self.skipped] {
+        *run = Run {
+            started: Some(Instant::now()),
+            ..Run::default()
+        };
+        for c in [
+            &self.next,
+            &self.done,
+            &self.mismatches,
+            &self.repaired,
+            &self.skipped,
+        ] {
             c.store(0, Relaxed);
         }
         self.repair.store(repair, Relaxed);
@@ -128,7 +137,10 @@ impl Scrub {
 
     pub fn report(&self) -> ScrubReport {
         let run = self.run.lock().unwrap();
-        let elapsed = run.finished_after.or_else(|| run.started.map(|t| t.elapsed())).unwrap_or_default();
+        let elapsed = run
+            .finished_after
+            .or_else(|| run.started.map(|t| t.elapsed()))
+            .unwrap_or_default();
         ScrubReport {
             active: self.active(),
             repair: self.repair.load(Relaxed),
@@ -163,8 +175,19 @@ impl Scrub {
             let mut run = self.run.lock().unwrap();
             run.finished_after = run.started.map(|t| t.elapsed());
             self.completed.fetch_add(1, Relaxed);
-            let (m, r, s) = (self.mismatches.load(Relaxed), self.repaired.load(Relaxed), self.skipped.load(Relaxed));
-            info!(volume, rows = done, mismatches = m, repaired = r, skipped = s, "scrub finished");
+            let (m, r, s) = (
+                self.mismatches.load(Relaxed),
+                self.repaired.load(Relaxed),
+                self.skipped.load(Relaxed),
+            );
+            info!(
+                volume,
+                rows = done,
+                mismatches = m,
+                repaired = r,
+                skipped = s,
+                "scrub finished"
+            );
         }
     }
 
@@ -175,18 +198,33 @@ impl Scrub {
             run.examples.push((group, row));
         }
         drop(run);
-        crate::warn_limited!(volume, group, row, what, repair = self.repair.load(Relaxed), "scrub: mismatch");
+        crate::warn_limited!(
+            volume,
+            group,
+            row,
+            what,
+            repair = self.repair.load(Relaxed),
+            "scrub: mismatch"
+        );
     }
 }
 
 /// Whether a scrub may start now: every member active and no resync running. Err says why
 /// not.
 pub fn ready(members: &Members, resync: &Resync) -> Result<(), String> {
-    let inactive = (0..members.slots()).filter(|&s| members.state(s) != SlotState::Active).count();
+    let inactive = (0..members.slots())
+        .filter(|&s| members.state(s) != SlotState::Active)
+        .count();
     match (inactive, resync.active()) {
         (0, false) => Ok(()),
-        (0, true) => Err(format!("volume '{}' is resynchronising: a scrub needs consistent rows to compare", members.volume_name())),
-        (n, _) => Err(format!("volume '{}' has {n} member(s) failed or rebuilding: a scrub needs every member", members.volume_name())),
+        (0, true) => Err(format!(
+            "volume '{}' is resynchronising: a scrub needs consistent rows to compare",
+            members.volume_name()
+        )),
+        (n, _) => Err(format!(
+            "volume '{}' has {n} member(s) failed or rebuilding: a scrub needs every member",
+            members.volume_name()
+        )),
     }
 }
 
@@ -207,7 +245,11 @@ impl RaidChannel {
             return;
         }
         if !self.scrub_state.is_driver {
-            self.scrub_state.is_driver = self.scrub.driver.compare_exchange(false, true, std::sync::atomic::Ordering::AcqRel, Relaxed).is_ok();
+            self.scrub_state.is_driver = self
+                .scrub
+                .driver
+                .compare_exchange(false, true, std::sync::atomic::Ordering::AcqRel, Relaxed)
+                .is_ok();
             if !self.scrub_state.is_driver {
                 return;
             }
@@ -224,8 +266,12 @@ impl RaidChannel {
         if !self.take_scrub_credit() {
             return;
         }
-        let Some((group, row)) = self.scrub.claim() else { return };
-        if (0..self.layout.group_size).any(|i| self.health.is_missing(self.layout.member_of(group, i), row)) {
+        let Some((group, row)) = self.scrub.claim() else {
+            return;
+        };
+        if (0..self.layout.group_size)
+            .any(|i| self.health.is_missing(self.layout.member_of(group, i), row))
+        {
             // A row without all its members cannot be checked.
             self.scrub_skip();
             return self.scrub.row_done(self.volume_name());
@@ -235,14 +281,18 @@ impl RaidChannel {
         self.scrub_state.inflight = true;
         if !self.start_internal(Job::Scrub, w, StripeKind::Scrub, sq) {
             self.scrub_state.inflight = false;
-            self.scrub.next.store(self.scrub.next.load(Relaxed) - 1, Relaxed);
+            self.scrub
+                .next
+                .store(self.scrub.next.load(Relaxed) - 1, Relaxed);
         }
     }
 
     /// Credit for one row's reads (every member of the group), if the rate allows.
     fn take_scrub_credit(&mut self) -> bool {
         let cost = (self.bytes(self.layout.strip_blocks) * self.layout.group_size) as f64;
-        self.scrub_state.bucket.take(self.scrub.rate.load(Relaxed) as f64, cost, BURST_SECS)
+        self.scrub_state
+            .bucket
+            .take(self.scrub.rate.load(Relaxed) as f64, cost, BURST_SECS)
     }
 
     pub(super) fn scrub_row_done(&mut self) {
@@ -262,10 +312,20 @@ impl RaidChannel {
     pub(super) fn scrub_check_parity(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
         let op = *self.stripes.get(s);
         let len = self.bytes(op.w.rows.len());
-        let base = self.scrub_state.scratch.as_ref().expect("allocated before the first scrub row").as_ptr();
+        let base = self
+            .scrub_state
+            .scratch
+            .as_ref()
+            .expect("allocated before the first scrub row")
+            .as_ptr();
         // SAFETY: the scratch (two strips) belongs to the one scrub row in flight, and stays
         // untouched until its repair writes complete; chunks are the op's.
-        let (p_new, q_new) = unsafe { (std::slice::from_raw_parts_mut(base, len), std::slice::from_raw_parts_mut(base.add(len), len)) };
+        let (p_new, q_new) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(base, len),
+                std::slice::from_raw_parts_mut(base.add(len), len),
+            )
+        };
         let mut data: [&[u8]; super::plan::MAX_DATA] = [&[]; super::plan::MAX_DATA];
         for (i, d) in data.iter_mut().enumerate().take(op.w.k) {
             *d = unsafe { std::slice::from_raw_parts(self.scratch.ptr(op.chunks[i]), len) };
@@ -286,15 +346,30 @@ impl RaidChannel {
             (true, false) => "P differs from the data",
             _ => "Q differs from the data",
         };
-        self.scrub.mismatch(self.volume_name(), op.w.group, op.w.stripe, what);
+        self.scrub
+            .mismatch(self.volume_name(), op.w.group, op.w.stripe, what);
         if !self.scrub.repair.load(Relaxed) {
             return false;
         }
-        let (p_member, q_member) = (self.layout.member_of(op.w.group, self.layout.p_slot(op.w.stripe)), self.layout.q_slot(op.w.stripe).map(|q| self.layout.member_of(op.w.group, q)));
+        let (p_member, q_member) = (
+            self.layout
+                .member_of(op.w.group, self.layout.p_slot(op.w.stripe)),
+            self.layout
+                .q_slot(op.w.stripe)
+                .map(|q| self.layout.member_of(op.w.group, q)),
+        );
         self.stripes.get_mut(s).state = StripeState::Writing;
         self.scrub.repaired.fetch_add(1, Relaxed);
         if p_bad {
-            self.stripe_io(s, BdevOp::Write, p_member, op.w.rows, p_new.as_mut_ptr(), None, sq);
+            self.stripe_io(
+                s,
+                BdevOp::Write,
+                p_member,
+                op.w.rows,
+                p_new.as_mut_ptr(),
+                None,
+                sq,
+            );
         }
         if let (true, Some(q)) = (q_bad, q_member) {
             self.stripe_io(s, BdevOp::Write, q, op.w.rows, q_new.as_mut_ptr(), None, sq);
@@ -311,8 +386,13 @@ impl RaidChannel {
         if self.scratch.free.len() < copies || !self.locks.try_lock(self.lock_key(&op.w)) {
             return false;
         }
-        let members: Vec<usize> = (0..copies).map(|i| self.layout.member_of(op.w.group, i)).collect();
-        if members.iter().any(|&m| self.health.is_missing(m, op.w.stripe)) {
+        let members: Vec<usize> = (0..copies)
+            .map(|i| self.layout.member_of(op.w.group, i))
+            .collect();
+        if members
+            .iter()
+            .any(|&m| self.health.is_missing(m, op.w.stripe))
+        {
             self.locks.unlock(self.lock_key(&op.w));
             self.scrub_skip();
             self.finish_stripe_released(s, sq);
@@ -324,8 +404,17 @@ impl RaidChannel {
         op.state = StripeState::Reading;
         *self.stripes.get_mut(s) = op;
         for (i, &m) in members.iter().enumerate() {
-            let loc = Location { member: m, member_lba: op.w.stripe * self.layout.strip_blocks };
-            let io = self.member_io(BdevOp::Read, loc, self.layout.strip_blocks, self.scratch.ptr(op.chunks[i]), None);
+            let loc = Location {
+                member: m,
+                member_lba: op.w.stripe * self.layout.strip_blocks,
+            };
+            let io = self.member_io(
+                BdevOp::Read,
+                loc,
+                self.layout.strip_blocks,
+                self.scratch.ptr(op.chunks[i]),
+                None,
+            );
             self.child(Owner::Stripe(s), m, io, sq);
         }
         true
@@ -336,12 +425,20 @@ impl RaidChannel {
     pub(super) fn scrub_check_copies(&mut self, s: u32, sq: &mut dyn SqeSink) -> bool {
         let op = *self.stripes.get(s);
         let len = self.bytes(self.layout.strip_blocks);
-        let copy = |i: usize| unsafe { std::slice::from_raw_parts(self.scratch.ptr(op.chunks[i]), len) };
-        let differing: Vec<usize> = (1..self.layout.group_size).filter(|&i| copy(i) != copy(0)).collect();
+        let copy =
+            |i: usize| unsafe { std::slice::from_raw_parts(self.scratch.ptr(op.chunks[i]), len) };
+        let differing: Vec<usize> = (1..self.layout.group_size)
+            .filter(|&i| copy(i) != copy(0))
+            .collect();
         if differing.is_empty() {
             return false;
         }
-        self.scrub.mismatch(self.volume_name(), op.w.group, op.w.stripe, "mirror copies differ");
+        self.scrub.mismatch(
+            self.volume_name(),
+            op.w.group,
+            op.w.stripe,
+            "mirror copies differ",
+        );
         if !self.scrub.repair.load(Relaxed) {
             return false;
         }
@@ -349,7 +446,15 @@ impl RaidChannel {
         self.scrub.repaired.fetch_add(1, Relaxed);
         for i in differing {
             let m = self.layout.member_of(op.w.group, i);
-            self.stripe_io(s, BdevOp::Write, m, op.w.rows, self.scratch.ptr(op.chunks[0]), None, sq);
+            self.stripe_io(
+                s,
+                BdevOp::Write,
+                m,
+                op.w.rows,
+                self.scratch.ptr(op.chunks[0]),
+                None,
+                sq,
+            );
         }
         true
     }

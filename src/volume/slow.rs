@@ -33,7 +33,11 @@ pub struct SlowPolicy {
 
 impl Default for SlowPolicy {
     fn default() -> Self {
-        SlowPolicy { factor: 8.0, floor_us: 5_000, fail_after: Some(Duration::from_secs(30)) }
+        SlowPolicy {
+            factor: 8.0,
+            floor_us: 5_000,
+            fail_after: Some(Duration::from_secs(30)),
+        }
     }
 }
 
@@ -83,7 +87,8 @@ impl LatencyCells {
     #[inline]
     pub fn end(&self, slot: usize, micros: u64) {
         let c = &self.0[slot];
-        c.inflight.store(c.inflight.load(Relaxed).saturating_sub(1), Relaxed);
+        c.inflight
+            .store(c.inflight.load(Relaxed).saturating_sub(1), Relaxed);
         c.sum_us.store(c.sum_us.load(Relaxed) + micros, Relaxed);
         c.ios.store(c.ios.load(Relaxed) + 1, Relaxed);
     }
@@ -129,7 +134,9 @@ impl SlowWatch {
 
     /// Cells for a new channel (when it opens, off the I/O path).
     pub fn register(&self) -> Arc<LatencyCells> {
-        let cells = Arc::new(LatencyCells((0..self.slow.len()).map(|_| Cell::default()).collect()));
+        let cells = Arc::new(LatencyCells(
+            (0..self.slow.len()).map(|_| Cell::default()).collect(),
+        ));
         self.channels.lock().unwrap().push(cells.clone());
         cells
     }
@@ -147,7 +154,14 @@ impl SlowWatch {
 
     pub fn report(&self, slot: usize) -> SlotReport {
         let since = self.since.lock().unwrap()[slot];
-        let sum = |f: fn(&Cell) -> &AtomicU64| self.channels.lock().unwrap().iter().map(|ch| f(&ch.0[slot]).load(Relaxed)).sum();
+        let sum = |f: fn(&Cell) -> &AtomicU64| {
+            self.channels
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|ch| f(&ch.0[slot]).load(Relaxed))
+                .sum()
+        };
         SlotReport {
             slow: self.is_slow(slot),
             slow_for_secs: since.map_or(0.0, |t| t.elapsed().as_secs_f64()),
@@ -194,7 +208,18 @@ pub enum Sample {
 
 /// The median mean latency of the other slots that completed I/O in the interval.
 fn peers_median(samples: &[Sample], slot: usize) -> Option<u64> {
-    let mut peers: Vec<u64> = samples.iter().enumerate().filter(|&(s, _)| s != slot).filter_map(|(_, x)| if let Sample::Mean(m) = x { Some(*m) } else { None }).collect();
+    let mut peers: Vec<u64> = samples
+        .iter()
+        .enumerate()
+        .filter(|&(s, _)| s != slot)
+        .filter_map(|(_, x)| {
+            if let Sample::Mean(m) = x {
+                Some(*m)
+            } else {
+                None
+            }
+        })
+        .collect();
     peers.sort_unstable();
     peers.get(peers.len() / 2).copied()
 }
@@ -227,7 +252,12 @@ pub struct SlowDetector {
 
 impl SlowDetector {
     pub fn new(slots: usize) -> SlowDetector {
-        SlowDetector { last: vec![(0, 0); slots], last_at: Instant::now(), streak: vec![(0, 0); slots], device: vec![usize::MAX; slots] }
+        SlowDetector {
+            last: vec![(0, 0); slots],
+            last_at: Instant::now(),
+            streak: vec![(0, 0); slots],
+            device: vec![usize::MAX; slots],
+        }
     }
 
     /// One interval: sample, judge, update the shared state, log, and fail a member that
@@ -261,11 +291,24 @@ impl SlowDetector {
         }
         let verdicts = judge(&samples, &watch.policy);
         for (slot, v) in verdicts.into_iter().enumerate() {
-            self.apply(slot, v, watch, members, peers_median(&samples, slot).unwrap_or(0));
+            self.apply(
+                slot,
+                v,
+                watch,
+                members,
+                peers_median(&samples, slot).unwrap_or(0),
+            );
         }
     }
 
-    fn apply(&mut self, slot: usize, verdict: Option<bool>, watch: &SlowWatch, members: &Members, peers_us: u64) {
+    fn apply(
+        &mut self,
+        slot: usize,
+        verdict: Option<bool>,
+        watch: &SlowWatch,
+        members: &Members,
+        peers_us: u64,
+    ) {
         let name = members.slot_device(slot).bdev.name().to_string();
         let latency_us = watch.latency_us[slot].load(Relaxed);
         let streak = &mut self.streak[slot];
@@ -281,25 +324,58 @@ impl SlowDetector {
             return watch.set(slot, false);
         }
         if !was && streak.0 >= SET_AFTER {
-            warn!(volume = members.volume_name(), member = name, latency_ms = latency_us as f64 / 1e3, peers_ms = peers_us as f64 / 1e3, "member slow: reads are served around it while redundancy allows");
+            warn!(
+                volume = members.volume_name(),
+                member = name,
+                latency_ms = latency_us as f64 / 1e3,
+                peers_ms = peers_us as f64 / 1e3,
+                "member slow: reads are served around it while redundancy allows"
+            );
             watch.set(slot, true);
         } else if was && streak.1 >= CLEAR_AFTER {
-            info!(volume = members.volume_name(), member = name, latency_ms = latency_us as f64 / 1e3, "member no longer slow");
+            info!(
+                volume = members.volume_name(),
+                member = name,
+                latency_ms = latency_us as f64 / 1e3,
+                "member no longer slow"
+            );
             watch.set(slot, false);
         }
         self.maybe_fail(slot, &name, watch, members, latency_us, peers_us);
     }
 
-    fn maybe_fail(&self, slot: usize, name: &str, watch: &SlowWatch, members: &Members, latency_us: u64, peers_us: u64) {
-        let Some(limit) = watch.policy.fail_after else { return };
-        if !watch.is_slow(slot) || watch.report(slot).slow_for_secs < limit.as_secs_f64() || members.is_failed(slot) {
+    fn maybe_fail(
+        &self,
+        slot: usize,
+        name: &str,
+        watch: &SlowWatch,
+        members: &Members,
+        latency_us: u64,
+        peers_us: u64,
+    ) {
+        let Some(limit) = watch.policy.fail_after else {
+            return;
+        };
+        if !watch.is_slow(slot)
+            || watch.report(slot).slow_for_secs < limit.as_secs_f64()
+            || members.is_failed(slot)
+        {
             return;
         }
         if members.can_lose(slot) {
-            let why = format!("slow for {} s: {:.1} ms against its peers' {:.1} ms", limit.as_secs(), latency_us as f64 / 1e3, peers_us as f64 / 1e3);
+            let why = format!(
+                "slow for {} s: {:.1} ms against its peers' {:.1} ms",
+                limit.as_secs(),
+                latency_us as f64 / 1e3,
+                peers_us as f64 / 1e3
+            );
             members.fail(slot, &why);
         } else {
-            crate::warn_limited!(volume = members.volume_name(), member = name, "slow member kept: the volume cannot lose it");
+            crate::warn_limited!(
+                volume = members.volume_name(),
+                member = name,
+                "slow member kept: the volume cannot lose it"
+            );
         }
     }
 }
@@ -311,7 +387,15 @@ mod tests {
     #[test]
     fn a_member_far_slower_than_its_peers_is_slow() {
         let p = SlowPolicy::default();
-        let v = judge(&[Sample::Mean(100), Sample::Mean(30_000), Sample::Mean(120), Sample::Mean(90)], &p);
+        let v = judge(
+            &[
+                Sample::Mean(100),
+                Sample::Mean(30_000),
+                Sample::Mean(120),
+                Sample::Mean(90),
+            ],
+            &p,
+        );
         assert_eq!(v, vec![Some(false), Some(true), Some(false), Some(false)]);
     }
 
@@ -319,14 +403,27 @@ mod tests {
     fn the_floor_keeps_fast_members_from_being_called_slow() {
         let p = SlowPolicy::default();
         // 20x its peers, but 2 ms is under the 5 ms floor.
-        assert_eq!(judge(&[Sample::Mean(100), Sample::Mean(2_000), Sample::Mean(100)], &p)[1], Some(false));
+        assert_eq!(
+            judge(
+                &[Sample::Mean(100), Sample::Mean(2_000), Sample::Mean(100)],
+                &p
+            )[1],
+            Some(false)
+        );
     }
 
     #[test]
     fn stuck_is_slow_idle_is_no_verdict_and_no_peers_no_verdict() {
         let p = SlowPolicy::default();
         let v = judge(&[Sample::Stuck, Sample::Idle, Sample::Mean(80)], &p);
-        assert_eq!(v, vec![Some(true), None, None], "a slot with no measured peer gets no verdict");
-        assert_eq!(judge(&[Sample::Mean(50_000), Sample::Idle], &p), vec![None, None]);
+        assert_eq!(
+            v,
+            vec![Some(true), None, None],
+            "a slot with no measured peer gets no verdict"
+        );
+        assert_eq!(
+            judge(&[Sample::Mean(50_000), Sample::Idle], &p),
+            vec![None, None]
+        );
     }
 }

@@ -9,7 +9,10 @@
 use super::plan::{self, Rows, Strategy, StripeWrite, MAX_DATA};
 use std::sync::atomic::Ordering;
 
-use super::raid::{Job, Owner, Parent, RaidChannel, StripeKind, StripeOp, StripeState, NO_CHUNK, P_CHUNK, Q_CHUNK, STRIPE_WINDOW};
+use super::raid::{
+    Job, Owner, Parent, RaidChannel, StripeKind, StripeOp, StripeState, NO_CHUNK, P_CHUNK, Q_CHUNK,
+    STRIPE_WINDOW,
+};
 use crate::bdev::{BdevOp, SqeSink};
 use crate::parity::{self, Update};
 use crate::volume::layout::Location;
@@ -34,7 +37,8 @@ impl RaidChannel {
             if parent.cursor >= parent.end || parent.pending >= STRIPE_WINDOW {
                 return;
             }
-            let (w, next) = plan::next_stripe(&self.layout, parent.io_start, parent.cursor, parent.end);
+            let (w, next) =
+                plan::next_stripe(&self.layout, parent.io_start, parent.cursor, parent.end);
             let parent = self.parents.get_mut(p);
             parent.cursor = next;
             self.start_stripe_op(p, w, StripeKind::Write, sq);
@@ -42,7 +46,13 @@ impl RaidChannel {
     }
 
     /// Queue a stripe op for parent `p` and start it if it can run now.
-    pub(super) fn start_stripe_op(&mut self, p: u32, w: StripeWrite, kind: StripeKind, sq: &mut dyn SqeSink) {
+    pub(super) fn start_stripe_op(
+        &mut self,
+        p: u32,
+        w: StripeWrite,
+        kind: StripeKind,
+        sq: &mut dyn SqeSink,
+    ) {
         let op = StripeOp {
             parent: p,
             kind,
@@ -54,7 +64,10 @@ impl RaidChannel {
             missing: 0,
             chunks: [NO_CHUNK; MAX_DATA + 2],
         };
-        let s = self.stripes.insert(op).expect("stripe table sized for every parent's window");
+        let s = self
+            .stripes
+            .insert(op)
+            .expect("stripe table sized for every parent's window");
         self.parents.get_mut(p).pending += 1;
         if !self.try_start(s, sq) {
             self.waiting.push_back(s);
@@ -62,7 +75,10 @@ impl RaidChannel {
     }
 
     pub(super) fn lock_key(&self, w: &StripeWrite) -> usize {
-        (w.stripe as usize).wrapping_mul(self.layout.groups()).wrapping_add(w.group) % self.locks.buckets()
+        (w.stripe as usize)
+            .wrapping_mul(self.layout.groups())
+            .wrapping_add(w.group)
+            % self.locks.buckets()
     }
 
     /// Member of the strip at `slot` of the op's group.
@@ -76,17 +92,24 @@ impl RaidChannel {
 
     /// Members of the stripe's P and Q (Q only for RAID 6/60).
     fn parity_members(&self, w: &StripeWrite) -> (usize, Option<usize>) {
-        (self.member(w, self.layout.p_slot(w.stripe)), self.layout.q_slot(w.stripe).map(|q| self.member(w, q)))
+        (
+            self.member(w, self.layout.p_slot(w.stripe)),
+            self.layout.q_slot(w.stripe).map(|q| self.member(w, q)),
+        )
     }
 
     /// Slots of the stripe's group that hold no valid data at its row, as a bit mask.
     fn missing_slots(&self, w: &StripeWrite) -> u64 {
-        (0..self.layout.group_size).filter(|&slot| self.health.is_missing(self.member(w, slot), w.stripe)).fold(0, |m, slot| m | 1 << slot)
+        (0..self.layout.group_size)
+            .filter(|&slot| self.health.is_missing(self.member(w, slot), w.stripe))
+            .fold(0, |m, slot| m | 1 << slot)
     }
 
     /// A reconstructing read also leaves out slow members, as far as parity allows.
     fn around_slow(&self, w: &StripeWrite, missing: u64) -> u64 {
-        let slow = (0..self.layout.group_size).filter(|&slot| self.health.slow.is_slow(self.member(w, slot))).fold(0u64, |m, slot| m | 1 << slot);
+        let slow = (0..self.layout.group_size)
+            .filter(|&slot| self.health.slow.is_slow(self.member(w, slot)))
+            .fold(0u64, |m, slot| m | 1 << slot);
         let both = missing | slow;
         if both.count_ones() as usize <= self.parity() {
             both
@@ -136,7 +159,9 @@ impl RaidChannel {
             _ => Strategy::Degraded,
         };
         let data_chunks = (0..op.w.k).filter(|&i| Self::needs_chunk(&op, i)).count();
-        if self.scratch.free.len() < data_chunks + self.parity() || !self.locks.try_lock(self.lock_key(&op.w)) {
+        if self.scratch.free.len() < data_chunks + self.parity()
+            || !self.locks.try_lock(self.lock_key(&op.w))
+        {
             return false;
         }
         for i in 0..op.w.k {
@@ -158,9 +183,21 @@ impl RaidChannel {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(super) fn stripe_io(&mut self, s: u32, op: BdevOp, member: usize, rows: Rows, buf: *mut u8, buf_index: Option<u16>, sq: &mut dyn SqeSink) {
+    pub(super) fn stripe_io(
+        &mut self,
+        s: u32,
+        op: BdevOp,
+        member: usize,
+        rows: Rows,
+        buf: *mut u8,
+        buf_index: Option<u16>,
+        sq: &mut dyn SqeSink,
+    ) {
         let w = self.stripes.get(s).w;
-        let loc = Location { member, member_lba: w.stripe * self.layout.strip_blocks + rows.start };
+        let loc = Location {
+            member,
+            member_lba: w.stripe * self.layout.strip_blocks + rows.start,
+        };
         let io = self.member_io(op, loc, rows.len(), buf, buf_index);
         self.child(Owner::Stripe(s), loc.member, io, sq);
     }
@@ -172,7 +209,15 @@ impl RaidChannel {
 
     /// Read `rows` of a member into a chunk that starts at row `base`, unless it holds no
     /// valid data there.
-    fn read_rows(&mut self, s: u32, member: usize, rows: Rows, chunk: u16, base: u64, sq: &mut dyn SqeSink) {
+    fn read_rows(
+        &mut self,
+        s: u32,
+        member: usize,
+        rows: Rows,
+        chunk: u16,
+        base: u64,
+        sq: &mut dyn SqeSink,
+    ) {
         if !rows.is_empty() && !self.missing(self.stripes.get(s), member) {
             let dst = self.chunk_at(chunk, base, rows.start);
             self.stripe_io(s, BdevOp::Read, member, rows, dst, None, sq);
@@ -186,12 +231,36 @@ impl RaidChannel {
             let member = self.data_member(&w, i);
             let written = w.written[i];
             match op.strategy {
-                Strategy::ReadModifyWrite => self.read_rows(s, member, written, op.chunks[i], written.start, sq),
-                Strategy::ReconstructWrite if written.is_empty() => self.read_rows(s, member, rows, op.chunks[i], rows.start, sq),
+                Strategy::ReadModifyWrite => {
+                    self.read_rows(s, member, written, op.chunks[i], written.start, sq)
+                }
+                Strategy::ReconstructWrite if written.is_empty() => {
+                    self.read_rows(s, member, rows, op.chunks[i], rows.start, sq)
+                }
                 Strategy::ReconstructWrite => {
                     // The rows this strip does not write: before and after its new data.
-                    self.read_rows(s, member, Rows { start: rows.start, end: written.start }, op.chunks[i], rows.start, sq);
-                    self.read_rows(s, member, Rows { start: written.end, end: rows.end }, op.chunks[i], rows.start, sq);
+                    self.read_rows(
+                        s,
+                        member,
+                        Rows {
+                            start: rows.start,
+                            end: written.start,
+                        },
+                        op.chunks[i],
+                        rows.start,
+                        sq,
+                    );
+                    self.read_rows(
+                        s,
+                        member,
+                        Rows {
+                            start: written.end,
+                            end: rows.end,
+                        },
+                        op.chunks[i],
+                        rows.start,
+                        sq,
+                    );
                 }
                 Strategy::Degraded => self.read_rows(s, member, rows, op.chunks[i], rows.start, sq),
             }
@@ -221,7 +290,8 @@ impl RaidChannel {
         let len = self.bytes(op.w.rows.len());
         // SAFETY: the P and Q chunks belong to this stripe op alone until it finishes.
         let p = unsafe { slice_mut(self.scratch.ptr(op.chunks[P_CHUNK]), len) };
-        let q = (self.parity() == 2).then(|| unsafe { slice_mut(self.scratch.ptr(op.chunks[Q_CHUNK]), len) });
+        let q = (self.parity() == 2)
+            .then(|| unsafe { slice_mut(self.scratch.ptr(op.chunks[Q_CHUNK]), len) });
         (p, q)
     }
 
@@ -249,7 +319,12 @@ impl RaidChannel {
             let len = self.bytes(wr.len());
             // SAFETY: old data sits in this op's chunk; new data in the host buffer, which
             // stays untouched until the host I/O completes.
-            let (old, new) = unsafe { (slice(self.scratch.ptr(op.chunks[i]), len), slice(self.new_data(op, i, wr.start, wr.len()), len)) };
+            let (old, new) = unsafe {
+                (
+                    slice(self.scratch.ptr(op.chunks[i]), len),
+                    slice(self.new_data(op, i, wr.start, wr.len()), len),
+                )
+            };
             let at = self.bytes(wr.start - rows.start);
             let u = [Update { index: i, old, new }];
             match q.as_deref_mut() {
@@ -266,7 +341,10 @@ impl RaidChannel {
         let (p, mut q) = self.parity_slices(op);
         let mut cuts = [0u64; 2 * MAX_DATA + 2];
         let mut n = 0;
-        for r in std::iter::once(&rows).chain(op.w.written[..op.w.k].iter()).filter(|r| !r.is_empty()) {
+        for r in std::iter::once(&rows)
+            .chain(op.w.written[..op.w.k].iter())
+            .filter(|r| !r.is_empty())
+        {
             cuts[n] = r.start;
             cuts[n + 1] = r.end;
             n += 2;
@@ -279,13 +357,19 @@ impl RaidChannel {
             let len = self.bytes(b - a);
             for (i, src) in srcs.iter_mut().enumerate().take(op.w.k) {
                 let wr = op.w.written[i];
-                let ptr = if wr.start <= a && b <= wr.end { self.new_data(op, i, a, b - a) } else { self.chunk_at(op.chunks[i], rows.start, a) };
+                let ptr = if wr.start <= a && b <= wr.end {
+                    self.new_data(op, i, a, b - a)
+                } else {
+                    self.chunk_at(op.chunks[i], rows.start, a)
+                };
                 // SAFETY: op-owned chunks or the untouched host buffer.
                 *src = unsafe { slice(ptr, len) };
             }
             let at = self.bytes(a - rows.start);
             match q.as_deref_mut() {
-                Some(q) => parity::pq_gen(&srcs[..op.w.k], &mut p[at..at + len], &mut q[at..at + len]),
+                Some(q) => {
+                    parity::pq_gen(&srcs[..op.w.k], &mut p[at..at + len], &mut q[at..at + len])
+                }
                 None => parity::xor_gen(&srcs[..op.w.k], &mut p[at..at + len]),
             }
         }
@@ -301,7 +385,10 @@ impl RaidChannel {
         let mut data: [&[u8]; MAX_DATA] = [&[]; MAX_DATA];
         for (i, d) in data.iter_mut().enumerate().take(op.w.k) {
             if self.missing(op, self.data_member(&op.w, i)) {
-                assert!(n < 2, "more failed members than the level tolerates reached a stripe op");
+                assert!(
+                    n < 2,
+                    "more failed members than the level tolerates reached a stripe op"
+                );
                 missing[n] = i;
                 n += 1;
             } else {
@@ -315,9 +402,25 @@ impl RaidChannel {
         let p_ok = !self.missing(op, p_member);
         match n {
             0 => {}
-            1 if p_ok => parity::recover_data_from_p(&data[..op.w.k], missing[0], p, out(missing[0]), None),
-            1 => parity::recover_data_from_q(&data[..op.w.k], missing[0], q.expect("P failed: Q survives"), out(missing[0]), None),
-            _ => parity::recover_two_data(&data[..op.w.k], missing[0], missing[1], p, q.expect("two data lost: RAID 6"), out(missing[0]), out(missing[1])),
+            1 if p_ok => {
+                parity::recover_data_from_p(&data[..op.w.k], missing[0], p, out(missing[0]), None)
+            }
+            1 => parity::recover_data_from_q(
+                &data[..op.w.k],
+                missing[0],
+                q.expect("P failed: Q survives"),
+                out(missing[0]),
+                None,
+            ),
+            _ => parity::recover_two_data(
+                &data[..op.w.k],
+                missing[0],
+                missing[1],
+                p,
+                q.expect("two data lost: RAID 6"),
+                out(missing[0]),
+                out(missing[1]),
+            ),
         }
     }
 
@@ -328,7 +431,11 @@ impl RaidChannel {
             let len = self.bytes(wr.len());
             // SAFETY: the chunk is this op's; the host buffer is only read.
             unsafe {
-                std::ptr::copy_nonoverlapping(self.new_data(op, i, wr.start, wr.len()), self.chunk_at(op.chunks[i], op.w.rows.start, wr.start), len);
+                std::ptr::copy_nonoverlapping(
+                    self.new_data(op, i, wr.start, wr.len()),
+                    self.chunk_at(op.chunks[i], op.w.rows.start, wr.start),
+                    len,
+                );
             }
         }
     }
@@ -356,7 +463,11 @@ impl RaidChannel {
             return self.issue_rebuild_writes(s, sq);
         }
         let parent = *self.parents.get(op.parent);
-        let host_index = if parent.op == BdevOp::WriteZeroes { None } else { parent.buf_index };
+        let host_index = if parent.op == BdevOp::WriteZeroes {
+            None
+        } else {
+            parent.buf_index
+        };
         for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
             let member = self.data_member(&op.w, i);
             if self.health.is_failed(member) {
@@ -369,19 +480,35 @@ impl RaidChannel {
         let (p, q) = self.parity_members(&op.w);
         for (member, chunk) in [(Some(p), op.chunks[P_CHUNK]), (q, op.chunks[Q_CHUNK])] {
             if let Some(m) = member.filter(|m| !self.health.is_failed(*m)) {
-                self.stripe_io(s, BdevOp::Write, m, op.w.rows, self.scratch.ptr(chunk), None, sq);
+                self.stripe_io(
+                    s,
+                    BdevOp::Write,
+                    m,
+                    op.w.rows,
+                    self.scratch.ptr(chunk),
+                    None,
+                    sq,
+                );
             }
         }
     }
 
     /// Reconstructing read: copy the rebuilt rows of the target strip to the host.
     fn copy_out(&self, op: &StripeOp) {
-        let i = (0..op.w.k).find(|&i| !op.w.written[i].is_empty()).expect("a read op targets one strip");
+        let i = (0..op.w.k)
+            .find(|&i| !op.w.written[i].is_empty())
+            .expect("a read op targets one strip");
         let wr = op.w.written[i];
         let parent = self.parents.get(op.parent);
         let dst = parent.buf.wrapping_add(self.bytes(op.w.host_block[i]));
         // SAFETY: the destination range belongs to the host I/O; the chunk is the op's.
-        unsafe { std::ptr::copy_nonoverlapping(self.chunk_at(op.chunks[i], op.w.rows.start, wr.start), dst, self.bytes(wr.len())) };
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.chunk_at(op.chunks[i], op.w.rows.start, wr.start),
+                dst,
+                self.bytes(wr.len()),
+            )
+        };
     }
 
     /// All of a stripe op's member I/Os for its current state have returned.
@@ -392,7 +519,10 @@ impl RaidChannel {
         let op = *self.stripes.get(s);
         match (op.state, op.kind) {
             (StripeState::Reading, _) if op.failed => self.replan(s, sq),
-            (StripeState::Reading, StripeKind::Write | StripeKind::Resync | StripeKind::Rebuild) => {
+            (
+                StripeState::Reading,
+                StripeKind::Write | StripeKind::Resync | StripeKind::Rebuild,
+            ) => {
                 self.compute(s);
                 self.stripes.get_mut(s).state = StripeState::Writing;
                 self.issue_writes(s, sq);
@@ -461,7 +591,11 @@ impl RaidChannel {
             return;
         }
         if !self.resync_driver {
-            self.resync_driver = self.resync.driver.compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed).is_ok();
+            self.resync_driver = self
+                .resync
+                .driver
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok();
         }
         if !self.resync_driver {
             return;
@@ -482,7 +616,13 @@ impl RaidChannel {
     }
 
     /// Start a stripe op the volume runs for itself. False when the parent table is full.
-    pub(super) fn start_internal(&mut self, job: Job, w: StripeWrite, kind: StripeKind, sq: &mut dyn SqeSink) -> bool {
+    pub(super) fn start_internal(
+        &mut self,
+        job: Job,
+        w: StripeWrite,
+        kind: StripeKind,
+        sq: &mut dyn SqeSink,
+    ) -> bool {
         let parent = Parent {
             user_data: 0,
             op: BdevOp::Write,
@@ -499,7 +639,9 @@ impl RaidChannel {
             locks: (0, 0),
             regions: None,
         };
-        let Some(p) = self.parents.insert(parent) else { return false };
+        let Some(p) = self.parents.insert(parent) else {
+            return false;
+        };
         self.start_stripe_op(p, w, kind, sq);
         // A row op that had nothing to do (a scrub row it cannot check) finished its
         // parent already.
@@ -517,7 +659,10 @@ impl RaidChannel {
             k: self.layout.data_per_stripe().min(MAX_DATA),
             written: [Rows::default(); MAX_DATA],
             host_block: [0; MAX_DATA],
-            rows: Rows { start: 0, end: self.layout.strip_blocks },
+            rows: Rows {
+                start: 0,
+                end: self.layout.strip_blocks,
+            },
         }
     }
 

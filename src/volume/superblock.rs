@@ -106,7 +106,13 @@ impl Superblock {
         b[104..108].copy_from_slice(&self.block_size.to_le_bytes());
         b[108..110].copy_from_slice(&(self.slots.len() as u16).to_le_bytes());
         b[110..112].copy_from_slice(&self.this_slot.to_le_bytes());
-        for (at, v) in [(112, self.member_blocks), (120, self.data_offset), (128, self.generation), (136, self.rebuild_checkpoint), (144, self.created)] {
+        for (at, v) in [
+            (112, self.member_blocks),
+            (120, self.data_offset),
+            (128, self.generation),
+            (136, self.rebuild_checkpoint),
+            (144, self.created),
+        ] {
             b[at..at + 8].copy_from_slice(&v.to_le_bytes());
         }
         b[152..168].copy_from_slice(&self.this_device);
@@ -136,7 +142,9 @@ impl Superblock {
             return Err(SbError::Checksum);
         }
         let name_end = b[32..96].iter().position(|c| *c == 0).unwrap_or(64);
-        let volume_name = std::str::from_utf8(&b[32..32 + name_end]).map_err(|_| SbError::Field("volume name"))?.to_string();
+        let volume_name = std::str::from_utf8(&b[32..32 + name_end])
+            .map_err(|_| SbError::Field("volume name"))?
+            .to_string();
         let level = *LEVELS.get(b[96] as usize).ok_or(SbError::Field("level"))?;
         let count = u16_at(b, 108) as usize;
         if count == 0 || count > MAX_MEMBERS {
@@ -156,7 +164,10 @@ impl Superblock {
                 4 => SlotState::Missing,
                 _ => return Err(SbError::Field("slot state")),
             };
-            slots.push(Slot { state, device: b[at + 16..at + 32].try_into().unwrap() });
+            slots.push(Slot {
+                state,
+                device: b[at + 16..at + 32].try_into().unwrap(),
+            });
         }
         Ok(Some(Superblock {
             volume_uuid: b[16..32].try_into().unwrap(),
@@ -199,7 +210,16 @@ mod tests {
             created: 1_800_000_000,
             this_slot: 3,
             this_device: [3; 16],
-            slots: (0..6).map(|i| Slot { state: if i == 4 { SlotState::Failed } else { SlotState::Active }, device: [i as u8; 16] }).collect(),
+            slots: (0..6)
+                .map(|i| Slot {
+                    state: if i == 4 {
+                        SlotState::Failed
+                    } else {
+                        SlotState::Active
+                    },
+                    device: [i as u8; 16],
+                })
+                .collect(),
         }
     }
 

@@ -12,11 +12,25 @@ use serde_json::json;
 /// Start `nvmf-raid serve --config CFG` as a child process (its log appended to
 /// DIR/target.log) and wait until its management socket DIR/mgmt.sock answers.
 pub fn spawn_target(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
-    let log = std::fs::File::options().create(true).append(true).open(dir.join("target.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid")).args(["serve", "--config"]).arg(cfg).stdout(Stdio::null()).stderr(log).spawn().unwrap();
+    let log = std::fs::File::options()
+        .create(true)
+        .append(true)
+        .open(dir.join("target.log"))
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
+        .args(["serve", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while call(&dir.join("mgmt.sock"), "volume_status", json!({})).is_err() {
-        assert!(Instant::now() < deadline, "target did not start: {}", std::fs::read_to_string(dir.join("target.log")).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline,
+            "target did not start: {}",
+            std::fs::read_to_string(dir.join("target.log")).unwrap_or_default()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     child
@@ -24,7 +38,11 @@ pub fn spawn_target(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
 
 /// A TCP port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub struct Model {
@@ -36,7 +54,12 @@ pub struct Model {
 
 impl Model {
     pub fn new(q: Queue, blocks: u64, seed: u64) -> Model {
-        Model { q, data: vec![0u8; blocks as usize * 512], blocks, x: seed }
+        Model {
+            q,
+            data: vec![0u8; blocks as usize * 512],
+            blocks,
+            x: seed,
+        }
     }
 
     pub fn next(&mut self) -> u64 {
@@ -55,15 +78,29 @@ impl Model {
             if self.next().is_multiple_of(2) {
                 let d: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
                 let cqe = self.q.write(1, slba, 9, &d).unwrap();
-                assert!(cqe.is_success(), "{what}: write round {round} failed: {cqe:?}");
+                assert!(
+                    cqe.is_success(),
+                    "{what}: write round {round} failed: {cqe:?}"
+                );
                 self.data[off..off + len].copy_from_slice(&d);
             } else {
                 let mut back = vec![0u8; len];
                 let cqe = self.q.read(1, slba, 9, &mut back).unwrap();
-                assert!(cqe.is_success(), "{what}: read round {round} failed: {cqe:?}");
+                assert!(
+                    cqe.is_success(),
+                    "{what}: read round {round} failed: {cqe:?}"
+                );
                 if back != self.data[off..off + len] {
-                    let bad: Vec<usize> = (0..nlb as usize).filter(|b| back[b * 512..(b + 1) * 512] != self.data[off + b * 512..off + (b + 1) * 512]).collect();
-                    let zero = bad.iter().filter(|&&b| back[b * 512..(b + 1) * 512].iter().all(|&x| x == 0)).count();
+                    let bad: Vec<usize> = (0..nlb as usize)
+                        .filter(|b| {
+                            back[b * 512..(b + 1) * 512]
+                                != self.data[off + b * 512..off + (b + 1) * 512]
+                        })
+                        .collect();
+                    let zero = bad
+                        .iter()
+                        .filter(|&&b| back[b * 512..(b + 1) * 512].iter().all(|&x| x == 0))
+                        .count();
                     panic!("{what}: read of {nlb} blocks at {slba} is wrong (round {round}): blocks {:?} of it differ ({zero} of them read as zeroes)", bad.iter().map(|b| slba + *b as u64).collect::<Vec<_>>());
                 }
             }
@@ -74,24 +111,46 @@ impl Model {
         for start in (0..self.data.len()).step_by(1 << 20) {
             let len = (1 << 20).min(self.data.len() - start);
             let mut back = vec![0u8; len];
-            assert!(self.q.read(1, (start / 512) as u64, 9, &mut back).unwrap().is_success(), "{what}");
-            assert!(back == self.data[start..start + len], "{what}: full read-back differs at byte {start}");
+            assert!(
+                self.q
+                    .read(1, (start / 512) as u64, 9, &mut back)
+                    .unwrap()
+                    .is_success(),
+                "{what}"
+            );
+            assert!(
+                back == self.data[start..start + len],
+                "{what}: full read-back differs at byte {start}"
+            );
         }
     }
 }
 
-
 /// Stripes (rows) whose parity does not match their data, or whose mirror copies differ,
 /// read straight from the member files DIR/m0.img.. of a stopped target; and the row count.
-pub fn inconsistent_rows(dir: &std::path::Path, level: nvmf_raid::volume::layout::Level, members: usize, strip: u64) -> (Vec<u64>, u64) {
-    use std::io::{Read, Seek, SeekFrom};
+pub fn inconsistent_rows(
+    dir: &std::path::Path,
+    level: nvmf_raid::volume::layout::Level,
+    members: usize,
+    strip: u64,
+) -> (Vec<u64>, u64) {
     use nvmf_raid::volume::raid::RESERVED_BYTES;
-    let files: Vec<std::fs::File> = (0..members).map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap()).collect();
+    use std::io::{Read, Seek, SeekFrom};
+    let files: Vec<std::fs::File> = (0..members)
+        .map(|m| std::fs::File::open(dir.join(format!("m{m}.img"))).unwrap())
+        .collect();
     let blocks_per_member = (files[0].metadata().unwrap().len() - RESERVED_BYTES) / 512;
-    let l = nvmf_raid::volume::layout::Layout::new(level, &vec![blocks_per_member; members], 0, strip / 512).unwrap();
+    let l = nvmf_raid::volume::layout::Layout::new(
+        level,
+        &vec![blocks_per_member; members],
+        0,
+        strip / 512,
+    )
+    .unwrap();
     let read = |member: usize, row: u64| {
         let mut f = &files[member];
-        f.seek(SeekFrom::Start(RESERVED_BYTES + row * strip)).unwrap();
+        f.seek(SeekFrom::Start(RESERVED_BYTES + row * strip))
+            .unwrap();
         let mut b = vec![0u8; strip as usize];
         f.read_exact(&mut b).unwrap();
         b
@@ -101,13 +160,18 @@ pub fn inconsistent_rows(dir: &std::path::Path, level: nvmf_raid::volume::layout
             let first = read(0, row);
             return (1..members).any(|m| read(m, row) != first);
         }
-        let data: Vec<Vec<u8>> = (0..l.data_per_stripe()).map(|i| read(l.data_slot(row, i), row)).collect();
+        let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
+            .map(|i| read(l.data_slot(row, i), row))
+            .collect();
         let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
         let (mut p, mut q) = (vec![0u8; strip as usize], vec![0u8; strip as usize]);
         nvmf_raid::parity::pq_gen(&refs, &mut p, &mut q);
         read(l.p_slot(row), row) != p || l.q_slot(row).is_some_and(|qs| read(qs, row) != q)
     };
-    ((0..l.stripes_per_group()).filter(|&r| bad(r)).collect(), l.stripes_per_group())
+    (
+        (0..l.stripes_per_group()).filter(|&r| bad(r)).collect(),
+        l.stripes_per_group(),
+    )
 }
 
 /// A single-member etcd on loopback, stopped when dropped.
@@ -133,13 +197,29 @@ pub fn etcd() -> EtcdServer {
     let child = Command::new("etcd")
         .args(["--data-dir"])
         .arg(dir.path().join("etcd"))
-        .args(["--listen-client-urls", &url(client), "--advertise-client-urls", &url(client), "--listen-peer-urls", &url(peer)])
-        .args(["--initial-advertise-peer-urls", &url(peer), "--initial-cluster", &format!("default={}", url(peer))])
+        .args([
+            "--listen-client-urls",
+            &url(client),
+            "--advertise-client-urls",
+            &url(client),
+            "--listen-peer-urls",
+            &url(peer),
+        ])
+        .args([
+            "--initial-advertise-peer-urls",
+            &url(peer),
+            "--initial-cluster",
+            &format!("default={}", url(peer)),
+        ])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.path().join("etcd.log")).unwrap())
         .spawn()
         .expect("the etcd binary (Debian package etcd-server; scripts/test.sh installs it)");
-    let server = EtcdServer { child, addr: format!("127.0.0.1:{client}").parse().unwrap(), _dir: dir };
+    let server = EtcdServer {
+        child,
+        addr: format!("127.0.0.1:{client}").parse().unwrap(),
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Etcd::new(server.addr).grant(5).is_err() {
         assert!(Instant::now() < deadline, "etcd did not start");
@@ -172,12 +252,23 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 pub fn start_relay(dir: &std::path::Path, name: &str, listen: u16, to: u16, delay_ms: u32) -> Proc {
     let ctl = dir.join(format!("{name}.sock"));
     let child = Command::new(env!("CARGO_BIN_EXE_nvmf-raid"))
-        .args(["relay", "--listen", &format!("127.0.0.1:{listen}"), "--to", &format!("127.0.0.1:{to}"), "--delay-ms", &delay_ms.to_string(), "--control"])
+        .args([
+            "relay",
+            "--listen",
+            &format!("127.0.0.1:{listen}"),
+            "--to",
+            &format!("127.0.0.1:{to}"),
+            "--delay-ms",
+            &delay_ms.to_string(),
+            "--control",
+        ])
         .arg(&ctl)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("relay started", Duration::from_secs(10), || call(&ctl, "relay_status", json!({})).is_ok());
+    wait_for("relay started", Duration::from_secs(10), || {
+        call(&ctl, "relay_status", json!({})).is_ok()
+    });
     Proc(child)
 }
 

@@ -19,8 +19,23 @@ extern "C" {
     pub fn gf_inv(a: u8) -> u8;
     pub fn gf_invert_matrix(inp: *mut u8, out: *mut u8, n: c_int) -> c_int;
     pub fn ec_init_tables(k: c_int, rows: c_int, a: *mut u8, gftbls: *mut u8);
-    pub fn ec_encode_data(len: c_int, k: c_int, rows: c_int, gftbls: *mut u8, data: *mut *mut u8, coding: *mut *mut u8);
-    pub fn ec_encode_data_update(len: c_int, k: c_int, rows: c_int, vec_i: c_int, g_tbls: *mut u8, data: *mut u8, coding: *mut *mut u8);
+    pub fn ec_encode_data(
+        len: c_int,
+        k: c_int,
+        rows: c_int,
+        gftbls: *mut u8,
+        data: *mut *mut u8,
+        coding: *mut *mut u8,
+    );
+    pub fn ec_encode_data_update(
+        len: c_int,
+        k: c_int,
+        rows: c_int,
+        vec_i: c_int,
+        g_tbls: *mut u8,
+        data: *mut u8,
+        coding: *mut *mut u8,
+    );
 }
 
 /// Whether ISA-L was found at build time (see build.rs).
@@ -49,10 +64,25 @@ mod missing {
     pub unsafe fn ec_init_tables(k: c_int, rows: c_int, a: *mut u8, gftbls: *mut u8) {
         unreachable!("ISA-L is not installed")
     }
-    pub unsafe fn ec_encode_data(len: c_int, k: c_int, rows: c_int, gftbls: *mut u8, data: *mut *mut u8, coding: *mut *mut u8) {
+    pub unsafe fn ec_encode_data(
+        len: c_int,
+        k: c_int,
+        rows: c_int,
+        gftbls: *mut u8,
+        data: *mut *mut u8,
+        coding: *mut *mut u8,
+    ) {
         unreachable!("ISA-L is not installed")
     }
-    pub unsafe fn ec_encode_data_update(len: c_int, k: c_int, rows: c_int, vec_i: c_int, g_tbls: *mut u8, data: *mut u8, coding: *mut *mut u8) {
+    pub unsafe fn ec_encode_data_update(
+        len: c_int,
+        k: c_int,
+        rows: c_int,
+        vec_i: c_int,
+        g_tbls: *mut u8,
+        data: *mut u8,
+        coding: *mut *mut u8,
+    ) {
         unreachable!("ISA-L is not installed")
     }
 }
@@ -62,7 +92,10 @@ pub use missing::*;
 /// Survivors of a stripe that lost data blocks x and y, as encode-matrix rows: the other
 /// data blocks in order, then P (row k), then Q (row k + 1).
 pub fn raid6_survivors(k: usize, x: usize, y: usize) -> Vec<usize> {
-    (0..k).filter(|&i| i != x && i != y).chain([k, k + 1]).collect()
+    (0..k)
+        .filter(|&i| i != x && i != y)
+        .chain([k, k + 1])
+        .collect()
 }
 
 /// The 2 x k decode matrix that rebuilds data blocks x and y of a RAID-6 stripe from its
@@ -78,10 +111,17 @@ pub fn raid6_decode_rows(k: usize, x: usize, y: usize) -> Vec<u8> {
             })
             .collect()
     };
-    let mut m: Vec<u8> = raid6_survivors(k, x, y).iter().flat_map(|&r| row(r)).collect();
+    let mut m: Vec<u8> = raid6_survivors(k, x, y)
+        .iter()
+        .flat_map(|&r| row(r))
+        .collect();
     let mut inv = vec![0u8; k * k];
     // SAFETY: both matrices are k x k.
     let rc = unsafe { gf_invert_matrix(m.as_mut_ptr(), inv.as_mut_ptr(), k as c_int) };
     assert_eq!(rc, 0, "decode matrix not invertible");
-    inv[x * k..(x + 1) * k].iter().chain(&inv[y * k..(y + 1) * k]).copied().collect()
+    inv[x * k..(x + 1) * k]
+        .iter()
+        .chain(&inv[y * k..(y + 1) * k])
+        .copied()
+        .collect()
 }
