@@ -87,6 +87,21 @@ pub fn volume(socket: &Path, cmd: VolumeCmd) -> Result<(), String> {
             print_volumes(&json!([r]), None)?;
             follow(socket, &volume, wait)
         }
+        VolumeCmd::ReAdd {
+            volume,
+            member,
+            wait,
+        } => {
+            let r = call(
+                "volume_readd_member",
+                json!({"volume": volume, "member": member}),
+            )?;
+            match r["catch_up_regions"].as_u64() {
+                Some(n) => println!("{volume}: member {member} re-added: copying the {n} write-intent regions written while it was out"),
+                None => println!("{volume}: member {member} re-added: no bitmap covers its absence, rebuilding it in full"),
+            }
+            follow(socket, &volume, wait)
+        }
         VolumeCmd::RemoveMember { volume, member } => print_volumes(
             &json!([call(
                 "volume_remove_member",

@@ -239,6 +239,15 @@ enum VolumeCmd {
     },
     /// Detach a failed member so its device can be reused.
     RemoveMember { volume: String, member: String },
+    /// Put a failed member back when its device returns (md's re-add): only the regions
+    /// the write-intent bitmap says were written while it was out are copied to it.
+    ReAdd {
+        volume: String,
+        member: String,
+        /// Wait for the catch-up to finish, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Check every row's parity or mirror copies while the volume serves (md's check);
     /// --repair rewrites the rows that disagree (parity from the data, copies from the first).
     Scrub {

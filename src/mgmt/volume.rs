@@ -34,6 +34,13 @@ impl Managed {
                 .map_err(refused)?;
                 Ok(self.status_of(v))
             }
+            "volume_readd_member" => {
+                let v = self.volume(param(p, "volume")?)?;
+                let regions = v.readd(param(p, "member")?).map_err(refused)?;
+                let mut status = self.status_of(v);
+                status["catch_up_regions"] = json!(regions);
+                Ok(status)
+            }
             "volume_remove_member" => {
                 let v = self.volume(param(p, "volume")?)?;
                 v.remove_member(param(p, "member")?).map_err(refused)?;

@@ -150,9 +150,14 @@ impl WriteIntent {
         }
     }
 
-    /// Mark regions idle since the last sweep clean; returns whether any bit went clear
-    /// (the caller then writes the block).
-    pub fn sweep(&self) -> bool {
+    /// Mark regions idle since the last sweep clean, while `may_clear` says so; returns
+    /// whether any bit went clear (the caller then writes the block).
+    ///
+    /// `may_clear` is false while a member is out: the bits then record every region the
+    /// member misses, for its re-add. It is asked after a region is seen idle, and a
+    /// member fails before the write that failed on it ends, so a write that missed a
+    /// member never has its bit cleared by a sweep that began before the failure.
+    pub fn sweep(&self, may_clear: &dyn Fn() -> bool) -> bool {
         let mut cleared = false;
         for r in 0..self.regions() {
             if self.touched[r].swap(false, SeqCst)
@@ -162,14 +167,23 @@ impl WriteIntent {
                 continue;
             }
             self.state[r].store(CLEAN, SeqCst);
-            if self.inflight[r].load(SeqCst) != 0 {
-                // A writer arrived in between: its bit stays (it may have asked for it).
+            if self.inflight[r].load(SeqCst) != 0 || !may_clear() {
+                // A writer arrived in between (it may have asked for the bit), or a
+                // member went out: the bit stays.
                 self.state[r].store(DIRTY, SeqCst);
             } else {
                 cleared = true;
             }
         }
         cleared
+    }
+
+    /// Regions whose bit is set or requested, or with a write in flight: every region a
+    /// member that is out may have missed a write in (bits are not swept meanwhile).
+    pub fn possibly_dirty(&self) -> Vec<bool> {
+        (0..self.regions())
+            .map(|r| self.inflight[r].load(SeqCst) != 0 || self.state[r].load(SeqCst) != CLEAN)
+            .collect()
     }
 
     /// Regions found dirty on disk at start: they stay set until resynchronised.
@@ -238,18 +252,45 @@ mod tests {
         w.flushed(&pending);
         assert!(w.ready(0, 1));
         // In flight: a sweep clears nothing.
-        assert!(!w.sweep());
-        assert!(!w.sweep());
+        let yes = || true;
+        assert!(!w.sweep(&yes));
+        assert!(!w.sweep(&yes));
         w.end(0, 1);
         // Touched since the last sweep: kept once more, then cleared.
         assert!(w.begin(1, 1));
         w.end(1, 1);
-        assert!(w.sweep(), "region 0 was idle over a whole sweep");
-        assert!(w.sweep(), "region 1 is idle now");
+        assert!(w.sweep(&yes), "region 0 was idle over a whole sweep");
+        assert!(w.sweep(&yes), "region 1 is idle now");
         let (block, _) = w.encode(&[7; 16]);
         assert_eq!(
             decode(&block[..], &[7; 16], w.region_rows(), w.regions()),
             Some(vec![])
+        );
+    }
+
+    #[test]
+    fn while_a_member_is_out_the_bits_stay_and_name_what_it_missed() {
+        let w = WriteIntent::new(4096, 65536);
+        assert_eq!(w.regions(), 4);
+        for r in [0, 2] {
+            w.begin(r, r);
+            w.flushed(&[r as usize]);
+            w.end(r, r);
+        }
+        w.begin(3, 3); // in flight, bit not yet durable
+        let out = || false;
+        for _ in 0..3 {
+            assert!(!w.sweep(&out), "no bit is cleared while a member is out");
+        }
+        assert_eq!(w.possibly_dirty(), vec![true, false, true, true]);
+        w.end(3, 3);
+        w.flushed(&[3]);
+        let yes = || true;
+        assert!(w.sweep(&yes));
+        assert_eq!(
+            w.possibly_dirty(),
+            vec![false; 4],
+            "swept once every member is back"
         );
     }
 

@@ -42,6 +42,78 @@ pub struct RebuildState {
     /// Member rows (strip rows) per member.
     pub(super) rows: u64,
     started: Mutex<Option<(Instant, u64)>>,
+    pub(super) rows_copied: AtomicU64,
+    pub catch_up: CatchUp,
+}
+
+/// What a re-added member misses (md's re-add): while `partial`, a rebuilding slot holds
+/// valid data except in the write-intent regions marked here, the ones written while it
+/// was out. Cleared when a spare starts a full rebuild or the rebuild ends.
+#[derive(Debug)]
+pub struct CatchUp {
+    partial: AtomicBool,
+    region_rows: AtomicU64,
+    dirty: Box<[AtomicBool]>,
+}
+
+impl CatchUp {
+    fn new() -> Self {
+        CatchUp {
+            partial: AtomicBool::new(false),
+            region_rows: AtomicU64::new(1),
+            dirty: (0..super::bitmap::MAX_REGIONS)
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+        }
+    }
+
+    /// Whether member row `row` of a rebuilding slot is already current.
+    pub fn row_current(&self, row: u64) -> bool {
+        if !self.partial.load(Ordering::Acquire) {
+            return false;
+        }
+        let r = row / self.region_rows.load(Ordering::Relaxed);
+        self.dirty
+            .get(r as usize)
+            .is_some_and(|d| !d.load(Ordering::Relaxed))
+    }
+
+    /// The first row at or after `row` that needs copying (`rows` if none).
+    pub fn next_to_copy(&self, row: u64, rows: u64) -> u64 {
+        if !self.partial.load(Ordering::Acquire) {
+            return row;
+        }
+        let rr = self.region_rows.load(Ordering::Relaxed);
+        let mut r = row / rr;
+        while r * rr < rows && self.row_current(r * rr) {
+            r += 1;
+        }
+        (r * rr).max(row).min(rows)
+    }
+
+    fn set(&self, region_rows: u64, dirty: &[bool]) {
+        self.region_rows
+            .store(region_rows.max(1), Ordering::Relaxed);
+        // Regions past the bitmap's hold no rows.
+        for (i, d) in self.dirty.iter().enumerate() {
+            d.store(dirty.get(i).copied().unwrap_or(false), Ordering::Relaxed);
+        }
+        self.partial.store(true, Ordering::Release);
+    }
+
+    fn clear(&self) {
+        self.partial.store(false, Ordering::Release);
+    }
+
+    fn regions(&self) -> Option<u64> {
+        let count = || {
+            self.dirty
+                .iter()
+                .filter(|d| d.load(Ordering::Relaxed))
+                .count() as u64
+        };
+        self.partial.load(Ordering::Acquire).then(count)
+    }
 }
 
 const FRONTIER_BITS: u32 = 40;
@@ -62,6 +134,11 @@ fn epoch_of(v: u64) -> u64 {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RebuildProgress {
     pub active: bool,
+    /// A re-added member's catch-up: only the regions written while it was out are
+    /// copied (their count), the rest of it is current.
+    pub catch_up_regions: Option<u64>,
+    /// Row ops the rebuilds so far issued (one per group and member row).
+    pub rows_copied: u64,
     pub rows_done: u64,
     pub rows: u64,
     pub percent: f64,
@@ -78,6 +155,8 @@ impl RebuildState {
             rate: AtomicU64::new(rate),
             rows,
             started: Mutex::new(None),
+            rows_copied: AtomicU64::new(0),
+            catch_up: CatchUp::new(),
         }
     }
 
@@ -144,6 +223,12 @@ impl RebuildState {
         }
         RebuildProgress {
             active,
+            catch_up_regions: if active {
+                self.catch_up.regions()
+            } else {
+                None
+            },
+            rows_copied: self.rows_copied.load(Ordering::Relaxed),
             rows_done: done,
             rows: self.rows,
             percent: if self.rows == 0 {
@@ -319,7 +404,7 @@ impl Members {
     pub fn is_missing(&self, slot: usize, row: u64) -> bool {
         match self.slot_state[slot].load(Ordering::Acquire) {
             ACTIVE => false,
-            REBUILDING => row >= self.rebuild.frontier(),
+            REBUILDING => row >= self.rebuild.frontier() && !self.rebuild.catch_up.row_current(row),
             _ => true,
         }
     }
@@ -413,7 +498,8 @@ impl Members {
         self.is_failed(slot) || self.degraded_in_group(slot / self.group_size) < self.tolerance
     }
 
-    fn all_active(&self) -> bool {
+    /// Every slot holds valid data everywhere.
+    pub fn all_active(&self) -> bool {
         self.not_active.load(Ordering::Acquire) == 0
     }
 
@@ -451,6 +537,8 @@ impl Members {
             }
             if !started {
                 self.rebuild.hold();
+                // A spare is rebuilt in full, and so is a re-added member along with it.
+                self.rebuild.catch_up.clear();
             }
             let spare = r.spares.remove(0);
             self.install(&r, slot, spare);
@@ -516,6 +604,7 @@ impl Members {
         let name = r.devices[self.device_of(slot)].bdev.name().to_string();
         self.fail_named(slot, &name, "replaced by the operator");
         self.rebuild.hold();
+        self.rebuild.catch_up.clear();
         self.install(&r, slot, device);
         self.rebuild.restart(0);
         drop(r);
@@ -545,8 +634,41 @@ impl Members {
                 );
             }
         }
+        self.rebuild.catch_up.clear();
         drop(r);
         self.request_update();
+    }
+
+    /// Put the failed member of `slot` back (md's re-add): its device returns as a
+    /// rebuilding member. `missed` is asked once the slot is written again and returns
+    /// the write-intent regions it may have missed (region rows, one flag per region);
+    /// None rebuilds it in full. Refused while a rebuild runs.
+    pub fn readd(
+        &self,
+        slot: usize,
+        missed: impl FnOnce() -> Option<(u64, Vec<bool>)>,
+    ) -> Result<(), String> {
+        let r = self.registry.lock().unwrap();
+        if !self.is_failed(slot) || !r.devices[self.device_of(slot)].present {
+            return Err("only a failed member whose device is present can be re-added".into());
+        }
+        if self.rebuilding() {
+            return Err("a rebuild is running: re-add the member once it has finished".into());
+        }
+        // Rebuild from row 0 with every row missing, until the regions it missed are known:
+        // writes planned from now on reach the member, so no later write can be missed.
+        self.rebuild.hold();
+        self.rebuild.catch_up.clear();
+        self.slot_state[slot].store(REBUILDING, Ordering::SeqCst);
+        match missed() {
+            Some((region_rows, dirty)) => self.rebuild.catch_up.set(region_rows, &dirty),
+            None => self.rebuild.catch_up.clear(),
+        }
+        info!(volume = self.volume, slot, member = r.devices[self.device_of(slot)].bdev.name(), regions = ?self.rebuild.catch_up.regions(), "member re-added: catching up");
+        self.rebuild.restart(0);
+        drop(r);
+        self.request_update();
+        Ok(())
     }
 
     /// Detach the failed member in `slot`: a stand-in takes its place, so the device can

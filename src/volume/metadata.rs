@@ -182,7 +182,7 @@ impl Metadata {
         if let Some(intent) = &self.intent {
             if last_sweep.elapsed() >= SWEEP_INTERVAL && (self.may_sweep)() {
                 *last_sweep = std::time::Instant::now();
-                if intent.sweep() {
+                if intent.sweep(&|| self.members.all_active()) {
                     self.write_bitmap();
                 }
             }

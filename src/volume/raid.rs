@@ -21,7 +21,7 @@ use tracing::{info, warn};
 use super::assemble::{assemble, Assembly, AssemblyError, Candidate, Wanted};
 use super::bitmap::{self, WriteIntent, BITMAP_BYTES, BITMAP_OFFSET};
 use super::layout::{Layout, LayoutError, Level, Location};
-use super::members::{Device, Members, MembersInit};
+use super::members::{Device, Members, MembersInit, SlotState};
 use super::metadata::{now_unix, read_superblock, MetaMsg, Metadata, VolumeIdentity};
 use super::plan::{self, Strategy, StripeWrite, MAX_DATA};
 use super::rebuild::RebuildDriver;
@@ -420,6 +420,13 @@ impl RaidBdev {
             }
             _ => Resync::new(Some(vec![]), 1, layout.stripes_per_group(), layout.groups()),
         });
+        if let (Some(intent), false) = (&intent, asm.unclean || health.all_active()) {
+            // Started with a member out: the bits on disk (never swept while it was out)
+            // say what it missed, for its re-add; with none intact it misses everything.
+            let all: Vec<u32> = (0..intent.regions() as u32).collect();
+            intent
+                .mark_dirty(&Self::dirty_regions(&health, intent, &asm.volume_uuid).unwrap_or(all));
+        }
         let identity = VolumeIdentity {
             uuid: asm.volume_uuid,
             name: name.into(),
@@ -658,9 +665,7 @@ impl RaidBdev {
     /// has an intact block.
     fn dirty_regions(health: &Members, intent: &WriteIntent, uuid: &[u8; 16]) -> Option<Vec<u32>> {
         let mut union: Option<std::collections::BTreeSet<u32>> = None;
-        for slot in
-            (0..health.slots()).filter(|&s| health.state(s) == super::members::SlotState::Active)
-        {
+        for slot in (0..health.slots()).filter(|&s| health.state(s) == SlotState::Active) {
             let dev = health.slot_device(slot);
             let Ok(buf) = AlignedRegion::new(BITMAP_BYTES) else {
                 continue;
@@ -752,6 +757,62 @@ impl RaidBdev {
             .remove_failed(slot, stand_in(&self.info.name, slot, self.info.block_size))
             .map(|_| ())
             .map_err(VolumeError::Refused)
+    }
+
+    /// Put failed member `member` back, catching up only the write-intent regions written
+    /// while it was out (md's re-add); without a bitmap, or if the device does not hold
+    /// this volume's slot as it left it, refused or rebuilt in full. Returns the regions
+    /// to copy (None: everything).
+    pub fn readd(&self, member: &str) -> Result<Option<u64>, VolumeError> {
+        let refuse = |why: String| Err(VolumeError::Refused(why));
+        let Some(slot) = self.member_index(member) else {
+            return refuse(format!(
+                "volume '{}' has no member '{member}'",
+                self.info.name
+            ));
+        };
+        if !self.redundant() {
+            return refuse(format!(
+                "a {:?} volume has no redundancy to catch a member up from",
+                self.layout.level
+            ));
+        }
+        let dev = self.health.slot_device(slot);
+        let sb = match read_superblock(dev.bdev.as_ref()) {
+            Ok(Ok(Some(sb))) => sb,
+            Ok(Ok(None)) => {
+                return refuse(format!(
+                    "'{member}' holds no superblock: add it as a spare instead"
+                ))
+            }
+            Ok(Err(e)) => {
+                return refuse(format!(
+                    "'{member}': unreadable superblock ({e:?}): add it as a spare instead"
+                ))
+            }
+            Err(e) => return refuse(format!("'{member}' cannot be read: {e}")),
+        };
+        if sb.volume_uuid != self.volume_uuid
+            || sb.this_slot as usize != slot
+            || sb.this_device != dev.id
+        {
+            return refuse(format!(
+                "'{member}' does not hold slot {slot} of volume '{}': add it as a spare instead",
+                self.info.name
+            ));
+        }
+        // It left as an active member (not half rebuilt): only what was written since is stale.
+        let was_active = sb
+            .slots
+            .get(slot)
+            .is_some_and(|s| s.state == SlotState::Active);
+        let intent = self.intent.clone().filter(|_| was_active);
+        self.health
+            .readd(slot, move || {
+                intent.map(|i| (i.region_rows(), i.possibly_dirty()))
+            })
+            .map_err(VolumeError::Refused)?;
+        Ok(self.health.rebuild_progress().catch_up_regions)
     }
 
     /// Take the spare named `name` off the volume.

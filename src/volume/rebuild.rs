@@ -66,9 +66,20 @@ impl RaidChannel {
             d.next_group = 0;
             d.inflight.clear();
         }
-        while self.rebuild.inflight.len() < REBUILD_WINDOW
-            && self.rebuild.next_row < self.health.rebuild.rows
-        {
+        let rows = self.health.rebuild.rows;
+        while self.rebuild.inflight.len() < REBUILD_WINDOW && self.rebuild.next_row < rows {
+            if self.rebuild.next_group == 0 {
+                // A re-added member's catch-up skips the regions it did not miss.
+                let next = self
+                    .health
+                    .rebuild
+                    .catch_up
+                    .next_to_copy(self.rebuild.next_row, rows);
+                self.rebuild.next_row = next;
+                if next >= rows {
+                    break;
+                }
+            }
             let group = self.rebuild.next_group;
             let row = self.rebuild.next_row;
             self.rebuild.next_group += 1;
@@ -92,6 +103,10 @@ impl RaidChannel {
             }
             self.rebuild.next_seq += 1;
             self.rebuild.inflight.push_back((seq, row, false));
+            self.health
+                .rebuild
+                .rows_copied
+                .fetch_add(1, Ordering::Relaxed);
         }
         self.retire_rebuild_ops();
     }
