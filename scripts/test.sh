@@ -61,12 +61,15 @@ if [[ ${NVMF_RAID_SKIP_GUEST:-0} == 1 ]]; then
     skip "guest end-to-end" "NVMF_RAID_SKIP_GUEST=1"
     skip "guest rebuild end-to-end" "NVMF_RAID_SKIP_GUEST=1"
     skip "guest metro end-to-end" "NVMF_RAID_SKIP_GUEST=1"
+    skip "remote leg on the Linux kernel target" "NVMF_RAID_SKIP_GUEST=1"
 else
     step "guest end-to-end (Linux nvme-tcp initiator)" scripts/e2e-guest.sh target/release/nvmf-raid
     step "guest rebuild end-to-end (RAID-5/6 member failures, spares rebuild under fio verify)" \
         scripts/e2e-rebuild.sh target/release/nvmf-raid
     step "guest metro end-to-end (two sites and an etcd witness: kill, restart, hand-over, partition under fio verify)" \
         scripts/e2e-metro.sh target/release/nvmf-raid
+    step "remote leg on the Linux kernel target (nvmet in the guest as a RAID-1 member: cut, reconnect, re-add)" \
+        scripts/e2e-kernel-target.sh
 fi
 
 echo

@@ -17,6 +17,8 @@
 #   GUEST_MEM       guest RAM in MiB (default 2048); GUEST_CPUS (default 2)
 #   GUEST_KERNEL    vmlinux (default, PVH boot) or bzImage
 #   GUEST_APPEND    extra kernel command line; GUEST_QEMU_ARGS extra QEMU args
+#   GUEST_HOSTFWD   host ports forwarded into the guest, slirp syntax, comma
+#                   separated: "tcp:127.0.0.1:HOSTPORT-10.0.2.15:GUESTPORT,..."
 #   GUEST_ENV       names of extra host variables to pass into the guest;
 #                   TARGET_ADDR, TARGET_PORT, SUBNQN and E2E_* always pass
 #   GUEST_DIR       build output (see build.sh)
@@ -87,6 +89,10 @@ fw=()
 IFS=: read -ra fwdirs <<<"$QEMU_FIRMWARE"
 for d in "${fwdirs[@]}"; do fw+=(-L "$d"); done
 
+hostfwd=
+IFS=, read -ra fwds <<<"${GUEST_HOSTFWD:-}"
+for f in "${fwds[@]}"; do hostfwd+=",hostfwd=$f"; done
+
 # shellcheck disable=SC2206,SC2054  # GUEST_QEMU_ARGS split on purpose
 QEMU_CMD=("$QEMU" -machine pc -accel tcg,thread=multi -cpu max
   -smp "${GUEST_CPUS:-2}" -m "${GUEST_MEM:-2048}"
@@ -96,7 +102,7 @@ QEMU_CMD=("$QEMU" -machine pc -accel tcg,thread=multi -cpu max
   -serial chardev:con
   -chardev "file,id=status,path=$STATUS"
   -serial chardev:status
-  -netdev user,id=net0,net=10.0.2.0/24,host=10.0.2.2
+  -netdev "user,id=net0,net=10.0.2.0/24,host=10.0.2.2$hostfwd"
   -device virtio-net-pci,netdev=net0,romfile=
   -device virtio-rng-pci
   ${GUEST_QEMU_ARGS:-})
