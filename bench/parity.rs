@@ -156,6 +156,35 @@ struct Stripe {
     q: Buf,
 }
 
+/// The installed ISA-L's version, as Debian's package database has it.
+fn isal_version() -> String {
+    std::process::Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "libisal2"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_else(|| "(version unknown)".into())
+}
+
+/// What ISA-L's run-time dispatcher picks for xor_gen, pq_gen and the erasure-code
+/// kernels on this CPU: its AVX-512 versions need F, VL, BW, DQ and CD, else AVX2, else SSE.
+fn isal_path() -> &'static str {
+    let f = |s: &str| {
+        std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| c.split_whitespace().any(|w| w == s))
+    };
+    if ["avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512cd"]
+        .iter()
+        .all(|x| f(x))
+    {
+        "its avx512 kernels"
+    } else if f("avx2") {
+        "its avx2 kernels"
+    } else {
+        "its sse kernels"
+    }
+}
+
 fn main() {
     if !isal::AVAILABLE {
         eprintln!("the parity benchmark races our kernels against ISA-L, which is not installed: apt-get install libisal-dev, then build again");
@@ -193,13 +222,24 @@ fn main() {
         }
     };
     let started = Instant::now();
+    let paths: Vec<&str> = parity::Kernels::all()
+        .iter()
+        .map(|k| k.isa().name())
+        .collect();
     println!(
-        "parity benchmark ({} mode): cpu {}, our kernels {:?}, best of {} x ~{} ms per cell",
+        "parity benchmark ({} mode): cpu {}, best of {} x ~{} ms per cell",
         if short { "short" } else { "full" },
         cpu_model(),
-        parity::Kernels::get().isa(),
         cfg.reps,
         cfg.rep_time.as_millis()
+    );
+    println!(
+        "our path: {} (this CPU runs {}; {}=<path> forces one); ISA-L {}: {}",
+        parity::Kernels::get().isa().name(),
+        paths.join(", "),
+        parity::PATH_ENV,
+        isal_version(),
+        isal_path()
     );
     println!(
         "block layout: {}",

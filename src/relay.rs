@@ -263,8 +263,31 @@ struct Line {
     changed: Condvar,
 }
 
+/// Sleep until `due`, then spin the last stretch: a sleep alone wakes up to tens of
+/// microseconds late (timer slack, scheduling), which would add to the link's delay.
+fn wait_until(due: Instant) {
+    const SPIN: Duration = Duration::from_micros(60);
+    let left = due.saturating_duration_since(Instant::now());
+    if left > SPIN {
+        std::thread::sleep(left - SPIN);
+    }
+    while Instant::now() < due {
+        std::thread::yield_now();
+    }
+}
+
+/// A timer slack of 1 us for the calling thread (the default 50 us would be added to
+/// every delayed chunk).
+fn tight_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes a plain integer and affects only this thread.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong);
+    }
+}
+
 /// Forward one direction: a reader thread fills the delay line, this thread empties it.
 fn pipe(pair: &Arc<Pair>, a_to_b: bool, shape: &Arc<Shape>, epoch: u64, forwarded: &AtomicU64) {
+    tight_timers();
     let line = Arc::new(Line {
         queue: Mutex::new(Held {
             chunks: VecDeque::new(),
@@ -361,16 +384,15 @@ fn write_side(
                         // Nothing held can be delivered any more: do not wait for the heal.
                         return;
                     }
-                    // Held by a cut: look again every POLL (not every 50 us).
+                    // Held by a cut: look again every POLL.
                     let up = LinkState::from_u8(shape.state.load(Relaxed)) == LinkState::Up;
-                    let wait = if up {
-                        at.saturating_duration_since(Instant::now())
-                            .clamp(Duration::from_micros(50), POLL)
-                    } else {
-                        POLL
-                    };
+                    let due = *at;
                     drop(q);
-                    std::thread::sleep(wait);
+                    if up {
+                        wait_until(due.min(Instant::now() + POLL));
+                    } else {
+                        std::thread::sleep(POLL);
+                    }
                     continue;
                 }
                 Some(_) => {

@@ -73,10 +73,9 @@ fn refs(bufs: &[Buf]) -> Vec<&[u8]> {
     bufs.iter().map(|b| b.as_ref()).collect()
 }
 
+/// Every path this CPU runs: each is checked against the scalar reference.
 fn kernels() -> Vec<Kernels> {
-    let mut v = vec![Kernels::scalar()];
-    v.extend(Kernels::avx2());
-    v
+    Kernels::all()
 }
 
 /// First differing offset, for readable failures on MiB-sized blocks.
@@ -242,14 +241,41 @@ fn field_matches_isal_and_naive_multiply() {
 }
 
 #[test]
-fn dispatch_uses_avx2_on_this_machine_when_available() {
-    let want = if std::arch::is_x86_feature_detected!("avx2") {
+fn dispatch_uses_the_fastest_path_this_cpu_runs_unless_forced() {
+    let has = |f: &str| match f {
+        "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+        _ => {
+            std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("gfni")
+        }
+    };
+    let want = if has("avx512") {
+        Isa::Avx512Gfni
+    } else if has("avx2") {
         Isa::Avx2
     } else {
         Isa::Scalar
     };
-    assert_eq!(Kernels::get().isa(), want);
-    assert_eq!(Kernels::avx2().is_some(), want == Isa::Avx2);
+    assert_eq!(Kernels::detect().isa(), want);
+    assert_eq!(Kernels::avx2().is_some(), has("avx2"));
+    assert_eq!(Kernels::avx512_gfni().is_some(), has("avx512"));
+    match std::env::var(nvmf_raid::parity::PATH_ENV) {
+        Ok(forced) if !forced.is_empty() => assert_eq!(Kernels::get().isa().name(), forced),
+        _ => assert_eq!(Kernels::get().isa(), want),
+    }
+    for k in Kernels::all() {
+        assert_eq!(Kernels::by_name(k.isa().name()).unwrap().isa(), k.isa());
+    }
+    let e = Kernels::by_name("sse9").unwrap_err();
+    assert!(
+        e.contains("NVMF_RAID_PARITY=sse9") && e.contains("unknown"),
+        "{e}"
+    );
+    if !has("avx512") {
+        let e = Kernels::by_name("avx512-gfni").unwrap_err();
+        assert!(e.contains("cannot run"), "{e}");
+    }
 }
 
 #[test]

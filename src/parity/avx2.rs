@@ -13,14 +13,7 @@
 //! * Recovery is fused into one pass: the surviving blocks' P' and Q' are accumulated in
 //!   registers, combined with the stored P and Q and solved for the lost blocks before
 //!   anything is written, so every input is read once and every output written once.
-//! * Stripes of [`BIG_STRIPE`] bytes or more (k * len) stream differently, depending on the
-//!   blocks' layout (see [`Stream`]): when at least [`L1_WAYS`] blocks start at the same
-//!   offset within a 4 KiB page, their lines compete for the same L1 sets and the hardware
-//!   prefetchers fall behind, so the Horner kernels prefetch each block [`PREFETCH_AHEAD`]
-//!   bytes ahead; otherwise the outputs are written with non-temporal stores (no read for
-//!   ownership, no cache space taken from the inputs), as ISA-L does. Smaller stripes use
-//!   plain loads and stores: their data and outputs fit in the caches. The thresholds come
-//!   from measurements on Zen 3 (docs/parity.md).
+//! * Big stripes stream with prefetch or non-temporal stores (see [`super::stream`]).
 //!
 //! Loads and stores are unaligned (VMOVDQU), which costs nothing on aligned addresses, so
 //! any alignment is correct; 64-byte aligned blocks avoid cache-line-split accesses.
@@ -37,21 +30,11 @@
 use core::arch::x86_64::*;
 
 use super::gf::{self, MulTable};
+use super::stream::{at, prefetch, stream, with_stream, Stream};
 use super::Update;
 
 /// Bytes per 256-bit vector.
 const V: usize = 32;
-
-/// Stripes (k * block length) at least this large stream with prefetch or non-temporal
-/// stores (see [`Stream`]); half of this machine's 32 MiB L3.
-pub const BIG_STRIPE: usize = 16 << 20;
-
-/// Associativity of the L1 data cache (Zen 3, and most x86 cores since): this many blocks at
-/// the same page offset fill a set.
-pub const L1_WAYS: usize = 8;
-
-/// How far ahead of the current offset each block is prefetched.
-pub const PREFETCH_AHEAD: usize = 512;
 
 // ---- small helpers, inlined into the #[target_feature(enable = "avx2")] kernels ----
 
@@ -91,68 +74,6 @@ unsafe fn stn<const NT: bool>(p: *mut u8, v: __m256i) {
             _mm256_stream_si256(p as *mut __m256i, v)
         } else {
             _mm256_storeu_si256(p as *mut __m256i, v)
-        }
-    }
-}
-
-/// How a kernel moves data: chosen per call by [`stream`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
-    /// Plain loads and stores.
-    Cached,
-    /// Software prefetch ahead of the loads (Horner kernels), plain stores.
-    Prefetch,
-    /// Plain loads, non-temporal stores (followed by SFENCE).
-    NonTemporal,
-}
-
-/// The streaming mode for a stripe of `k` blocks of `len` bytes (`blocks`; lost ones may be
-/// empty) written to `outs`.
-fn stream(blocks: &[&[u8]], len: usize, outs: &[*mut u8]) -> Stream {
-    if blocks.len() * len < BIG_STRIPE {
-        return Stream::Cached;
-    }
-    let offset = |p: *const u8| p as usize % 4096;
-    let mut present = blocks.iter().filter(|b| !b.is_empty());
-    let first = present.clone().next().map_or(0, |b| offset(b.as_ptr()));
-    let aliased = present
-        .by_ref()
-        .filter(|b| offset(b.as_ptr()) == first)
-        .count()
-        >= L1_WAYS;
-    if aliased {
-        Stream::Prefetch
-    } else if outs.iter().all(|p| (*p as usize).is_multiple_of(32)) {
-        Stream::NonTemporal
-    } else {
-        Stream::Cached
-    }
-}
-
-/// Call `f::<G.., PF, NT>(args..)` with the (PF, NT) pair of a [`Stream`]:
-/// `with_stream!(mode, f [G..] (args..))`.
-macro_rules! with_stream {
-    ($mode:expr, $f:ident [$($g:tt),*] ($($a:expr),* $(,)?)) => {
-        match $mode {
-            Stream::Cached => $f::<$($g,)* false, false>($($a),*),
-            Stream::Prefetch => $f::<$($g,)* true, false>($($a),*),
-            Stream::NonTemporal => $f::<$($g,)* false, true>($($a),*),
-        }
-    };
-}
-
-/// Hint the two cache lines [`PREFETCH_AHEAD`] bytes past `p`, when `PF`.
-///
-/// # Safety
-/// None beyond x86-64: a prefetch never faults, and `wrapping_add` keeps the address
-/// computation defined even past the end of the block.
-#[inline(always)]
-unsafe fn prefetch<const PF: bool>(p: *const u8) {
-    if PF {
-        // SAFETY: prefetches are hints; they never fault or make data visible to the program.
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64) as *const i8);
         }
     }
 }
@@ -219,16 +140,6 @@ unsafe fn mulc(t: Tbl, v: __m256i) -> __m256i {
         let h = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
         _mm256_xor_si256(_mm256_shuffle_epi8(t.lo, l), _mm256_shuffle_epi8(t.hi, h))
     }
-}
-
-/// Pointer to byte `off` of data block `i`.
-///
-/// # Safety
-/// `i < data.len()` and `off <= data[i].len()`.
-#[inline(always)]
-unsafe fn at(data: &[&[u8]], i: usize, off: usize) -> *const u8 {
-    // SAFETY: the caller guarantees the index and offset are in bounds.
-    unsafe { data.get_unchecked(i).as_ptr().add(off) }
 }
 
 /// Horner steps for data blocks `hi - 1` down to `lo` on U vectors at `off`:
@@ -362,7 +273,7 @@ pub unsafe fn xor_gen(data: &[&[u8]], p: &mut [u8]) {
     let pp = p.as_mut_ptr();
     // SAFETY: forwarded contract; NT only for a 32-byte aligned P (`stream`).
     unsafe {
-        match stream(data, len, &[pp]) {
+        match stream(data, len, &[pp], V) {
             Stream::NonTemporal => xor_gen_impl::<true>(data, pp, len),
             _ => xor_gen_impl::<false>(data, pp, len),
         }
@@ -421,12 +332,12 @@ pub unsafe fn pq_gen(data: &[&[u8]], p: Option<&mut [u8]>, q: &mut [u8]) {
             Some(p) => {
                 let pp = p.as_mut_ptr();
                 with_stream!(
-                    stream(data, len, &[pp, qp]),
+                    stream(data, len, &[pp, qp], V),
                     pq_gen_impl[true](data, pp, qp, len)
                 )
             }
             None => with_stream!(
-                stream(data, len, &[qp]),
+                stream(data, len, &[qp], V),
                 pq_gen_impl[false](data, core::ptr::null_mut(), qp, len)
             ),
         }
@@ -586,12 +497,12 @@ pub unsafe fn recover_from_p(
             Some(q) => {
                 let qp = q.as_mut_ptr();
                 with_stream!(
-                    stream(data, len, &[xp, qp]),
+                    stream(data, len, &[xp, qp], V),
                     recover_from_p_impl[true](data, x, pp, xp, qp, len)
                 )
             }
             // No Horner loop, so nothing to prefetch for: a plain XOR.
-            None => match stream(data, len, &[xp]) {
+            None => match stream(data, len, &[xp], V) {
                 Stream::NonTemporal => recover_from_p_impl::<false, false, true>(
                     data,
                     x,
@@ -669,12 +580,12 @@ pub unsafe fn recover_from_q(
             Some(p) => {
                 let pp = p.as_mut_ptr();
                 with_stream!(
-                    stream(data, len, &[xp, pp]),
+                    stream(data, len, &[xp, pp], V),
                     recover_from_q_impl[true](data, x, qp, xp, pp, len)
                 )
             }
             None => with_stream!(
-                stream(data, len, &[xp]),
+                stream(data, len, &[xp], V),
                 recover_from_q_impl[false](data, x, qp, xp, core::ptr::null_mut(), len)
             ),
         }
@@ -741,6 +652,6 @@ pub unsafe fn recover_two(
     let (pp, qp, xp, yp) = (p.as_ptr(), q.as_ptr(), dx.as_mut_ptr(), dy.as_mut_ptr());
     // SAFETY: forwarded contract; NT only for 32-byte aligned outputs (`stream`).
     unsafe {
-        with_stream!(stream(data, len, &[xp, yp]), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len))
+        with_stream!(stream(data, len, &[xp, yp], V), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len))
     }
 }

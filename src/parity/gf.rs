@@ -152,6 +152,71 @@ pub fn inv_pow_table(i: usize) -> &'static MulTable {
     mul_table(exp2(ORDER - i % ORDER))
 }
 
+/// Multiplication by `c` as the 8x8 bit matrix GF2P8AFFINEQB takes (GFNI): multiplying by
+/// a constant is linear over GF(2) in any field representation, so one instruction does it
+/// for this field's polynomial too (GF2P8MULB is fixed to AES's 0x11b).
+///
+/// Byte 7 - i of the matrix is the row of output bit i: bit j of it is set when input bit j
+/// contributes to output bit i, that is when bit i of c * 2^j is set.
+pub const fn affine_matrix(c: u8) -> u64 {
+    let mut m = 0u64;
+    let mut i = 0;
+    while i < 8 {
+        let mut row = 0u64;
+        let mut j = 0;
+        while j < 8 {
+            if (mul_slow(c, 1 << j) >> i) & 1 == 1 {
+                row |= 1 << j;
+            }
+            j += 1;
+        }
+        m |= row << (8 * (7 - i));
+        i += 1;
+    }
+    m
+}
+
+const fn build_affine() -> [u64; 256] {
+    let mut t = [0u64; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = affine_matrix(c as u8);
+        c += 1;
+    }
+    t
+}
+
+/// `AFFINE[c]` multiplies by c with GF2P8AFFINEQB (2 KiB, built at compile time).
+pub static AFFINE: [u64; 256] = build_affine();
+
+/// The affine matrix multiplying by g^i (modulo 255).
+#[inline]
+pub fn pow_affine(i: usize) -> u64 {
+    AFFINE[exp2(i) as usize]
+}
+
+/// The affine matrix multiplying by g^-i (modulo 255).
+#[inline]
+pub fn inv_pow_affine(i: usize) -> u64 {
+    AFFINE[exp2(ORDER - i % ORDER) as usize]
+}
+
+/// The affine model of GF2P8AFFINEQB on one byte (no constant term): output bit i is the
+/// parity of `x` and byte 7 - i of `m`. The unit tests check [`AFFINE`] against [`mul`]
+/// with it; the kernel tests check the instruction itself.
+pub const fn affine_apply(m: u64, x: u8) -> u8 {
+    let mut out = 0u8;
+    let mut i = 0;
+    while i < 8 {
+        let row = (m >> (8 * (7 - i))) as u8;
+        if (row & x).count_ones() % 2 == 1 {
+            out |= 1 << i;
+        }
+        i += 1;
+    }
+    out
+}
+
 /// The two coefficients that rebuild data blocks x and y (x != y) from
 /// Pxy = P ^ P' = Dx ^ Dy and Qxy = Q ^ Q' = g^x Dx ^ g^y Dy, where P' and Q' are the parities
 /// of the surviving data blocks alone:
@@ -172,6 +237,16 @@ pub fn two_data_coefficients(x: usize, y: usize) -> (u8, u8) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affine_matrices_multiply_by_their_constant() {
+        for c in 0..=255u8 {
+            for x in 0..=255u8 {
+                assert_eq!(affine_apply(AFFINE[c as usize], x), mul(c, x), "{c} * {x}");
+            }
+        }
+        assert_eq!(AFFINE[1], 0x0102_0408_1020_4080, "the identity");
+    }
 
     #[test]
     fn mul_matches_bitwise_for_every_pair() {

@@ -38,6 +38,10 @@ mod scalar;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod stream;
 
 use std::sync::OnceLock;
 
@@ -65,7 +69,24 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2.
     Avx2,
+    /// x86-64 AVX-512 (F, BW) with GFNI.
+    Avx512Gfni,
 }
+
+impl Isa {
+    /// The name [`PATH_ENV`] takes and the benchmarks print.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Gfni => "avx512-gfni",
+        }
+    }
+}
+
+/// Environment variable that forces the kernels the free functions use: `scalar`, `avx2`
+/// or `avx512-gfni` (one this CPU runs); unset, the fastest this CPU runs.
+pub const PATH_ENV: &str = "NVMF_RAID_PARITY";
 
 type XorFn = unsafe fn(&[&[u8]], &mut [u8]);
 type PqFn = unsafe fn(&[&[u8]], Option<&mut [u8]>, &mut [u8]);
@@ -125,15 +146,74 @@ impl Kernels {
         None
     }
 
-    /// The fastest kernels this CPU supports.
-    pub fn detect() -> Kernels {
-        Self::avx2().unwrap_or_else(Self::scalar)
+    /// The AVX-512 + GFNI kernels, if this CPU has AVX-512F, AVX-512BW and GFNI.
+    pub fn avx512_gfni() -> Option<Kernels> {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("gfni")
+        {
+            // The fn pointers are only reachable through a value built here, after the
+            // feature check: that is what makes calling them (unsafe fns) sound.
+            return Some(Kernels {
+                isa: Isa::Avx512Gfni,
+                xor_gen: avx512::xor_gen,
+                pq_gen: avx512::pq_gen,
+                update: avx512::update,
+                recover_from_p: avx512::recover_from_p,
+                recover_from_q: avx512::recover_from_q,
+                recover_two: avx512::recover_two,
+            });
+        }
+        None
     }
 
-    /// The kernels the free functions use: [`Kernels::detect`], run once per process.
+    /// Every implementation this CPU runs, the reference (scalar) first, the fastest last.
+    pub fn all() -> Vec<Kernels> {
+        let mut v = vec![Self::scalar()];
+        v.extend(Self::avx2());
+        v.extend(Self::avx512_gfni());
+        v
+    }
+
+    /// The fastest kernels this CPU supports.
+    pub fn detect() -> Kernels {
+        Self::all().pop().expect("scalar always runs")
+    }
+
+    /// The kernels named `name` (see [`Isa::name`]), if this CPU runs them.
+    pub fn by_name(name: &str) -> Result<Kernels, String> {
+        let all = Self::all();
+        let names: Vec<&str> = all.iter().map(|k| k.isa.name()).collect();
+        all.iter()
+            .find(|k| k.isa.name() == name)
+            .copied()
+            .ok_or_else(|| {
+                let known = ["scalar", "avx2", "avx512-gfni"];
+                if known.contains(&name) {
+                    format!(
+                        "{PATH_ENV}={name}: this CPU cannot run it (it runs: {})",
+                        names.join(", ")
+                    )
+                } else {
+                    format!("{PATH_ENV}={name}: unknown parity path (scalar, avx2 or avx512-gfni)")
+                }
+            })
+    }
+
+    /// The kernels [`PATH_ENV`] asks for, or the fastest this CPU runs when it is unset.
+    pub fn from_env() -> Result<Kernels, String> {
+        match std::env::var(PATH_ENV) {
+            Ok(name) if !name.is_empty() => Self::by_name(&name),
+            _ => Ok(Self::detect()),
+        }
+    }
+
+    /// The kernels the free functions use: [`Kernels::from_env`], once per process. The
+    /// server checks the variable at start, so this panics only in a program that did not.
     pub fn get() -> &'static Kernels {
         static K: OnceLock<Kernels> = OnceLock::new();
-        K.get_or_init(Self::detect)
+        K.get_or_init(|| Self::from_env().unwrap_or_else(|e| panic!("{e}")))
     }
 
     /// Which instruction set these kernels use.
@@ -422,20 +502,24 @@ mod tests {
     }
 
     fn all_kernels() -> Vec<Kernels> {
-        let mut v = vec![Kernels::scalar()];
-        v.extend(Kernels::avx2());
-        v
+        Kernels::all()
     }
 
     #[test]
-    fn detect_prefers_avx2_when_present() {
-        let k = Kernels::detect();
-        if Kernels::avx2().is_some() {
-            assert_eq!(k.isa(), Isa::Avx2);
+    fn detect_prefers_the_widest_path_present() {
+        let want = if let Some(k) = Kernels::avx512_gfni() {
+            k.isa()
+        } else if let Some(k) = Kernels::avx2() {
+            k.isa()
         } else {
-            assert_eq!(k.isa(), Isa::Scalar);
-        }
-        assert_eq!(Kernels::get().isa(), k.isa());
+            Isa::Scalar
+        };
+        assert_eq!(Kernels::detect().isa(), want);
+        assert_eq!(
+            Kernels::all().first().map(|k| k.isa()),
+            Some(Isa::Scalar),
+            "the reference first"
+        );
     }
 
     #[test]

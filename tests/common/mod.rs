@@ -37,12 +37,20 @@ pub fn spawn_target(cfg: &std::path::Path, dir: &std::path::Path) -> Child {
 }
 
 /// A TCP port that was free a moment ago.
+/// A loopback port nothing listens on, below the kernel's ephemeral range (32768 and
+/// up): a port from that range can be taken as the source port of an outgoing connection
+/// between this call and the bind of whoever uses it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 97) % 12_000;
+    for _ in 0..12_000 {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000 + 20_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+            return port as u16;
+        }
+    }
+    panic!("no free loopback port from 20000 to 31999")
 }
 
 pub struct Model {
