@@ -11,6 +11,7 @@ use crate::nvmf::ana::AnaState;
 use crate::nvmf::subsystem::{CNTLID_MAX, CNTLID_MIN};
 use crate::reactor::PollMode;
 use crate::volume::layout::{Layout, Level};
+use crate::volume::level::StripWidth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -410,6 +411,13 @@ pub fn parse_size(t: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("'{t}' is not a size (use bytes or a K/M/G/T suffix)"))
 }
 
+impl VolumeSection {
+    /// The configured strip in bytes (the default when none is given).
+    pub fn strip_bytes(&self) -> u64 {
+        self.strip_size.map_or(default_strip().0, |s| s.0)
+    }
+}
+
 /// A RAID volume built from devices; namespaces may use it like a device.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,8 +426,9 @@ pub struct VolumeSection {
     pub level: Level,
     /// Device names, in layout order.
     pub members: Vec<String>,
-    #[serde(default = "default_strip")]
-    pub strip_size: Size,
+    /// Bytes per strip; RAID 3 takes none (its strip is one member block).
+    #[serde(default)]
+    pub strip_size: Option<Size>,
     /// Members per group for raid10 (copies), raid50 and raid60 (set width).
     #[serde(default)]
     pub group_size: usize,
@@ -555,7 +564,7 @@ impl Config {
                 name: "vol0".into(),
                 level: Level::Raid5,
                 members: names[..DEFAULT_MEMBERS - 1].to_vec(),
-                strip_size: default_strip(),
+                strip_size: None,
                 group_size: 0,
                 spares: names[DEFAULT_MEMBERS - 1..].to_vec(),
                 rebuild_rate: default_rebuild_rate(),
@@ -827,7 +836,13 @@ impl Config {
                     ),
                 ));
             }
-            let strip = v.strip_size.0;
+            if v.level.spec().strip == StripWidth::MemberBlock && v.strip_size.is_some() {
+                return Err(invalid(
+                    f("strip_size"),
+                    format!("{} spreads every block over all data members: its strip is one member block, not configurable", v.level.spec().name),
+                ));
+            }
+            let strip = v.strip_bytes();
             if !strip.is_power_of_two() || !(4096..=1 << 20).contains(&strip) {
                 return Err(invalid(
                     f("strip_size"),
@@ -1042,6 +1057,14 @@ device = "r0"
         ))
         .starts_with("volume[0].strip_size"));
         assert!(err_of(&vol("level = \"raid0\"\nmembers = [\"a\", \"zz\"]"))
+            .starts_with("volume[0].members"));
+        // RAID 3: the strip is not configurable; the data members must be a power of two
+        // (two members make one data member and the parity: too few).
+        assert!(err_of(&vol(
+            "level = \"raid3\"\nmembers = [\"a\", \"b\"]\nstrip_size = \"64K\""
+        ))
+        .starts_with("volume[0].strip_size"));
+        assert!(err_of(&vol("level = \"raid3\"\nmembers = [\"a\", \"b\"]"))
             .starts_with("volume[0].members"));
         assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));
         let used_twice = vol("level = \"raid0\"\nmembers = [\"a\", \"r0\"]");

@@ -293,6 +293,9 @@ impl Server {
         cfg: &Config,
         config_path: Option<&std::path::Path>,
     ) -> std::io::Result<Server> {
+        // A forced parity path this CPU cannot run is a start-up error, not a panic later.
+        let parity = crate::parity::Kernels::from_env().map_err(std::io::Error::other)?;
+        tracing::info!(path = parity.isa().name(), "parity kernels");
         let cfg = &crate::site::setup::with_site_links(cfg);
         let in_volumes: Vec<&String> = cfg
             .volumes
@@ -348,7 +351,7 @@ impl Server {
                 absent,
                 spares: pick(&v.spares),
                 group_size: v.group_size,
-                strip_bytes: v.strip_size.0,
+                strip_bytes: v.strip_bytes(),
                 rebuild_rate: v.rebuild_rate.0,
                 member_order: v.members.clone(),
                 slow_policy: v.slow_policy(),

@@ -116,7 +116,7 @@ impl Managed {
             "scrub": v.scrub().report(),
             "block_size": v.block_size(),
             "blocks": v.num_blocks(),
-            "strip_bytes": v.layout().strip_blocks * v.block_size() as u64,
+            "strip_bytes": v.layout().strip_blocks * v.member_block_size() as u64,
             "members": members,
             "spares": spares,
         })

@@ -9,55 +9,8 @@
 //! for stripe s of an n-member group, P sits on member n-1-(s mod n), Q (RAID 6) on the
 //! next member, and data strip i on member (P + 1 + i) mod n, or (P + 2 + i) with Q.
 
-use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    Concat,
-    Raid0,
-    Raid1,
-    Raid4,
-    Raid5,
-    Raid6,
-    Raid10,
-    Raid50,
-    Raid60,
-}
-
-impl Level {
-    /// Parity strips per stripe of a group.
-    pub fn parity_count(self) -> usize {
-        match self {
-            Level::Raid4 | Level::Raid5 | Level::Raid50 => 1,
-            Level::Raid6 | Level::Raid60 => 2,
-            _ => 0,
-        }
-    }
-
-    /// Members that may fail (per group) before data is lost.
-    pub fn tolerance(self, group_size: usize) -> usize {
-        match self {
-            Level::Concat | Level::Raid0 => 0,
-            Level::Raid1 | Level::Raid10 => group_size - 1,
-            _ => self.parity_count(),
-        }
-    }
-
-    fn is_grouped(self) -> bool {
-        matches!(self, Level::Raid10 | Level::Raid50 | Level::Raid60)
-    }
-
-    /// Smallest group a level can be built from.
-    fn min_group(self) -> usize {
-        match self {
-            Level::Concat | Level::Raid0 => 1,
-            Level::Raid1 | Level::Raid10 => 2,
-            Level::Raid4 | Level::Raid5 | Level::Raid50 => 3,
-            Level::Raid6 | Level::Raid60 => 4,
-        }
-    }
-}
+pub use super::level::Level;
+use super::level::{Placement, StripWidth};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
@@ -81,6 +34,8 @@ pub enum LayoutError {
     BadStrip(u64),
     #[error("members are smaller than one strip")]
     MembersTooSmall,
+    #[error("{level:?} spreads each volume block over its data members: their number must be a power of two (the volume's block size), got {data}")]
+    SpreadWidth { level: Level, data: usize },
 }
 
 /// Where one volume block (or a run within one strip) lives.
@@ -134,6 +89,11 @@ impl Layout {
         strip_blocks: u64,
     ) -> Result<Layout, LayoutError> {
         let members = member_sizes.len();
+        // RAID 3: a strip is one member block, whatever was configured.
+        let strip_blocks = match level.spec().strip {
+            StripWidth::MemberBlock => 1,
+            StripWidth::Configured => strip_blocks,
+        };
         if !strip_blocks.is_power_of_two() {
             return Err(LayoutError::BadStrip(strip_blocks));
         }
@@ -166,6 +126,10 @@ impl Layout {
                 min: level.min_group(),
                 got: members,
             });
+        }
+        let data = group - level.parity_count();
+        if level.spec().strip == StripWidth::MemberBlock && !data.is_power_of_two() {
+            return Err(LayoutError::SpreadWidth { level, data });
         }
         let smallest = member_sizes.iter().copied().min().unwrap_or(0);
         let member_blocks = if level == Level::Concat {
@@ -279,9 +243,9 @@ impl Layout {
     /// Member slot (within its group) of P for a stripe.
     pub fn p_slot(&self, stripe: u64) -> usize {
         let n = self.group_size as u64;
-        match self.level {
-            Level::Raid4 => self.group_size - 1,
-            _ => (n - 1 - stripe % n) as usize,
+        match self.level.spec().placement {
+            Placement::Dedicated => self.group_size - self.level.parity_count(),
+            Placement::Rotating => (n - 1 - stripe % n) as usize,
         }
     }
 
@@ -292,9 +256,11 @@ impl Layout {
 
     /// Member slot (within its group) of data strip `i` of a stripe.
     pub fn data_slot(&self, stripe: u64, i: usize) -> usize {
-        match self.level {
-            Level::Raid4 => i,
-            _ => (self.p_slot(stripe) + self.level.parity_count() + i) % self.group_size,
+        match self.level.spec().placement {
+            Placement::Dedicated => i,
+            Placement::Rotating => {
+                (self.p_slot(stripe) + self.level.parity_count() + i) % self.group_size
+            }
         }
     }
 
@@ -361,6 +327,35 @@ impl Layout {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn raid3_strips_are_one_member_block_with_parity_on_the_last_member() {
+        let l = Layout::new(Level::Raid3, &[1024; 5], 0, 128).unwrap();
+        assert_eq!(
+            (l.strip_blocks, l.data_per_stripe(), l.capacity()),
+            (1, 4, 4096)
+        );
+        for row in [0u64, 1, 77] {
+            assert_eq!(l.p_slot(row), 4);
+            assert_eq!(
+                (0..4).map(|i| l.data_slot(row, i)).collect::<Vec<_>>(),
+                vec![0, 1, 2, 3]
+            );
+        }
+        // Volume block 4r + i (in member blocks) is on member i at row r.
+        assert_eq!(
+            l.locate(4 * 9 + 2),
+            Location {
+                member: 2,
+                member_lba: 9
+            }
+        );
+        assert!(matches!(
+            Layout::new(Level::Raid3, &[1024; 6], 0, 1),
+            Err(LayoutError::SpreadWidth { data: 5, .. })
+        ));
+    }
+
     use super::*;
     use std::collections::HashSet;
 

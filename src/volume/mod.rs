@@ -3,6 +3,7 @@
 pub mod assemble;
 pub mod bitmap;
 pub mod layout;
+pub mod level;
 pub mod members;
 pub mod metadata;
 pub mod plan;

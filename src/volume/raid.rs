@@ -193,6 +193,10 @@ pub struct VolumeSpec {
 
 pub struct RaidBdev {
     info: BdevInfo,
+    /// The members' block: the unit of the layout and of every member I/O. The volume's
+    /// own block (`info.block_size`) is the same, except for RAID 3, whose block is the
+    /// data members' blocks together.
+    member_block_size: u32,
     layout: Arc<Layout>,
     /// Blocks reserved at the start of each member.
     data_offset: u64,
@@ -293,7 +297,7 @@ impl RaidBdev {
         }
         let all = readable;
         let present = candidates.iter().filter(|c| !c.spare).count();
-        let grouped = matches!(level, Level::Raid10 | Level::Raid50 | Level::Raid60);
+        let grouped = level.is_grouped();
         let wanted = Wanted {
             name: name.into(),
             level,
@@ -351,10 +355,14 @@ impl RaidBdev {
                 need: needed * bs,
             });
         }
+        let spread = match level.spec().strip {
+            super::level::StripWidth::MemberBlock => layout.data_per_stripe() as u32,
+            super::level::StripWidth::Configured => 1,
+        };
         let info = BdevInfo {
             name: name.into(),
-            block_size,
-            num_blocks: layout.capacity(),
+            block_size: block_size * spread,
+            num_blocks: layout.capacity() / spread as u64,
         };
         let layout = Arc::new(layout);
         let slots = asm
@@ -471,6 +479,7 @@ impl RaidBdev {
             .map_err(|e| superblock_error(name, e))?;
         Ok(RaidBdev {
             info,
+            member_block_size: block_size,
             layout,
             data_offset,
             locks: Arc::new(StripeLocks::new(LOCK_BUCKETS)),
@@ -655,6 +664,11 @@ impl RaidBdev {
     }
 
     /// Slot of the member device named `name`.
+    /// The members' block size (the volume's own differs for RAID 3).
+    pub fn member_block_size(&self) -> u32 {
+        self.member_block_size
+    }
+
     pub fn member_index(&self, name: &str) -> Option<usize> {
         self.health.slot_named(name)
     }
@@ -695,11 +709,11 @@ impl RaidBdev {
                 self.layout.level
             ));
         }
-        if dev.block_size() != self.info.block_size {
+        if dev.block_size() != self.member_block_size {
             return Err(VolumeError::BlockSize {
                 member: dev.name().into(),
                 got: dev.block_size(),
-                want: self.info.block_size,
+                want: self.member_block_size,
             });
         }
         if dev.num_blocks() < self.layout.member_blocks + self.data_offset {
@@ -754,7 +768,10 @@ impl RaidBdev {
             ))
         })?;
         self.health
-            .remove_failed(slot, stand_in(&self.info.name, slot, self.info.block_size))
+            .remove_failed(
+                slot,
+                stand_in(&self.info.name, slot, self.member_block_size),
+            )
             .map(|_| ())
             .map_err(VolumeError::Refused)
     }
@@ -849,8 +866,8 @@ impl Bdev for RaidBdev {
         }
         let bytes = |(start, end): (u64, u64)| {
             (
-                start << self.info.block_size.trailing_zeros(),
-                (end - start) << self.info.block_size.trailing_zeros(),
+                start << self.member_block_size.trailing_zeros(),
+                (end - start) << self.member_block_size.trailing_zeros(),
             )
         };
         if r.total.load(Ordering::Relaxed) == 0 {
@@ -892,7 +909,7 @@ impl Bdev for RaidBdev {
             .filter(|&d| devs[d].needs_polling())
             .collect();
         let strip_bytes =
-            (self.layout.strip_blocks as usize) << self.info.block_size.trailing_zeros();
+            (self.layout.strip_blocks as usize) << self.member_block_size.trailing_zeros();
         let parity = self.layout.level.parity_count() > 0;
         let redundant = self.redundant();
         Ok(Box::new(RaidChannel {
@@ -902,7 +919,7 @@ impl Bdev for RaidBdev {
             volume: self.info.name.clone(),
             layout: self.layout.clone(),
             devs,
-            block_shift: self.info.block_size.trailing_zeros(),
+            block_shift: self.member_block_size.trailing_zeros(),
             data_offset: self.data_offset,
             locks: self.locks.clone(),
             health: self.health.clone(),
@@ -1161,6 +1178,11 @@ impl FileRegistry for NoFixedFiles {
 impl RaidChannel {
     pub(super) fn parity(&self) -> usize {
         self.layout.level.parity_count()
+    }
+
+    /// The parity code of this parity volume.
+    pub(super) fn code(&self) -> crate::volume::level::ParityCode {
+        self.layout.level.parity_code().expect("a parity volume")
     }
 
     pub(super) fn volume_name(&self) -> &str {
@@ -1561,8 +1583,7 @@ impl BdevChannel for RaidChannel {
         let writes = matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes | BdevOp::Discard);
         let parity_write =
             self.parity() > 0 && matches!(io.op, BdevOp::Write | BdevOp::WriteZeroes);
-        let mirror_write =
-            writes && matches!(self.layout.level, Level::Raid1 | Level::Raid10) && end > start;
+        let mirror_write = writes && self.layout.level.is_mirror() && end > start;
         if !self.health.online() {
             return Submitted::Done(-libc::ENXIO);
         }
@@ -1897,20 +1918,21 @@ mod tests {
             slow_policy: SlowPolicy::default(),
         };
         let v = RaidBdev::new(spec).unwrap();
-        let model = vec![0u8; (v.num_blocks() * 512) as usize];
+        let model = vec![0u8; (v.num_blocks() * v.block_size() as u64) as usize];
         (v, model)
     }
 
-    fn random_write(ch: &mut dyn BdevChannel, model: &mut [u8], x: &mut u64) {
+    /// A write of 1 to 80 volume blocks of `bs` bytes somewhere, applied to the model too.
+    fn random_write(ch: &mut dyn BdevChannel, model: &mut [u8], x: &mut u64, bs: u64) {
         *x = x
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        let blocks = model.len() as u64 / 512;
+        let blocks = model.len() as u64 / bs;
         let nlb = 1 + (*x >> 33) % 80;
         let lba = (*x >> 11) % (blocks - nlb);
-        let mut data: Vec<u8> = (0..nlb * 512).map(|i| (i ^ *x) as u8).collect();
-        assert!(matches!(rw(ch, BdevOp::Write, lba * 512, &mut data), Submitted::Done(r) if r > 0));
-        model[(lba * 512) as usize..((lba + nlb) * 512) as usize].copy_from_slice(&data);
+        let mut data: Vec<u8> = (0..nlb * bs).map(|i| (i ^ *x) as u8).collect();
+        assert!(matches!(rw(ch, BdevOp::Write, lba * bs, &mut data), Submitted::Done(r) if r > 0));
+        model[(lba * bs) as usize..((lba + nlb) * bs) as usize].copy_from_slice(&data);
     }
 
     fn check_reads(ch: &mut dyn BdevChannel, model: &[u8], what: &str) {
@@ -1996,12 +2018,14 @@ mod tests {
             (Level::Raid50, 6, 3, vec![4]),
             (Level::Raid60, 8, 4, vec![1, 6]),
             (Level::Raid4, 4, 0, vec![3]),
+            (Level::Raid3, 5, 0, vec![2]),
         ] {
             let (v, mut model) = volume_with_spares(level, n, g, fail.len());
+            let bs = v.block_size() as u64;
             let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
             let mut x = 99u64;
             for _ in 0..100 {
-                random_write(&mut *ch, &mut model, &mut x);
+                random_write(&mut *ch, &mut model, &mut x, bs);
             }
             for &slot in &fail {
                 v.health().fail(slot, "test");
@@ -2013,7 +2037,7 @@ mod tests {
             v.health().rebuild.set_rate(64 << 10);
             let mut turns = 0;
             while v.health().rebuilding() {
-                random_write(&mut *ch, &mut model, &mut x);
+                random_write(&mut *ch, &mut model, &mut x, bs);
                 if turns % 16 == 0 {
                     check_reads(&mut *ch, &model, &format!("{level:?} during rebuild"));
                 }
@@ -2038,6 +2062,58 @@ mod tests {
             }
             v.close();
         }
+    }
+
+    /// RAID 3: the volume's block is the data members' blocks together, and block b is
+    /// spread over every data member at row b, parity on the last member; degraded reads
+    /// and writes reconstruct around a failed data member.
+    #[test]
+    fn raid3_spreads_every_block_over_all_data_members() {
+        let (v, members) = volume(Level::Raid3, 5, 0);
+        assert_eq!((v.block_size(), v.member_block_size()), (2048, 512));
+        assert_eq!(
+            v.layout().strip_blocks,
+            1,
+            "the configured 16 KiB strip is ignored"
+        );
+        assert_eq!(v.num_blocks(), v.layout().capacity() / 4);
+        let mut ch = v.open_channel(&mut NoFiles, ChildRoute::top(0)).unwrap();
+        let mut model = vec![0u8; (v.num_blocks() * 2048) as usize];
+        let mut data: Vec<u8> = (0..37 * 2048u32).map(|i| (i * 13 + 1) as u8).collect();
+        assert_eq!(
+            rw(&mut *ch, BdevOp::Write, 11 * 2048, &mut data),
+            Submitted::Done(37 * 2048)
+        );
+        model[11 * 2048..48 * 2048].copy_from_slice(&data);
+        for b in [11u64, 30, 47] {
+            let block = &model[b as usize * 2048..(b as usize + 1) * 2048];
+            let mut p = vec![0u8; 512];
+            for (i, piece) in block.chunks(512).enumerate() {
+                assert_eq!(
+                    read_member(&members[i], v.data_offset + b, 1),
+                    piece,
+                    "block {b}, member {i}"
+                );
+                p.iter_mut().zip(piece).for_each(|(x, y)| *x ^= y);
+            }
+            assert_eq!(
+                read_member(&members[4], v.data_offset + b, 1),
+                p,
+                "block {b}: parity on the last member"
+            );
+        }
+        let mut x = 7u64;
+        for _ in 0..60 {
+            random_write(&mut *ch, &mut model, &mut x, 2048);
+        }
+        check_redundancy(&v);
+        v.health().fail(1, "test");
+        check_reads(&mut *ch, &model, "raid3 with a data member failed");
+        for _ in 0..60 {
+            random_write(&mut *ch, &mut model, &mut x, 2048);
+        }
+        check_reads(&mut *ch, &model, "raid3 after degraded writes");
+        v.close();
     }
 
     /// A member fails during a scrub: the rows of its group that are left are counted as

@@ -17,7 +17,6 @@ use tracing::{info, warn};
 use super::members::{Members, SlotState};
 use super::raid::{Job, Owner, RaidChannel, Resync, StripeKind, StripeState, P_CHUNK, Q_CHUNK};
 use crate::bdev::{BdevOp, SqeSink};
-use crate::parity;
 use crate::util::aligned::AlignedRegion;
 use crate::util::bucket::TokenBucket;
 use crate::volume::layout::Location;
@@ -331,10 +330,8 @@ impl RaidChannel {
             *d = unsafe { std::slice::from_raw_parts(self.scratch.ptr(op.chunks[i]), len) };
         }
         let q_chunk = (self.parity() == 2).then_some(op.chunks[Q_CHUNK]);
-        match q_chunk {
-            Some(_) => parity::pq_gen(&data[..op.w.k], p_new, q_new),
-            None => parity::xor_gen(&data[..op.w.k], p_new),
-        }
+        self.code()
+            .generate(&data[..op.w.k], p_new, q_chunk.map(|_| &mut *q_new));
         let on_disk = |c: u16| unsafe { std::slice::from_raw_parts(self.scratch.ptr(c), len) };
         let p_bad = on_disk(op.chunks[P_CHUNK]) != &p_new[..];
         let q_bad = q_chunk.is_some_and(|c| on_disk(c) != &q_new[..]);

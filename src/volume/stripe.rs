@@ -327,10 +327,8 @@ impl RaidChannel {
             };
             let at = self.bytes(wr.start - rows.start);
             let u = [Update { index: i, old, new }];
-            match q.as_deref_mut() {
-                Some(q) => parity::pq_update(&u, &mut p[at..at + len], &mut q[at..at + len]),
-                None => parity::p_update(&u, &mut p[at..at + len]),
-            }
+            let q = q.as_deref_mut().map(|q| &mut q[at..at + len]);
+            self.code().update(&u, &mut p[at..at + len], q);
         }
     }
 
@@ -366,12 +364,9 @@ impl RaidChannel {
                 *src = unsafe { slice(ptr, len) };
             }
             let at = self.bytes(a - rows.start);
-            match q.as_deref_mut() {
-                Some(q) => {
-                    parity::pq_gen(&srcs[..op.w.k], &mut p[at..at + len], &mut q[at..at + len])
-                }
-                None => parity::xor_gen(&srcs[..op.w.k], &mut p[at..at + len]),
-            }
+            let q = q.as_deref_mut().map(|q| &mut q[at..at + len]);
+            self.code()
+                .generate(&srcs[..op.w.k], &mut p[at..at + len], q);
         }
     }
 
@@ -449,10 +444,7 @@ impl RaidChannel {
             *d = unsafe { slice(self.scratch.ptr(op.chunks[i]), len) };
         }
         let (p, q) = self.parity_slices(op);
-        match q {
-            Some(q) => parity::pq_gen(&data[..op.w.k], p, q),
-            None => parity::xor_gen(&data[..op.w.k], p),
-        }
+        self.code().generate(&data[..op.w.k], p, q);
     }
 
     /// Write the new data and parity to every member involved that is not failed

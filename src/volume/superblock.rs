@@ -75,20 +75,8 @@ pub enum SbError {
     Field(&'static str),
 }
 
-const LEVELS: [Level; 9] = [
-    Level::Concat,
-    Level::Raid0,
-    Level::Raid1,
-    Level::Raid4,
-    Level::Raid5,
-    Level::Raid6,
-    Level::Raid10,
-    Level::Raid50,
-    Level::Raid60,
-];
-
 fn level_code(l: Level) -> u8 {
-    LEVELS.iter().position(|x| *x == l).unwrap() as u8
+    l.spec().code
 }
 
 impl Superblock {
@@ -145,7 +133,7 @@ impl Superblock {
         let volume_name = std::str::from_utf8(&b[32..32 + name_end])
             .map_err(|_| SbError::Field("volume name"))?
             .to_string();
-        let level = *LEVELS.get(b[96] as usize).ok_or(SbError::Field("level"))?;
+        let level = Level::from_code(b[96]).ok_or(SbError::Field("level"))?;
         let count = u16_at(b, 108) as usize;
         if count == 0 || count > MAX_MEMBERS {
             return Err(SbError::Field("member count"));
