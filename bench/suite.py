@@ -30,6 +30,9 @@ over RAM against the null namespace with the same I/O size.
   bench/suite.sh [SECONDS]       every case (about 12 minutes at 5 s)
   SUITE=quick bench/suite.sh     null, RAID-0 and RAID-5 over RAM
   REPEAT=3 bench/suite.sh        each case three times; the run with the median IOPS
+  SUITE=levels bench/suite.sh    RAID 3, 4 and 5 over the same five RAM members (four data
+                                 strips and one parity per row), paired with the null
+                                 reference, then stop
 """
 import json
 import os
@@ -44,6 +47,7 @@ import urllib.request
 
 SECS = int(sys.argv[1]) if len(sys.argv) > 1 else 5
 QUICK = os.environ.get("SUITE", "full") == "quick"
+LEVELS = os.environ.get("SUITE", "full") == "levels"
 REPEAT = int(os.environ.get("REPEAT", "1"))
 BIN = "target/release/nvmf-raid"
 FABRIC = os.environ["FABRIC"]
@@ -54,6 +58,11 @@ LAST = os.cpu_count() - 1
 STRIP = 64 * 1024
 MEMBERS = {"raid0": 4, "raid1": 2, "raid5": 4, "raid6": 6, "raid10": 4}
 PARITY = {"raid5": 1, "raid6": 2}
+if LEVELS:
+    # The same five members under each single-parity level; RAID 3's block is then 2 KiB
+    # (four 512-byte member blocks).
+    MEMBERS.update({"raid3": 5, "raid4": 5, "raid5": 5})
+    PARITY = {"raid3": 1, "raid4": 1, "raid5": 1}
 FILE_BYTES = 1 << 30
 RAM_BYTES = 256 << 20
 RESERVED = 1 << 20  # nvmf-raid's metadata area at the start of each member
@@ -213,6 +222,8 @@ def main():
     cases = [("null", "ram"), ("raid0", "ram"), ("raid5", "ram")]
     if not QUICK:
         cases = [("null", "ram")] + [(lvl, m) for m in ("ram", "file") for lvl in ("raid0", "raid1", "raid5", "raid6", "raid10")]
+    if LEVELS:
+        cases = [("raid3", "ram"), ("raid4", "ram"), ("raid5", "ram")]
     workloads = SMALL if QUICK else WORKLOADS
     if any(m == "file" for _, m in cases):
         prepare_files()
@@ -233,6 +244,9 @@ def main():
             vs = r["paired"] if paired else (1.0 if level == "null" else None)
             row(f"{name}, 1 core", wl_name(*w), r, r["iops"] / ceil[w], vs)
         t.stop()
+    if LEVELS:
+        ref.stop()
+        return
     for level in ("null", "raid0", "raid5"):
         for cores, polling, label, queues in (("0", "busy", "1 core busy", 1), ("0, 1", "adaptive", "2 cores", 2)):
             t = Target(level, "ram", cores, polling)
