@@ -655,3 +655,28 @@ pub unsafe fn recover_two(
         with_stream!(stream(data, len, &[xp, yp], V), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len))
     }
 }
+
+// ---- row-diagonal parity ----
+
+/// Run a row-diagonal parity schedule, 64 bytes (two registers) of every cell at a time.
+///
+/// # Safety
+/// See [`super::rdp::run_scalar`]; the CPU supports AVX2.
+#[target_feature(enable = "avx2")]
+pub unsafe fn rdp_run(sched: &super::rdp::Schedule, strips: &super::rdp::Strips) {
+    type Y = (__m256i, __m256i);
+    let load = |p: *const u8| -> Y { unsafe { (ld(p), ld(p.add(V))) } };
+    let store = |p: *mut u8, v: Y| unsafe {
+        st(p, v.0);
+        st(p.add(V), v.1);
+    };
+    let x = |a: Y, b: Y| -> Y { unsafe { (xor(a.0, b.0), xor(a.1, b.1)) } };
+    super::rdp::rdp_loop!(
+        sched,
+        strips,
+        (_mm256_setzero_si256(), _mm256_setzero_si256()),
+        load,
+        x,
+        store
+    )
+}

@@ -606,3 +606,17 @@ pub unsafe fn recover_two(
         with_stream!(stream(data, len, &[xp, yp], V), recover_two_impl [] (data, x, y, pp, qp, xp, yp, len))
     }
 }
+
+// ---- row-diagonal parity ----
+
+/// Run a row-diagonal parity schedule, 64 bytes (one register) of every cell at a time.
+///
+/// # Safety
+/// See [`super::rdp::run_scalar`]; the CPU supports AVX-512F.
+#[target_feature(enable = "avx512f,avx512bw,gfni")]
+pub unsafe fn rdp_run(sched: &super::rdp::Schedule, strips: &super::rdp::Strips) {
+    let load = |p: *const u8| unsafe { ld(p) };
+    let store = |p: *mut u8, v: __m512i| unsafe { st(p, v) };
+    let x = |a: __m512i, b: __m512i| unsafe { xor(a, b) };
+    super::rdp::rdp_loop!(sched, strips, _mm512_setzero_si512(), load, x, store)
+}

@@ -34,6 +34,7 @@
 //! | D_x and D_y           | [`recover_two_data`]                                        |
 
 pub mod gf;
+pub mod rdp;
 mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -93,6 +94,7 @@ type PqFn = unsafe fn(&[&[u8]], Option<&mut [u8]>, &mut [u8]);
 type UpdateFn = unsafe fn(&[Update<'_>], Option<&mut [u8]>, Option<&mut [u8]>);
 type RecoverOneFn = unsafe fn(&[&[u8]], usize, &[u8], &mut [u8], Option<&mut [u8]>);
 type RecoverTwoFn = unsafe fn(&[&[u8]], usize, usize, &[u8], &[u8], &mut [u8], &mut [u8]);
+type RdpRunFn = unsafe fn(&rdp::Schedule, &rdp::Strips);
 
 /// One implementation of every kernel. Its methods check the contract (see the module
 /// docs), then call the kernel; the free functions of this module call [`Kernels::get`]'s.
@@ -105,6 +107,7 @@ pub struct Kernels {
     recover_from_p: RecoverOneFn,
     recover_from_q: RecoverOneFn,
     recover_two: RecoverTwoFn,
+    rdp_run: RdpRunFn,
 }
 
 impl std::fmt::Debug for Kernels {
@@ -124,6 +127,7 @@ impl Kernels {
             recover_from_p: scalar::recover_from_p,
             recover_from_q: scalar::recover_from_q,
             recover_two: scalar::recover_two,
+            rdp_run: rdp::run_scalar,
         }
     }
 
@@ -141,6 +145,7 @@ impl Kernels {
                 recover_from_p: avx2::recover_from_p,
                 recover_from_q: avx2::recover_from_q,
                 recover_two: avx2::recover_two,
+                rdp_run: avx2::rdp_run,
             });
         }
         None
@@ -163,6 +168,7 @@ impl Kernels {
                 recover_from_p: avx512::recover_from_p,
                 recover_from_q: avx512::recover_from_q,
                 recover_two: avx512::recover_two,
+                rdp_run: avx512::rdp_run,
             });
         }
         None
