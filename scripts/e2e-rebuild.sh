@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # End to end rebuild under I/O with the real Linux initiator: start nvmf-raid on the host
-# with a RAID-5 volume (4 members + 1 hot spare, namespace 1) and a RAID-6 volume
-# (6 members + 2 hot spares, namespace 2) over sparse files, boot the Debian test guest and
+# with a RAID-5 volume (4 members + 1 hot spare, namespace 1), a RAID-6 volume
+# (6 members + 2 hot spares, namespace 2) and a RAID 3 volume (5 members, 2 KiB blocks,
+# + 1 hot spare, namespace 3) over sparse files, boot the Debian test guest and
 # run tests/e2e/guest-rebuild.sh in it (fio with verify=crc32c on both namespaces).  While
 # the guest's fio runs, slow one RAID-5 member down (30 ms per I/O through the fault
 # injector: the volume must report it slow, serve reads around it, and fail it after
-# slow_member_fail_after_s) and fail two RAID-6 members (every I/O to them errors, so the
-# volume fails them on the I/O-error path); both volumes rebuild onto their spares.
+# slow_member_fail_after_s), fail two RAID-6 members and one RAID 3 data member (every I/O
+# to them errors, so the volume fails them on the I/O-error path); every volume rebuilds
+# onto its spares.
 # Follow the rebuilds with `volume status --watch --until-idle`, then tell the guest (over
 # a tiny HTTP file server) that the rebuilds are done.  Passes only if the guest's fio saw
 # no error, the slow member was reported slow and kept off the read path before it was
@@ -44,6 +46,7 @@ CTL="$OUT/ctl"
 # the RAID-6 volume (failing every I/O).
 FAIL_R5=(r5d1)
 FAIL_R6=(r6d2 r6d4)
+FAIL_R3=(r3d2)
 SLOW_US=${E2E_REBUILD_SLOW_US:-30000}
 SLOW_FAIL_AFTER=${E2E_REBUILD_SLOW_FAIL_AFTER:-15}
 
@@ -85,7 +88,7 @@ address = "$METRICS"
 address = "127.0.0.1:$PORT"
 
 EOF
-    for d in r5d0 r5d1 r5d2 r5d3 r5s0 r6d0 r6d1 r6d2 r6d3 r6d4 r6d5 r6s0 r6s1; do device "$d"; done
+    for d in r5d0 r5d1 r5d2 r5d3 r5s0 r6d0 r6d1 r6d2 r6d3 r6d4 r6d5 r6s0 r6s1 r3d0 r3d1 r3d2 r3d3 r3d4 r3s0; do device "$d"; done
     cat <<EOF
 [[volume]]
 name = "r5"
@@ -104,6 +107,13 @@ spares = ["r6s0", "r6s1"]
 strip_size = "64K"
 rebuild_rate = "$RATE"
 
+[[volume]]
+name = "r3"
+level = "raid3"
+members = ["r3d0", "r3d1", "r3d2", "r3d3", "r3d4"]
+spares = ["r3s0"]
+rebuild_rate = "$RATE"
+
 [[subsystem]]
 nqn = "$NQN"
 allow_any_host = true
@@ -115,6 +125,10 @@ device = "r5"
 [[subsystem.namespace]]
 nsid = 2
 device = "r6"
+
+[[subsystem.namespace]]
+nsid = 3
+device = "r3"
 EOF
 } >"$CFG"
 "$BIN" check-config "$CFG" || die "generated configuration $CFG rejected"
@@ -186,10 +200,10 @@ T_FAULT=$(date +%s.%N)
 for d in "${FAIL_R5[@]}"; do
     nvmf fault "$d" delay --us "$SLOW_US" || die "fault $d delay"
 done
-for d in "${FAIL_R6[@]}"; do
+for d in "${FAIL_R6[@]}" "${FAIL_R3[@]}"; do
     nvmf fault "$d" fail || die "fault $d fail"
 done
-say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6) fails"
+say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6) and ${FAIL_R3[*]} (r3) fails"
 # The r6 rebuild starts now, before the watch below: record its progress from the start.
 "$BIN" --socket "$SOCK" volume status --watch >>"$WLOG" 2>&1 &
 EARLY_WATCH_PID=$!
@@ -230,7 +244,7 @@ say "host reads of $SLOW's strips while it is slow: $((a1 - a0)) served around i
 expect_failed() { # JSON: every failed member is out of its volume's active set
     python3 -c '
 import json, sys
-fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split()}
+fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split()}
 vols = {v["name"]: v for v in json.load(sys.stdin)}
 for name, devs in fails.items():
     v = vols[name]
@@ -239,7 +253,7 @@ for name, devs in fails.items():
     # rebuild can finish while the slow RAID-5 member is still being timed).
     if any(states.get(d) == "active" for d in devs):
         sys.exit(1)
-' "${FAIL_R5[*]}" "${FAIL_R6[*]}"
+' "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}"
 }
 for _ in $(seq 300); do
     status_json | expect_failed && break
@@ -256,11 +270,11 @@ nvmf volume status
 # JSON on stdin: both volumes online, every slot active, the spares in the failed slots.
 HEALTHY_PY=$(cat <<'PY'
 import json, sys
-fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split()}
-spares = {"r5": ["r5s0"], "r6": ["r6s0", "r6s1"]}
+fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split()}
+spares = {"r5": ["r5s0"], "r6": ["r6s0", "r6s1"], "r3": ["r3s0"]}
 vols = {v["name"]: v for v in json.load(sys.stdin)}
 bad = []
-for name in ("r5", "r6"):
+for name in ("r5", "r6", "r3"):
     v = vols.get(name)
     if v is None:
         bad.append(f"{name}: missing")
@@ -285,7 +299,7 @@ for b in bad:
 sys.exit(1 if bad else 0)
 PY
 )
-healthy() { python3 -c "$HEALTHY_PY" "${FAIL_R5[*]}" "${FAIL_R6[*]}"; }
+healthy() { python3 -c "$HEALTHY_PY" "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}"; }
 
 # --- follow the rebuilds -------------------------------------------------------------------
 kill "$EARLY_WATCH_PID" 2>/dev/null || true

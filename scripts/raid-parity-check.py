@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Offline parity check of a stopped nvmf-raid RAID-5 or RAID-6 volume.
+"""Offline parity check of a stopped nvmf-raid RAID 3, 4, 5 or 6 volume.
 
     scripts/raid-parity-check.py LEVEL STRIP_BYTES ROWS SLOT0_FILE SLOT1_FILE ...
 
@@ -7,7 +7,9 @@ Reads the member files (in slot order, as `volume status --json` lists them) and
 every member row (strip row) below ROWS: P must be the XOR of the data strips and, for
 RAID-6, Q must be sum g^i * D_i in GF(2^8) with the polynomial 0x11d. The layout is the
 target's (src/volume/layout.rs, md's left-symmetric): for stripe s of n members, P is on
-slot n-1-(s mod n), Q on the next slot and data strip i on (P + parity_count + i) mod n.
+slot n-1-(s mod n), Q on the next slot and data strip i on (P + parity_count + i) mod n;
+RAID 3 and 4 keep P on the last slot and data strip i on slot i (RAID 3's strip is one
+member block).
 Member data starts after the 1 MiB reserved for the superblock. Rows whose strips are all
 zero (never written, sparse) are consistent by construction and counted as such.
 
@@ -47,7 +49,8 @@ def main():
     level, strip, rows = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     paths = sys.argv[4:]
     n = len(paths)
-    parity = {"raid5": 1, "raid6": 2}.get(level)
+    parity = {"raid3": 1, "raid4": 1, "raid5": 1, "raid6": 2}.get(level)
+    dedicated = level in ("raid3", "raid4")
     if parity is None or n < parity + 2:
         sys.exit(f"parity-check: unsupported level {level} with {n} members")
     k = n - parity
@@ -70,8 +73,12 @@ def main():
         if all(b == zero for b in strips):
             continue
         written += 1
-        p = n - 1 - s % n
-        data = [strips[(p + parity + i) % n] for i in range(k)]
+        if dedicated:
+            p = n - 1
+            data = strips[:k]
+        else:
+            p = n - 1 - s % n
+            data = [strips[(p + parity + i) % n] for i in range(k)]
         if strips[p] != xor(data, strip):
             bad.append(f"row {s}: P (slot {p}) != XOR of the data strips")
         if parity == 2:

@@ -21,7 +21,12 @@ fn start(dir: &std::path::Path, level: &str, members: usize, group: usize) -> Se
         );
     }
     let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
-    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = \"16K\"\ngroup_size = {group}\n", names.join(", "));
+    let strip = if level == "raid3" {
+        ""
+    } else {
+        "strip_size = \"16K\"\n"
+    };
+    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\n{strip}group_size = {group}\n", names.join(", "));
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
     Server::start(&Config::parse(&c).unwrap()).unwrap()
 }
@@ -32,9 +37,9 @@ fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     let mut c =
         HostController::connect(server.ports[0].addr, NQN, &QueueOptions::default()).unwrap();
     c.set_queue_count(1).unwrap();
-    let (_, blocks) = c.namespace_geometry(1).unwrap();
+    let (shift, blocks) = c.namespace_geometry(1).unwrap();
     let q = c.io_queue(1).unwrap();
-    let mut m = Model::new(q, blocks, 0xDEADBEEF);
+    let mut m = Model::with_shift(q, blocks, shift, 0xDEADBEEF);
     m.exercise(120, "healthy");
     let vol = server.volume("vol").unwrap().clone();
     let (last, within) = fail_order.split_last().unwrap();
@@ -56,8 +61,8 @@ fn run(level: &str, members: usize, group: usize, fail_order: &[usize]) {
     let mut saw_error = false;
     for _ in 0..40 {
         let lba = m.next() % (blocks - 64);
-        let mut back = vec![0u8; 64 * 512];
-        let cqe = m.q.read(1, lba, 9, &mut back).unwrap();
+        let mut back = vec![0u8; 64 << shift];
+        let cqe = m.q.read(1, lba, shift, &mut back).unwrap();
         if cqe.is_success() {
             assert!(!saw_error, "served I/O after going offline");
             assert!(
@@ -105,4 +110,9 @@ fn raid4_survives_losing_the_parity_member() {
 #[test]
 fn raid60_survives_two_failures_per_group() {
     run("raid60", 8, 4, &[0, 1, 5, 6, 2]);
+}
+
+#[test]
+fn raid3_survives_one_failure() {
+    run("raid3", 5, 0, &[2, 0]);
 }

@@ -57,15 +57,23 @@ pub struct Model {
     pub q: Queue,
     pub data: Vec<u8>,
     pub blocks: u64,
+    /// log2 of the namespace's block size.
+    pub shift: u32,
     x: u64,
 }
 
 impl Model {
     pub fn new(q: Queue, blocks: u64, seed: u64) -> Model {
+        Model::with_shift(q, blocks, 9, seed)
+    }
+
+    /// A model of a namespace of `blocks` blocks of `1 << shift` bytes.
+    pub fn with_shift(q: Queue, blocks: u64, shift: u32, seed: u64) -> Model {
         Model {
             q,
-            data: vec![0u8; blocks as usize * 512],
+            data: vec![0u8; (blocks as usize) << shift],
             blocks,
+            shift,
             x: seed,
         }
     }
@@ -79,13 +87,14 @@ impl Model {
 
     /// Random writes and verified reads.
     pub fn exercise(&mut self, rounds: usize, what: &str) {
+        let (bs, shift) = (1usize << self.shift, self.shift);
         for round in 0..rounds {
-            let nlb = 1 + self.next() % 160;
+            let nlb = 1 + self.next() % 160.min(self.blocks - 1);
             let slba = self.next() % (self.blocks - nlb);
-            let (off, len) = (slba as usize * 512, nlb as usize * 512);
+            let (off, len) = (slba as usize * bs, nlb as usize * bs);
             if self.next().is_multiple_of(2) {
                 let d: Vec<u8> = (0..len).map(|_| self.next() as u8).collect();
-                let cqe = self.q.write(1, slba, 9, &d).unwrap();
+                let cqe = self.q.write(1, slba, shift, &d).unwrap();
                 assert!(
                     cqe.is_success(),
                     "{what}: write round {round} failed: {cqe:?}"
@@ -93,7 +102,7 @@ impl Model {
                 self.data[off..off + len].copy_from_slice(&d);
             } else {
                 let mut back = vec![0u8; len];
-                let cqe = self.q.read(1, slba, 9, &mut back).unwrap();
+                let cqe = self.q.read(1, slba, shift, &mut back).unwrap();
                 assert!(
                     cqe.is_success(),
                     "{what}: read round {round} failed: {cqe:?}"
@@ -101,13 +110,13 @@ impl Model {
                 if back != self.data[off..off + len] {
                     let bad: Vec<usize> = (0..nlb as usize)
                         .filter(|b| {
-                            back[b * 512..(b + 1) * 512]
-                                != self.data[off + b * 512..off + (b + 1) * 512]
+                            back[b * bs..(b + 1) * bs]
+                                != self.data[off + b * bs..off + (b + 1) * bs]
                         })
                         .collect();
                     let zero = bad
                         .iter()
-                        .filter(|&&b| back[b * 512..(b + 1) * 512].iter().all(|&x| x == 0))
+                        .filter(|&&b| back[b * bs..(b + 1) * bs].iter().all(|&x| x == 0))
                         .count();
                     panic!("{what}: read of {nlb} blocks at {slba} is wrong (round {round}): blocks {:?} of it differ ({zero} of them read as zeroes)", bad.iter().map(|b| slba + *b as u64).collect::<Vec<_>>());
                 }
@@ -121,7 +130,7 @@ impl Model {
             let mut back = vec![0u8; len];
             assert!(
                 self.q
-                    .read(1, (start / 512) as u64, 9, &mut back)
+                    .read(1, (start >> self.shift) as u64, self.shift, &mut back)
                     .unwrap()
                     .is_success(),
                 "{what}"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # In-guest half of the rebuild end-to-end test (scripts/e2e-rebuild.sh is the host half).
 # Runs inside the QEMU test guest (busybox ash) against a target exporting a RAID-5 volume
-# as namespace 1 and a RAID-6 volume as namespace 2 of SUBNQN.
+# as namespace 1, a RAID-6 volume as namespace 2 and a RAID 3 volume (2 KiB blocks) as
+# namespace 3 of SUBNQN.
 #
 #   1. prewrite: fio sequential 64k writes with crc32c verify headers over region A
 #      [0, A) of both namespaces, read back and verified (the volumes are still healthy).
@@ -37,7 +38,7 @@ READ_LOOPS=${E2E_READ_LOOPS:-1}
 ROUNDS=${E2E_ROUNDS:-2}
 MAX_ROUNDS=${E2E_MAX_ROUNDS:-40}
 WORK=/tmp/e2e
-NSIDS="1 2"
+NSIDS=${E2E_NSIDS:-1 2 3}
 
 
 IO_PID=
@@ -107,7 +108,7 @@ io_rounds() {
             args="$args $(region_b "$ns" "$r" --verify_backlog=64) $(region_a "$ns" --verify_only --loops="$READ_LOOPS")"
         done
         # shellcheck disable=SC2086  # job sections split on purpose
-        fio_run "round$r" 4 $args
+        fio_run "round$r" $((2 * $(echo $NSIDS | wc -w))) $args
         echo "IO: round $r passed in $(awk -v a="$t" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}') s (t=$(now)s):" \
             "$(io_summary "$WORK/fio-round$r.log")"
         if [ -n "$CTL_PORT" ]; then
@@ -138,11 +139,16 @@ for ns in $NSIDS; do
     echo "namespace $ns: /dev/$n, $mb MiB"
     [ "$mb" -ge $((A_MB + B_MB)) ] || fail "namespace $ns is $mb MiB, the test needs $((A_MB + B_MB)) MiB"
 done
-pass "connected: namespace 1 (RAID-5) $DEV1, namespace 2 (RAID-6) $DEV2"
+pass "connected: namespaces $NSIDS (RAID-5, RAID-6, RAID 3): $DEV1 $DEV2 ${DEV3:-}"
 
 step "prewrite region A (${A_MB} MiB per namespace, 64k sequential, crc32c, verified)"
-# shellcheck disable=SC2046
-fio_run prewrite 2 $(region_a 1 --do_verify=1) $(region_a 2 --do_verify=1)
+args="" jobs=0
+for ns in $NSIDS; do
+    args="$args $(region_a "$ns" --do_verify=1)"
+    jobs=$((jobs + 1))
+done
+# shellcheck disable=SC2086
+fio_run prewrite "$jobs" $args
 pass "prewrite verified: $(io_summary "$WORK/fio-prewrite.log")"
 
 step "fio I/O with verify while members fail and spares rebuild"
@@ -171,7 +177,7 @@ for ns in $NSIDS; do
     args="$args $(region_a "$ns" --verify_only) $(region_b "$ns" "$last" --verify_only)"
 done
 # shellcheck disable=SC2086
-fio_run final 4 $args
+fio_run final $((2 * $(echo $NSIDS | wc -w))) $args
 pass "regions A and B verify after the rebuild: $(io_summary "$WORK/fio-final.log")"
 
 step "kernel log"
