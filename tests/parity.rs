@@ -10,6 +10,7 @@ use std::ffi::{c_int, c_void};
 use nvmf_raid::parity::{self, gf, Isa, Kernels, Update};
 use proptest::prelude::*;
 
+mod common;
 mod isal;
 
 // ---------- helpers ----------
@@ -653,7 +654,7 @@ fn rdp_matches_the_definition_and_rebuilds_every_pair_for_every_prime_up_to_17()
             for cell in [64usize, 192] {
                 let len = cell * (p - 1);
                 let data: Vec<Vec<u8>> = (0..k)
-                    .map(|i| pattern_bytes((p * 1000 + k * 10 + i) as u64, len))
+                    .map(|i| common::pattern((p * 1000 + k * 10 + i) as u64, len))
                     .collect();
                 let (nrow, ndiag) = naive_rdp(p, &data);
                 for kern in kernels() {
@@ -694,18 +695,6 @@ fn rdp_matches_the_definition_and_rebuilds_every_pair_for_every_prime_up_to_17()
             }
         }
     }
-}
-
-fn pattern_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[test]
