@@ -704,6 +704,26 @@ impl Members {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_catch_up_copies_only_the_marked_regions() {
+        let c = CatchUp::new();
+        assert!(
+            !c.row_current(5),
+            "no catch-up: every row of a rebuilding slot is missing"
+        );
+        assert_eq!(c.next_to_copy(5, 100), 5);
+        // Regions of 10 rows: 1 and 3 were written while the member was out.
+        c.set(10, &[false, true, false, true, false]);
+        assert_eq!(c.regions(), Some(2));
+        assert!(c.row_current(0) && !c.row_current(10) && !c.row_current(19) && c.row_current(20));
+        assert_eq!(c.next_to_copy(0, 50), 10);
+        assert_eq!(c.next_to_copy(13, 50), 13, "inside a region to copy");
+        assert_eq!(c.next_to_copy(20, 50), 30);
+        assert_eq!(c.next_to_copy(40, 50), 50, "nothing left");
+        c.clear();
+        assert!(!c.row_current(0) && c.regions().is_none());
+    }
+
     /// Reactors ask for metadata writes faster than one thread writes them: the asks must
     /// never block a reactor, and none may be lost while wake-ups are dropped.
     #[test]
