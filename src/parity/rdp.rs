@@ -183,6 +183,32 @@ fn encode_schedule_cached(prime: usize, k: usize) -> &'static Schedule {
     &all[prime * MAX_PRIME + k]
 }
 
+/// The recovery schedule of every loss of a (p, k) stripe, built at its first recovery:
+/// building one costs about as much as recovering a 4 KiB stripe. Index x * MAX_STRIPS + y
+/// for the pair (x, y), x * MAX_STRIPS + x for x alone.
+fn recovery_schedule_cached(prime: usize, k: usize, lost: &[usize]) -> &'static Schedule {
+    type Table = std::sync::OnceLock<Box<[Schedule]>>;
+    static ALL: std::sync::LazyLock<Box<[Table]>> = std::sync::LazyLock::new(|| {
+        (0..(MAX_PRIME + 1) * MAX_PRIME)
+            .map(|_| Table::new())
+            .collect()
+    });
+    let table = ALL[prime * MAX_PRIME + k].get_or_init(|| {
+        (0..MAX_STRIPS * MAX_STRIPS)
+            .map(|i| {
+                let (x, y) = (i / MAX_STRIPS, i % MAX_STRIPS);
+                match (x < k + 2, y < k + 2) {
+                    (true, true) if x == y => recovery_schedule(prime, k, &[x]),
+                    (true, true) => recovery_schedule(prime, k, &[x, y]),
+                    _ => Schedule::new(),
+                }
+            })
+            .collect()
+    });
+    let (x, y) = (lost[0], *lost.last().expect("one or two lost"));
+    &table[x * MAX_STRIPS + y]
+}
+
 fn push_diagonals(a: Array, s: &mut Schedule) {
     for d in 0..a.rows() {
         s.push(
@@ -358,10 +384,10 @@ impl super::Kernels {
         for (b, s) in base.iter_mut().zip(strips.iter_mut()) {
             *b = s.as_mut_ptr();
         }
-        let sched = recovery_schedule(prime, k, lost);
+        let sched = recovery_schedule_cached(prime, k, lost);
         // SAFETY: every strip has `len` bytes and is exclusively borrowed through `strips`;
         // a step's target cell is never one of its sources.
-        unsafe { (self.rdp_run)(&sched, &Strips { base, cell }) }
+        unsafe { (self.rdp_run)(sched, &Strips { base, cell }) }
     }
 }
 
