@@ -165,15 +165,12 @@ fn config(dir: &Path, port: u16, kernel_port: u16) -> String {
 }
 
 fn io_queue(port: u16, nqn: &str) -> (HostController, Queue, u32) {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Under emulation the guest's target can be slow: a long I/O timeout.
     let opts = QueueOptions {
         timeout: Duration::from_secs(60),
         ..QueueOptions::default()
     };
-    let mut c = HostController::connect(addr, nqn, &opts).unwrap();
-    c.set_queue_count(1).unwrap();
-    let (shift, _) = c.namespace_geometry(1).unwrap();
-    let q = c.io_queue(1).unwrap();
+    let (c, q, shift, _) = common::io_queue_on(port, nqn, &opts);
     (c, q, shift)
 }
 

@@ -223,6 +223,16 @@ impl Metro {
         }
     }
 
+    /// A site's mode changes and peer losses, from its log (for failure messages).
+    fn mode_history(&self, name: &str) -> String {
+        self.log(name)
+            .lines()
+            .filter(|l| l.contains("site mode changed") || l.contains("peer site lost"))
+            .map(|l| l.split("INFO").last().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.site(name).dir.join("target.log")).unwrap_or_default()
     }
@@ -589,19 +599,7 @@ fn a_partition_leaves_one_site_writing_and_the_rejoin_copies_only_dirty_regions(
     m.relay(None);
     m.wait_mirrored("both sites mirrored again after the heal");
     let copied = winner.status()["resync_bytes"].as_u64().unwrap() - base;
-    let modes = |site: &str| {
-        m.log(site)
-            .lines()
-            .filter(|l| l.contains("site mode changed"))
-            .map(|l| {
-                l.split("site mode changed")
-                    .nth(1)
-                    .unwrap_or("")
-                    .to_string()
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let modes = |site: &str| m.mode_history(site);
     assert_eq!(copied, 5 * MIB as u64, "the resync copies the 5 regions written during the partition, and nothing else\n--- a ---\n{}\n--- b ---\n{}", modes("a"), modes("b"));
     assert_identical(&m);
     let mut back = vec![0u8; 4096];
@@ -632,14 +630,7 @@ fn a_site_that_starts_while_the_other_decides_alone_joins_it() {
     let (_c, mut q, shift) = connect(m.b.host_port, NQN);
     let d = pattern(99, 65536);
     let cqe = q.write(1, 0, shift, &d).unwrap();
-    let modes = |site: &str| {
-        m.log(site)
-            .lines()
-            .filter(|l| l.contains("site mode changed") || l.contains("peer site lost"))
-            .map(|l| l.split("INFO").last().unwrap_or("").to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let modes = |site: &str| m.mode_history(site);
     assert!(
         cqe.is_success(),
         "a write through site B once both are mirrored: {cqe:?}\n--- a ---\n{}\n--- b ---\n{}",
@@ -771,14 +762,7 @@ fn a_write_failing_at_the_peer_with_the_link_up_stops_the_peer_reading_before_th
         .unwrap()
         .is_success());
     let cqe = qb.read(1, on_m0 >> shift, shift, &mut back).unwrap();
-    let modes = |site: &str| {
-        m.log(site)
-            .lines()
-            .filter(|l| l.contains("site mode changed") || l.contains("peer site lost"))
-            .map(|l| l.split("INFO").last().unwrap_or("").to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let modes = |site: &str| m.mode_history(site);
     assert!(
         cqe.status_code() == 0x302 || (cqe.is_success() && back == new),
         "site B answered a read with {cqe:?} and {} data after A went on alone\n--- a ---\n{}\n--- b ---\n{}",

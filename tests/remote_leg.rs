@@ -59,12 +59,7 @@ fn start(dir: &Path, cfg: String) -> Proc {
 }
 
 fn io_queue(port: u16, nqn: &str) -> (HostController, Queue, u32, u64) {
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut c = HostController::connect(addr, nqn, &QueueOptions::default()).unwrap();
-    c.set_queue_count(1).unwrap();
-    let (shift, blocks) = c.namespace_geometry(1).unwrap();
-    let q = c.io_queue(1).unwrap();
-    (c, q, shift, blocks)
+    common::io_queue_on(port, nqn, &QueueOptions::default())
 }
 
 fn remote_status(dir: &Path) -> Value {

@@ -301,3 +301,19 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A controller on the loopback `port` for `nqn` with one I/O queue: (controller, queue,
+/// log2 of the block size, blocks of namespace 1). Keep the controller alive as long as
+/// the queue: dropping it ends the association.
+pub fn io_queue_on(
+    port: u16,
+    nqn: &str,
+    opts: &nvmf_raid::host::QueueOptions,
+) -> (nvmf_raid::host::HostController, Queue, u32, u64) {
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = nvmf_raid::host::HostController::connect(addr, nqn, opts).unwrap();
+    c.set_queue_count(1).unwrap();
+    let (shift, blocks) = c.namespace_geometry(1).unwrap();
+    let q = c.io_queue(1).unwrap();
+    (c, q, shift, blocks)
+}
