@@ -1066,6 +1066,12 @@ device = "r0"
         .starts_with("volume[0].strip_size"));
         assert!(err_of(&vol("level = \"raid3\"\nmembers = [\"a\", \"b\"]"))
             .starts_with("volume[0].members"));
+        // RAID-6 DP needs two data members besides its two parity members.
+        let dp = err_of(&vol("level = \"raid6-dp\"\nmembers = [\"a\", \"b\"]"));
+        assert!(
+            dp.starts_with("volume[0].members") && dp.contains("Raid6Dp"),
+            "{dp}"
+        );
         assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));
         let used_twice = vol("level = \"raid0\"\nmembers = [\"a\", \"r0\"]");
         assert!(err_of(&used_twice).starts_with("subsystem[0].namespace[0].device"));

@@ -2,13 +2,14 @@
 //! block must read back as written, and afterwards, read straight from the member files,
 //! every stripe's P and Q must match its data.
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom};
 
 use nvmf_raid::config::Config;
 use nvmf_raid::host::{Data, HostController, Queue, QueueOptions};
 use nvmf_raid::nvmf::command;
 use nvmf_raid::nvmf::spec::io;
-use nvmf_raid::parity;
 use nvmf_raid::server::Server;
 use nvmf_raid::volume::layout::{Layout, Level};
 use nvmf_raid::volume::raid::RESERVED_BYTES;
@@ -50,9 +51,7 @@ fn check_parity(dir: &std::path::Path, level: Level, members: usize, group: usiz
             let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
                 .map(|i| read(l.member_of(g, l.data_slot(s, i)), s))
                 .collect();
-            let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-            let (mut p, mut q) = (vec![0u8; STRIP as usize], vec![0u8; STRIP as usize]);
-            parity::pq_gen(&refs, &mut p, &mut q);
+            let (p, q) = common::stripe_parity(level, &data);
             assert!(
                 read(l.member_of(g, l.p_slot(s)), s) == p,
                 "{level:?} group {g} stripe {s}: P does not match the data"
@@ -137,4 +136,9 @@ fn raid5_concurrent_writers_keep_parity() {
 #[test]
 fn raid6_concurrent_writers_keep_parity() {
     run("raid6", Level::Raid6, 5, 0);
+}
+
+#[test]
+fn raid6_dp_concurrent_writers_keep_parity() {
+    run("raid6-dp", Level::Raid6Dp, 6, 0);
 }

@@ -17,19 +17,27 @@ use serde_json::json;
 
 const NQN: &str = "nqn.2026-11.io.nvmf-raid:crash";
 const STRIP: u64 = 16384;
-const MEMBERS: usize = 4;
 const UNIT: usize = 4096;
 const HOT_BYTES: u64 = 4 << 20;
 
-fn write_config(dir: &std::path::Path, port: u16) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    port: u16,
+    level: &str,
+    members: usize,
+) -> std::path::PathBuf {
     let mut c = format!("[reactor]\ncores = [0]\n[management]\nsocket = \"{}\"\n[[listener]]\naddress = \"127.0.0.1:{port}\"\n", dir.join("mgmt.sock").display());
-    for m in 0..MEMBERS {
+    for m in 0..members {
         c += &format!(
             "[[device]]\nname = \"m{m}\"\nkind = \"file\"\npath = \"{}\"\nsize = \"512M\"\n",
             dir.join(format!("m{m}.img")).display()
         );
     }
-    c += &format!("[[volume]]\nname = \"vol\"\nlevel = \"raid5\"\nmembers = [\"m0\", \"m1\", \"m2\", \"m3\"]\nstrip_size = {STRIP}\n");
+    let names: Vec<String> = (0..members).map(|m| format!("\"m{m}\"")).collect();
+    c += &format!(
+        "[[volume]]\nname = \"vol\"\nlevel = \"{level}\"\nmembers = [{}]\nstrip_size = {STRIP}\n",
+        names.join(", ")
+    );
     c += &format!("[[subsystem]]\nnqn = \"{NQN}\"\nallow_any_host = true\n[[subsystem.namespace]]\ndevice = \"vol\"\n");
     let path = dir.join("target.toml");
     std::fs::write(&path, c).unwrap();
@@ -45,11 +53,22 @@ fn unit_data(unit: u64, version: u32) -> Vec<u8> {
 }
 
 #[test]
+fn raid5_kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
+    kill_9_during_writes("raid5", Level::Raid5, 4);
+}
+
+/// RAID-6 DP: a torn write leaves diagonal cells of other rows stale too; the resync
+/// rewrites both parities of the whole strip.
+#[test]
+fn raid6_dp_kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
+    kill_9_during_writes("raid6-dp", Level::Raid6Dp, 6);
+}
+
 #[allow(clippy::zombie_processes)] // the first child is killed and reaped explicitly
-fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
+fn kill_9_during_writes(name: &str, level: Level, members: usize) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let cfg = write_config(dir.path(), port);
+    let cfg = write_config(dir.path(), port, name, members);
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = spawn_target(&cfg, dir.path());
 
@@ -154,10 +173,10 @@ fn kill_9_during_writes_loses_no_acknowledged_write_and_resyncs_parity() {
     assert!(child.wait().unwrap().success(), "clean stop after resync");
 
     // Parity straight from the member files.
-    let (torn, rows) = common::inconsistent_rows(dir.path(), Level::Raid5, MEMBERS, STRIP);
+    let (torn, rows) = common::inconsistent_rows(dir.path(), level, members, STRIP);
     assert!(
         torn.is_empty(),
-        "{} of {rows} stripes have parity inconsistent after resync: {:?}",
+        "{name}: {} of {rows} stripes have parity inconsistent after resync: {:?}",
         torn.len(),
         &torn[..torn.len().min(8)]
     );

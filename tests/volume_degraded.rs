@@ -116,3 +116,8 @@ fn raid60_survives_two_failures_per_group() {
 fn raid3_survives_one_failure() {
     run("raid3", 5, 0, &[2, 0]);
 }
+
+#[test]
+fn raid6_dp_survives_two_failures() {
+    run("raid6-dp", 6, 0, &[1, 4, 2]);
+}

@@ -132,3 +132,8 @@ fn raid50_matches_model() {
 fn raid60_matches_model() {
     model_test("raid60", 8, 4);
 }
+
+#[test]
+fn raid6_dp_matches_model() {
+    model_test("raid6-dp", 6, 0);
+}

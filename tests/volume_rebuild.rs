@@ -184,6 +184,11 @@ fn raid6_rebuilds_two_spares_during_io() {
 }
 
 #[test]
+fn raid6_dp_rebuilds_two_spares_during_io() {
+    rebuild_during_io("raid6-dp", 6, 0, &[1, 3]);
+}
+
+#[test]
 fn raid10_rebuilds_onto_a_spare_during_io() {
     rebuild_during_io("raid10", 4, 2, &[1]);
 }

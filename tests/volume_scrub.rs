@@ -245,6 +245,17 @@ fn raid6_scrub_counts_and_repairs_p_and_q_mismatches() {
 }
 
 #[test]
+fn raid6_dp_scrub_counts_and_repairs_row_and_diagonal_mismatches() {
+    scrub_finds_and_repairs(Level::Raid6Dp, "raid6-dp", 6, |dir, l| {
+        corrupt(dir, l.p_slot(4), 4);
+        corrupt(dir, l.q_slot(6).unwrap(), 6);
+        // A data strip in a row the host never wrote: repair rewrites both parities.
+        corrupt(dir, l.data_slot(900, 2), 900);
+        vec![4, 6, 900]
+    });
+}
+
+#[test]
 fn raid1_scrub_counts_and_repairs_differing_copies() {
     scrub_finds_and_repairs(Level::Raid1, "raid1", 2, |dir, _| {
         corrupt(dir, 1, 4);

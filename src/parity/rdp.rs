@@ -47,6 +47,21 @@ pub fn diag_column(k: usize) -> usize {
     k + 1
 }
 
+/// The prime a RAID-6 DP volume of `k` data members uses: 5 up to four data members, 17
+/// up to sixteen (p - 1 a power of two, so a power-of-two strip splits into equal cells).
+pub fn prime_for(k: usize) -> usize {
+    assert!(
+        (1..MAX_PRIME).contains(&k),
+        "rdp: {k} data strips (1 to {} supported)",
+        MAX_PRIME - 1
+    );
+    if k <= 4 {
+        5
+    } else {
+        MAX_PRIME
+    }
+}
+
 pub fn is_prime(n: usize) -> bool {
     n >= 2
         && (2..n)
@@ -388,6 +403,53 @@ impl super::Kernels {
         // SAFETY: every strip has `len` bytes and is exclusively borrowed through `strips`;
         // a step's target cell is never one of its sources.
         unsafe { (self.rdp_run)(sched, &Strips { base, cell }) }
+    }
+}
+
+impl super::Kernels {
+    /// Read-modify-write of one rewritten piece of data strip `index`: bytes `at ..
+    /// at + old.len()` of the strip change from `old` to `new`. Each cell-sized part folds
+    /// old ^ new into its row's parity cell, its diagonal's cell, and the diagonal cell of
+    /// the row-parity cell it changed, leaving the other cells of `row` and `diag` (whole
+    /// strips) as they were.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rdp_update(
+        &self,
+        prime: usize,
+        k: usize,
+        index: usize,
+        at: usize,
+        old: &[u8],
+        new: &[u8],
+        row: &mut [u8],
+        diag: &mut [u8],
+    ) {
+        let len = row.len();
+        let cell = check(prime, k, len);
+        assert!(
+            index < k && diag.len() == len && old.len() == new.len() && at + old.len() <= len,
+            "rdp_update: data strip {index} of {k}, bytes {at}..+{} of {len}",
+            old.len()
+        );
+        let a = Array { prime, k };
+        let mut done = 0;
+        while done < old.len() {
+            let (r, off) = ((at + done) / cell, (at + done) % cell);
+            let n = (cell - off).min(old.len() - done);
+            let u = [super::Update {
+                index: 0,
+                old: &old[done..done + n],
+                new: &new[done..done + n],
+            }];
+            let place = |cell_row: usize| cell_row * cell + off..cell_row * cell + off + n;
+            self.p_update(&u, &mut row[place(r)]);
+            for d in [a.diagonal(index, r), a.diagonal(row_column(k), r)] {
+                if d != prime - 1 {
+                    self.p_update(&u, &mut diag[place(d)]);
+                }
+            }
+            done += n;
+        }
     }
 }
 

@@ -107,9 +107,12 @@ impl Layout {
         {
             return Err(LayoutError::BadGrouping { members, group });
         }
-        if level.parity_count() > 0 && group - level.parity_count() > super::plan::MAX_DATA {
+        let max_data = level
+            .parity_code()
+            .map_or(super::plan::MAX_DATA, |c| c.max_data());
+        if level.parity_count() > 0 && group - level.parity_count() > max_data {
             return Err(LayoutError::GroupTooLarge {
-                max: super::plan::MAX_DATA + level.parity_count(),
+                max: max_data + level.parity_count(),
                 got: group,
             });
         }
@@ -380,6 +383,8 @@ mod tests {
             (Level::Raid50, 8, 4),
             (Level::Raid60, 8, 4),
             (Level::Raid60, 10, 5),
+            (Level::Raid6Dp, 4, 0),
+            (Level::Raid6Dp, 7, 0),
         ]
     }
 
@@ -527,9 +532,37 @@ mod tests {
             Err(LayoutError::BadStrip(6))
         ));
         assert!(matches!(
+            Layout::new(Level::Raid6Dp, &[64; 3], 0, 8),
+            Err(LayoutError::TooFewMembers { .. })
+        ));
+        // RAID-6 DP stops at p = 17: sixteen data members and the two parity members.
+        assert!(Layout::new(Level::Raid6Dp, &[64; 18], 0, 8).is_ok());
+        assert_eq!(
+            Layout::new(Level::Raid6Dp, &[64; 19], 0, 8).err(),
+            Some(LayoutError::GroupTooLarge { max: 18, got: 19 })
+        );
+        assert!(matches!(
             Layout::new(Level::Raid0, &[4; 2], 0, 8),
             Err(LayoutError::MembersTooSmall)
         ));
+    }
+
+    /// RAID-6 DP keeps its parity on dedicated members, as RAID-DP does: row parity on the
+    /// next-to-last member, diagonal parity on the last, data in member order.
+    #[test]
+    fn raid6_dp_parity_members_are_dedicated() {
+        let l = Layout::new(Level::Raid6Dp, &[64; 6], 0, 8).unwrap();
+        assert_eq!(l.data_per_stripe(), 4);
+        assert_eq!(l.capacity(), 4 * 64);
+        for stripe in 0..l.stripes_per_group() {
+            assert_eq!(l.p_slot(stripe), 4);
+            assert_eq!(l.q_slot(stripe), Some(5));
+            for i in 0..4 {
+                assert_eq!(l.data_slot(stripe, i), i);
+            }
+        }
+        let at = l.locate(8 * 5 + 3);
+        assert_eq!((at.member, at.member_lba), (1, 8 + 3));
     }
 
     #[test]

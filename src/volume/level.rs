@@ -22,6 +22,8 @@ pub enum Level {
     Raid10,
     Raid50,
     Raid60,
+    #[serde(rename = "raid6-dp")]
+    Raid6Dp,
 }
 
 /// How a level keeps data when members fail.
@@ -42,6 +44,10 @@ pub enum ParityCode {
     Xor,
     /// P and Q (Reed-Solomon over GF(2^8), md's and ISA-L's RAID 6): any two.
     PQ,
+    /// Row parity and diagonal parity over a prime (RAID-6 DP, XOR only): any two. A
+    /// diagonal crosses the cells of a strip, so a row's parity depends on the whole
+    /// strip: stripe ops cover whole strips.
+    RowDiagonal,
 }
 
 /// Where a parity level puts its parity strips within a group.
@@ -82,7 +88,7 @@ pub struct LevelSpec {
 }
 
 /// Every level, in superblock-code order.
-pub static SPECS: [LevelSpec; 10] = [
+pub static SPECS: [LevelSpec; 11] = [
     spec(Level::Concat, "concat", 0, Protection::None, 1),
     spec(Level::Raid0, "raid0", 1, Protection::None, 1),
     spec(Level::Raid1, "raid1", 2, Protection::Mirror, 2),
@@ -143,6 +149,16 @@ pub static SPECS: [LevelSpec; 10] = [
             9,
             Protection::Parity(ParityCode::Xor),
             3,
+        )
+    },
+    LevelSpec {
+        placement: Placement::Dedicated,
+        ..spec(
+            Level::Raid6Dp,
+            "raid6-dp",
+            10,
+            Protection::Parity(ParityCode::RowDiagonal),
+            4,
         )
     },
 ];
@@ -220,8 +236,22 @@ impl ParityCode {
     pub fn strips(self) -> usize {
         match self {
             ParityCode::Xor => 1,
-            ParityCode::PQ => 2,
+            ParityCode::PQ | ParityCode::RowDiagonal => 2,
         }
+    }
+
+    /// Most data strips a stripe of this code holds.
+    pub fn max_data(self) -> usize {
+        match self {
+            ParityCode::RowDiagonal => parity::rdp::MAX_PRIME - 1,
+            _ => crate::volume::plan::MAX_DATA,
+        }
+    }
+
+    /// A row's parity depends on the strip's other rows: stripe ops read, compute and
+    /// write whole strips.
+    pub fn whole_strips(self) -> bool {
+        self == ParityCode::RowDiagonal
     }
 
     /// The parity of `data` into `p` (and `q` for two-strip codes).
@@ -229,6 +259,9 @@ impl ParityCode {
         match (self, q) {
             (ParityCode::PQ, Some(q)) => parity::pq_gen(data, p, q),
             (ParityCode::Xor, None) => parity::xor_gen(data, p),
+            (ParityCode::RowDiagonal, Some(d)) => {
+                parity::rdp_gen(parity::rdp::prime_for(data.len()), data, p, d)
+            }
             (code, q) => panic!(
                 "{code:?} parity takes {} output(s), got {}",
                 code.strips(),
@@ -237,11 +270,15 @@ impl ParityCode {
         }
     }
 
-    /// Read-modify-write: fold rewritten data strips into the parity.
+    /// Read-modify-write: fold rewritten data strips into the parity (row-aligned codes;
+    /// RAID-6 DP updates go through [`parity::rdp_update`] with the strip offset).
     pub fn update(self, updates: &[Update<'_>], p: &mut [u8], q: Option<&mut [u8]>) {
         match (self, q) {
             (ParityCode::PQ, Some(q)) => parity::pq_update(updates, p, q),
             (ParityCode::Xor, None) => parity::p_update(updates, p),
+            (ParityCode::RowDiagonal, _) => {
+                panic!("RAID-6 DP updates need the strip offset: see parity::rdp_update")
+            }
             (code, q) => panic!(
                 "{code:?} parity takes {} output(s), got {}",
                 code.strips(),
@@ -293,5 +330,6 @@ mod tests {
         assert_eq!(Level::Raid3.tolerance(9), 1);
         assert_eq!(Level::Raid5.tolerance(4), 1);
         assert_eq!(Level::Raid60.tolerance(6), 2);
+        assert_eq!(Level::Raid6Dp.tolerance(6), 2);
     }
 }

@@ -152,6 +152,12 @@ impl RaidChannel {
         if op.kind == StripeKind::Read {
             op.missing = self.around_slow(&op.w, op.missing);
         }
+        if self.code().whole_strips() {
+            op.w.rows = Rows {
+                start: 0,
+                end: self.layout.strip_blocks,
+            };
+        }
         op.strategy = match op.kind {
             StripeKind::Write if op.missing == 0 => plan::choose(&op.w, self.parity()),
             // Parity from all of the data: read every strip, write P and Q.
@@ -297,11 +303,18 @@ impl RaidChannel {
 
     fn compute(&mut self, s: u32) {
         let op = *self.stripes.get(s);
+        let whole = self.code().whole_strips();
         match op.strategy {
+            Strategy::ReadModifyWrite if whole => self.update_whole_strip_parity(&op),
             Strategy::ReadModifyWrite => self.update_parity(&op),
+            Strategy::ReconstructWrite if whole => self.reconstruct_whole_strip_parity(&op),
             Strategy::ReconstructWrite => self.reconstruct_parity(&op),
             Strategy::Degraded => {
-                self.rebuild_missing_data(&op);
+                if whole {
+                    self.rebuild_missing_whole_strips(&op);
+                } else {
+                    self.rebuild_missing_data(&op);
+                }
                 if op.kind != StripeKind::Read {
                     self.overlay_new_data(&op);
                     self.parity_from_chunks(&op);
@@ -330,6 +343,86 @@ impl RaidChannel {
             let q = q.as_deref_mut().map(|q| &mut q[at..at + len]);
             self.code().update(&u, &mut p[at..at + len], q);
         }
+    }
+
+    /// Read-modify-write of a whole-strip code (RAID-6 DP): each rewritten piece folds into
+    /// the parity cells it reaches, wherever they sit in the parity strips.
+    fn update_whole_strip_parity(&self, op: &StripeOp) {
+        let (p, q) = self.parity_slices(op);
+        let q = q.expect("RAID-6 DP has a diagonal parity strip");
+        let prime = parity::rdp::prime_for(op.w.k);
+        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
+            let wr = op.w.written[i];
+            let len = self.bytes(wr.len());
+            // SAFETY: as in `update_parity`.
+            let (old, new) = unsafe {
+                (
+                    slice(self.scratch.ptr(op.chunks[i]), len),
+                    slice(self.new_data(op, i, wr.start, wr.len()), len),
+                )
+            };
+            let at = self.bytes(wr.start - op.w.rows.start);
+            parity::rdp_update(prime, op.w.k, i, at, old, new, p, q);
+        }
+    }
+
+    /// Reconstruct-write of a whole-strip code: partly written strips get their new data in
+    /// their chunks, fully written ones are read from the host buffer; then the parity of
+    /// the whole stripe.
+    fn reconstruct_whole_strip_parity(&self, op: &StripeOp) {
+        self.overlay_new_data(op);
+        let len = self.bytes(op.w.rows.len());
+        let mut data: [&[u8]; MAX_DATA] = [&[]; MAX_DATA];
+        for (i, d) in data.iter_mut().enumerate().take(op.w.k) {
+            let ptr = if op.chunks[i] == NO_CHUNK {
+                self.new_data(op, i, op.w.rows.start, op.w.rows.len())
+            } else {
+                self.scratch.ptr(op.chunks[i])
+            };
+            // SAFETY: op-owned chunks or the untouched host buffer.
+            *d = unsafe { slice(ptr, len) };
+        }
+        let (p, q) = self.parity_slices(op);
+        self.code().generate(&data[..op.w.k], p, q);
+    }
+
+    /// Degraded, whole-strip code: rebuild the lost data strips (with a lost parity strip
+    /// when two are gone) from every survivor.
+    fn rebuild_missing_whole_strips(&self, op: &StripeOp) {
+        let k = op.w.k;
+        let (p_member, q_member) = self.parity_members(&op.w);
+        let q_member = q_member.expect("RAID-6 DP has a diagonal parity member");
+        let lost_data = (0..k).filter(|&i| self.missing(op, self.data_member(&op.w, i)));
+        let lost_parity = [(k, p_member), (k + 1, q_member)]
+            .into_iter()
+            .filter(|&(_, m)| self.missing(op, m))
+            .map(|(i, _)| i);
+        let mut lost = [0usize; 2];
+        let mut n = 0;
+        for i in lost_data.clone().chain(lost_parity) {
+            assert!(
+                n < 2,
+                "more failed members than the level tolerates reached a stripe op"
+            );
+            lost[n] = i;
+            n += 1;
+        }
+        if lost_data.count() == 0 {
+            return;
+        }
+        let len = self.bytes(op.w.rows.len());
+        let chunk = |i: usize| match i {
+            _ if i < k => op.chunks[i],
+            _ if i == k => op.chunks[P_CHUNK],
+            _ => op.chunks[Q_CHUNK],
+        };
+        let mut strips: [&mut [u8]; parity::rdp::MAX_STRIPS] =
+            std::array::from_fn(|_| <&mut [u8]>::default());
+        for (i, st) in strips.iter_mut().enumerate().take(k + 2) {
+            // SAFETY: each of the op's chunks is a distinct buffer owned by the op.
+            *st = unsafe { slice_mut(self.scratch.ptr(chunk(i)), len) };
+        }
+        parity::rdp_recover(parity::rdp::prime_for(k), &mut strips[..k + 2], &lost[..n]);
     }
 
     /// Reconstruct-write: parity of the whole stripe over its rows, segment by segment;
@@ -419,9 +512,10 @@ impl RaidChannel {
         }
     }
 
-    /// Degraded write: copy the new data over each written strip's chunk rows.
+    /// Copy the new data over each written strip's chunk rows (strips without a chunk are
+    /// written whole and read from the host buffer).
     fn overlay_new_data(&self, op: &StripeOp) {
-        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
+        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty() && op.chunks[i] != NO_CHUNK) {
             let wr = op.w.written[i];
             let len = self.bytes(wr.len());
             // SAFETY: the chunk is this op's; the host buffer is only read.

@@ -180,15 +180,28 @@ pub fn inconsistent_rows(
         let data: Vec<Vec<u8>> = (0..l.data_per_stripe())
             .map(|i| read(l.data_slot(row, i), row))
             .collect();
-        let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
-        let (mut p, mut q) = (vec![0u8; strip as usize], vec![0u8; strip as usize]);
-        nvmf_raid::parity::pq_gen(&refs, &mut p, &mut q);
+        let (p, q) = stripe_parity(level, &data);
         read(l.p_slot(row), row) != p || l.q_slot(row).is_some_and(|qs| read(qs, row) != q)
     };
     (
         (0..l.stripes_per_group()).filter(|&r| bad(r)).collect(),
         l.stripes_per_group(),
     )
+}
+
+/// The parity strips a stripe of `data` strips should hold, by the level's code: P and
+/// Q, or row and diagonal parity (RAID-6 DP); Q is empty for single-parity levels.
+pub fn stripe_parity(
+    level: nvmf_raid::volume::layout::Level,
+    data: &[Vec<u8>],
+) -> (Vec<u8>, Vec<u8>) {
+    let refs: Vec<&[u8]> = data.iter().map(|d| d.as_slice()).collect();
+    let code = level.parity_code().expect("a parity level");
+    let two = code.strips() == 2;
+    let mut p = vec![0u8; data[0].len()];
+    let mut q = vec![0u8; if two { p.len() } else { 0 }];
+    code.generate(&refs, &mut p, two.then_some(&mut q[..]));
+    (p, q)
 }
 
 /// A single-member etcd on loopback, stopped when dropped.
