@@ -59,10 +59,10 @@ STRIP = 64 * 1024
 MEMBERS = {"raid0": 4, "raid1": 2, "raid5": 4, "raid6": 6, "raid10": 4}
 PARITY = {"raid5": 1, "raid6": 2}
 if LEVELS:
-    # The same five members under each single-parity level; RAID 3's block is then 2 KiB
-    # (four 512-byte member blocks).
-    MEMBERS.update({"raid3": 5, "raid4": 5, "raid5": 5})
-    PARITY = {"raid3": 1, "raid4": 1, "raid5": 1}
+    # The same five members under each single-parity level (RAID 3's block is then 2 KiB:
+    # four 512-byte member blocks), six under each double-parity level.
+    MEMBERS.update({"raid3": 5, "raid4": 5, "raid5": 5, "raid6": 6, "raid6-dp": 6})
+    PARITY = {"raid3": 1, "raid4": 1, "raid5": 1, "raid6": 2, "raid6-dp": 2}
 FILE_BYTES = 1 << 30
 RAM_BYTES = 256 << 20
 RESERVED = 1 << 20  # nvmf-raid's metadata area at the start of each member
@@ -223,7 +223,7 @@ def main():
     if not QUICK:
         cases = [("null", "ram")] + [(lvl, m) for m in ("ram", "file") for lvl in ("raid0", "raid1", "raid5", "raid6", "raid10")]
     if LEVELS:
-        cases = [("raid3", "ram"), ("raid4", "ram"), ("raid5", "ram")]
+        cases = [(lvl, "ram") for lvl in ("raid3", "raid4", "raid5", "raid6", "raid6-dp")]
     workloads = SMALL if QUICK else WORKLOADS
     if any(m == "file" for _, m in cases):
         prepare_files()

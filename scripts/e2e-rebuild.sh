@@ -2,11 +2,13 @@
 # End to end rebuild under I/O with the real Linux initiator: start nvmf-raid on the host
 # with a RAID-5 volume (4 members + 1 hot spare, namespace 1), a RAID-6 volume
 # (6 members + 2 hot spares, namespace 2) and a RAID 3 volume (5 members, 2 KiB blocks,
-# + 1 hot spare, namespace 3) over sparse files, boot the Debian test guest and
-# run tests/e2e/guest-rebuild.sh in it (fio with verify=crc32c on both namespaces).  While
+# + 1 hot spare, namespace 3) and a RAID-6 DP volume (6 members + 2 hot spares, namespace
+# 4) over sparse files, boot the Debian test guest and run tests/e2e/guest-rebuild.sh in
+# it (fio with verify=crc32c on every namespace).  While
 # the guest's fio runs, slow one RAID-5 member down (30 ms per I/O through the fault
 # injector: the volume must report it slow, serve reads around it, and fail it after
-# slow_member_fail_after_s), fail two RAID-6 members and one RAID 3 data member (every I/O
+# slow_member_fail_after_s), fail two RAID-6 members, one RAID 3 data member and two RAID-6
+# DP data members (every I/O
 # to them errors, so the volume fails them on the I/O-error path); every volume rebuilds
 # onto its spares.
 # Follow the rebuilds with `volume status --watch --until-idle`, then tell the guest (over
@@ -15,7 +17,8 @@
 # failed, the rebuilds finished, both volumes
 # end `online` with every slot `active` and the spares in the failed slots, the target
 # logged no ERROR and stopped cleanly on SIGTERM, and an offline parity check of the
-# member files (P, and Q for RAID-6) finds every stripe consistent.
+# member files (P, and Q for RAID-6; row and diagonal parity for RAID-6 DP) finds every
+# stripe consistent.
 #
 #   scripts/e2e-rebuild.sh [path/to/nvmf-raid]
 #
@@ -47,6 +50,8 @@ CTL="$OUT/ctl"
 FAIL_R5=(r5d1)
 FAIL_R6=(r6d2 r6d4)
 FAIL_R3=(r3d2)
+# Two data members of the DP volume: recovery takes the paper's diagonal-row chain.
+FAIL_DP=(dpd1 dpd3)
 SLOW_US=${E2E_REBUILD_SLOW_US:-30000}
 SLOW_FAIL_AFTER=${E2E_REBUILD_SLOW_FAIL_AFTER:-15}
 
@@ -88,7 +93,8 @@ address = "$METRICS"
 address = "127.0.0.1:$PORT"
 
 EOF
-    for d in r5d0 r5d1 r5d2 r5d3 r5s0 r6d0 r6d1 r6d2 r6d3 r6d4 r6d5 r6s0 r6s1 r3d0 r3d1 r3d2 r3d3 r3d4 r3s0; do device "$d"; done
+    for d in r5d0 r5d1 r5d2 r5d3 r5s0 r6d0 r6d1 r6d2 r6d3 r6d4 r6d5 r6s0 r6s1 r3d0 r3d1 r3d2 r3d3 r3d4 r3s0 \
+        dpd0 dpd1 dpd2 dpd3 dpd4 dpd5 dps0 dps1; do device "$d"; done
     cat <<EOF
 [[volume]]
 name = "r5"
@@ -114,6 +120,14 @@ members = ["r3d0", "r3d1", "r3d2", "r3d3", "r3d4"]
 spares = ["r3s0"]
 rebuild_rate = "$RATE"
 
+[[volume]]
+name = "dp"
+level = "raid6-dp"
+members = ["dpd0", "dpd1", "dpd2", "dpd3", "dpd4", "dpd5"]
+spares = ["dps0", "dps1"]
+strip_size = "64K"
+rebuild_rate = "$RATE"
+
 [[subsystem]]
 nqn = "$NQN"
 allow_any_host = true
@@ -129,6 +143,10 @@ device = "r6"
 [[subsystem.namespace]]
 nsid = 3
 device = "r3"
+
+[[subsystem.namespace]]
+nsid = 4
+device = "dp"
 EOF
 } >"$CFG"
 "$BIN" check-config "$CFG" || die "generated configuration $CFG rejected"
@@ -200,10 +218,10 @@ T_FAULT=$(date +%s.%N)
 for d in "${FAIL_R5[@]}"; do
     nvmf fault "$d" delay --us "$SLOW_US" || die "fault $d delay"
 done
-for d in "${FAIL_R6[@]}" "${FAIL_R3[@]}"; do
+for d in "${FAIL_R6[@]}" "${FAIL_R3[@]}" "${FAIL_DP[@]}"; do
     nvmf fault "$d" fail || die "fault $d fail"
 done
-say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6) and ${FAIL_R3[*]} (r3) fails"
+say "fault injected at $(date +%T): ${FAIL_R5[*]} (r5) answers in $((SLOW_US / 1000)) ms, every I/O to ${FAIL_R6[*]} (r6), ${FAIL_R3[*]} (r3) and ${FAIL_DP[*]} (dp) fails"
 # The r6 rebuild starts now, before the watch below: record its progress from the start.
 "$BIN" --socket "$SOCK" volume status --watch >>"$WLOG" 2>&1 &
 EARLY_WATCH_PID=$!
@@ -244,7 +262,8 @@ say "host reads of $SLOW's strips while it is slow: $((a1 - a0)) served around i
 expect_failed() { # JSON: every failed member is out of its volume's active set
     python3 -c '
 import json, sys
-fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split()}
+fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split(),
+         "dp": sys.argv[4].split()}
 vols = {v["name"]: v for v in json.load(sys.stdin)}
 for name, devs in fails.items():
     v = vols[name]
@@ -253,7 +272,7 @@ for name, devs in fails.items():
     # rebuild can finish while the slow RAID-5 member is still being timed).
     if any(states.get(d) == "active" for d in devs):
         sys.exit(1)
-' "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}"
+' "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}" "${FAIL_DP[*]}"
 }
 for _ in $(seq 300); do
     status_json | expect_failed && break
@@ -270,11 +289,12 @@ nvmf volume status
 # JSON on stdin: both volumes online, every slot active, the spares in the failed slots.
 HEALTHY_PY=$(cat <<'PY'
 import json, sys
-fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split()}
-spares = {"r5": ["r5s0"], "r6": ["r6s0", "r6s1"], "r3": ["r3s0"]}
+fails = {"r5": sys.argv[1].split(), "r6": sys.argv[2].split(), "r3": sys.argv[3].split(),
+         "dp": sys.argv[4].split()}
+spares = {"r5": ["r5s0"], "r6": ["r6s0", "r6s1"], "r3": ["r3s0"], "dp": ["dps0", "dps1"]}
 vols = {v["name"]: v for v in json.load(sys.stdin)}
 bad = []
-for name in ("r5", "r6", "r3"):
+for name in ("r5", "r6", "r3", "dp"):
     v = vols.get(name)
     if v is None:
         bad.append(f"{name}: missing")
@@ -299,7 +319,7 @@ for b in bad:
 sys.exit(1 if bad else 0)
 PY
 )
-healthy() { python3 -c "$HEALTHY_PY" "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}"; }
+healthy() { python3 -c "$HEALTHY_PY" "${FAIL_R5[*]}" "${FAIL_R6[*]}" "${FAIL_R3[*]}" "${FAIL_DP[*]}"; }
 
 # --- follow the rebuilds -------------------------------------------------------------------
 kill "$EARLY_WATCH_PID" 2>/dev/null || true

@@ -172,14 +172,14 @@ fn print_volumes(r: &Value, name: Option<&str>) -> Result<(), String> {
         });
     }
     println!(
-        "{:<16} {:<7} {:<10} {:>11} {:>9}",
+        "{:<16} {:<8} {:<10} {:>11} {:>9}",
         "VOLUME", "LEVEL", "STATE", "SIZE", "STRIP"
     );
     for v in vols {
         let size = v["blocks"].as_u64().unwrap_or(0) * v["block_size"].as_u64().unwrap_or(0);
         let s = |k: &str| v[k].as_str().unwrap_or("?").to_string();
         println!(
-            "{:<16} {:<7} {:<10} {:>11} {:>9}",
+            "{:<16} {:<8} {:<10} {:>11} {:>9}",
             s("name"),
             s("level"),
             s("state"),

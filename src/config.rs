@@ -831,7 +831,7 @@ impl Config {
                 return Err(invalid(
                     f("spares"),
                     format!(
-                        "a {:?} volume has no redundancy to rebuild onto a spare",
+                        "a {} volume has no redundancy to rebuild onto a spare",
                         v.level
                     ),
                 ));
@@ -1069,7 +1069,7 @@ device = "r0"
         // RAID-6 DP needs two data members besides its two parity members.
         let dp = err_of(&vol("level = \"raid6-dp\"\nmembers = [\"a\", \"b\"]"));
         assert!(
-            dp.starts_with("volume[0].members") && dp.contains("Raid6Dp"),
+            dp.starts_with("volume[0].members") && dp.contains("raid6-dp needs at least 4 members"),
             "{dp}"
         );
         assert!(err_of(&vol("level = \"raid7\"\nmembers = [\"a\", \"b\"]")).contains("level"));

@@ -109,7 +109,7 @@ impl Managed {
         let (synced, stripes) = v.resync().progress();
         json!({
             "name": v.name(),
-            "level": format!("{:?}", v.layout().level).to_lowercase(),
+            "level": v.layout().level.spec().name,
             "state": v.state(),
             "resync": {"active": v.resync().active(), "stripes_done": synced, "stripes": stripes},
             "rebuild": h.rebuild_progress(),

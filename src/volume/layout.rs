@@ -14,7 +14,7 @@ use super::level::{Placement, StripWidth};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
-    #[error("{level:?} needs at least {min} members, got {got}")]
+    #[error("{level} needs at least {min} members, got {got}")]
     TooFewMembers {
         level: Level,
         min: usize,
@@ -22,7 +22,7 @@ pub enum LayoutError {
     },
     #[error("{members} members cannot be split into groups of {group}: need a multiple of {group} and at least two groups")]
     BadGrouping { members: usize, group: usize },
-    #[error("{level:?} needs groups of at least {min} members, got {got}")]
+    #[error("{level} needs groups of at least {min} members, got {got}")]
     GroupTooSmall {
         level: Level,
         min: usize,
@@ -34,7 +34,7 @@ pub enum LayoutError {
     BadStrip(u64),
     #[error("members are smaller than one strip")]
     MembersTooSmall,
-    #[error("{level:?} spreads each volume block over its data members: their number must be a power of two (the volume's block size), got {data}")]
+    #[error("{level} spreads each volume block over its data members: their number must be a power of two (the volume's block size), got {data}")]
     SpreadWidth { level: Level, data: usize },
 }
 

@@ -182,6 +182,13 @@ const fn spec(
     }
 }
 
+/// The configuration's name (`raid6-dp`), as users write it.
+impl std::fmt::Display for Level {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.spec().name)
+    }
+}
+
 impl Level {
     pub fn spec(self) -> &'static LevelSpec {
         SPECS

@@ -1,8 +1,8 @@
 #!/bin/sh
 # In-guest half of the rebuild end-to-end test (scripts/e2e-rebuild.sh is the host half).
 # Runs inside the QEMU test guest (busybox ash) against a target exporting a RAID-5 volume
-# as namespace 1, a RAID-6 volume as namespace 2 and a RAID 3 volume (2 KiB blocks) as
-# namespace 3 of SUBNQN.
+# as namespace 1, a RAID-6 volume as namespace 2, a RAID 3 volume (2 KiB blocks) as
+# namespace 3 and a RAID-6 DP volume as namespace 4 of SUBNQN.
 #
 #   1. prewrite: fio sequential 64k writes with crc32c verify headers over region A
 #      [0, A) of both namespaces, read back and verified (the volumes are still healthy).
@@ -38,7 +38,7 @@ READ_LOOPS=${E2E_READ_LOOPS:-1}
 ROUNDS=${E2E_ROUNDS:-2}
 MAX_ROUNDS=${E2E_MAX_ROUNDS:-40}
 WORK=/tmp/e2e
-NSIDS=${E2E_NSIDS:-1 2 3}
+NSIDS=${E2E_NSIDS:-1 2 3 4}
 
 
 IO_PID=
@@ -139,7 +139,7 @@ for ns in $NSIDS; do
     echo "namespace $ns: /dev/$n, $mb MiB"
     [ "$mb" -ge $((A_MB + B_MB)) ] || fail "namespace $ns is $mb MiB, the test needs $((A_MB + B_MB)) MiB"
 done
-pass "connected: namespaces $NSIDS (RAID-5, RAID-6, RAID 3): $DEV1 $DEV2 ${DEV3:-}"
+pass "connected: namespaces $NSIDS (RAID-5, RAID-6, RAID 3, RAID-6 DP): $DEV1 $DEV2 ${DEV3:-} ${DEV4:-}"
 
 step "prewrite region A (${A_MB} MiB per namespace, 64k sequential, crc32c, verified)"
 args="" jobs=0
