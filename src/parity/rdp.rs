@@ -406,6 +406,38 @@ impl super::Kernels {
     }
 }
 
+/// The bytes of the diagonal-parity strip that a read-modify-write of bytes `at .. at +
+/// len` of data strip `index` changes (see [`super::Kernels::rdp_update`]), as one range
+/// from the first to the last: what such a write must read and write back of that strip.
+/// Strips have `strip_len` bytes. `len` > 0.
+pub fn touched_diagonal_bytes(
+    prime: usize,
+    strip_len: usize,
+    index: usize,
+    at: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let cell = strip_len / (prime - 1);
+    assert!(
+        len > 0 && at + len <= strip_len && index < prime - 1,
+        "touched_diagonal_bytes: bytes {at}..+{len} of a {strip_len}-byte data strip {index}"
+    );
+    // Data column `index`; the row parity is column p - 1 (cf. `Array::diagonal`).
+    let (mut lo, mut hi) = (usize::MAX, 0);
+    let (first, last) = (at / cell, (at + len - 1) / cell);
+    for r in first..=last {
+        let start = at.max(r * cell) - r * cell;
+        let end = (at + len).min((r + 1) * cell) - r * cell;
+        for d in [(r + index) % prime, (r + prime - 1) % prime] {
+            if d != prime - 1 {
+                lo = lo.min(d * cell + start);
+                hi = hi.max(d * cell + end);
+            }
+        }
+    }
+    lo..hi
+}
+
 impl super::Kernels {
     /// Read-modify-write of one rewritten piece of data strip `index`: bytes `at ..
     /// at + old.len()` of the strip change from `old` to `new`. Each cell-sized part folds
@@ -520,6 +552,45 @@ pub unsafe fn run_scalar(sched: &Schedule, strips: &Strips) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The range is exactly from the first to the last diagonal byte a read-modify-write
+    /// changes: every changed byte inside, both ends changed.
+    #[test]
+    fn touched_diagonal_bytes_bound_what_an_update_changes() {
+        let k = super::super::Kernels::scalar();
+        for (p, cell) in [(5usize, 256usize), (17, 64)] {
+            let len_all = cell * (p - 1);
+            for index in [0, 1, p - 2] {
+                for (at, n) in [
+                    (0, 64),
+                    (cell - 64, 128),
+                    (64, len_all - 128),
+                    (3 * cell, cell),
+                ] {
+                    let (mut row, mut diag) = (vec![0u8; len_all], vec![0u8; len_all]);
+                    // Random new bytes: two cells folding into one diagonal byte do not cancel.
+                    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ (at * 31 + n) as u64;
+                    let new: Vec<u8> = (0..n)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            (x >> 24) as u8 | 1
+                        })
+                        .collect();
+                    let old = vec![0u8; n];
+                    k.rdp_update(p, p - 1, index, at, &old, &new, &mut row, &mut diag);
+                    let r = touched_diagonal_bytes(p, len_all, index, at, n);
+                    let changed: Vec<usize> = (0..len_all).filter(|&b| diag[b] != 0).collect();
+                    assert_eq!(
+                        (changed[0], changed[changed.len() - 1] + 1),
+                        (r.start, r.end),
+                        "p={p} strip {index} bytes {at}..+{n}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_pair_of_lost_strips_has_a_complete_schedule() {

@@ -273,11 +273,40 @@ impl RaidChannel {
         }
         if matches!(op.strategy, Strategy::ReadModifyWrite | Strategy::Degraded) {
             let (p, q) = self.parity_members(&w);
-            self.read_rows(s, p, rows, op.chunks[P_CHUNK], rows.start, sq);
+            let (p_rows, q_rows) = self.parity_rows(&op);
+            self.read_rows(s, p, p_rows, op.chunks[P_CHUNK], rows.start, sq);
             if let Some(q) = q {
-                self.read_rows(s, q, rows, op.chunks[Q_CHUNK], rows.start, sq);
+                self.read_rows(s, q, q_rows, op.chunks[Q_CHUNK], rows.start, sq);
             }
         }
+    }
+
+    /// The rows of P and of Q the op reads (read-modify-write, degraded) and writes: its
+    /// rows, except for a whole-strip code's read-modify-write, which changes the row
+    /// parity at the written rows only and the diagonal parity over the hull of the cells
+    /// they reach.
+    fn parity_rows(&self, op: &StripeOp) -> (Rows, Rows) {
+        if !(self.code().whole_strips() && op.strategy == Strategy::ReadModifyWrite) {
+            return (op.w.rows, op.w.rows);
+        }
+        let prime = parity::rdp::prime_for(op.w.k);
+        let strip = self.bytes(self.layout.strip_blocks);
+        let block = self.bytes(1);
+        let mut p = Rows {
+            start: u64::MAX,
+            end: 0,
+        };
+        let mut q = p;
+        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
+            let wr = op.w.written[i];
+            p.start = p.start.min(wr.start);
+            p.end = p.end.max(wr.end);
+            let at = self.bytes(wr.start - op.w.rows.start);
+            let d = parity::rdp::touched_diagonal_bytes(prime, strip, i, at, self.bytes(wr.len()));
+            q.start = q.start.min(op.w.rows.start + (d.start / block) as u64);
+            q.end = q.end.max(op.w.rows.start + d.end.div_ceil(block) as u64);
+        }
+        (p, q)
     }
 
     /// New data for `len` rows of data strip `i` from `row`: the host's buffer, or zeroes.
@@ -564,17 +593,14 @@ impl RaidChannel {
             self.stripe_io(s, BdevOp::Write, member, wr, src, host_index, sq);
         }
         let (p, q) = self.parity_members(&op.w);
-        for (member, chunk) in [(Some(p), op.chunks[P_CHUNK]), (q, op.chunks[Q_CHUNK])] {
+        let (p_rows, q_rows) = self.parity_rows(&op);
+        for (member, chunk, rows) in [
+            (Some(p), op.chunks[P_CHUNK], p_rows),
+            (q, op.chunks[Q_CHUNK], q_rows),
+        ] {
             if let Some(m) = member.filter(|m| !self.health.is_failed(*m)) {
-                self.stripe_io(
-                    s,
-                    BdevOp::Write,
-                    m,
-                    op.w.rows,
-                    self.scratch.ptr(chunk),
-                    None,
-                    sq,
-                );
+                let src = self.chunk_at(chunk, op.w.rows.start, rows.start);
+                self.stripe_io(s, BdevOp::Write, m, rows, src, None, sq);
             }
         }
     }
