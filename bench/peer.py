@@ -104,6 +104,9 @@ class Ours:
 
 
 def hugepages_free_mib():
+    """Free 2 MiB hugepages DPDK can use (a hugetlbfs mounted), in MiB."""
+    if not any(line.split()[2] == "hugetlbfs" for line in open("/proc/mounts")):
+        return 0
     info = open("/proc/meminfo").read()
     free = int(re.search(r"HugePages_Free:\s+(\d+)", info).group(1))
     size_kib = int(re.search(r"Hugepagesize:\s+(\d+)", info).group(1))
