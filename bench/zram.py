@@ -53,14 +53,19 @@ def add_devices():
 
 
 def remove_devices(ids):
+    # A device closed after writing is probed (udev, blkid) for a moment: retry while busy.
     for n in ids:
-        try:
-            with open(f"/sys/block/zram{n}/reset", "w") as f:
-                f.write("1")
-            with open(f"{CONTROL}/hot_remove", "w") as f:
-                f.write(str(n))
-        except OSError as e:
-            print(f"zram: could not remove zram{n}: {e}", file=sys.stderr)
+        for attempt in range(50):
+            try:
+                with open(f"/sys/block/zram{n}/reset", "w") as f:
+                    f.write("1")
+                with open(f"{CONTROL}/hot_remove", "w") as f:
+                    f.write(str(n))
+                break
+            except OSError as e:
+                if attempt == 49:
+                    print(f"zram: could not remove zram{n}: {e}", file=sys.stderr)
+                time.sleep(0.1)
 
 
 def fio(paths, pattern, bs, qd, secs, core=0):
@@ -80,6 +85,11 @@ def fio(paths, pattern, bs, qd, secs, core=0):
 
 
 def target(level, paths):
+    # New members for each level: clear the metadata area (superblock, bitmap).
+    for p in paths:
+        with open(p, "r+b") as f:
+            f.write(bytes(1 << 20))
+            os.fsync(f.fileno())
     out = [f'[reactor]\ncores = [0]\npolling = "adaptive"', f'[[listener]]\naddress = "127.0.0.1:{PORT}"']
     for i, p in enumerate(paths):
         out.append(f'[[device]]\nname = "z{i}"\nkind = "file"\npath = "{p}"')
