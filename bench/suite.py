@@ -30,9 +30,9 @@ over RAM against the null namespace with the same I/O size.
   bench/suite.sh [SECONDS]       every case (about 12 minutes at 5 s)
   SUITE=quick bench/suite.sh     null, RAID-0 and RAID-5 over RAM
   REPEAT=3 bench/suite.sh        each case three times; the run with the median IOPS
-  SUITE=levels bench/suite.sh    RAID 3, 4 and 5 over the same five RAM members (four data
-                                 strips and one parity per row), paired with the null
-                                 reference, then stop
+  SUITE=levels bench/suite.sh    RAID 3, 4 and 5 over the same five RAM members, RAID 6
+                                 and 6-DP over six (four data strips per row), paired
+                                 with the null reference, then stop
 """
 import json
 import os

@@ -451,22 +451,6 @@ pub fn rdp_recover(prime: usize, strips: &mut [&mut [u8]], lost: &[usize]) {
     Kernels::get().rdp_recover(prime, strips, lost)
 }
 
-/// RAID-6 DP read-modify-write of one rewritten piece of a data strip: see
-/// [`Kernels::rdp_update`].
-#[allow(clippy::too_many_arguments)]
-pub fn rdp_update(
-    prime: usize,
-    k: usize,
-    index: usize,
-    at: usize,
-    old: &[u8],
-    new: &[u8],
-    row: &mut [u8],
-    diag: &mut [u8],
-) {
-    Kernels::get().rdp_update(prime, k, index, at, old, new, row, diag)
-}
-
 /// RAID-5 read-modify-write: P ^= old ^ new for each rewritten block, without reading the
 /// stripe's other data blocks. Updates must name distinct blocks; an empty list does nothing.
 pub fn p_update(updates: &[Update<'_>], p: &mut [u8]) {

@@ -278,13 +278,13 @@ impl ParityCode {
     }
 
     /// Read-modify-write: fold rewritten data strips into the parity (row-aligned codes;
-    /// RAID-6 DP updates go through [`parity::rdp_update`] with the strip offset).
+    /// RAID-6 DP updates go through `Kernels::rdp_update` with the strip offset).
     pub fn update(self, updates: &[Update<'_>], p: &mut [u8], q: Option<&mut [u8]>) {
         match (self, q) {
             (ParityCode::PQ, Some(q)) => parity::pq_update(updates, p, q),
             (ParityCode::Xor, None) => parity::p_update(updates, p),
             (ParityCode::RowDiagonal, _) => {
-                panic!("RAID-6 DP updates need the strip offset: see parity::rdp_update")
+                panic!("RAID-6 DP updates need the strip offset: see Kernels::rdp_update")
             }
             (code, q) => panic!(
                 "{code:?} parity takes {} output(s), got {}",

@@ -334,7 +334,6 @@ impl RaidChannel {
         let op = *self.stripes.get(s);
         let whole = self.code().whole_strips();
         match op.strategy {
-            Strategy::ReadModifyWrite if whole => self.update_whole_strip_parity(&op),
             Strategy::ReadModifyWrite => self.update_parity(&op),
             Strategy::ReconstructWrite if whole => self.reconstruct_whole_strip_parity(&op),
             Strategy::ReconstructWrite => self.reconstruct_parity(&op),
@@ -352,10 +351,13 @@ impl RaidChannel {
         }
     }
 
-    /// Read-modify-write: fold (old ^ new) of each written strip into P and Q.
+    /// Read-modify-write: fold (old ^ new) of each written strip into P and Q (row-aligned
+    /// codes), or into the parity cells it reaches wherever they sit in the parity strips
+    /// (RAID-6 DP).
     fn update_parity(&self, op: &StripeOp) {
         let rows = op.w.rows;
         let (p, mut q) = self.parity_slices(op);
+        let whole = self.code().whole_strips();
         for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
             let wr = op.w.written[i];
             let len = self.bytes(wr.len());
@@ -368,30 +370,17 @@ impl RaidChannel {
                 )
             };
             let at = self.bytes(wr.start - rows.start);
-            let u = [Update { index: i, old, new }];
-            let q = q.as_deref_mut().map(|q| &mut q[at..at + len]);
-            self.code().update(&u, &mut p[at..at + len], q);
-        }
-    }
-
-    /// Read-modify-write of a whole-strip code (RAID-6 DP): each rewritten piece folds into
-    /// the parity cells it reaches, wherever they sit in the parity strips.
-    fn update_whole_strip_parity(&self, op: &StripeOp) {
-        let (p, q) = self.parity_slices(op);
-        let q = q.expect("RAID-6 DP has a diagonal parity strip");
-        let prime = parity::rdp::prime_for(op.w.k);
-        for i in (0..op.w.k).filter(|&i| !op.w.written[i].is_empty()) {
-            let wr = op.w.written[i];
-            let len = self.bytes(wr.len());
-            // SAFETY: as in `update_parity`.
-            let (old, new) = unsafe {
-                (
-                    slice(self.scratch.ptr(op.chunks[i]), len),
-                    slice(self.new_data(op, i, wr.start, wr.len()), len),
-                )
-            };
-            let at = self.bytes(wr.start - op.w.rows.start);
-            parity::rdp_update(prime, op.w.k, i, at, old, new, p, q);
+            if whole {
+                let d = q
+                    .as_deref_mut()
+                    .expect("RAID-6 DP has a diagonal parity strip");
+                let prime = parity::rdp::prime_for(op.w.k);
+                parity::Kernels::get().rdp_update(prime, op.w.k, i, at, old, new, p, d);
+            } else {
+                let u = [Update { index: i, old, new }];
+                let q = q.as_deref_mut().map(|q| &mut q[at..at + len]);
+                self.code().update(&u, &mut p[at..at + len], q);
+            }
         }
     }
 
