@@ -16,6 +16,8 @@ each (median), and ours as a fraction of the loopback fabric's ceiling measured 
 start of the same run (bench/fabric.rs).
 
   bench/peer.sh [SECONDS]          SECONDS per measurement (default 10), REPEAT=3
+  CASES="raid0 null"               only these cases (default: all)
+  WORKLOADS="128K"                 only workloads whose name contains one of these words
   SPDK_DIR=/path/to/spdk           an SPDK build (build/bin/nvmf_tgt, build/bin/spdk_nvme_perf,
                                    scripts/rpc.py), or NVMF_TGT, SPDK_PERF and SPDK_RPC
 """
@@ -52,6 +54,21 @@ CASES = [
     ("raid1", "raid1", "raid1", 2, [RR4K32, RW4K32]),
     ("raid5", "raid5", "raid5f", 4, [RR4K32]),
 ]
+
+def selected(cases):
+    """The cases and workloads CASES= and WORKLOADS= ask for (all by default)."""
+    want_cases = os.environ.get("CASES", "").split()
+    want_wls = os.environ.get("WORKLOADS", "").split()
+    out = []
+    for case in cases:
+        wls = [w for w in case[4] if not want_wls or any(x in wl_name(w) for x in want_wls)]
+        if (not want_cases or case[0] in want_cases) and wls:
+            out.append((*case[:4], wls))
+    if not out:
+        sys.exit(f"peer: CASES={want_cases} WORKLOADS={want_wls} select nothing")
+    return out
+
+
 INITIATORS = ("spdk_nvme_perf", "nvmf-raid perf")
 DIR = tempfile.mkdtemp(prefix="nvmf-raid-peer.", dir=os.environ.get("TMPDIR", "/var/tmp"))
 
@@ -215,14 +232,15 @@ def main():
     hp = hugepages_free_mib()
     print(f"{cpu_model()}; {SECS} s per measurement, {REPEAT} repetitions; targets on core {TARGET_CORE}, "
           f"initiators on core {INITIATOR_CORE}; SPDK with {'hugepages' if hp else 'no hugepages'}", flush=True)
-    workloads = sorted({w for case in CASES for w in case[4]})
+    cases = selected(CASES)
+    workloads = sorted({w for case in cases for w in case[4]})
     ceiling = {}
     for w in workloads:
         ceiling[w] = fabric_ceiling(w)
         print(f"fabric ceiling {wl_name(w):<20} {ceiling[w]:10.0f} IOPS", flush=True)
     # results[(case, w, initiator, side)] = [runs]
     results = {}
-    for case, level, raid_level, members, wls in CASES:
+    for case, level, raid_level, members, wls in cases:
         for rep in range(REPEAT):
             sides = [("ours", lambda: Ours(level, members)), ("spdk", lambda: Spdk(raid_level, members))]
             for side, start in sides if rep % 2 == 0 else sides[::-1]:
@@ -241,7 +259,7 @@ def main():
           "| p99 ours / SPDK (us) | ours / fabric ceiling |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     med = lambda runs, k: statistics.median(r[k] for r in runs)
-    for case, _, _, _, wls in CASES:
+    for case, _, _, _, wls in cases:
         for w in wls:
             for ini in INITIATORS:
                 ours, spdk = results[(case, w, ini, "ours")], results[(case, w, ini, "spdk")]

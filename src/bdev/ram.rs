@@ -1,5 +1,6 @@
 //! A RAM-backed device: an anonymous mapping faulted in at creation (no page faults on
-//! the data path), copied synchronously on the reactor.
+//! the data path), copied synchronously on the reactor the way a device's DMA would touch
+//! it (`util::devcopy`: streaming stores in, prefetched reads out).
 
 use std::sync::Arc;
 
@@ -7,6 +8,7 @@ use super::{
     Bdev, BdevChannel, BdevInfo, BdevIo, BdevOp, ChildRoute, FileRegistry, SqeSink, Submitted,
 };
 use crate::util::aligned::AlignedRegion;
+use crate::util::devcopy;
 
 #[derive(Debug)]
 pub struct RamBdev {
@@ -86,8 +88,8 @@ impl BdevChannel for RamChannel {
         unsafe {
             let dev = self.mem.as_ptr().add(off);
             match io.op {
-                BdevOp::Read => std::ptr::copy_nonoverlapping(dev, io.buf, len),
-                BdevOp::Write => std::ptr::copy_nonoverlapping(io.buf, dev, len),
+                BdevOp::Read => devcopy::from_device(io.buf, dev, len),
+                BdevOp::Write => devcopy::to_device(dev, io.buf, len),
                 BdevOp::WriteZeroes | BdevOp::Discard => std::ptr::write_bytes(dev, 0, len),
                 BdevOp::Flush => {}
             }

@@ -3,6 +3,7 @@
 pub mod aligned;
 pub mod bucket;
 pub mod clock;
+pub mod devcopy;
 pub mod le;
 pub mod locks;
 pub mod ratelimit;
