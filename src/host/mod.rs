@@ -62,6 +62,17 @@ struct Pending {
 
 /// Payloads at least this large are sent from the caller's buffer rather than copied.
 const EXTERNAL_MIN: usize = 4096;
+/// A C2HData payload with at least this much still to arrive is received straight into
+/// the command's buffer, not into `rx` and then copied (one copy of a large read, not two).
+const DIRECT_MIN: usize = 16 * 1024;
+
+/// A C2HData payload being received straight into its command's buffer.
+#[derive(Debug, Clone, Copy)]
+struct DirectC2h {
+    hdr: pdu::DataHeaderAhead,
+    /// Payload bytes already in the buffer.
+    got: usize,
+}
 
 /// A run of bytes to send: a range of the queue's own buffer, or a caller's payload.
 #[derive(Debug, Clone, Copy)]
@@ -112,6 +123,9 @@ pub struct Queue {
     pub success_with_sq_flow: u64,
     /// Fault injection: send the next data digest wrong.
     pub corrupt_next_data_digest: bool,
+    direct: Option<DirectC2h>,
+    /// C2HData payloads received straight into their command's buffer.
+    pub direct_payloads: u64,
 }
 
 // SAFETY: the raw buffer pointers in `pending` are only dereferenced by whoever owns the
@@ -147,6 +161,8 @@ impl Queue {
             completed_in_data: 0,
             success_with_sq_flow: 0,
             corrupt_next_data_digest: false,
+            direct: None,
+            direct_payloads: 0,
         };
         let mut b = [0u8; pdu::IC_LEN];
         pdu::encode_ic_req(
@@ -381,7 +397,8 @@ impl Queue {
         (iov, n)
     }
 
-    /// Read what the socket has; Ok(0) when nothing is available.
+    /// Read what the socket has; Ok(0) when nothing is available. While a direct C2HData
+    /// receive is under way, the rest of its payload lands in the command's buffer first.
     fn fill_rx(&mut self) -> io::Result<usize> {
         if self.rx_head == self.rx_tail {
             self.rx_head = 0;
@@ -391,18 +408,51 @@ impl Queue {
             self.rx_tail -= self.rx_head;
             self.rx_head = 0;
         }
-        match self.sock.read(&mut self.rx[self.rx_tail..]) {
+        let got = match self.direct.filter(|d| d.got < d.hdr.data_len) {
+            Some(d) => self.read_direct(d),
+            None => self.sock.read(&mut self.rx[self.rx_tail..]).inspect(|&n| {
+                self.rx_tail += n;
+            }),
+        };
+        match got {
             Ok(0) => Err(io::Error::new(
                 ErrorKind::ConnectionAborted,
                 "controller closed the connection",
             )),
-            Ok(n) => {
-                self.rx_tail += n;
-                Ok(n)
-            }
+            Ok(n) => Ok(n),
             Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    /// One readv: the rest of the direct payload, then `rx`. Accounts what landed where.
+    fn read_direct(&mut self, d: DirectC2h) -> io::Result<usize> {
+        let left = d.hdr.data_len - d.got;
+        let dst = self.c2h_buffer(d.hdr.cccid)?;
+        let iov = [
+            libc::iovec {
+                // SAFETY: start_direct checked datao + data_len against the buffer.
+                iov_base: unsafe { dst.add(d.hdr.datao as usize + d.got) } as *mut libc::c_void,
+                iov_len: left,
+            },
+            libc::iovec {
+                iov_base: self.rx[self.rx_tail..].as_mut_ptr() as *mut libc::c_void,
+                iov_len: self.rx.len() - self.rx_tail,
+            },
+        ];
+        // SAFETY: two valid iovecs over memory this queue may write.
+        let n = unsafe { libc::readv(self.sock.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let into_payload = n.min(left);
+        self.direct = Some(DirectC2h {
+            got: d.got + into_payload,
+            ..d
+        });
+        self.rx_tail += n - into_payload;
+        Ok(n)
     }
 
     fn wait(&self, deadline: Instant, read: bool) -> io::Result<()> {
@@ -434,6 +484,7 @@ impl Queue {
         let mut completions = 0;
         loop {
             let got = self.fill_rx()?;
+            completions += self.finish_direct(done)?;
             completions += self.process_rx(done)?;
             self.flush_tx()?;
             if got == 0 {
@@ -449,11 +500,17 @@ impl Queue {
             max_data: 16 << 20,
             from_host: false,
         };
+        if self.direct.is_some() {
+            return Ok(0);
+        }
         let rx = std::mem::take(&mut self.rx);
         let mut n = 0;
         let result = loop {
             let f = match pdu::decode(&rx[self.rx_head..self.rx_tail], &p) {
-                Ok(Decoded::Incomplete(_)) => break Ok(n),
+                Ok(Decoded::Incomplete(_)) => {
+                    self.rx = rx;
+                    return self.start_direct(&p).map(|_| n);
+                }
                 Ok(Decoded::Frame(f)) => f,
                 Err(e) => break Err(err(format!("controller sent a malformed PDU: {e}"))),
             };
@@ -480,45 +537,11 @@ impl Queue {
                 success,
                 data,
             } => {
-                let pend = self
-                    .pending
-                    .get_mut(cccid as usize)
-                    .and_then(|p| p.as_mut())
-                    .ok_or_else(|| err("C2HData for unknown cid"))?;
-                let Data::FromController(buf, len) = pend.data else {
-                    return Err(err("C2HData for a command without read data"));
-                };
-                if datao as usize != pend.received || datao as usize + data.len() > len {
-                    return Err(err("C2HData out of order or out of range"));
-                }
-                // SAFETY: bounds checked; the caller keeps `buf` alive until completion.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        data.as_ptr(),
-                        buf.add(datao as usize),
-                        data.len(),
-                    )
-                };
-                pend.received += data.len();
-                if !success {
-                    return Ok(0);
-                }
-                if !last {
-                    return Err(err("C2HData SUCCESS without LAST_PDU"));
-                }
-                self.completed_in_data += 1;
-                self.success_with_sq_flow += !self.no_sq_flow as u64;
-                self.finish(
-                    Cqe {
-                        dw0: 0,
-                        dw1: 0,
-                        sqhd: 0,
-                        sqid: self.qid,
-                        cid: cccid,
-                        status: 0,
-                    },
-                    done,
-                )
+                let dst = self.c2h_target(cccid, datao, data.len())?;
+                // SAFETY: c2h_target checked the range; the caller keeps the buffer alive
+                // until completion.
+                unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), dst, data.len()) };
+                self.c2h_landed(cccid, data.len(), last, success, done)
             }
             Pdu::R2T(r) => {
                 self.on_r2t(r)?;
@@ -533,6 +556,113 @@ impl Queue {
             }
             other => Err(err(format!("unexpected PDU {other:?}"))),
         }
+    }
+
+    /// The read buffer of command `cccid`.
+    fn c2h_buffer(&self, cccid: u16) -> io::Result<*mut u8> {
+        match self.pending.get(cccid as usize).and_then(|p| p.as_ref()) {
+            Some(Pending {
+                data: Data::FromController(buf, _),
+                ..
+            }) => Ok(*buf),
+            Some(_) => Err(err("C2HData for a command without read data")),
+            None => Err(err("C2HData for unknown cid")),
+        }
+    }
+
+    /// Where `len` payload bytes at `datao` of command `cccid` go; they must continue
+    /// what has arrived and fit the command's buffer.
+    fn c2h_target(&self, cccid: u16, datao: u32, len: usize) -> io::Result<*mut u8> {
+        let buf = self.c2h_buffer(cccid)?;
+        let pend = self.pending[cccid as usize].as_ref().expect("checked");
+        let Data::FromController(_, buf_len) = pend.data else {
+            unreachable!("checked")
+        };
+        if datao as usize != pend.received || datao as usize + len > buf_len {
+            return Err(err("C2HData out of order or out of range"));
+        }
+        // SAFETY: datao < buf_len, inside the caller's buffer.
+        Ok(unsafe { buf.add(datao as usize) })
+    }
+
+    /// `len` payload bytes of command `cccid` are in its buffer; a SUCCESS flag completes it.
+    fn c2h_landed(
+        &mut self,
+        cccid: u16,
+        len: usize,
+        last: bool,
+        success: bool,
+        done: &mut dyn FnMut(u16, Cqe, Duration),
+    ) -> io::Result<usize> {
+        let pend = self.pending[cccid as usize].as_mut().expect("checked");
+        pend.received += len;
+        if !success {
+            return Ok(0);
+        }
+        if !last {
+            return Err(err("C2HData SUCCESS without LAST_PDU"));
+        }
+        self.completed_in_data += 1;
+        self.success_with_sq_flow += !self.no_sq_flow as u64;
+        self.finish(
+            Cqe {
+                dw0: 0,
+                dw1: 0,
+                sqhd: 0,
+                sqid: self.qid,
+                cid: cccid,
+                status: 0,
+            },
+            done,
+        )
+    }
+
+    /// The PDU at the head of `rx` is a C2HData whose payload is mostly still to come:
+    /// take what is here into the command's buffer and receive the rest there directly.
+    /// Anything else (or a header `decode` would refuse) is left to be decoded whole.
+    fn start_direct(&mut self, p: &DecodeParams) -> io::Result<()> {
+        let avail = &self.rx[self.rx_head..self.rx_tail];
+        let Some(hdr) = pdu::data_header_ahead(avail, p, pdu::pdu_type::C2H_DATA) else {
+            return Ok(());
+        };
+        let here = (avail.len() - hdr.data_off).min(hdr.data_len);
+        if hdr.data_len - here < DIRECT_MIN {
+            return Ok(());
+        }
+        let dst = self.c2h_target(hdr.cccid, hdr.datao, hdr.data_len)?;
+        let from = self.rx_head + hdr.data_off;
+        // SAFETY: c2h_target checked the whole payload's range.
+        unsafe { std::ptr::copy_nonoverlapping(self.rx[from..].as_ptr(), dst, here) };
+        self.rx_head = from + here;
+        self.direct = Some(DirectC2h { hdr, got: here });
+        self.direct_payloads += 1;
+        Ok(())
+    }
+
+    /// Complete a direct receive once its payload and data digest are in.
+    fn finish_direct(&mut self, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
+        let Some(d) = self.direct else { return Ok(0) };
+        let digest = if d.hdr.ddgst { pdu::DIGEST_LEN } else { 0 };
+        if d.got < d.hdr.data_len || self.rx_tail - self.rx_head < digest {
+            return Ok(0);
+        }
+        if d.hdr.ddgst {
+            let sent =
+                u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
+            // SAFETY: the payload landed in the command's buffer, checked at start_direct.
+            let payload = unsafe {
+                std::slice::from_raw_parts(
+                    self.c2h_buffer(d.hdr.cccid)?.add(d.hdr.datao as usize),
+                    d.hdr.data_len,
+                )
+            };
+            if sent != pdu::crc32c(payload) {
+                return Err(err("data digest mismatch"));
+            }
+        }
+        self.rx_head += digest;
+        self.direct = None;
+        self.c2h_landed(d.hdr.cccid, d.hdr.data_len, d.hdr.last, d.hdr.success, done)
     }
 
     /// Complete command `cqe.cid`: from a response capsule, or from the SUCCESS flag.
@@ -858,11 +988,27 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
+    /// How the scripted controller delivers its one C2HData.
+    #[derive(Clone, Copy)]
+    struct Delivery {
+        ddgst: bool,
+        corrupt_digest: bool,
+        /// Send the payload in pieces with pauses, so the header arrives ahead of it.
+        trickle: bool,
+    }
+
+    const AT_ONCE: Delivery = Delivery {
+        ddgst: false,
+        corrupt_digest: false,
+        trickle: false,
+    };
+
     /// A scripted controller that answers one read the way SPDK's target does: C2HData with
     /// LAST_PDU and SUCCESS although SQ flow control is on, and no response capsule.
     fn spdk_like_controller(
         listener: std::net::TcpListener,
         payload: Vec<u8>,
+        how: Delivery,
     ) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
@@ -875,7 +1021,7 @@ mod tests {
                     pfv: 0,
                     cpda: 0,
                     hdgst: false,
-                    ddgst: false,
+                    ddgst: how.ddgst,
                     maxh2cdata: 128 * 1024,
                 },
             );
@@ -892,9 +1038,23 @@ mod tests {
                 success: true,
             };
             let mut hdr = [0u8; 32];
-            let n = pdu::encode_data_header(&mut hdr, true, &h, false, false);
+            let n = pdu::encode_data_header(&mut hdr, true, &h, false, how.ddgst);
             s.write_all(&hdr[..n]).unwrap();
-            s.write_all(&payload).unwrap();
+            let piece = if how.trickle {
+                payload.len() / 5 + 1
+            } else {
+                payload.len()
+            };
+            for chunk in payload.chunks(piece) {
+                s.write_all(chunk).unwrap();
+                if how.trickle {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            if how.ddgst {
+                let digest = pdu::crc32c(&payload) ^ how.corrupt_digest as u32;
+                s.write_all(&digest.to_le_bytes()).unwrap();
+            }
             let mut rest = Vec::new();
             let _ = s.read_to_end(&mut rest);
         })
@@ -905,7 +1065,7 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
-        let controller = spdk_like_controller(listener, payload.clone());
+        let controller = spdk_like_controller(listener, payload.clone(), AT_ONCE);
         let mut q = Queue::open(addr, &QueueOptions::default()).unwrap();
         let mut buf = vec![0u8; 4096];
         let sqe = command::rw_sqe(io_op::READ, 0, 1, 0, 8, 4096, false);
@@ -923,5 +1083,64 @@ mod tests {
         assert_eq!((q.completed_in_data, q.success_with_sq_flow), (1, 1));
         drop(q);
         controller.join().unwrap();
+    }
+
+    /// Read `len` bytes from a scripted controller; the poll result of the last poll.
+    fn read_from(how: Delivery, len: usize) -> (io::Result<usize>, Vec<u8>, Vec<u8>, Queue) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let payload: Vec<u8> = (0..len as u32).map(|i| (i * 13 + 1) as u8).collect();
+        let controller = spdk_like_controller(listener, payload.clone(), how);
+        let opts = QueueOptions {
+            ddgst: how.ddgst,
+            ..QueueOptions::default()
+        };
+        let mut q = Queue::open(addr, &opts).unwrap();
+        let mut buf = vec![0u8; len];
+        let sqe = command::rw_sqe(io_op::READ, 0, 1, 0, (len / 512) as u32, len as u32, false);
+        q.submit(sqe, Data::FromController(buf.as_mut_ptr(), len))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let result = loop {
+            assert!(Instant::now() < deadline, "the read never completed");
+            match q.poll(&mut |_, cqe, _| assert!(cqe.is_success())) {
+                Ok(0) => std::thread::sleep(Duration::from_millis(1)),
+                other => break other,
+            }
+        };
+        q.sock.shutdown(std::net::Shutdown::Both).unwrap();
+        controller.join().unwrap();
+        (result, buf, payload, q)
+    }
+
+    #[test]
+    fn a_large_payload_arriving_behind_its_header_lands_directly_and_intact() {
+        for ddgst in [false, true] {
+            let how = Delivery {
+                ddgst,
+                corrupt_digest: false,
+                trickle: true,
+            };
+            let (result, buf, payload, q) = read_from(how, 256 * 1024);
+            assert_eq!(result.unwrap(), 1, "one completion (ddgst {ddgst})");
+            assert!(buf == payload, "payload differs (ddgst {ddgst})");
+            assert_eq!(
+                q.direct_payloads, 1,
+                "the payload went direct (ddgst {ddgst})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_direct_payload_with_a_bad_data_digest_is_refused() {
+        let how = Delivery {
+            ddgst: true,
+            corrupt_digest: true,
+            trickle: true,
+        };
+        let (result, _, _, q) = read_from(how, 128 * 1024);
+        let e = result.expect_err("a bad digest must fail the queue");
+        assert!(e.to_string().contains("data digest"), "{e}");
+        assert_eq!(q.direct_payloads, 1);
     }
 }

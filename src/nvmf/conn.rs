@@ -626,7 +626,9 @@ impl Conn {
             return false;
         }
         let avail = &self.rx[self.rx_head..self.rx_tail];
-        let Some(hdr) = pdu::h2c_header_ahead(avail, &self.decode_params(env)) else {
+        let Some(hdr) =
+            pdu::data_header_ahead(avail, &self.decode_params(env), pdu::pdu_type::H2C_DATA)
+        else {
             return false;
         };
         let here = (avail.len() - hdr.data_off).min(hdr.data_len);

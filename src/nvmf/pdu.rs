@@ -202,12 +202,17 @@ fn common_header(buf: &[u8], p: &DecodeParams) -> Result<(u8, u8, usize, usize, 
     ))
 }
 
-/// An H2CData PDU whose header has arrived and whose payload has not all arrived yet.
+/// A data PDU (H2CData or C2HData) whose header has arrived and whose payload has not
+/// all arrived yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DataHeaderAhead {
     pub cccid: u16,
+    /// H2CData's transfer tag (reserved, zero, in C2HData).
     pub ttag: u16,
     pub datao: u32,
+    /// LAST_PDU and SUCCESS, as sent.
+    pub last: bool,
+    pub success: bool,
     /// Offset of the payload in the PDU, and its length.
     pub data_off: usize,
     pub data_len: usize,
@@ -215,11 +220,13 @@ pub struct DataHeaderAhead {
     pub ddgst: bool,
 }
 
-/// The header of an H2CData PDU at the front of `buf` whose payload is still arriving,
-/// checked as `decode` checks it (the payload can then be received elsewhere). None when
-/// `buf` holds something else, less than the header, or the whole PDU.
-pub fn h2c_header_ahead(buf: &[u8], p: &DecodeParams) -> Option<DataHeaderAhead> {
-    if buf.len() < COMMON_HEADER_LEN || buf[0] != pdu_type::H2C_DATA {
+/// The header of a data PDU of type `ty` (H2C_DATA or C2H_DATA) at the front of `buf`
+/// whose payload is still arriving, checked as `decode` checks it (the payload can then be
+/// received elsewhere). None when `buf` holds something else, less than the header, or
+/// the whole PDU.
+pub fn data_header_ahead(buf: &[u8], p: &DecodeParams, ty: u8) -> Option<DataHeaderAhead> {
+    debug_assert!(ty == pdu_type::H2C_DATA || ty == pdu_type::C2H_DATA);
+    if buf.len() < COMMON_HEADER_LEN || buf[0] != ty {
         return None;
     }
     let (_, _, hlen, plen, layout) = common_header(buf, p).ok()?;
@@ -236,6 +243,8 @@ pub fn h2c_header_ahead(buf: &[u8], p: &DecodeParams) -> Option<DataHeaderAhead>
         cccid: le16(buf, 8),
         ttag: le16(buf, 10),
         datao: le32(buf, 12),
+        last: buf[1] & flags::LAST_PDU != 0,
+        success: buf[1] & flags::SUCCESS != 0,
         data_off: layout.data_off,
         data_len: layout.data_len,
         ddgst: layout.ddgst,
@@ -643,7 +652,7 @@ mod tests {
     }
 
     #[test]
-    fn h2c_header_ahead_only_for_a_valid_header_with_payload_still_to_come() {
+    fn data_header_ahead_only_for_a_valid_header_with_payload_still_to_come() {
         for (hd, dd) in [(false, false), (true, true)] {
             let h = DataHeader {
                 cccid: 5,
@@ -658,12 +667,17 @@ mod tests {
             b.truncate(n);
             b.extend(std::iter::repeat_n(7u8, 8192 + if dd { 4 } else { 0 }));
             let p = host_params(hd, dd);
-            let ahead = h2c_header_ahead(&b[..n + 100], &p).expect("header with partial payload");
+            let ahead = data_header_ahead(&b[..n + 100], &p, pdu_type::H2C_DATA)
+                .expect("header with partial payload");
             assert_eq!((ahead.cccid, ahead.ttag, ahead.datao), (5, 2, 4096));
             assert_eq!((ahead.data_off, ahead.data_len, ahead.ddgst), (n, 8192, dd));
-            assert_eq!(h2c_header_ahead(&b[..n - 1], &p), None, "header incomplete");
             assert_eq!(
-                h2c_header_ahead(&b, &p),
+                data_header_ahead(&b[..n - 1], &p, pdu_type::H2C_DATA),
+                None,
+                "header incomplete"
+            );
+            assert_eq!(
+                data_header_ahead(&b, &p, pdu_type::H2C_DATA),
                 None,
                 "whole PDU: decoded as usual"
             );
@@ -671,13 +685,13 @@ mod tests {
                 let mut bad = b.clone();
                 bad[n - 1] ^= 1;
                 assert_eq!(
-                    h2c_header_ahead(&bad[..n + 100], &p),
+                    data_header_ahead(&bad[..n + 100], &p, pdu_type::H2C_DATA),
                     None,
                     "bad header digest"
                 );
             }
             assert_eq!(
-                h2c_header_ahead(&b[..n + 100], &host_params(!hd, dd)),
+                data_header_ahead(&b[..n + 100], &host_params(!hd, dd), pdu_type::H2C_DATA),
                 None,
                 "digest mismatch"
             );
@@ -685,10 +699,37 @@ mod tests {
         let mut cmd = [0u8; 72];
         encode_capsule_cmd(&mut cmd, &[0u8; 64], 0, false, false);
         assert_eq!(
-            h2c_header_ahead(&cmd, &host_params(false, false)),
+            data_header_ahead(&cmd, &host_params(false, false), pdu_type::H2C_DATA),
             None,
             "not H2CData"
         );
+    }
+
+    #[test]
+    fn c2h_header_ahead_carries_the_flags() {
+        for success in [false, true] {
+            let h = DataHeader {
+                cccid: 9,
+                ttag: 0,
+                datao: 0,
+                datal: 65536,
+                last: true,
+                success,
+            };
+            let mut b = vec![0u8; 128];
+            let n = encode_data_header(&mut b, true, &h, true, false);
+            b.truncate(n);
+            b.extend(std::iter::repeat_n(3u8, 1000));
+            let p = ctrl_params(true, false);
+            let ahead = data_header_ahead(&b, &p, pdu_type::C2H_DATA).expect("C2HData header");
+            assert_eq!((ahead.cccid, ahead.datao, ahead.data_len), (9, 0, 65536));
+            assert_eq!((ahead.last, ahead.success), (true, success));
+            assert_eq!(
+                data_header_ahead(&b, &p, pdu_type::H2C_DATA),
+                None,
+                "other type"
+            );
+        }
     }
 
     #[test]

@@ -103,15 +103,36 @@ mod tests {
         // SAFETY: the whole region, owned by this test.
         let dev = unsafe { region.slice_mut(0, size) };
         let host: Vec<u8> = (0..size).map(|i| (i * 7 + 3) as u8).collect();
-        for &len in &[1usize, 63, 64, 512, 4096, 4160, 65536, 131072, 131072 + 64, 262144] {
+        for &len in &[
+            1usize,
+            63,
+            64,
+            512,
+            4096,
+            4160,
+            65536,
+            131072,
+            131072 + 64,
+            262144,
+        ] {
             for &skew in &[0usize, 8, 32, 64] {
                 let n = len.min(size - skew);
                 dev.fill(0xAA);
                 // SAFETY: both ranges are inside their buffers.
                 unsafe { to_device(dev.as_mut_ptr().add(skew), host.as_ptr(), n) };
-                assert_eq!(&dev[skew..skew + n], &host[..n], "to_device len {n} skew {skew}");
-                assert!(dev[..skew].iter().all(|&b| b == 0xAA), "wrote before the range");
-                assert!(dev[skew + n..].iter().all(|&b| b == 0xAA), "wrote past the range");
+                assert_eq!(
+                    &dev[skew..skew + n],
+                    &host[..n],
+                    "to_device len {n} skew {skew}"
+                );
+                assert!(
+                    dev[..skew].iter().all(|&b| b == 0xAA),
+                    "wrote before the range"
+                );
+                assert!(
+                    dev[skew + n..].iter().all(|&b| b == 0xAA),
+                    "wrote past the range"
+                );
                 let mut back = vec![0u8; n + 64];
                 // SAFETY: both ranges are inside their buffers.
                 unsafe { from_device(back.as_mut_ptr(), dev.as_ptr().add(skew), n) };
