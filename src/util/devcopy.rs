@@ -52,38 +52,49 @@ mod x86 {
 
     use super::PREFETCH_DISTANCE;
 
+    /// Into a device: streaming stores, fenced.
     #[target_feature(enable = "avx2")]
     pub unsafe fn stream_to(dev: *mut u8, src: *const u8, len: usize) {
-        let mut at = 0;
-        while at < len {
-            // SAFETY: `at + 64 <= len` (len is a multiple of 64); `dev + at` is 32-aligned.
-            unsafe {
-                let a = _mm256_loadu_si256(src.add(at) as *const __m256i);
-                let b = _mm256_loadu_si256(src.add(at + 32) as *const __m256i);
-                _mm256_stream_si256(dev.add(at) as *mut __m256i, a);
-                _mm256_stream_si256(dev.add(at + 32) as *mut __m256i, b);
-            }
-            at += 64;
-        }
+        // SAFETY: the caller's contract, passed on.
+        unsafe { copy_lines::<true>(dev, src, len) };
         // Streaming stores are weakly ordered: fence them before the completion that
         // tells anyone else (another reactor reading this device) the data is there.
         _mm_sfence();
     }
 
+    /// Out of a device: ordinary stores, loads prefetched ahead.
     #[target_feature(enable = "avx2")]
     pub unsafe fn prefetching_copy(dst: *mut u8, dev: *const u8, len: usize) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { copy_lines::<false>(dst, dev, len) }
+    }
+
+    /// Copy whole 64-byte lines; `TO_DEVICE` picks streaming stores (`dst` 32-aligned),
+    /// else the source is prefetched ahead.
+    #[target_feature(enable = "avx2")]
+    unsafe fn copy_lines<const TO_DEVICE: bool>(dst: *mut u8, src: *const u8, len: usize) {
         let mut at = 0;
         while at < len {
-            if at + PREFETCH_DISTANCE < len {
+            if !TO_DEVICE && at + PREFETCH_DISTANCE < len {
                 // A hint only; the address is inside the source range.
-                _mm_prefetch::<_MM_HINT_T1>(dev.wrapping_add(at + PREFETCH_DISTANCE) as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(src.wrapping_add(at + PREFETCH_DISTANCE) as *const i8);
             }
-            // SAFETY: `at + 64 <= len` (len is a multiple of 64).
+            // SAFETY: `at + 64 <= len` (len is a multiple of 64); for streaming stores
+            // `dst + at` is 32-aligned (the caller checked `dst`).
             unsafe {
-                let a = _mm256_loadu_si256(dev.add(at) as *const __m256i);
-                let b = _mm256_loadu_si256(dev.add(at + 32) as *const __m256i);
-                _mm256_storeu_si256(dst.add(at) as *mut __m256i, a);
-                _mm256_storeu_si256(dst.add(at + 32) as *mut __m256i, b);
+                let a = _mm256_loadu_si256(src.add(at) as *const __m256i);
+                let b = _mm256_loadu_si256(src.add(at + 32) as *const __m256i);
+                let (da, db) = (
+                    dst.add(at) as *mut __m256i,
+                    dst.add(at + 32) as *mut __m256i,
+                );
+                if TO_DEVICE {
+                    _mm256_stream_si256(da, a);
+                    _mm256_stream_si256(db, b);
+                } else {
+                    _mm256_storeu_si256(da, a);
+                    _mm256_storeu_si256(db, b);
+                }
             }
             at += 64;
         }
