@@ -69,9 +69,9 @@ const DIRECT_MIN: usize = 16 * 1024;
 /// A C2HData payload being received straight into its command's buffer.
 #[derive(Debug, Clone, Copy)]
 struct DirectC2h {
-    hdr: pdu::DataHeaderAhead,
-    /// Payload bytes already in the buffer.
-    got: usize,
+    p: pdu::DirectPayload,
+    /// Where the payload starts in the command's buffer (range checked at the start).
+    dst: *mut u8,
 }
 
 /// A run of bytes to send: a range of the queue's own buffer, or a caller's payload.
@@ -408,7 +408,7 @@ impl Queue {
             self.rx_tail -= self.rx_head;
             self.rx_head = 0;
         }
-        let got = match self.direct.filter(|d| d.got < d.hdr.data_len) {
+        let got = match self.direct.filter(|d| d.p.payload_left() > 0) {
             Some(d) => self.read_direct(d),
             None => self.sock.read(&mut self.rx[self.rx_tail..]).inspect(|&n| {
                 self.rx_tail += n;
@@ -426,14 +426,12 @@ impl Queue {
     }
 
     /// One readv: the rest of the direct payload, then `rx`. Accounts what landed where.
-    fn read_direct(&mut self, d: DirectC2h) -> io::Result<usize> {
-        let left = d.hdr.data_len - d.got;
-        let dst = self.c2h_buffer(d.hdr.cccid)?;
+    fn read_direct(&mut self, mut d: DirectC2h) -> io::Result<usize> {
         let iov = [
             libc::iovec {
-                // SAFETY: start_direct checked datao + data_len against the buffer.
-                iov_base: unsafe { dst.add(d.hdr.datao as usize + d.got) } as *mut libc::c_void,
-                iov_len: left,
+                // SAFETY: start_direct checked the whole payload against the buffer.
+                iov_base: unsafe { d.dst.add(d.p.got) } as *mut libc::c_void,
+                iov_len: d.p.payload_left(),
             },
             libc::iovec {
                 iov_base: self.rx[self.rx_tail..].as_mut_ptr() as *mut libc::c_void,
@@ -445,14 +443,9 @@ impl Queue {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let n = n as usize;
-        let into_payload = n.min(left);
-        self.direct = Some(DirectC2h {
-            got: d.got + into_payload,
-            ..d
-        });
-        self.rx_tail += n - into_payload;
-        Ok(n)
+        self.rx_tail += d.p.take(n as usize);
+        self.direct = Some(d);
+        Ok(n as usize)
     }
 
     fn wait(&self, deadline: Instant, read: bool) -> io::Result<()> {
@@ -558,30 +551,22 @@ impl Queue {
         }
     }
 
-    /// The read buffer of command `cccid`.
-    fn c2h_buffer(&self, cccid: u16) -> io::Result<*mut u8> {
-        match self.pending.get(cccid as usize).and_then(|p| p.as_ref()) {
-            Some(Pending {
-                data: Data::FromController(buf, _),
-                ..
-            }) => Ok(*buf),
-            Some(_) => Err(err("C2HData for a command without read data")),
-            None => Err(err("C2HData for unknown cid")),
-        }
-    }
-
     /// Where `len` payload bytes at `datao` of command `cccid` go; they must continue
-    /// what has arrived and fit the command's buffer.
+    /// what has arrived and fit the command's read buffer.
     fn c2h_target(&self, cccid: u16, datao: u32, len: usize) -> io::Result<*mut u8> {
-        let buf = self.c2h_buffer(cccid)?;
-        let pend = self.pending[cccid as usize].as_ref().expect("checked");
-        let Data::FromController(_, buf_len) = pend.data else {
-            unreachable!("checked")
+        let (buf, buf_len, received) = match self.pending.get(cccid as usize) {
+            Some(Some(Pending {
+                data: Data::FromController(buf, buf_len),
+                received,
+                ..
+            })) => (*buf, *buf_len, *received),
+            Some(Some(_)) => return Err(err("C2HData for a command without read data")),
+            _ => return Err(err("C2HData for unknown cid")),
         };
-        if datao as usize != pend.received || datao as usize + len > buf_len {
+        if datao as usize != received || datao as usize + len > buf_len {
             return Err(err("C2HData out of order or out of range"));
         }
-        // SAFETY: datao < buf_len, inside the caller's buffer.
+        // SAFETY: datao + len <= buf_len, inside the caller's buffer.
         Ok(unsafe { buf.add(datao as usize) })
     }
 
@@ -634,35 +619,31 @@ impl Queue {
         // SAFETY: c2h_target checked the whole payload's range.
         unsafe { std::ptr::copy_nonoverlapping(self.rx[from..].as_ptr(), dst, here) };
         self.rx_head = from + here;
-        self.direct = Some(DirectC2h { hdr, got: here });
+        self.direct = Some(DirectC2h {
+            p: pdu::DirectPayload { hdr, got: here },
+            dst,
+        });
         self.direct_payloads += 1;
         Ok(())
     }
 
     /// Complete a direct receive once its payload and data digest are in.
     fn finish_direct(&mut self, done: &mut dyn FnMut(u16, Cqe, Duration)) -> io::Result<usize> {
-        let Some(d) = self.direct else { return Ok(0) };
-        let digest = if d.hdr.ddgst { pdu::DIGEST_LEN } else { 0 };
-        if d.got < d.hdr.data_len || self.rx_tail - self.rx_head < digest {
+        let Some(DirectC2h { p, dst }) = self.direct else {
+            return Ok(0);
+        };
+        let after = &self.rx[self.rx_head..self.rx_tail];
+        if !p.complete(after) {
             return Ok(0);
         }
-        if d.hdr.ddgst {
-            let sent =
-                u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
-            // SAFETY: the payload landed in the command's buffer, checked at start_direct.
-            let payload = unsafe {
-                std::slice::from_raw_parts(
-                    self.c2h_buffer(d.hdr.cccid)?.add(d.hdr.datao as usize),
-                    d.hdr.data_len,
-                )
-            };
-            if sent != pdu::crc32c(payload) {
-                return Err(err("data digest mismatch"));
-            }
+        // SAFETY: the payload landed at `dst`, whose range start_direct checked.
+        let payload = unsafe { std::slice::from_raw_parts(dst, p.hdr.data_len) };
+        if !p.digest_ok(payload, after) {
+            return Err(err("data digest mismatch"));
         }
-        self.rx_head += digest;
+        self.rx_head += p.digest_len();
         self.direct = None;
-        self.c2h_landed(d.hdr.cccid, d.hdr.data_len, d.hdr.last, d.hdr.success, done)
+        self.c2h_landed(p.hdr.cccid, p.hdr.data_len, p.hdr.last, p.hdr.success, done)
     }
 
     /// Complete command `cqe.cid`: from a response capsule, or from the SUCCESS flag.

@@ -170,14 +170,7 @@ impl TxItem {
 #[derive(Debug, Clone, Copy)]
 struct DirectRx {
     slot: u16,
-    hdr: pdu::DataHeaderAhead,
-    got: usize,
-}
-
-impl DirectRx {
-    fn payload_left(&self) -> usize {
-        self.hdr.data_len - self.got
-    }
+    p: pdu::DirectPayload,
 }
 
 pub struct Conn {
@@ -458,7 +451,7 @@ impl Conn {
         if self.recv_armed || matches!(self.phase, Phase::Closing | Phase::Terminating) {
             return;
         }
-        let direct = self.direct.filter(|d| d.payload_left() > 0);
+        let direct = self.direct.filter(|d| d.p.payload_left() > 0);
         // SAFETY: the receive target stays inside `rx`, which lives as long as the conn.
         let ptr = unsafe { self.rx.as_mut_ptr().add(self.rx_tail) };
         let rx_len = self.rx_room(direct.is_some());
@@ -467,7 +460,7 @@ impl Conn {
                 let payload = self.direct_target(d, env);
                 self.rx_iov[0] = libc::iovec {
                     iov_base: payload as *mut libc::c_void,
-                    iov_len: d.payload_left(),
+                    iov_len: d.p.payload_left(),
                 };
                 self.rx_iov[1] = libc::iovec {
                     iov_base: ptr as *mut libc::c_void,
@@ -500,9 +493,7 @@ impl Conn {
         }
         let mut n = res as usize;
         if let Some(d) = self.direct.as_mut() {
-            let payload = n.min(d.payload_left());
-            d.got += payload;
-            n -= payload;
+            n = d.p.take(n);
         }
         self.rx_tail += n;
         self.parse_rx(env);
@@ -526,7 +517,10 @@ impl Conn {
     /// Where the rest of a direct payload lands: its command's buffer at the next offset.
     fn direct_target(&self, d: DirectRx, env: &Env) -> *mut u8 {
         // SAFETY: datao + data_len <= xfer_len was checked when the direct receive began.
-        unsafe { self.data_ptr(d.slot, env).add(d.hdr.datao as usize + d.got) }
+        unsafe {
+            self.data_ptr(d.slot, env)
+                .add(d.p.hdr.datao as usize + d.p.got)
+        }
     }
 
     /// Deliver bytes as if the armed recv had returned them (fuzzing and unit tests drive
@@ -538,8 +532,8 @@ impl Conn {
         }
         // As the kernel fills the armed iovecs: the direct payload first, then `rx`.
         let mut taken = 0;
-        if let Some(d) = self.direct.filter(|d| d.payload_left() > 0) {
-            taken = data.len().min(d.payload_left());
+        if let Some(d) = self.direct.filter(|d| d.p.payload_left() > 0) {
+            taken = data.len().min(d.p.payload_left());
             // SAFETY: the target holds payload_left() bytes of the slot's buffer.
             unsafe {
                 std::ptr::copy_nonoverlapping(data.as_ptr(), self.direct_target(d, env), taken)
@@ -646,8 +640,7 @@ impl Conn {
         self.rx = rx;
         self.direct = Some(DirectRx {
             slot: hdr.ttag,
-            hdr,
-            got: here,
+            p: pdu::DirectPayload { hdr, got: here },
         });
         self.rx_head += hdr.data_off + here;
         true
@@ -656,20 +649,20 @@ impl Conn {
     /// Complete a direct receive once its payload and data digest are in; false while
     /// they are still arriving.
     fn finish_direct(&mut self, env: &mut Env) -> bool {
-        let Some(d) = self.direct else { return true };
-        let digest = if d.hdr.ddgst { pdu::DIGEST_LEN } else { 0 };
-        if d.payload_left() > 0 || self.rx_tail - self.rx_head < digest {
+        let Some(DirectRx { slot, p }) = self.direct else {
+            return true;
+        };
+        if !p.complete(&self.rx[self.rx_head..self.rx_tail]) {
             return false;
         }
-        let at = d.hdr.datao as usize;
-        let ddgst_ok = !d.hdr.ddgst || {
-            let sent =
-                u32::from_le_bytes(self.rx[self.rx_head..self.rx_head + 4].try_into().unwrap());
-            sent == pdu::crc32c(&self.data_mut(d.slot, env)[at..at + d.hdr.data_len])
-        };
-        self.rx_head += digest;
+        let at = p.hdr.datao as usize;
+        let rx = std::mem::take(&mut self.rx);
+        let after = &rx[self.rx_head..self.rx_tail];
+        let ddgst_ok = p.digest_ok(&self.data_mut(slot, env)[at..at + p.hdr.data_len], after);
+        self.rx = rx;
+        self.rx_head += p.digest_len();
         self.direct = None;
-        self.accept_h2c(d.slot, d.hdr.data_len, ddgst_ok, env);
+        self.accept_h2c(slot, p.hdr.data_len, ddgst_ok, env);
         true
     }
 

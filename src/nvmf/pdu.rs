@@ -220,6 +220,47 @@ pub struct DataHeaderAhead {
     pub ddgst: bool,
 }
 
+/// A data PDU whose payload is being received straight into its command's buffer (the
+/// target's H2CData, the host's C2HData): the header, and how much of the payload is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectPayload {
+    pub hdr: DataHeaderAhead,
+    pub got: usize,
+}
+
+impl DirectPayload {
+    pub fn payload_left(&self) -> usize {
+        self.hdr.data_len - self.got
+    }
+
+    /// Account `n` received bytes, which fill the payload first; returns how many of them
+    /// went past it (into the receive buffer).
+    pub fn take(&mut self, n: usize) -> usize {
+        let into_payload = n.min(self.payload_left());
+        self.got += into_payload;
+        n - into_payload
+    }
+
+    /// Bytes of data digest that follow the payload.
+    pub fn digest_len(&self) -> usize {
+        if self.hdr.ddgst {
+            DIGEST_LEN
+        } else {
+            0
+        }
+    }
+
+    /// The whole payload is in, and the digest after it (the front of `after`) too.
+    pub fn complete(&self, after: &[u8]) -> bool {
+        self.payload_left() == 0 && after.len() >= self.digest_len()
+    }
+
+    /// The data digest at the front of `after` matches `payload` (true without one).
+    pub fn digest_ok(&self, payload: &[u8], after: &[u8]) -> bool {
+        !self.hdr.ddgst || le32(after, 0) == crc32c(payload)
+    }
+}
+
 /// The header of a data PDU of type `ty` (H2C_DATA or C2H_DATA) at the front of `buf`
 /// whose payload is still arriving, checked as `decode` checks it (the payload can then be
 /// received elsewhere). None when `buf` holds something else, less than the header, or
