@@ -21,6 +21,7 @@ use tracing::{debug, info};
 use super::command::{self, Cqe, DataDir, Sqe};
 use super::exec::{self, ExecEnv, Outcome, Request, Session};
 use super::pdu::{self, DataHeader, DecodeParams, Decoded, Fes, IcResp, Pdu, PduError, R2t};
+use super::sendsize;
 use super::spec::{io, status};
 use super::subsystem::Target;
 use super::TransportLimits;
@@ -194,6 +195,8 @@ pub struct Conn {
     tx: VecDeque<TxItem>,
     send_armed: bool,
     send_bytes: usize,
+    /// Bytes the kernel puts in one socket buffer (`sendsize`), refreshed on each tick.
+    send_goal: usize,
     iov: Box<[libc::iovec; MAX_IOV]>,
     msg: Box<libc::msghdr>,
     ic_resp: [u8; pdu::IC_LEN],
@@ -232,6 +235,7 @@ impl Conn {
             + pdu::DIGEST_LEN
             + 64 * 1024;
         let _ = sock.set_nodelay(true);
+        let send_goal = sendsize::size_goal(sendsize::current_mss(&sock).unwrap_or(0));
         // SAFETY: msghdr is plain data; zero is a valid empty header.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
         Ok(Conn {
@@ -257,6 +261,7 @@ impl Conn {
             tx: VecDeque::with_capacity(2 * depth + 4),
             send_armed: false,
             send_bytes: 0,
+            send_goal,
             iov: Box::new(
                 [libc::iovec {
                     iov_base: std::ptr::null_mut(),
@@ -412,6 +417,9 @@ impl Conn {
         if self.phase == Phase::Ready {
             self.deliver_async_event(env);
         }
+        if let Some(mss) = sendsize::current_mss(&self.sock) {
+            self.send_goal = sendsize::size_goal(mss);
+        }
     }
 
     /// Complete one parked Asynchronous Event Request with the event the session has.
@@ -443,6 +451,10 @@ impl Conn {
         if !self.send_armed && !self.tx.is_empty() && self.phase != Phase::Closing {
             self.arm_send(env);
         }
+        // The receive is queued behind the send: when data is already waiting, the ring
+        // runs them in that order, and the responses carry the acknowledgement of the
+        // commands just read instead of the receive sending a bare ACK of its own.
+        self.arm_recv(env);
     }
 
     // ----------------------------------------------------------------- receive
@@ -497,7 +509,6 @@ impl Conn {
         }
         self.rx_tail += n;
         self.parse_rx(env);
-        self.arm_recv(env);
     }
 
     /// How much the next receive may put into `rx`. While write data is expected beyond a
@@ -1180,6 +1191,7 @@ impl Conn {
             }
         }
         debug_assert!(bytes > 0);
+        let n_iov = self.trim_to_whole_buffers(n_iov, &mut bytes);
         self.msg.msg_iov = self.iov.as_mut_ptr();
         self.msg.msg_iovlen = n_iov;
         let e = opcode::SendMsg::new(self.fd(), &*self.msg as *const libc::msghdr)
@@ -1190,6 +1202,24 @@ impl Conn {
         self.send_armed = true;
         self.send_bytes = bytes;
         self.ops_in_flight += 1;
+    }
+
+    /// Shorten the gathered iovecs to whole socket buffers (`sendsize`); returns how many
+    /// remain. The bytes left out stay queued for the next send.
+    fn trim_to_whole_buffers(&mut self, mut n_iov: usize, bytes: &mut usize) -> usize {
+        let keep = sendsize::whole_buffers(*bytes, self.send_goal);
+        let mut excess = *bytes - keep;
+        *bytes = keep;
+        while excess > 0 {
+            let last = &mut self.iov[n_iov - 1];
+            if last.iov_len > excess {
+                last.iov_len -= excess;
+                break;
+            }
+            excess -= last.iov_len;
+            n_iov -= 1;
+        }
+        n_iov
     }
 
     pub fn on_send(&mut self, res: i32, env: &mut Env) {

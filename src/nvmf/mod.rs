@@ -7,6 +7,7 @@ pub mod conn;
 pub mod exec;
 pub mod identify;
 pub mod pdu;
+pub mod sendsize;
 pub mod spec;
 pub mod subsystem;
 

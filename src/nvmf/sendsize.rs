@@ -1,0 +1,84 @@
+//! How much of a connection's queued output one send should take.
+//!
+//! The kernel cuts a send into socket buffers of at most its "size goal": a multiple of
+//! the MSS up to 64 KiB less the headers. A send slightly over a multiple of it leaves a
+//! small buffer at the end, which travels as a packet of its own: on loopback, where the
+//! sender's core also runs the receiver's TCP input, that tail costs nearly as much as a
+//! full buffer. At 4 KiB reads, QD32, a turn's responses come to a little over 64 KiB,
+//! and the tails made half the packets. So a send takes whole buffers, and the rest
+//! leaves with the next turn's responses.
+
+use std::os::fd::AsRawFd;
+
+/// The largest buffer the kernel builds for one send: 64 KiB less one byte and the
+/// IPv4 and TCP headers with timestamps (measured on loopback: 65,483 payload bytes).
+const GSO_PAYLOAD: usize = 65_536 - 1 - 52;
+
+/// The size goal for a connection whose MSS is `mss`: the largest multiple of it that
+/// fits in one buffer, or one buffer when the MSS is over half of that (loopback).
+pub fn size_goal(mss: usize) -> usize {
+    if mss == 0 || mss * 2 > GSO_PAYLOAD {
+        return GSO_PAYLOAD;
+    }
+    GSO_PAYLOAD / mss * mss
+}
+
+/// The socket's current MSS, from TCP_INFO; None if the kernel does not say.
+pub fn current_mss(sock: &impl AsRawFd) -> Option<usize> {
+    // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: the pointer and length describe `info`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            &mut info as *mut libc::tcp_info as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    (rc == 0 && info.tcpi_snd_mss > 0).then_some(info.tcpi_snd_mss as usize)
+}
+
+/// How many of `queued` bytes to send now: all of them when they fit in one buffer,
+/// else the whole buffers among them.
+pub fn whole_buffers(queued: usize, goal: usize) -> usize {
+    if queued <= goal {
+        queued
+    } else {
+        queued - queued % goal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goal_is_a_multiple_of_the_mss_within_one_buffer() {
+        assert_eq!(size_goal(1448), 45 * 1448);
+        assert_eq!(size_goal(8948), 7 * 8948);
+        assert_eq!(size_goal(32_741), 2 * 32_741);
+        // Loopback's MSS grows past half a buffer: one buffer, whatever the MSS.
+        assert_eq!(size_goal(47_616), GSO_PAYLOAD);
+        assert_eq!(size_goal(65_483), GSO_PAYLOAD);
+        assert_eq!(size_goal(0), GSO_PAYLOAD);
+    }
+
+    #[test]
+    fn sends_whole_buffers_and_keeps_the_tail() {
+        let g = 65_160;
+        assert_eq!(whole_buffers(0, g), 0);
+        assert_eq!(whole_buffers(4_144, g), 4_144);
+        assert_eq!(whole_buffers(g, g), g);
+        assert_eq!(whole_buffers(g + 1, g), g);
+        assert_eq!(whole_buffers(16 * 4_144, g), g);
+        assert_eq!(whole_buffers(3 * g + 700, g), 3 * g);
+        for q in (1..400_000).step_by(997) {
+            let n = whole_buffers(q, g);
+            assert!(n > 0 && n <= q, "{q}: {n}");
+            assert!(n == q || n % g == 0, "{q}: {n}");
+        }
+    }
+}
