@@ -195,8 +195,8 @@ pub struct Conn {
     tx: VecDeque<TxItem>,
     send_armed: bool,
     send_bytes: usize,
-    /// Bytes the kernel puts in one socket buffer (`sendsize`), refreshed on each tick.
-    send_goal: usize,
+    /// Bytes the kernel puts in one socket buffer, refreshed on each tick.
+    send_goal: sendsize::SendGoal,
     iov: Box<[libc::iovec; MAX_IOV]>,
     msg: Box<libc::msghdr>,
     ic_resp: [u8; pdu::IC_LEN],
@@ -235,7 +235,7 @@ impl Conn {
             + pdu::DIGEST_LEN
             + 64 * 1024;
         let _ = sock.set_nodelay(true);
-        let send_goal = sendsize::size_goal(sendsize::current_mss(&sock).unwrap_or(0));
+        let send_goal = sendsize::SendGoal::of(&sock);
         // SAFETY: msghdr is plain data; zero is a valid empty header.
         let msg: libc::msghdr = unsafe { std::mem::zeroed() };
         Ok(Conn {
@@ -417,9 +417,7 @@ impl Conn {
         if self.phase == Phase::Ready {
             self.deliver_async_event(env);
         }
-        if let Some(mss) = sendsize::current_mss(&self.sock) {
-            self.send_goal = sendsize::size_goal(mss);
-        }
+        self.send_goal.refresh(&self.sock);
     }
 
     /// Complete one parked Asynchronous Event Request with the event the session has.
@@ -1207,7 +1205,7 @@ impl Conn {
     /// Shorten the gathered iovecs to whole socket buffers (`sendsize`); returns how many
     /// remain. The bytes left out stay queued for the next send.
     fn trim_to_whole_buffers(&mut self, mut n_iov: usize, bytes: &mut usize) -> usize {
-        let keep = sendsize::whole_buffers(*bytes, self.send_goal);
+        let keep = sendsize::whole_buffers(*bytes, self.send_goal.bytes());
         let mut excess = *bytes - keep;
         *bytes = keep;
         while excess > 0 {

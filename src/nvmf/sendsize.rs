@@ -4,27 +4,58 @@
 //! the MSS up to 64 KiB less the headers. A send slightly over a multiple of it leaves a
 //! small buffer at the end, which travels as a packet of its own: on loopback, where the
 //! sender's core also runs the receiver's TCP input, that tail costs nearly as much as a
-//! full buffer. At 4 KiB reads, QD32, a turn's responses come to a little over 64 KiB,
-//! and the tails made half the packets. So a send takes whole buffers, and the rest
-//! leaves with the next turn's responses.
+//! full buffer, and with a pacing congestion control (bbr) it waits for a pacing timer.
+//! At 4 KiB reads, QD32, a turn's responses come to a little over 64 KiB, and tails were
+//! over a third of the data packets. So a send takes whole buffers, and the rest leaves
+//! with the next turn's responses.
 
 use std::os::fd::AsRawFd;
 
-/// The largest buffer the kernel builds for one send: 64 KiB less one byte and the
-/// IPv4 and TCP headers with timestamps (measured on loopback: 65,483 payload bytes).
-const GSO_PAYLOAD: usize = 65_536 - 1 - 52;
+/// The largest buffer the kernel builds for one send: 64 KiB less one byte and the IP
+/// and TCP headers with timestamps (measured on IPv4 loopback: 65,483 payload bytes).
+fn gso_payload(ipv6: bool) -> usize {
+    const TCP_WITH_TIMESTAMPS: usize = 32;
+    let ip = if ipv6 { 40 } else { 20 };
+    65_536 - 1 - ip - TCP_WITH_TIMESTAMPS
+}
 
 /// The size goal for a connection whose MSS is `mss`: the largest multiple of it that
 /// fits in one buffer, or one buffer when the MSS is over half of that (loopback).
-pub fn size_goal(mss: usize) -> usize {
-    if mss == 0 || mss * 2 > GSO_PAYLOAD {
-        return GSO_PAYLOAD;
+pub fn size_goal(mss: usize, ipv6: bool) -> usize {
+    let buffer = gso_payload(ipv6);
+    if mss == 0 || mss * 2 > buffer {
+        return buffer;
     }
-    GSO_PAYLOAD / mss * mss
+    buffer / mss * mss
+}
+
+/// A connection's size goal, following its MSS.
+#[derive(Debug, Clone, Copy)]
+pub struct SendGoal {
+    ipv6: bool,
+    bytes: usize,
+}
+
+impl SendGoal {
+    pub fn of(sock: &std::net::TcpStream) -> SendGoal {
+        let ipv6 = sock.local_addr().is_ok_and(|a| a.is_ipv6());
+        let mut g = SendGoal { ipv6, bytes: 0 };
+        g.refresh(sock);
+        g
+    }
+
+    /// Re-read the MSS, which can change during the connection (off the I/O path).
+    pub fn refresh(&mut self, sock: &impl AsRawFd) {
+        self.bytes = size_goal(current_mss(sock).unwrap_or(0), self.ipv6);
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
 }
 
 /// The socket's current MSS, from TCP_INFO; None if the kernel does not say.
-pub fn current_mss(sock: &impl AsRawFd) -> Option<usize> {
+fn current_mss(sock: &impl AsRawFd) -> Option<usize> {
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes into it.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -57,13 +88,25 @@ mod tests {
 
     #[test]
     fn goal_is_a_multiple_of_the_mss_within_one_buffer() {
-        assert_eq!(size_goal(1448), 45 * 1448);
-        assert_eq!(size_goal(8948), 7 * 8948);
-        assert_eq!(size_goal(32_741), 2 * 32_741);
+        assert_eq!(size_goal(1448, false), 45 * 1448);
+        assert_eq!(size_goal(1428, true), 45 * 1428);
+        assert_eq!(size_goal(8948, false), 7 * 8948);
+        assert_eq!(size_goal(32_741, false), 2 * 32_741);
         // Loopback's MSS grows past half a buffer: one buffer, whatever the MSS.
-        assert_eq!(size_goal(47_616), GSO_PAYLOAD);
-        assert_eq!(size_goal(65_483), GSO_PAYLOAD);
-        assert_eq!(size_goal(0), GSO_PAYLOAD);
+        assert_eq!(size_goal(47_616, false), 65_483);
+        assert_eq!(size_goal(65_483, false), 65_483);
+        assert_eq!(size_goal(65_463, true), 65_463);
+        assert_eq!(size_goal(0, false), 65_483);
+    }
+
+    #[test]
+    fn a_connected_socket_has_a_goal_of_whole_segments() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let mss = current_mss(&c).expect("TCP_INFO on a connected socket");
+        let goal = SendGoal::of(&c).bytes();
+        assert!(goal <= 65_483 && goal >= mss, "mss {mss} goal {goal}");
+        assert!(goal == 65_483 || goal % mss == 0, "mss {mss} goal {goal}");
     }
 
     #[test]
