@@ -7,9 +7,9 @@
 //! full buffer, and with a pacing congestion control (bbr) it waits for a pacing timer.
 //! At 4 KiB reads, QD32, a turn's responses come to a little over 64 KiB, and tails were
 //! over a third of the data packets. So a send takes whole buffers, and the rest leaves
-//! with the next turn's responses. The held bytes wait one turn: with members that finish
-//! inside the submission (zram) turns are long, and reads there lose a few percent
-//! (docs/performance.md has both measurements).
+//! with the next turn's responses. The held bytes wait one turn; device work that runs
+//! inside its submission (zram, cached files) is queued after the turn's sends
+//! (`reactor::Staging`), so it does not lengthen that wait.
 
 use std::os::fd::AsRawFd;
 

@@ -38,6 +38,8 @@ pub enum PollMode {
 const ADAPTIVE_SPIN_NS: u64 = 200_000;
 const TICK: Duration = Duration::from_millis(100);
 const RING_ENTRIES: u32 = 4096;
+/// Device submissions a turn may hold back (`Staging`) before queueing them directly.
+const STAGED_ENTRIES: usize = 2 * RING_ENTRIES as usize;
 const CQE_BATCH: usize = 256;
 /// How long a stopping reactor waits for its connections' I/O to drain.
 const DRAIN_LIMIT: Duration = Duration::from_secs(5);
@@ -205,6 +207,55 @@ impl SqeSink for RingSq<'_> {
     }
 }
 
+/// Device I/O started while a turn handles completions is held back and queued after the
+/// turn's sends (`Reactor::end_of_turn`): members that finish inside the submission
+/// (zram, cached files) then do their work after the responses already waiting have left
+/// rather than before, which took a turn off every response's latency.
+struct Staging {
+    entries: Vec<squeue::Entry>,
+    /// Off for the rest of a turn once `entries` filled up (order is kept: what was held
+    /// went to the ring first).
+    on: bool,
+}
+
+impl Staging {
+    fn new() -> Staging {
+        Staging {
+            entries: Vec::with_capacity(STAGED_ENTRIES),
+            on: true,
+        }
+    }
+
+    /// Queue what was held back on the ring, and hold back again from the next turn on.
+    fn release(&mut self, ring: &mut IoUring) {
+        let mut sq = RingSq(ring);
+        for e in self.entries.drain(..) {
+            sq.push(e);
+        }
+        self.on = true;
+    }
+}
+
+/// The ring as device I/O sees it during a turn: through `Staging` while it is on.
+struct TurnSq<'a> {
+    ring: &'a mut IoUring,
+    staging: &'a mut Staging,
+}
+
+impl SqeSink for TurnSq<'_> {
+    fn push(&mut self, entry: squeue::Entry) {
+        if self.staging.on && self.staging.entries.len() == STAGED_ENTRIES {
+            self.staging.release(self.ring);
+            self.staging.on = false;
+        }
+        if self.staging.on {
+            self.staging.entries.push(entry);
+        } else {
+            RingSq(self.ring).push(entry);
+        }
+    }
+}
+
 struct Files(Vec<RawFd>);
 
 impl FileRegistry for Files {
@@ -241,6 +292,7 @@ struct Reactor {
     limits: TransportLimits,
     /// Parent completions returned by composite devices, dispatched as a stack.
     child_done: Completions,
+    staging: Staging,
     stats: ReactorRecorder,
 }
 
@@ -370,6 +422,7 @@ impl Reactor {
             shared,
             limits: cfg.limits,
             child_done: Vec::with_capacity(4096),
+            staging: Staging::new(),
             stats: ReactorRecorder::new(namespaces),
         })
     }
@@ -547,9 +600,10 @@ impl Reactor {
                 ring,
                 channels,
                 child_done,
+                staging,
                 ..
             } = self;
-            waiting += channels[d].poll(&mut RingSq(ring), child_done) as usize;
+            waiting += channels[d].poll(&mut TurnSq { ring, staging }, child_done) as usize;
             while self.child_done.len() > base {
                 let (user_data, r) = self.child_done.pop().unwrap();
                 self.dispatch(user_data, r, 0);
@@ -566,9 +620,10 @@ impl Reactor {
             ring,
             channels,
             child_done,
+            staging,
             ..
         } = self;
-        channels[device].child_complete(tag, res, &mut RingSq(ring), child_done);
+        channels[device].child_complete(tag, res, &mut TurnSq { ring, staging }, child_done);
         while self.child_done.len() > base {
             let (user_data, r) = self.child_done.pop().unwrap();
             self.dispatch(user_data, r, 0);
@@ -599,13 +654,14 @@ impl Reactor {
             shared,
             limits,
             stats,
+            staging,
             ..
         } = self;
         let conn = conns.get_mut(id as usize)?.as_mut()?;
         if generation.is_some_and(|g| g != conn.generation) {
             return None;
         }
-        let mut sq = RingSq(ring);
+        let mut sq = TurnSq { ring, staging };
         let mut env = Env {
             sq: &mut sq,
             pool,
@@ -802,6 +858,8 @@ impl Reactor {
 
     /// Flush every connection's output, then retire the ones that have finished.
     fn end_of_turn(&mut self) {
+        // Sends and receives go on the ring ahead of the device I/O the turn held back.
+        self.staging.on = false;
         let mut i = 0;
         while i < self.active.len() {
             let id = self.active[i];
@@ -826,6 +884,7 @@ impl Reactor {
         if !self.waiting_adopt.is_empty() {
             self.place_waiting();
         }
+        self.staging.release(&mut self.ring);
     }
 
     fn inline_table_index(&self, id: u16) -> u32 {
