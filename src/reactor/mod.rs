@@ -214,8 +214,8 @@ impl SqeSink for RingSq<'_> {
 struct Staging {
     entries: Vec<squeue::Entry>,
     limit: usize,
-    /// Off for the rest of a turn once `entries` filled up (order is kept: what was held
-    /// went to the ring first).
+    /// Held back while on; off during the end of a turn (sends go straight to the ring)
+    /// and for the rest of a turn whose list filled up (what was held went first).
     on: bool,
 }
 
@@ -228,13 +228,12 @@ impl Staging {
         }
     }
 
-    /// Queue what was held back on the ring, and hold back again from the next turn on.
+    /// Queue what was held back on the ring, in order.
     fn release(&mut self, ring: &mut IoUring) {
         let mut sq = RingSq(ring);
         for e in self.entries.drain(..) {
             sq.push(e);
         }
-        self.on = true;
     }
 }
 
@@ -511,6 +510,10 @@ impl Reactor {
             let sleep = self.mode == PollMode::Adaptive
                 && events == 0
                 && now.nanos_since(last_event) > ADAPTIVE_SPIN_NS;
+            debug_assert!(
+                self.staging.entries.is_empty(),
+                "held-back I/O left unqueued"
+            );
             let submit = !sleep && self.must_enter_kernel();
             self.turns.end(events != 0 || submit, sleep);
             let r = if sleep {
@@ -887,6 +890,7 @@ impl Reactor {
             self.place_waiting();
         }
         self.staging.release(&mut self.ring);
+        self.staging.on = true;
     }
 
     fn inline_table_index(&self, id: u16) -> u32 {
@@ -1025,7 +1029,7 @@ mod staging_tests {
         }
         .push(nop(100));
         staging.release(&mut ring);
-        assert!(staging.on && staging.entries.is_empty());
+        assert!(staging.entries.is_empty());
         assert_eq!(ran(&mut ring, 3), [100, 1, 2]);
     }
 
